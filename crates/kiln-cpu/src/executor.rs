@@ -1,0 +1,167 @@
+//! Runs a network on the CPU, layer by layer, in the network's stored order.
+
+use crate::{kernel, CpuError, KernelCtx};
+use kiln_ir::{Dim, Network, TensorId, TensorSource, Value, ValueType};
+use std::collections::HashMap;
+
+/// The values of one graph invocation, with a link to the enclosing invocation for captures.
+pub(crate) struct Scope<'a> {
+    net: &'a Network,
+    values: Vec<Option<Value>>,
+    outer: Option<&'a Scope<'a>>,
+}
+
+impl Scope<'_> {
+    fn lookup_by_name(&self, name: &str) -> Option<&Value> {
+        if let Some(id) = self.net.tensor_by_name(name) {
+            if let Some(v) = &self.values[id.0] {
+                return Some(v);
+            }
+        }
+        self.outer.and_then(|o| o.lookup_by_name(name))
+    }
+}
+
+/// Run `net` with inputs given by name; returns the outputs in `net.outputs()` order.
+pub fn execute_named(net: &Network, inputs: HashMap<String, Value>) -> Result<Vec<Value>, CpuError> {
+    let mut inputs = inputs;
+    for name in inputs.keys() {
+        match net.tensor_by_name(name) {
+            Some(id) if net.inputs().contains(&id) => {}
+            _ => return Err(CpuError::UnknownInput(name.clone())),
+        }
+    }
+    let mut positional = Vec::with_capacity(net.inputs().len());
+    for &id in net.inputs() {
+        let info = net.tensor(id);
+        let v = inputs.remove(&info.name).ok_or_else(|| CpuError::MissingInput(info.name.clone()))?;
+        check_input(&info.name, info.ty.as_ref(), &v)?;
+        positional.push(v);
+    }
+    run_graph(net, positional, None)
+}
+
+/// Run `net` with inputs in `net.inputs()` order.
+pub fn execute(net: &Network, inputs: Vec<Value>) -> Result<Vec<Value>, CpuError> {
+    if inputs.len() != net.inputs().len() {
+        return Err(CpuError::BadInput {
+            name: net.name.clone(),
+            message: format!("expected {} inputs, got {}", net.inputs().len(), inputs.len()),
+        });
+    }
+    for (&id, v) in net.inputs().iter().zip(&inputs) {
+        let info = net.tensor(id);
+        check_input(&info.name, info.ty.as_ref(), v)?;
+    }
+    run_graph(net, inputs, None)
+}
+
+/// Check a bound input against its declared type: dtype and every known dimension.
+fn check_input(name: &str, ty: Option<&ValueType>, v: &Value) -> Result<(), CpuError> {
+    let bad = |message: String| CpuError::BadInput { name: name.to_string(), message };
+    match (ty, v) {
+        (Some(ValueType::Tensor(tt)), Value::Tensor(t)) => {
+            if tt.dtype != t.dtype() {
+                return Err(bad(format!("expected dtype {}, got {}", tt.dtype, t.dtype())));
+            }
+            if let Some(shape) = &tt.shape {
+                if shape.len() != t.rank() {
+                    return Err(bad(format!(
+                        "expected rank {} ({}), got shape {:?}",
+                        shape.len(),
+                        kiln_ir::format_shape(shape),
+                        t.shape()
+                    )));
+                }
+                for (axis, (d, &n)) in shape.iter().zip(t.shape()).enumerate() {
+                    if let Dim::Known(k) = d {
+                        if *k != n {
+                            return Err(bad(format!("dimension {axis} must be {k}, got {n} (shape {:?})", t.shape())));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        (Some(ValueType::Tensor(_)), other) => Err(bad(format!("expected a tensor, got a {}", other.kind_name()))),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn run_graph(net: &Network, inputs: Vec<Value>, outer: Option<&Scope>) -> Result<Vec<Value>, CpuError> {
+    let mut scope = Scope { net, values: vec![None; net.tensors().len()], outer };
+    for (&id, v) in net.inputs().iter().zip(inputs) {
+        scope.values[id.0] = Some(v);
+    }
+    // Last reader of each tensor, so that intermediate values are freed as soon as possible.
+    let mut last_use: Vec<usize> = vec![usize::MAX; net.tensors().len()];
+    for (li, layer) in net.layers().iter().enumerate() {
+        for id in layer.inputs.iter().flatten().chain(&layer.implicit_inputs) {
+            last_use[id.0] = li;
+        }
+    }
+    for id in net.outputs() {
+        last_use[id.0] = usize::MAX;
+    }
+    for (idx, info) in net.tensors().iter().enumerate() {
+        match &info.source {
+            TensorSource::Constant(t) => scope.values[idx] = Some(Value::Tensor(t.clone())),
+            TensorSource::Captured => {
+                let v = outer
+                    .and_then(|o| o.lookup_by_name(&info.name))
+                    .ok_or_else(|| CpuError::UnboundCapture(info.name.clone()))?;
+                scope.values[idx] = Some(v.clone());
+            }
+            _ => {}
+        }
+    }
+    for (li, layer) in net.layers().iter().enumerate() {
+        let kernel =
+            kernel(&layer.op).ok_or_else(|| CpuError::NoKernel { layer: layer.name.clone(), op: layer.op.clone() })?;
+        let outputs = {
+            let mut args = Vec::with_capacity(layer.inputs.len());
+            for input in &layer.inputs {
+                match input {
+                    None => args.push(None),
+                    Some(id) => args.push(Some(
+                        scope.values[id.0]
+                            .as_ref()
+                            .ok_or_else(|| CpuError::NotComputed(net.tensor(*id).name.clone()))?,
+                    )),
+                }
+            }
+            let ctx = KernelCtx {
+                layer: &layer.name,
+                op: &layer.op,
+                attrs: &layer.attrs,
+                num_outputs: layer.outputs.len(),
+                scope: &scope,
+            };
+            tracing::trace!(layer = %layer.name, op = %layer.op, "run");
+            kernel(&ctx, &args).map_err(|message| CpuError::Layer {
+                layer: layer.name.clone(),
+                op: layer.op.clone(),
+                message,
+            })?
+        };
+        for (slot, value) in layer.outputs.iter().zip(outputs.into_iter().map(Some).chain(std::iter::repeat(None))) {
+            if let Some(id) = slot {
+                let value = value.ok_or_else(|| CpuError::Layer {
+                    layer: layer.name.clone(),
+                    op: layer.op.clone(),
+                    message: format!("kernel produced no value for output '{}'", net.tensor(*id).name),
+                })?;
+                scope.values[id.0] = Some(value);
+            }
+        }
+        for id in layer.inputs.iter().flatten().chain(&layer.implicit_inputs) {
+            if last_use[id.0] == li {
+                scope.values[id.0] = None;
+            }
+        }
+    }
+    net.outputs()
+        .iter()
+        .map(|&TensorId(i)| scope.values[i].clone().ok_or_else(|| CpuError::NotComputed(net.tensors()[i].name.clone())))
+        .collect()
+}
