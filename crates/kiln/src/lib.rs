@@ -1,10 +1,45 @@
 //! kiln: an inference compiler and runtime for ONNX models.
 //!
+//! Import an ONNX file and run it:
+//!
 //! ```no_run
 //! let model = kiln::load_onnx("examples/cnn.onnx")?;
-//! let inputs = std::collections::HashMap::new(); // name → kiln::Value
+//! let inputs = std::collections::HashMap::new(); // input name → kiln::Value
 //! let outputs = kiln::run(&model.network, inputs)?;
 //! # Ok::<(), kiln::Error>(())
+//! ```
+//!
+//! Or build a network through the API — here a small CNN — with types and shapes inferred as
+//! each layer is added (a bad layer fails at `add_layer`, by name):
+//!
+//! ```
+//! use kiln::{Attributes, DType, Dim, Network, Tensor, Value, ValueType};
+//! # fn weights(shape: &[usize], seed: u32) -> Tensor {
+//! #     let n: usize = shape.iter().product();
+//! #     let v = (0..n).map(|i| (((i as u32 * 2654435761u32) ^ seed) % 1000) as f32 / 1000.0 - 0.5).collect();
+//! #     Tensor::from_vec(shape.to_vec(), v).unwrap()
+//! # }
+//! let mut net = Network::new("tiny_cnn");
+//! let x = net.add_input("image", ValueType::tensor(DType::F32, vec![Dim::Symbol("batch".into()), 3.into(), 8.into(), 8.into()]))?;
+//! let w = net.add_constant("conv.weight", weights(&[4, 3, 3, 3], 1))?;
+//! let b = net.add_constant("conv.bias", weights(&[4], 2))?;
+//! let conv = Attributes::new().with("kernel_shape", vec![3i64, 3]).with("pads", vec![1i64, 1, 1, 1]);
+//! let y = net.add_layer("conv", "Conv", conv, &[Some(x), Some(w), Some(b)], &["conv_out"])?[0];
+//! let y = net.add_layer("relu", "Relu", Attributes::new(), &[y], &["relu_out"])?[0];
+//! let y = net.add_layer("pool", "GlobalAveragePool", Attributes::new(), &[y], &["pooled"])?[0];
+//! let y = net.add_layer("flatten", "Flatten", Attributes::new(), &[y], &["features"])?[0];
+//! let fc_w = net.add_constant("fc.weight", weights(&[2, 4], 3))?;
+//! let logits = net.add_layer("fc", "Gemm", Attributes::new().with("transB", 1i64), &[y, Some(fc_w)], &["logits"])?[0];
+//! let logits = logits.unwrap();
+//! net.mark_output(logits)?;
+//! // Inference already knows the output type: [batch, 2] floats.
+//! assert_eq!(net.tensor(logits).ty.as_ref().unwrap().to_string(), "f32[batch, 2]");
+//!
+//! let image = Tensor::from_vec(vec![1, 3, 8, 8], (0..192).map(|i| (i as f32 * 0.37).sin()).collect())?;
+//! let inputs = [("image".to_string(), Value::Tensor(image))].into_iter().collect();
+//! let outputs = kiln::run(&net, inputs)?;
+//! assert_eq!(outputs[0].1.as_tensor().unwrap().shape(), &[1, 2]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub use kiln_cpu as cpu;
