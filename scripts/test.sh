@@ -22,5 +22,5 @@ fi
 echo "== ONNX node conformance (onnx 1.23.2)"
 .venv/bin/python scripts/gen_conformance.py target/onnx-node-cases
 cargo build --release -q -p kiln-conformance
-./target/release/kiln-conformance target/onnx-node-cases --quiet \
+./target/release/kiln-conformance target/onnx-node-cases \
   --report conformance/REPORT.md --expected conformance/expected_pass.txt

@@ -142,11 +142,7 @@ fn summary(t: &Tensor) -> String {
     let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let mean = v.iter().sum::<f64>() / v.len() as f64;
     let head: Vec<String> = v.iter().take(5).map(|x| format!("{x:.5}")).collect();
-    format!(
-        "min {min:.5} max {max:.5} mean {mean:.5} [{}{}]",
-        head.join(", "),
-        if v.len() > 5 { ", …" } else { "" }
-    )
+    format!("min {min:.5} max {max:.5} mean {mean:.5} [{}{}]", head.join(", "), if v.len() > 5 { ", …" } else { "" })
 }
 
 #[cfg(test)]

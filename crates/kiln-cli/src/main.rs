@@ -21,9 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Show a model's inputs, outputs, ops and parameters; unsupported ops first.
-    Info {
-        model: PathBuf,
-    },
+    Info { model: PathBuf },
     /// Run a model on the CPU and write every output as .npy.
     Run {
         model: PathBuf,

@@ -11,7 +11,8 @@ use std::path::Path;
 
 pub fn read_npy(path: &Path) -> Result<Tensor> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).with_context(|| format!("{}: not a .npy file", path.display()))?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
+        .with_context(|| format!("{}: not a .npy file", path.display()))?;
     let descr = match npy.dtype() {
         NpyDType::Plain(ts) => ts.to_string(),
         other => bail!("{}: structured dtype {other:?} is not supported", path.display()),
@@ -20,17 +21,19 @@ pub fn read_npy(path: &Path) -> Result<Tensor> {
     if npy.order() == npyz::Order::Fortran {
         bail!("{}: Fortran-ordered arrays are not supported; save with np.ascontiguousarray", path.display());
     }
-    let shape: Vec<usize> = npy
-        .shape()
-        .iter()
-        .map(|&d| usize::try_from(d).context("dimension too large"))
-        .collect::<Result<_>>()?;
+    let shape: Vec<usize> =
+        npy.shape().iter().map(|&d| usize::try_from(d).context("dimension too large")).collect::<Result<_>>()?;
     let numel = checked_numel(&shape).with_context(|| format!("{}", path.display()))?;
     let mut bytes = Vec::new();
     let expected = (numel * dtype.size()) as u64;
     npy.into_inner().take(expected).read_to_end(&mut bytes)?;
     if bytes.len() as u64 != expected {
-        bail!("{}: truncated: {} data bytes, shape {:?} of {dtype} needs {expected}", path.display(), bytes.len(), shape);
+        bail!(
+            "{}: truncated: {} data bytes, shape {:?} of {dtype} needs {expected}",
+            path.display(),
+            bytes.len(),
+            shape
+        );
     }
     Ok(Tensor::new(shape, TensorData::from_le_bytes(dtype, &bytes)?)?)
 }
@@ -97,7 +100,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiln-npy-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for dtype in DType::ALL {
-            let data = TensorData::from_le_bytes(dtype, &(0..6 * dtype.size()).map(|i| (i * 37 % 251) as u8 % if dtype == DType::Bool { 2 } else { 251 }).collect::<Vec<u8>>()).unwrap();
+            let data = TensorData::from_le_bytes(
+                dtype,
+                &(0..6 * dtype.size())
+                    .map(|i| (i * 37 % 251) as u8 % if dtype == DType::Bool { 2 } else { 251 })
+                    .collect::<Vec<u8>>(),
+            )
+            .unwrap();
             let t = Tensor::new(vec![2, 3], data).unwrap();
             let p = dir.join(format!("{dtype}.npy"));
             write_npy(&p, &t).unwrap();

@@ -7,12 +7,15 @@ use std::collections::HashMap;
 pub fn parse_shapes(items: &[String]) -> Result<HashMap<String, Vec<usize>>> {
     let mut out = HashMap::new();
     for item in items {
-        let (name, dims) = item.rsplit_once('=').with_context(|| format!("--shape '{item}': expected NAME=1x3x224x224"))?;
+        let (name, dims) =
+            item.rsplit_once('=').with_context(|| format!("--shape '{item}': expected NAME=1x3x224x224"))?;
         let dims: Vec<usize> = if dims.is_empty() {
             Vec::new()
         } else {
             dims.split(['x', 'X', ','])
-                .map(|d| d.trim().parse::<usize>().with_context(|| format!("--shape '{item}': '{d}' is not a dimension")))
+                .map(|d| {
+                    d.trim().parse::<usize>().with_context(|| format!("--shape '{item}': '{d}' is not a dimension"))
+                })
                 .collect::<Result<_>>()?
         };
         if out.insert(name.to_string(), dims).is_some() {

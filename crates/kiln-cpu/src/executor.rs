@@ -32,10 +32,11 @@ pub fn execute_named(net: &Network, inputs: HashMap<String, Value>) -> Result<Ve
         }
     }
     let mut positional = Vec::with_capacity(net.inputs().len());
+    let mut symbols = HashMap::new();
     for &id in net.inputs() {
         let info = net.tensor(id);
         let v = inputs.remove(&info.name).ok_or_else(|| CpuError::MissingInput(info.name.clone()))?;
-        check_input(&info.name, info.ty.as_ref(), &v)?;
+        check_input(&info.name, info.ty.as_ref(), &v, &mut symbols)?;
         positional.push(v);
     }
     run_graph(net, positional, None)
@@ -49,15 +50,22 @@ pub fn execute(net: &Network, inputs: Vec<Value>) -> Result<Vec<Value>, CpuError
             message: format!("expected {} inputs, got {}", net.inputs().len(), inputs.len()),
         });
     }
+    let mut symbols = HashMap::new();
     for (&id, v) in net.inputs().iter().zip(&inputs) {
         let info = net.tensor(id);
-        check_input(&info.name, info.ty.as_ref(), v)?;
+        check_input(&info.name, info.ty.as_ref(), v, &mut symbols)?;
     }
     run_graph(net, inputs, None)
 }
 
-/// Check a bound input against its declared type: dtype and every known dimension.
-fn check_input(name: &str, ty: Option<&ValueType>, v: &Value) -> Result<(), CpuError> {
+/// Check a bound input against its declared type: dtype, every known dimension, and that a
+/// named dimension (`batch`) has one size across all inputs (`symbols` records the first seen).
+fn check_input(
+    name: &str,
+    ty: Option<&ValueType>,
+    v: &Value,
+    symbols: &mut HashMap<String, (usize, String)>,
+) -> Result<(), CpuError> {
     let bad = |message: String| CpuError::BadInput { name: name.to_string(), message };
     match (ty, v) {
         (Some(ValueType::Tensor(tt)), Value::Tensor(t)) => {
@@ -74,10 +82,22 @@ fn check_input(name: &str, ty: Option<&ValueType>, v: &Value) -> Result<(), CpuE
                     )));
                 }
                 for (axis, (d, &n)) in shape.iter().zip(t.shape()).enumerate() {
-                    if let Dim::Known(k) = d {
-                        if *k != n {
+                    match d {
+                        Dim::Known(k) if *k != n => {
                             return Err(bad(format!("dimension {axis} must be {k}, got {n} (shape {:?})", t.shape())));
                         }
+                        Dim::Symbol(sym) => match symbols.get(sym) {
+                            Some((size, first)) if *size != n => {
+                                return Err(bad(format!(
+                                    "dimension {axis} ('{sym}') is {n}, but input '{first}' set '{sym}' to {size}"
+                                )));
+                            }
+                            Some(_) => {}
+                            None => {
+                                symbols.insert(sym.clone(), (n, name.to_string()));
+                            }
+                        },
+                        _ => {}
                     }
                 }
             }
@@ -138,11 +158,11 @@ pub(crate) fn run_graph(net: &Network, inputs: Vec<Value>, outer: Option<&Scope>
                 scope: &scope,
             };
             tracing::trace!(layer = %layer.name, op = %layer.op, "run");
-            kernel(&ctx, &args).map_err(|message| CpuError::Layer {
-                layer: layer.name.clone(),
-                op: layer.op.clone(),
-                message,
-            })?
+            // A kernel bug must not take the caller's process down: a panic becomes an error
+            // that names the layer.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kernel(&ctx, &args)))
+                .unwrap_or_else(|p| Err(format!("internal error in the {} kernel: {}", layer.op, panic_message(&p))));
+            result.map_err(|message| CpuError::Layer { layer: layer.name.clone(), op: layer.op.clone(), message })?
         };
         for (slot, value) in layer.outputs.iter().zip(outputs.into_iter().map(Some).chain(std::iter::repeat(None))) {
             if let Some(id) = slot {
@@ -164,4 +184,11 @@ pub(crate) fn run_graph(net: &Network, inputs: Vec<Value>, outer: Option<&Scope>
         .iter()
         .map(|&TensorId(i)| scope.values[i].clone().ok_or_else(|| CpuError::NotComputed(net.tensors()[i].name.clone())))
         .collect()
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
 }

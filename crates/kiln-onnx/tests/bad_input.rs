@@ -113,7 +113,10 @@ fn missing_file_is_an_io_error_naming_the_path() {
 fn reading_an_undefined_tensor_names_node_and_tensor() {
     let g = graph(vec![node("relu1", "Relu", &["ghost"], &["y"])], vec![], vec![value_info("y", &[1])]);
     let err = import(&model(g, 17)).unwrap_err();
-    assert!(matches!(&err, OnnxError::UndefinedInput { node, tensor } if node == "relu1" && tensor == "ghost"), "{err}");
+    assert!(
+        matches!(&err, OnnxError::UndefinedInput { node, tensor } if node == "relu1" && tensor == "ghost"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -198,7 +201,11 @@ fn external_data_outside_the_model_directory_is_refused() {
 
 #[test]
 fn an_unknown_op_names_op_node_and_opset() {
-    let g = graph(vec![node("mystery", "FrobnicateV2", &["x"], &["y"])], vec![value_info("x", &[1])], vec![value_info("y", &[1])]);
+    let g = graph(
+        vec![node("mystery", "FrobnicateV2", &["x"], &["y"])],
+        vec![value_info("x", &[1])],
+        vec![value_info("y", &[1])],
+    );
     let err = import(&model(g, 17)).unwrap_err();
     match &err {
         OnnxError::UnsupportedOp { node, op, opset, .. } => {
