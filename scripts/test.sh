@@ -19,6 +19,10 @@ if [ "$rc" -ne 0 ]; then
   echo "cargo test failed (exit $rc; full log: target/cargo-test.log)"; exit "$rc"
 fi
 
+echo "== example models: kiln run vs onnx's reference evaluator"
+cargo build --release -q -p kiln-cli
+.venv/bin/python scripts/check_examples.py target/release/kiln examples
+
 echo "== ONNX node conformance (onnx 1.23.2)"
 .venv/bin/python scripts/gen_conformance.py target/onnx-node-cases
 cargo build --release -q -p kiln-conformance
