@@ -185,7 +185,7 @@ fn import_graph(
             opset,
             reason,
         };
-        let importer = importer_for(&domain, &op, opset).map_err(|reason| unsupported(reason))?;
+        let importer = importer_for(&domain, &op, opset).map_err(unsupported)?;
         let mut ni = NodeImport {
             node: &display,
             layer_name,
