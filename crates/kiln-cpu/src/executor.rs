@@ -8,13 +8,16 @@ use std::collections::HashMap;
 pub(crate) struct Scope<'a> {
     net: &'a Network,
     values: Vec<Option<Value>>,
+    /// Values captured from enclosing scopes, borrowed there rather than copied into every
+    /// invocation of a subgraph (every Loop/Scan iteration).
+    captured: Vec<Option<&'a Value>>,
     outer: Option<&'a Scope<'a>>,
 }
 
 impl Scope<'_> {
     fn lookup_by_name(&self, name: &str) -> Option<&Value> {
         if let Some(id) = self.net.tensor_by_name(name) {
-            if let Some(v) = &self.values[id.0] {
+            if let Some(v) = self.values[id.0].as_ref().or(self.captured[id.0]) {
                 return Some(v);
             }
         }
@@ -108,8 +111,13 @@ fn check_input(
     }
 }
 
-pub(crate) fn run_graph(net: &Network, inputs: Vec<Value>, outer: Option<&Scope>) -> Result<Vec<Value>, CpuError> {
-    let mut scope = Scope { net, values: vec![None; net.tensors().len()], outer };
+pub(crate) fn run_graph<'a>(
+    net: &'a Network,
+    inputs: Vec<Value>,
+    outer: Option<&'a Scope<'a>>,
+) -> Result<Vec<Value>, CpuError> {
+    let mut scope =
+        Scope { net, values: vec![None; net.tensors().len()], captured: vec![None; net.tensors().len()], outer };
     for (&id, v) in net.inputs().iter().zip(inputs) {
         scope.values[id.0] = Some(v);
     }
@@ -130,7 +138,7 @@ pub(crate) fn run_graph(net: &Network, inputs: Vec<Value>, outer: Option<&Scope>
                 let v = outer
                     .and_then(|o| o.lookup_by_name(&info.name))
                     .ok_or_else(|| CpuError::UnboundCapture(info.name.clone()))?;
-                scope.values[idx] = Some(v.clone());
+                scope.captured[idx] = Some(v);
             }
             _ => {}
         }
@@ -146,6 +154,7 @@ pub(crate) fn run_graph(net: &Network, inputs: Vec<Value>, outer: Option<&Scope>
                     Some(id) => args.push(Some(
                         scope.values[id.0]
                             .as_ref()
+                            .or(scope.captured[id.0])
                             .ok_or_else(|| CpuError::NotComputed(net.tensor(*id).name.clone()))?,
                     )),
                 }
@@ -180,10 +189,15 @@ pub(crate) fn run_graph(net: &Network, inputs: Vec<Value>, outer: Option<&Scope>
             }
         }
     }
-    net.outputs()
-        .iter()
-        .map(|&TensorId(i)| scope.values[i].clone().ok_or_else(|| CpuError::NotComputed(net.tensors()[i].name.clone())))
-        .collect()
+    // Move the outputs out of the scope; only a tensor listed twice as an output is copied.
+    let outs = net.outputs();
+    let mut results = Vec::with_capacity(outs.len());
+    for (k, &TensorId(i)) in outs.iter().enumerate() {
+        let v = if outs[k + 1..].contains(&TensorId(i)) { scope.values[i].clone() } else { scope.values[i].take() };
+        let v = v.or_else(|| scope.captured[i].cloned());
+        results.push(v.ok_or_else(|| CpuError::NotComputed(net.tensors()[i].name.clone()))?);
+    }
+    Ok(results)
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -345,7 +345,17 @@ fn convert_attribute(
     let utf8 = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| bad("string is not valid UTF-8".into()));
     let kind = a.r#type.and_then(|t| AttributeType::try_from(t).ok()).unwrap_or(AttributeType::Undefined);
     let mut sub = |g: &GraphProto| -> Result<Arc<Network>, OnnxError> {
-        let (net, caps) = import_graph(g, ctx, Some(lookup))?;
+        // A subgraph may be ill-typed for the enclosing graph's static shapes and still be
+        // valid: an If branch that is never taken for those shapes (AffineGrid's 2-D branch
+        // on a 3-D size). If inference fails, import it again seeing only the dtypes of the
+        // values it captures; a real error fails that way too and is reported as first found.
+        let (net, caps) = match import_graph(g, ctx, Some(lookup)) {
+            Ok(r) => r,
+            Err(first) => {
+                let weak = |n: &str| lookup(n).map(|t| t.map(|t| erase_shapes(&t)));
+                import_graph(g, ctx, Some(&weak)).map_err(|_| first)?
+            }
+        };
         for c in caps {
             if !captures.contains(&c) {
                 captures.push(c);
@@ -382,6 +392,15 @@ fn convert_attribute(
         AttributeType::TypeProtos => return Err(bad("type_protos attributes are not supported".into())),
         AttributeType::Undefined => return Err(bad("attribute has no type".into())),
     })
+}
+
+/// The type with every tensor shape made unknown (dtypes kept).
+fn erase_shapes(t: &ValueType) -> ValueType {
+    match t {
+        ValueType::Tensor(t) => ValueType::Tensor(kiln_ir::TensorType::unranked(t.dtype)),
+        ValueType::Sequence(e) => ValueType::Sequence(Box::new(erase_shapes(e))),
+        ValueType::Optional(e) => ValueType::Optional(Box::new(erase_shapes(e))),
+    }
 }
 
 /// TypeProto → ValueType, refusing element types kiln does not support.
