@@ -289,3 +289,6 @@ fn check_index_dtype(dt: DType, what: &str) -> Result<(), String> {
         Err(format!("{what} must be an integer tensor, got {dt}"))
     }
 }
+
+#[cfg(test)]
+mod tests;
