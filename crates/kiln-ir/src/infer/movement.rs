@@ -426,7 +426,7 @@ fn tile(k: &Known) -> Result<Vec<ValueType>, String> {
         out.push(match d {
             _ if r == 1 => d.clone(),
             _ if r == 0 => Dim::Known(0),
-            Dim::Known(n) => Dim::Known(n * r as usize),
+            Dim::Known(n) => n.checked_mul(r as usize).map_or(Dim::Unknown, Dim::Known),
             _ => Dim::Unknown,
         });
     }
@@ -528,13 +528,15 @@ fn block_input(k: &Known) -> Result<(DType, Option<Shape>, usize), String> {
 fn depth_to_space(k: &Known) -> Result<Vec<ValueType>, String> {
     let (dt, s, b) = block_input(k)?;
     let Some(s) = s else { return Ok(vec![unknown_dims(dt, 4)]) };
+    let bb = b.checked_mul(b).ok_or_else(|| format!("blocksize {b} is too large"))?;
     if let Dim::Known(c) = s[1] {
-        if c % (b * b) != 0 {
-            return Err(format!("channels {c} are not divisible by blocksize² = {}", b * b));
+        if c % bb != 0 {
+            return Err(format!("channels {c} are not divisible by blocksize² = {bb}"));
         }
     }
-    let c = map_dim(&s[1], |c| c / (b * b));
-    Ok(vec![ValueType::tensor(dt, vec![s[0].clone(), c, map_dim(&s[2], |h| h * b), map_dim(&s[3], |w| w * b)])])
+    let c = map_dim(&s[1], |c| Some(c / bb));
+    let (h, w) = (map_dim(&s[2], |h| h.checked_mul(b)), map_dim(&s[3], |w| w.checked_mul(b)));
+    Ok(vec![ValueType::tensor(dt, vec![s[0].clone(), c, h, w])])
 }
 
 fn space_to_depth(k: &Known) -> Result<Vec<ValueType>, String> {
@@ -547,8 +549,11 @@ fn space_to_depth(k: &Known) -> Result<Vec<ValueType>, String> {
             }
         }
     }
-    let c = map_dim(&s[1], |c| c * b * b);
-    Ok(vec![ValueType::tensor(dt, vec![s[0].clone(), c, map_dim(&s[2], |h| h / b), map_dim(&s[3], |w| w / b)])])
+    let c = map_dim(&s[1], |c| b.checked_mul(b).and_then(|bb| c.checked_mul(bb)));
+    Ok(vec![ValueType::tensor(
+        dt,
+        vec![s[0].clone(), c, map_dim(&s[2], |h| Some(h / b)), map_dim(&s[3], |w| Some(w / b))],
+    )])
 }
 
 fn trilu(k: &Known) -> Result<Vec<ValueType>, String> {
@@ -821,8 +826,9 @@ fn numel(s: &[Dim]) -> Option<usize> {
     s.iter().try_fold(1usize, |a, d| d.known().and_then(|n| a.checked_mul(n)))
 }
 
-fn map_dim(d: &Dim, f: impl Fn(usize) -> usize) -> Dim {
-    d.known().map_or(Dim::Unknown, |n| Dim::Known(f(n)))
+/// A known dim transformed by `f` (unknown if `f` overflows).
+fn map_dim(d: &Dim, f: impl Fn(usize) -> Option<usize>) -> Dim {
+    d.known().and_then(f).map_or(Dim::Unknown, Dim::Known)
 }
 
 /// Two static dims that must agree: the more specific one, or an error if both are known and differ.

@@ -1,10 +1,10 @@
 //! Layout ops: reorder, cut, join, repeat or pad elements along axes. Transpose, Concat, Split,
 //! Slice, Expand, Tile, Pad, CenterCropPad, DepthToSpace, SpaceToDepth, Trilu, ReverseSequence.
 
-use super::{gather_axes_data, identity_tables, int_list, int_values, normalize_axes, numel, one, tensor, FILL};
+use super::{gather_axes_data, int_list, int_values, normalize_axes, numel, one, tensor, FILL};
 use crate::util::{broadcast_shape, normalize_axis, opt_tensor_arg, tensor_arg};
 use crate::{KernelCtx, KernelFn};
-use kiln_ir::{strides_of, Element, Tensor, Value};
+use kiln_ir::{strides_of, Element, Tensor, TensorData, Value};
 
 pub(super) fn kernel(op: &str) -> Option<KernelFn> {
     Some(match op {
@@ -24,15 +24,22 @@ pub(super) fn kernel(op: &str) -> Option<KernelFn> {
     })
 }
 
-/// Offsets `i * stride` for `i` in `0..len`.
-fn strided(len: usize, stride: usize) -> Vec<usize> {
-    (0..len).map(|i| i * stride).collect()
-}
-
-/// Read `x` through per-axis offset tables into a tensor of `out_shape`.
-fn gather_tensor(x: &Tensor, out_shape: Vec<usize>, tables: &[Vec<usize>]) -> Result<Tensor, String> {
-    numel(&out_shape)?;
-    let data = gather_axes_data(x.data(), &out_shape, tables, None)?;
+/// A tensor of `out_shape` whose element at `(i0, .., in)` is `x`'s element at flat offset
+/// `offset(0, i0) + .. + offset(n, in)`, or the fill value (`fill`, else zero) where an
+/// offset is [`FILL`]. The output size is checked before the offset tables are built, so
+/// huge dims from data are refused instead of allocated.
+fn gather_with(
+    x: &Tensor,
+    out_shape: Vec<usize>,
+    fill: Option<&Tensor>,
+    offset: impl Fn(usize, usize) -> usize,
+) -> Result<Tensor, String> {
+    if numel(&out_shape)? == 0 {
+        return tensor(out_shape, TensorData::zeros(x.dtype(), 0));
+    }
+    let tables: Vec<Vec<usize>> =
+        out_shape.iter().enumerate().map(|(a, &n)| (0..n).map(|i| offset(a, i)).collect()).collect();
+    let data = gather_axes_data(x.data(), &out_shape, &tables, fill)?;
     tensor(out_shape, data)
 }
 
@@ -40,8 +47,7 @@ fn gather_tensor(x: &Tensor, out_shape: Vec<usize>, tables: &[Vec<usize>]) -> Re
 pub(super) fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor, String> {
     let strides = x.strides();
     let out_shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
-    let tables: Vec<Vec<usize>> = perm.iter().map(|&p| strided(x.shape()[p], strides[p])).collect();
-    gather_tensor(x, out_shape, &tables)
+    gather_with(x, out_shape, None, |a, i| i * strides[perm[a]])
 }
 
 fn transpose(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
@@ -220,28 +226,18 @@ fn slice(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, Stri
     }
     let strides = x.strides();
     let mut out_shape = x.shape().to_vec();
-    let mut tables = identity_tables(x.shape());
+    // Per axis: first index and step (axes not sliced read 0, 1, 2, ...).
+    let mut start_step = vec![(0i64, 1i64); r];
     for (i, &a) in axes.iter().enumerate() {
         let (s, step, n) = slice_axis(starts[i], ends[i], steps[i], x.shape()[a])?;
         out_shape[a] = n;
-        tables[a] = (0..n).map(|j| (s + j as i64 * step) as usize * strides[a]).collect();
+        start_step[a] = (s, step);
     }
-    Ok(one(gather_tensor(x, out_shape, &tables)?))
-}
-
-/// Offset tables reading `x` broadcast (numpy rules, stride 0 on size-1 axes) to `out_shape`.
-fn broadcast_tables(in_shape: &[usize], out_shape: &[usize]) -> Vec<Vec<usize>> {
-    let pad = out_shape.len() - in_shape.len();
-    let strides = strides_of(in_shape);
-    (0..out_shape.len())
-        .map(|a| {
-            if a < pad || in_shape[a - pad] == 1 {
-                vec![0; out_shape[a]]
-            } else {
-                strided(out_shape[a], strides[a - pad])
-            }
-        })
-        .collect()
+    let t = gather_with(x, out_shape, None, |a, i| {
+        let (s, step) = start_step[a];
+        (s + i as i64 * step) as usize * strides[a]
+    })?;
+    Ok(one(t))
 }
 
 fn expand(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
@@ -251,8 +247,12 @@ fn expand(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, Str
         .map(|d| usize::try_from(d).map_err(|_| format!("shape has a negative dimension {d}")))
         .collect::<Result<_, _>>()?;
     let out_shape = broadcast_shape(x.shape(), &target)?;
-    let tables = broadcast_tables(x.shape(), &out_shape);
-    Ok(one(gather_tensor(x, out_shape, &tables)?))
+    // Broadcast axes (new leading ones, or size 1 in the input) read with stride 0.
+    let pad = out_shape.len() - x.rank();
+    let strides: Vec<usize> = (0..out_shape.len())
+        .map(|a| if a < pad || x.shape()[a - pad] == 1 { 0 } else { x.strides()[a - pad] })
+        .collect();
+    Ok(one(gather_with(x, out_shape, None, |a, i| i * strides[a])?))
 }
 
 fn tile(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
@@ -263,15 +263,13 @@ fn tile(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, Strin
     }
     let strides = x.strides();
     let mut out_shape = Vec::with_capacity(reps.len());
-    let mut tables = Vec::with_capacity(reps.len());
     for (a, &r) in reps.iter().enumerate() {
         let r = usize::try_from(r).map_err(|_| format!("repeats must be non-negative, got {r}"))?;
-        let d = x.shape()[a];
-        let n = d.checked_mul(r).ok_or("Tile output is too large")?;
-        out_shape.push(n);
-        tables.push((0..n).map(|i| (i % d) * strides[a]).collect());
+        out_shape.push(x.shape()[a].checked_mul(r).ok_or("Tile output is too large")?);
     }
-    Ok(one(gather_tensor(x, out_shape, &tables)?))
+    // Non-empty output: every input dim is non-zero, so the modulo is defined.
+    let shape = x.shape();
+    Ok(one(gather_with(x, out_shape, None, |a, i| (i % shape[a]) * strides[a])?))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -336,7 +334,6 @@ fn pad(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String>
     }
     let strides = x.strides();
     let mut out_shape = Vec::with_capacity(r);
-    let mut tables = Vec::with_capacity(r);
     for a in 0..r {
         let d = x.shape()[a];
         let n = d as i128 + begins[a] as i128 + ends[a] as i128;
@@ -348,11 +345,12 @@ fn pad(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String>
             return Err(format!("cannot pad the empty axis {a} in a non-constant mode"));
         }
         out_shape.push(n);
-        tables.push((0..n).map(|o| pad_source(o, begins[a], d, mode).map_or(FILL, |i| i * strides[a])).collect());
     }
-    numel(&out_shape)?;
-    let data = gather_axes_data(x.data(), &out_shape, &tables, value)?;
-    Ok(one(tensor(out_shape, data)?))
+    let shape = x.shape();
+    let t = gather_with(x, out_shape, value, |a, o| {
+        pad_source(o, begins[a], shape[a], mode).map_or(FILL, |i| i * strides[a])
+    })?;
+    Ok(one(t))
 }
 
 fn center_crop_pad(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
@@ -368,24 +366,22 @@ fn center_crop_pad(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Val
     }
     let strides = x.strides();
     let mut out_shape = x.shape().to_vec();
-    let mut tables = identity_tables(x.shape());
     for (&a, &target) in axes.iter().zip(&shape) {
-        let t = usize::try_from(target).map_err(|_| format!("shape has a negative dimension {target}"))?;
-        let d = x.shape()[a];
-        out_shape[a] = t;
-        // Crop takes the centered window (extra element dropped at the end); pad centers the
-        // input (extra padding at the end).
-        tables[a] = if t <= d {
-            let lo = (d - t) / 2;
-            strided(t, strides[a]).into_iter().map(|o| o + lo * strides[a]).collect()
-        } else {
-            let lo = (t - d) / 2;
-            (0..t).map(|o| if o >= lo && o - lo < d { (o - lo) * strides[a] } else { FILL }).collect()
-        };
+        out_shape[a] = usize::try_from(target).map_err(|_| format!("shape has a negative dimension {target}"))?;
     }
-    numel(&out_shape)?;
-    let data = gather_axes_data(x.data(), &out_shape, &tables, None)?;
-    Ok(one(tensor(out_shape, data)?))
+    // Crop takes the centered window (the odd element dropped at the end); pad centers the
+    // input (the odd padding element at the end). Output index o reads input o + d/2 - t/2.
+    let shape = x.shape();
+    let t = gather_with(x, out_shape.clone(), None, |a, o| {
+        let (d, t) = (shape[a], out_shape[a]);
+        let i = if t <= d { o + (d - t) / 2 } else { o.wrapping_sub((t - d) / 2) };
+        if i < d {
+            i * strides[a]
+        } else {
+            FILL
+        }
+    })?;
+    Ok(one(t))
 }
 
 /// `blocksize` and the 4-D shape of a DepthToSpace/SpaceToDepth input, and whether mode is CRD.
@@ -410,18 +406,18 @@ fn block_args(ctx: &KernelCtx, x: &Tensor) -> Result<(usize, [usize; 4], bool), 
 fn reshape_permute(x: &Tensor, view: &[usize], perm: &[usize], out: Vec<usize>) -> Result<Tensor, String> {
     let strides = strides_of(view);
     let shape: Vec<usize> = perm.iter().map(|&p| view[p]).collect();
-    let tables: Vec<Vec<usize>> = perm.iter().map(|&p| strided(view[p], strides[p])).collect();
-    gather_tensor(x, shape, &tables)?.reshape(out).map_err(|e| e.to_string())
+    gather_with(x, shape, None, |a, i| i * strides[perm[a]])?.reshape(out).map_err(|e| e.to_string())
 }
 
 fn depth_to_space(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
     let x = tensor_arg(inputs, 0)?;
     let (b, [n, c, h, w], crd) = block_args(ctx, x)?;
-    if c % (b * b) != 0 {
-        return Err(format!("channels {c} are not divisible by blocksize² = {}", b * b));
+    if b.checked_mul(b).map_or(true, |bb| c % bb != 0) {
+        return Err(format!("channels {c} are not divisible by blocksize² ({b}²)"));
     }
     let c2 = c / (b * b);
-    let out = vec![n, c2, h * b, w * b];
+    let too_large = || "DepthToSpace output is too large".to_string();
+    let out = vec![n, c2, h.checked_mul(b).ok_or_else(too_large)?, w.checked_mul(b).ok_or_else(too_large)?];
     let t = if crd {
         reshape_permute(x, &[n, c2, b, b, h, w], &[0, 1, 4, 2, 5, 3], out)?
     } else {
@@ -437,7 +433,8 @@ fn space_to_depth(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Valu
         return Err(format!("spatial dims {h}x{w} are not divisible by blocksize {b}"));
     }
     let view = [n, c, h / b, b, w / b, b];
-    let out = vec![n, c * b * b, h / b, w / b];
+    let c_out = b.checked_mul(b).and_then(|bb| c.checked_mul(bb)).ok_or("SpaceToDepth output is too large")?;
+    let out = vec![n, c_out, h / b, w / b];
     let perm: &[usize] = if crd { &[0, 1, 3, 5, 2, 4] } else { &[0, 3, 5, 1, 2, 4] };
     Ok(one(reshape_permute(x, &view, perm, out)?))
 }

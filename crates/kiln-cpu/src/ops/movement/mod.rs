@@ -108,12 +108,6 @@ fn scalar_of<T: Element>(t: &Tensor, what: &str) -> Result<T, String> {
     }
 }
 
-/// Row-major offset tables for reading a tensor of `shape` unchanged (`strides[a] * i`).
-fn identity_tables(shape: &[usize]) -> Vec<Vec<usize>> {
-    let strides = kiln_ir::strides_of(shape);
-    shape.iter().zip(&strides).map(|(&d, &s)| (0..d).map(|i| i * s).collect()).collect()
-}
-
 /// The values of an integer tensor (shapes, axes, indices, pads) as i64.
 fn int_values(t: &Tensor, what: &str) -> Result<Vec<i64>, String> {
     if !t.dtype().is_int() {

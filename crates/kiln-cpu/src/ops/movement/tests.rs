@@ -64,13 +64,8 @@ fn arange(shape: &[usize]) -> Tensor {
 
 #[test]
 fn reshape_infers_minus_one_and_zero() {
-    let (ty, out) = run(
-        "Reshape",
-        Attributes::new(),
-        vec![In::Run(arange(&[2, 3, 4])), In::Const(i64s(&[0, -1, 2]))],
-        1,
-    )
-    .unwrap();
+    let (ty, out) =
+        run("Reshape", Attributes::new(), vec![In::Run(arange(&[2, 3, 4])), In::Const(i64s(&[0, -1, 2]))], 1).unwrap();
     assert_eq!(shape_of(&ty[0]), known(&[2, 6, 2]));
     assert_eq!(out[0].shape(), &[2, 6, 2]);
     // allowzero: 0 is a real zero-size dim.
@@ -138,8 +133,7 @@ fn pad_modes_match_numpy() {
 
 #[test]
 fn split_uneven_num_outputs() {
-    let (ty, outs) =
-        run("Split", Attributes::new().with("num_outputs", 3i64), vec![In::Run(arange(&[7]))], 3).unwrap();
+    let (ty, outs) = run("Split", Attributes::new().with("num_outputs", 3i64), vec![In::Run(arange(&[7]))], 3).unwrap();
     let lens: Vec<usize> = outs.iter().map(|o| o.len()).collect();
     assert_eq!(lens, vec![3, 3, 1]);
     assert_eq!(shape_of(&ty[2]), known(&[1]));
@@ -257,6 +251,7 @@ fn one_hot_negative_and_out_of_range() {
 fn gather_rejects_out_of_range() {
     let err = run("Gather", Attributes::new(), vec![In::Run(arange(&[3])), In::Run(i64s(&[3]))], 1);
     assert!(err.unwrap_err().contains("out of range"));
-    let o = one("Gather", Attributes::new().with("axis", 1i64), vec![In::Run(arange(&[2, 3])), In::Run(i64s(&[-1, 0]))]);
+    let o =
+        one("Gather", Attributes::new().with("axis", 1i64), vec![In::Run(arange(&[2, 3])), In::Run(i64s(&[-1, 0]))]);
     assert_eq!(o.as_slice::<f32>().unwrap(), &[2., 0., 5., 3.]);
 }
