@@ -82,21 +82,34 @@ fn reshape(k: &Known) -> Result<Vec<ValueType>, String> {
         });
     }
     // Resolve -1 (and check the element count) when every dim involved is known.
-    let total = in_shape.and_then(|s| numel(s));
-    if let Some(total) = total {
-        let pos = target.iter().position(|&d| d == -1);
-        let rest =
-            out.iter().enumerate().filter(|(i, _)| Some(*i) != pos).map(|(_, d)| d.known()).collect::<Option<Vec<_>>>();
-        if let Some(rest) = rest {
-            let known = rest.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape is too large")?;
+    // Resolve -1 (and check the element count) from the known parts of both shapes, after
+    // cancelling symbolic dims that appear on both sides ([N, 3, 4] -> [0, -1] gives [N, 12]).
+    let pos = target.iter().position(|&d| d == -1);
+    let rest: Vec<Dim> = out.iter().enumerate().filter(|(i, _)| Some(*i) != pos).map(|(_, d)| d.clone()).collect();
+    if let (Some((total, in_syms)), Some((known, mut out_syms))) =
+        (in_shape.and_then(|s| split_dims(s)), split_dims(&rest))
+    {
+        in_syms.iter().for_each(|s| {
+            if let Some(i) = out_syms.iter().position(|o| o == s) {
+                out_syms.swap_remove(i);
+            }
+        });
+        let cancelled =
+            in_syms.len() == rest.iter().filter(|d| matches!(d, Dim::Symbol(_))).count() && out_syms.is_empty();
+        if cancelled {
             match pos {
                 Some(p) => {
                     if known == 0 || total % known != 0 {
-                        return Err(format!("cannot reshape {total} elements to {target:?}: -1 cannot be inferred"));
+                        if in_syms.is_empty() {
+                            return Err(format!(
+                                "cannot reshape {total} elements to {target:?}: -1 cannot be inferred"
+                            ));
+                        }
+                    } else {
+                        out[p] = Dim::Known(total / known);
                     }
-                    out[p] = Dim::Known(total / known);
                 }
-                None if known != total => {
+                None if known != total && in_syms.is_empty() => {
                     return Err(format!("cannot reshape {total} elements to {target:?} ({known} elements)"));
                 }
                 None => {}
@@ -386,14 +399,19 @@ fn slice(k: &Known) -> Result<Vec<ValueType>, String> {
     let mut out = s.clone();
     for (j, &a) in axes.iter().enumerate() {
         out[a] = Dim::Unknown;
-        let (Some(st), Some(en), Some(sp), Dim::Known(d)) = (&starts, &ends, &steps, &s[a]) else { continue };
+        let (Some(st), Some(en), Some(sp)) = (&starts, &ends, &steps) else { continue };
         if st.len() != axes.len() || en.len() != axes.len() || sp.len() != axes.len() {
             return Err("starts, ends, axes and steps must have the same length".into());
         }
         if sp[j] == 0 {
             return Err("slice step must not be zero".into());
         }
-        out[a] = Dim::Known(slice_len(st[j], en[j], sp[j], *d));
+        out[a] = match &s[a] {
+            Dim::Known(d) => Dim::Known(slice_len(st[j], en[j], sp[j], *d)),
+            // The whole axis (0 .. "infinity" by 1) keeps a symbolic dim.
+            d if st[j] == 0 && sp[j] == 1 && en[j] >= i32::MAX as i64 => d.clone(),
+            _ => Dim::Unknown,
+        };
     }
     Ok(vec![ValueType::tensor(x.dtype, out)])
 }
@@ -819,7 +837,26 @@ fn product(s: &[Dim]) -> Dim {
     if s.contains(&Dim::Known(0)) {
         return Dim::Known(0);
     }
+    // A single symbolic dim times ones keeps its name.
+    if let [d] = s.iter().filter(|d| **d != Dim::Known(1)).collect::<Vec<_>>().as_slice() {
+        return (*d).clone();
+    }
     numel(s).map_or(Dim::Unknown, Dim::Known)
+}
+
+/// The product of a shape's known dims and its symbolic dims; `None` if any dim is unknown
+/// (or the product overflows).
+fn split_dims(s: &[Dim]) -> Option<(usize, Vec<&String>)> {
+    let mut known = 1usize;
+    let mut syms = Vec::new();
+    for d in s {
+        match d {
+            Dim::Known(n) => known = known.checked_mul(*n)?,
+            Dim::Symbol(name) => syms.push(name),
+            Dim::Unknown => return None,
+        }
+    }
+    Some((known, syms))
 }
 
 fn numel(s: &[Dim]) -> Option<usize> {

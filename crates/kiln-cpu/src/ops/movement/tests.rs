@@ -255,3 +255,33 @@ fn gather_rejects_out_of_range() {
         one("Gather", Attributes::new().with("axis", 1i64), vec![In::Run(arange(&[2, 3])), In::Run(i64s(&[-1, 0]))]);
     assert_eq!(o.as_slice::<f32>().unwrap(), &[2., 0., 5., 3.]);
 }
+
+/// Inference only: a network input with symbolic dims.
+fn infer_sym(op: &str, attrs: Attributes, x: Vec<Dim>, consts: Vec<Tensor>) -> Vec<Dim> {
+    let mut net = Network::new("test");
+    let mut ids = vec![Some(net.add_input("x", ValueType::tensor(kiln_ir::DType::F32, x)).unwrap())];
+    for (i, c) in consts.into_iter().enumerate() {
+        ids.push(Some(net.add_constant(&format!("c{i}"), c).unwrap()));
+    }
+    let out = net.add_layer("layer", op, attrs, &ids, &["y"]).unwrap();
+    shape_of(net.tensor(out[0].unwrap()).ty.as_ref().unwrap())
+}
+
+#[test]
+fn symbolic_dims_survive_reshape_flatten_slice() {
+    let n = Dim::Symbol("N".into());
+    let x = vec![n.clone(), Dim::Known(3), Dim::Known(4)];
+    assert_eq!(
+        infer_sym("Reshape", Attributes::new(), x.clone(), vec![i64s(&[0, -1])]),
+        vec![n.clone(), Dim::Known(12)]
+    );
+    assert_eq!(
+        infer_sym("Reshape", Attributes::new(), x.clone(), vec![i64s(&[-1, 6])]),
+        vec![Dim::Unknown, Dim::Known(6)]
+    );
+    assert_eq!(infer_sym("Flatten", Attributes::new(), x.clone(), vec![]), vec![n.clone(), Dim::Known(12)]);
+    assert_eq!(
+        infer_sym("Slice", Attributes::new(), x, vec![i64s(&[0, 1]), i64s(&[i64::MAX, 3]), i64s(&[0, 2])]),
+        vec![n, Dim::Known(3), Dim::Known(2)]
+    );
+}
