@@ -158,7 +158,7 @@ fn split_sizes(
         if sizes.len() != n_out {
             return Err(format!("split has {} entries but the layer has {n_out} outputs", sizes.len()));
         }
-        if sizes.iter().sum::<usize>() != dim {
+        if sizes.iter().try_fold(0usize, |a, &b| a.checked_add(b)) != Some(dim) {
             return Err(format!("split sizes {sizes:?} do not sum to the axis dimension {dim}"));
         }
         return Ok(sizes);
@@ -171,15 +171,15 @@ fn split_sizes(
     if n == 0 {
         return Err("Split needs at least one output".into());
     }
+    Ok(chunk_sizes(dim, n))
+}
+
+/// `n` chunks of `ceil(dim / n)`, the last ones smaller (possibly empty when `n` does not fit,
+/// e.g. 5 into 4 gives 2, 2, 1, 0), as the reference implementation slices them. Opset 13's
+/// even split (no `split`, no `num_outputs`) is the divisible case of the same rule.
+fn chunk_sizes(dim: usize, n: usize) -> Vec<usize> {
     let chunk = dim.div_ceil(n);
-    if num_outputs.is_none() && dim % n != 0 {
-        return Err(format!("axis dimension {dim} cannot be split evenly into {n} outputs"));
-    }
-    let sizes: Vec<usize> = (0..n).map(|i| chunk.min(dim.saturating_sub(i * chunk))).collect();
-    if chunk * (n - 1) > dim {
-        return Err(format!("axis dimension {dim} is too small for {n} outputs"));
-    }
-    Ok(sizes)
+    (0..n).map(|i| chunk.min(dim.saturating_sub(i * chunk))).collect()
 }
 
 /// One axis of a Slice after clamping: first index, step and element count.
