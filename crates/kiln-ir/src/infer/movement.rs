@@ -216,6 +216,21 @@ fn range(k: &Known) -> Result<Vec<ValueType>, String> {
             return Err(format!("input {i} has dtype {}, start has {dt}", k.dtype(i)?));
         }
     }
+    if dt.is_int() {
+        // Exact integer count, as the kernel computes it: ceil((limit - start) / delta).
+        let vals: Option<Vec<i128>> =
+            (0..3).map(|i| k.const_input(i).and_then(|t| t.to_i64_vec().first().map(|&v| v as i128))).collect();
+        let len = match vals.as_deref() {
+            Some(&[_, _, 0]) => return Err("delta must not be zero".into()),
+            Some(&[s, l, d]) => {
+                let span = l - s;
+                let n = if span == 0 || (span > 0) != (d > 0) { 0 } else { (span + d - d.signum()) / d };
+                usize::try_from(n).map_or(Dim::Unknown, Dim::Known)
+            }
+            _ => Dim::Unknown,
+        };
+        return Ok(vec![ValueType::tensor(dt, vec![len])]);
+    }
     let vals: Option<Vec<f64>> =
         (0..3).map(|i| k.const_input(i).and_then(|t| t.to_f64_vec().first().copied())).collect();
     let len = match vals.as_deref() {
