@@ -285,3 +285,98 @@ fn symbolic_dims_survive_reshape_flatten_slice() {
         vec![n, Dim::Known(3), Dim::Known(2)]
     );
 }
+
+/// Hostile inputs must produce errors (at inference or run time), never panics or huge allocations.
+#[test]
+fn bad_inputs_are_errors() {
+    let x = || In::Run(arange(&[2, 3]));
+    let big = 1i64 << 40;
+    let cases: Vec<(&str, Attributes, Vec<In>, usize)> = vec![
+        ("Tile", Attributes::new(), vec![x(), In::Run(i64s(&[big, big]))], 1),
+        ("Tile", Attributes::new(), vec![x(), In::Const(i64s(&[big, big]))], 1),
+        ("ConstantOfShape", Attributes::new(), vec![In::Run(i64s(&[big, big]))], 1),
+        ("ConstantOfShape", Attributes::new(), vec![In::Run(i64s(&[-1]))], 1),
+        ("Pad", Attributes::new(), vec![x(), In::Run(i64s(&[0, 0, big, big]))], 1),
+        ("Pad", Attributes::new(), vec![x(), In::Run(i64s(&[0, -5, 0, 0]))], 1),
+        (
+            "Pad",
+            Attributes::new().with("mode", "reflect"),
+            vec![In::Run(t::<f32>(&[0], vec![])), In::Run(i64s(&[1, 1]))],
+            1,
+        ),
+        ("Expand", Attributes::new(), vec![x(), In::Run(i64s(&[big, 1, 1]))], 1),
+        (
+            "Range",
+            Attributes::new(),
+            vec![In::Run(Tensor::scalar(0i64)), In::Run(Tensor::scalar(i64::MAX)), In::Run(Tensor::scalar(1i64))],
+            1,
+        ),
+        (
+            "Range",
+            Attributes::new(),
+            vec![In::Run(Tensor::scalar(0.0f32)), In::Run(Tensor::scalar(1.0f32)), In::Run(Tensor::scalar(0.0f32))],
+            1,
+        ),
+        (
+            "OneHot",
+            Attributes::new(),
+            vec![In::Run(i64s(&[0])), In::Run(Tensor::scalar(big)), In::Run(t(&[2], vec![0.0f32, 1.0]))],
+            1,
+        ),
+        (
+            "Slice",
+            Attributes::new(),
+            vec![x(), In::Run(i64s(&[0])), In::Run(i64s(&[1])), In::Run(i64s(&[0])), In::Run(i64s(&[0]))],
+            1,
+        ),
+        ("Reshape", Attributes::new(), vec![x(), In::Run(i64s(&[big, big, big]))], 1),
+        ("Reshape", Attributes::new(), vec![x(), In::Run(i64s(&[-1, -1]))], 1),
+        ("DepthToSpace", Attributes::new().with("blocksize", 1i64 << 33), vec![In::Run(arange(&[1, 4, 1, 1]))], 1),
+        (
+            "SpaceToDepth",
+            Attributes::new().with("blocksize", 1i64 << 33),
+            vec![In::Run(t::<f32>(&[1, 2, 0, 0], vec![]))],
+            1,
+        ),
+        (
+            "ScatterElements",
+            Attributes::new(),
+            vec![x(), In::Run(t(&[1, 1], vec![2i64])), In::Run(t(&[1, 1], vec![1.0f32]))],
+            1,
+        ),
+        ("GatherElements", Attributes::new().with("axis", 1i64), vec![x(), In::Run(t(&[1, 1], vec![-4i64]))], 1),
+        (
+            "ScatterND",
+            Attributes::new(),
+            vec![x(), In::Run(t(&[1, 3], vec![0i64, 0, 0])), In::Run(t(&[1], vec![1.0f32]))],
+            1,
+        ),
+        (
+            "TensorScatter",
+            Attributes::new().with("axis", 1i64),
+            vec![x(), In::Run(arange(&[2, 2])), In::Run(i64s(&[0, -1]))],
+            1,
+        ),
+        ("ReverseSequence", Attributes::new(), vec![x(), In::Run(i64s(&[1, 2, 3]))], 1),
+        ("ReverseSequence", Attributes::new(), vec![x(), In::Run(i64s(&[1, 2, 5]))], 1),
+        ("Compress", Attributes::new().with("axis", 0i64), vec![x(), In::Run(t(&[3], vec![false, false, true]))], 1),
+        ("Split", Attributes::new(), vec![x(), In::Run(i64s(&[1, i64::MAX]))], 2),
+        ("Split", Attributes::new(), vec![x(), In::Run(i64s(&[-1, 3]))], 2),
+        ("Unsqueeze", Attributes::new(), vec![x(), In::Run(i64s(&[0, -4]))], 1),
+        ("Squeeze", Attributes::new(), vec![x(), In::Run(i64s(&[0]))], 1),
+        ("TopK", Attributes::new(), vec![x(), In::Run(i64s(&[-1]))], 2),
+        ("Transpose", Attributes::new().with("perm", vec![0i64, 0]), vec![x()], 1),
+        ("Concat", Attributes::new().with("axis", 0i64), vec![x(), In::Run(arange(&[2, 2]))], 1),
+        ("GatherND", Attributes::new().with("batch_dims", 1i64), vec![x(), In::Run(t(&[3, 1], vec![0i64; 3]))], 1),
+        ("EyeLike", Attributes::new(), vec![In::Run(arange(&[2]))], 1),
+        ("Trilu", Attributes::new(), vec![In::Run(arange(&[3]))], 1),
+    ];
+    for (op, attrs, inputs, n) in cases {
+        let r = run(op, attrs, inputs, n);
+        assert!(
+            r.is_err(),
+            "{op} accepted bad input: {:?}",
+            r.map(|(_, o)| o.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>())
+        );
+    }
+}
