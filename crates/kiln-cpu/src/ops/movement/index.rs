@@ -151,7 +151,7 @@ fn nd_offsets(shape: &[usize], idx: &[i64], k: usize) -> Result<(Vec<usize>, usi
     }
     let strides = strides_of(shape);
     let block: usize = shape[k..].iter().product();
-    let mut out = Vec::with_capacity(if k == 0 { 0 } else { idx.len() / k });
+    let mut out = Vec::with_capacity(idx.len().checked_div(k).unwrap_or(0));
     if k == 0 {
         return Ok((out, block));
     }
@@ -183,7 +183,7 @@ fn gather_nd(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, S
     numel(&out_shape)?;
     let batches: usize = ds[..b].iter().product();
     let batch_size: usize = ds[b..].iter().product();
-    let per_batch = if batches == 0 { 0 } else { idx.len() / batches };
+    let per_batch = idx.len().checked_div(batches).unwrap_or(0);
     // Flat offsets into data: each batch's tuples index that batch's slice.
     let mut offs = Vec::new();
     let mut block = 1;
@@ -268,7 +268,7 @@ fn tensor_scatter(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Valu
     let (max_len, seq) = (ps[axis], us[axis]);
     let inner: usize = ps[axis + 1..].iter().product();
     let prefix: usize = ps[..axis].iter().product();
-    let per_batch = if batch == 0 { 0 } else { prefix / batch };
+    let per_batch = prefix.checked_div(batch).unwrap_or(0);
     // (destination, source) offsets of each `inner`-sized row that is overwritten.
     let mut moves = Vec::with_capacity(prefix * seq);
     for p in 0..prefix {

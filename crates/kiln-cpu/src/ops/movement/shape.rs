@@ -193,7 +193,8 @@ fn range(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, Stri
 
 /// Range's element count, refused when too large to allocate.
 fn count(n: f64) -> Result<usize, String> {
-    if !(n <= kiln_ir::MAX_ELEMENTS as f64) {
+    // Written so that NaN is refused too.
+    if n.is_nan() || n > kiln_ir::MAX_ELEMENTS as f64 {
         return Err(format!("Range would produce {n} elements (limit {})", kiln_ir::MAX_ELEMENTS));
     }
     Ok(n as usize)
