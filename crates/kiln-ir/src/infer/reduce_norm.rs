@@ -177,10 +177,6 @@ fn batch_normalization(k: &Known) -> Res {
     let t = require_float(k, 0)?;
     check_channel_rank(k, t.shape.as_ref())?;
     let mean = k.tensor(3)?;
-    let training = k.attrs.int("training_mode", 0)? != 0;
-    if !training && k.num_outputs > 1 {
-        return Err("running mean/var outputs need training_mode=1".into());
-    }
     let c = t.shape.as_ref().map_or(Dim::Unknown, |s| s[1].clone());
     let stat = ValueType::tensor(mean.dtype, vec![c]);
     let mut out = vec![ValueType::Tensor(t.clone())];

@@ -167,16 +167,15 @@ impl Plan {
             for _ in 0..total / inner {
                 cur.copy_from_slice(&offs);
                 let mut oo = o;
-                for _ in 0..inner {
-                    let mut p = T::ONE;
-                    for (x, &c) in xs.iter().zip(&cur) {
-                        p = T::mul(p, x[c].load());
+                if let ([a, b], [ca, cb], [sa, sb]) = (xs, cur.as_slice(), inner_st.as_slice()) {
+                    // Two operands (the common case): a tight multiply-accumulate loop.
+                    for step in 0..inner {
+                        let p = T::mul(a[ca + step * sa].load(), b[cb + step * sb].load());
+                        acc[oo] = T::add(acc[oo], p);
+                        oo += inner_os;
                     }
-                    acc[oo] = T::add(acc[oo], p);
-                    oo += inner_os;
-                    for (c, &s) in cur.iter_mut().zip(&inner_st) {
-                        *c += s;
-                    }
+                } else {
+                    inner_general(xs, &mut cur, &inner_st, inner, &mut acc, oo, inner_os);
                 }
                 // Advance the odometer over the outer loops.
                 for ax in (0..depth.saturating_sub(1)).rev() {
@@ -197,6 +196,29 @@ impl Plan {
             }
         }
         make(self.out_shape.clone(), acc.into_iter().map(T::store).collect())
+    }
+}
+
+/// The innermost loop of `Plan::run` for any number of operands.
+fn inner_general<T: Arith>(
+    xs: &[&[T]],
+    cur: &mut [usize],
+    inner_st: &[usize],
+    inner: usize,
+    acc: &mut [T::Acc],
+    mut oo: usize,
+    inner_os: usize,
+) {
+    for _ in 0..inner {
+        let mut p = T::ONE;
+        for (x, &c) in xs.iter().zip(cur.iter()) {
+            p = T::mul(p, x[c].load());
+        }
+        acc[oo] = T::add(acc[oo], p);
+        oo += inner_os;
+        for (c, &s) in cur.iter_mut().zip(inner_st) {
+            *c += s;
+        }
     }
 }
 

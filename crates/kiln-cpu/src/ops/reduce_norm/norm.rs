@@ -123,15 +123,17 @@ pub(super) fn batch_normalization(ctx: &KernelCtx, inputs: &[Option<&Value>]) ->
             }
         }
         let mut out = vec![Value::Tensor(typed_like(x.shape(), &y, v)?)];
-        if training {
-            // Running statistics: input * momentum + batch * (1 - momentum), in input_mean's type.
-            let mix = |run: &[f64], batch: &[f64]| -> Vec<f64> {
-                run.iter().zip(batch).map(|(&r, &b)| r * momentum + b * (1.0 - momentum)).collect()
-            };
-            let running = [mix(&mean_in, &mean), mix(&var_in, &var)];
-            for (i, r) in running.iter().enumerate().take(ctx.num_outputs.saturating_sub(1)) {
-                out.push(Value::Tensor(f64_tensor(params[2 + i].dtype(), vec![c], r)?));
+        // Running statistics: input * momentum + batch * (1 - momentum), in input_mean's type.
+        // Outside training mode there are no batch statistics: they pass through unchanged.
+        let mix = |run: &[f64], batch: &[f64]| -> Vec<f64> {
+            if !training {
+                return run.to_vec();
             }
+            run.iter().zip(batch).map(|(&r, &b)| r * momentum + b * (1.0 - momentum)).collect()
+        };
+        let running = [mix(&mean_in, &mean), mix(&var_in, &var)];
+        for (i, r) in running.iter().enumerate().take(ctx.num_outputs.saturating_sub(1)) {
+            out.push(Value::Tensor(f64_tensor(params[2 + i].dtype(), vec![c], r)?));
         }
         Ok(out)
     })
@@ -292,7 +294,8 @@ fn grouped(x: &Tensor, c: usize, cpg: usize, scale: &[f64], bias: &[f64], eps: f
     let block = cpg * spatial;
     let y = with_float!(x, op, v => {
         let mut y = vec![0f64; v.len()];
-        for g in 0..n * (c / cpg) {
+        let blocks = if cpg == 0 { 0 } else { n * (c / cpg) };
+        for g in 0..blocks {
             let base = g * block;
             let (mean, var) = mean_var(v[base..base + block].iter().map(|e| e.to_f64()), block);
             let inv = 1.0 / (var + eps).sqrt();
