@@ -3,9 +3,9 @@
 //!
 //! - Reduce*: `axes` was an attribute before opset 18 (ReduceSum: 13); it becomes a constant
 //!   input.
-//! - Softmax / LogSoftmax / Hardmax before opset 13 coerce the input to 2-D at `axis` (default
-//!   1) and normalize the whole second dimension; the layer gets the internal attribute
-//!   `kiln_coerce_2d` that the kernel understands.
+//! - Softmax / LogSoftmax / Hardmax before opset 13 coerce the input to 2-D at `axis` (1 by
+//!   default) and normalize the whole second dimension; the layer gets the internal
+//!   attribute `kiln_coerce_2d` that the kernel understands.
 //! - GroupNormalization opset 18 has per-group scale and bias (opset 21: per channel); the
 //!   layer gets the internal attribute `kiln_per_group_scale`.
 //! - BatchNormalization before opset 14 (inference form only): legacy attributes dropped.
@@ -79,7 +79,8 @@ fn legacy_batch_norm(n: &mut NodeImport) -> Result<(), ImportError> {
     if old.int("spatial", 1)? == 0 {
         return Err(ImportError::Unsupported("BatchNormalization with spatial=0".into()));
     }
-    if old.int("is_test", 1)? == 0 && n.opset < 7 {
+    // Before opset 7, `is_test` (default 0: training, batch statistics) selected the mode.
+    if n.opset < 7 && old.int("is_test", 0)? == 0 {
         return Err(ImportError::Unsupported("BatchNormalization in training mode (is_test=0)".into()));
     }
     let mut attrs = Attributes::new();

@@ -28,7 +28,7 @@ pub(super) fn layer_normalization(ctx: &KernelCtx, inputs: &[Option<&Value>]) ->
     let mut means = Vec::with_capacity(rows);
     let mut inv_stds = Vec::with_capacity(rows);
     let y = with_float!(x, ctx.op, v => {
-        let mut y = vec![0f64; v.len()];
+        let mut y = v.to_vec();
         for r in 0..rows {
             let row = &v[r * cols..(r + 1) * cols];
             let (mean, var) = mean_var(row.iter().map(|e| e.to_f64()), cols);
@@ -39,12 +39,12 @@ pub(super) fn layer_normalization(ctx: &KernelCtx, inputs: &[Option<&Value>]) ->
                 if let (Some(b), Some(m)) = (&b, &bias_map) {
                     val += b[m.at(f)];
                 }
-                y[f] = val;
+                y[f] = Element::from_f64(val);
             }
             means.push(mean);
             inv_stds.push(inv);
         }
-        typed_like(x.shape(), &y, v)
+        make(x.shape().to_vec(), y)
     })?;
     let mut stat_shape = x.shape().to_vec();
     stat_shape[axis..].fill(1);
@@ -69,17 +69,17 @@ pub(super) fn rms_normalization(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> O
     let scale_map = Bcast::new(scale.shape(), x.shape(), "Scale")?;
     let s = scale.to_f64_vec();
     let y = with_float!(x, ctx.op, v => {
-        let mut y = vec![0f64; v.len()];
+        let mut y = v.to_vec();
         for r in 0..rows {
             let row = &v[r * cols..(r + 1) * cols];
             let ms = row.iter().map(|e| e.to_f64() * e.to_f64()).sum::<f64>() / cols as f64;
             let inv = 1.0 / (ms + eps).sqrt();
             for (j, &e) in row.iter().enumerate() {
                 let f = r * cols + j;
-                y[f] = e.to_f64() * inv * s[scale_map.at(f)];
+                y[f] = Element::from_f64(e.to_f64() * inv * s[scale_map.at(f)]);
             }
         }
-        typed_like(x.shape(), &y, v)
+        make(x.shape().to_vec(), y)
     })?;
     Ok(single(y))
 }
@@ -112,17 +112,17 @@ pub(super) fn batch_normalization(ctx: &KernelCtx, inputs: &[Option<&Value>]) ->
         } else {
             (mean_in.clone(), var_in.clone())
         };
-        let mut y = vec![0f64; v.len()];
+        let mut y = v.to_vec();
         for b in 0..n {
             for ch in 0..c {
                 let k = scale[ch] / (var[ch] + eps).sqrt();
                 let base = (b * c + ch) * spatial;
                 for i in base..base + spatial {
-                    y[i] = (v[i].to_f64() - mean[ch]) * k + bias[ch];
+                    y[i] = Element::from_f64((v[i].to_f64() - mean[ch]) * k + bias[ch]);
                 }
             }
         }
-        let mut out = vec![Value::Tensor(typed_like(x.shape(), &y, v)?)];
+        let mut out = vec![Value::Tensor(make(x.shape().to_vec(), y)?)];
         // Running statistics: input * momentum + batch * (1 - momentum), in input_mean's type.
         // Outside training mode there are no batch statistics: they pass through unchanged.
         let mix = |run: &[f64], batch: &[f64]| -> Vec<f64> {
@@ -192,7 +192,7 @@ pub(super) fn lp_normalization(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Ou
     let (outer, n, inner) = super::split_at_axis(x.shape(), axis);
     let y = with_float!(x, ctx.op, v => {
         let mut norm = vec![0f64; inner];
-        let mut y = vec![0f64; v.len()];
+        let mut y = v.to_vec();
         for o in 0..outer {
             let base = o * n * inner;
             norm.fill(0.0);
@@ -209,11 +209,11 @@ pub(super) fn lp_normalization(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Ou
                 for (i, &nm) in norm.iter().enumerate() {
                     let f = base + k * inner + i;
                     // An all-zero slice normalizes to zeros, not 0/0.
-                    y[f] = if nm == 0.0 { 0.0 } else { v[f].to_f64() / nm };
+                    y[f] = Element::from_f64(if nm == 0.0 { 0.0 } else { v[f].to_f64() / nm });
                 }
             }
         }
-        typed_like(x.shape(), &y, v)
+        make(x.shape().to_vec(), y)
     })?;
     Ok(single(y))
 }
@@ -243,9 +243,9 @@ pub(super) fn mean_variance_normalization(ctx: &KernelCtx, inputs: &[Option<&Val
         });
         // (x - mean) / (std + 1e-9), the epsilon outside the square root as in the spec.
         let denom: Vec<f64> = var.iter().map(|s| (s / count).sqrt() + 1e-9).collect();
-        let mut y = vec![0f64; v.len()];
-        plan.walk(|i, o| y[i] = (v[i].to_f64() - mean[o]) / denom[o]);
-        typed_like(x.shape(), &y, v)
+        let mut y = v.to_vec();
+        plan.walk(|i, o| y[i] = Element::from_f64((v[i].to_f64() - mean[o]) / denom[o]));
+        make(x.shape().to_vec(), y)
     })?;
     Ok(single(y))
 }
@@ -265,7 +265,7 @@ pub(super) fn lrn(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Out {
     let before = (size - 1) / 2;
     let after = size - 1 - before;
     let y = with_float!(x, ctx.op, v => {
-        let mut y = vec![0f64; v.len()];
+        let mut y = v.to_vec();
         let mut sq = vec![0f64; spatial];
         for b in 0..n {
             for ch in 0..c {
@@ -278,11 +278,11 @@ pub(super) fn lrn(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Out {
                 }
                 let base = (b * c + ch) * spatial;
                 for (i, &s) in sq.iter().enumerate() {
-                    y[base + i] = v[base + i].to_f64() / (bias + alpha / size as f64 * s).powf(beta);
+                    y[base + i] = Element::from_f64(v[base + i].to_f64() / (bias + alpha / size as f64 * s).powf(beta));
                 }
             }
         }
-        typed_like(x.shape(), &y, v)
+        make(x.shape().to_vec(), y)
     })?;
     Ok(single(y))
 }
@@ -293,18 +293,18 @@ fn grouped(x: &Tensor, c: usize, cpg: usize, scale: &[f64], bias: &[f64], eps: f
     let (n, _, spatial) = channel_layout(x, op)?;
     let block = cpg * spatial;
     let y = with_float!(x, op, v => {
-        let mut y = vec![0f64; v.len()];
-        let blocks = if cpg == 0 { 0 } else { n * (c / cpg) };
+        let mut y = v.to_vec();
+        let blocks = n * c.checked_div(cpg).unwrap_or(0);
         for g in 0..blocks {
             let base = g * block;
             let (mean, var) = mean_var(v[base..base + block].iter().map(|e| e.to_f64()), block);
             let inv = 1.0 / (var + eps).sqrt();
             for i in 0..block {
                 let ch = (g * cpg + i / spatial.max(1)) % c;
-                y[base + i] = (v[base + i].to_f64() - mean) * inv * scale[ch] + bias[ch];
+                y[base + i] = Element::from_f64((v[base + i].to_f64() - mean) * inv * scale[ch] + bias[ch]);
             }
         }
-        typed_like(x.shape(), &y, v)
+        make(x.shape().to_vec(), y)
     })?;
     Ok(single(y))
 }
@@ -342,11 +342,6 @@ fn f64_tensor(dtype: DType, shape: Vec<usize>, v: &[f64]) -> Result<Tensor, Stri
         DType::BF16 => super::store_f64::<kiln_ir::bf16>(shape, v),
         other => Err(format!("cannot produce statistics of type {other}")),
     }
-}
-
-/// A tensor with the element type of `_like`, from f64 values.
-fn typed_like<T: Element>(shape: &[usize], y: &[f64], _like: &[T]) -> Result<Tensor, String> {
-    make(shape.to_vec(), y.iter().map(|&e| T::from_f64(e)).collect::<Vec<T>>())
 }
 
 /// How a unidirectionally broadcast parameter (Scale, B) is indexed by flat input position.
