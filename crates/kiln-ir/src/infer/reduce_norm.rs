@@ -380,3 +380,28 @@ fn stash_dtype(k: &Known) -> Result<DType, String> {
         _ => Err(format!("stash_type {code} is not a supported floating-point type")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(dims: &[usize]) -> Shape {
+        dims.iter().map(|&d| Dim::Known(d)).collect()
+    }
+
+    #[test]
+    fn einsum_output_shapes() {
+        let mm = einsum_shape("ij,jk->ik", &[known(&[2, 3]), known(&[3, 4])]).unwrap();
+        assert_eq!(mm, known(&[2, 4]));
+        // Implicit output: letters occurring once, sorted (upper case first).
+        let imp = einsum_shape("bA,Ac", &[known(&[2, 3]), known(&[3, 5])]).unwrap();
+        assert_eq!(imp, known(&[2, 5]));
+        // Ellipsis dims broadcast, aligned to the right, and lead in implicit mode.
+        let ell = einsum_shape("...ij,jk", &[known(&[7, 1, 2, 3]), known(&[3, 4])]).unwrap();
+        assert_eq!(ell, known(&[7, 1, 2, 4]));
+        let diag = einsum_shape("...ii ->...i", &[known(&[5, 3, 3])]).unwrap();
+        assert_eq!(diag, known(&[5, 3]));
+        assert!(einsum_shape("ij,jk->ik", &[known(&[2, 3]), known(&[4, 4])]).is_err());
+        assert!(einsum_shape("ij->ii", &[known(&[2, 2])]).is_err());
+    }
+}

@@ -369,3 +369,37 @@ impl Bcast {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_var_is_population_variance() {
+        let (m, v) = mean_var([1.0, 2.0, 3.0, 6.0].into_iter(), 4);
+        assert_eq!(m, 3.0);
+        assert_eq!(v, (4.0 + 1.0 + 0.0 + 9.0) / 4.0);
+    }
+
+    #[test]
+    fn bcast_suffix_and_table() {
+        // Scale [1, 4] against X [2, 3, 4]: a suffix, indexed modulo 4.
+        let b = Bcast::new(&[1, 4], &[2, 3, 4], "Scale").unwrap();
+        assert_eq!((b.at(5), b.at(23)), (1, 3));
+        // Scale [3, 1] against X [2, 3, 4]: a general broadcast (one value per middle index).
+        let b = Bcast::new(&[3, 1], &[2, 3, 4], "Scale").unwrap();
+        assert_eq!((b.at(0), b.at(4), b.at(11), b.at(12)), (0, 1, 2, 0));
+        assert!(Bcast::new(&[5], &[2, 3, 4], "Scale").is_err());
+    }
+
+    #[test]
+    fn grouped_normalizes_each_group() {
+        // X [1, 2, 2]: one group per channel; channel 0 = [1, 3], channel 1 = [2, 2].
+        let x = Tensor::from_vec(vec![1, 2, 2], vec![1.0f64, 3.0, 2.0, 2.0]).unwrap();
+        let out = grouped(&x, 2, 1, &[2.0, 1.0], &[0.5, -1.0], 0.0, "InstanceNormalization").unwrap();
+        let y = out[0].as_tensor().unwrap().as_slice::<f64>().unwrap().to_vec();
+        // Channel 0: mean 2, std 1 -> [-1, 1] * 2 + 0.5; channel 1: zero variance with eps 0 -> NaN.
+        assert_eq!(&y[..2], &[-1.5, 2.5]);
+        assert!(y[2].is_nan());
+    }
+}
