@@ -15,10 +15,7 @@ type Out = Result<Vec<Value>, String>;
 pub(super) fn nll_loss(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Out {
     let x = tensor_arg(inputs, 0)?;
     let args = LossArgs::new(ctx, inputs, x)?;
-    with_float!(x, ctx.op, v => {
-        let input: Vec<f64> = v.iter().map(|e| e.to_f64()).collect();
-        Ok(vec![Value::Tensor(args.loss(&input, v)?)])
-    })
+    with_float!(x, ctx.op, v => Ok(vec![Value::Tensor(args.loss(|i| v[i].to_f64(), v)?)]))
 }
 
 pub(super) fn softmax_cross_entropy_loss(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Out {
@@ -39,7 +36,7 @@ pub(super) fn softmax_cross_entropy_loss(ctx: &KernelCtx, inputs: &[Option<&Valu
                 }
             }
         }
-        let mut out = vec![Value::Tensor(args.loss(&lp, v)?)];
+        let mut out = vec![Value::Tensor(args.loss(|i| lp[i], v)?)];
         if ctx.num_outputs > 1 {
             out.push(Value::Tensor(typed(x.shape().to_vec(), &lp, v)?));
         }
@@ -105,8 +102,8 @@ impl LossArgs {
         })
     }
 
-    /// The loss from per-class log-probabilities `lp` laid out as [N, C, D].
-    fn loss<T: Element>(&self, lp: &[f64], like: &[T]) -> Result<Tensor, String> {
+    /// The loss from per-class log-probabilities (`lp(i)` = element i of an [N, C, D] layout).
+    fn loss<T: Element>(&self, lp: impl Fn(usize) -> f64, like: &[T]) -> Result<Tensor, String> {
         let (c, d) = (self.c, self.d);
         let mut loss = vec![0f64; self.n * d];
         let mut weight_sum = 0.0;
@@ -121,7 +118,7 @@ impl LossArgs {
                 }
                 let t = t as usize;
                 let w = self.weight.as_ref().map_or(1.0, |w| w[t]);
-                loss[b * d + j] = -lp[(b * c + t) * d + j] * w;
+                loss[b * d + j] = -lp((b * c + t) * d + j) * w;
                 weight_sum += w;
             }
         }
@@ -155,7 +152,7 @@ mod tests {
         };
         // lp[N=3, C=2]
         let lp = [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0];
-        let t = args.loss(&lp, &[0f64]).unwrap();
+        let t = args.loss(|i| lp[i], &[0f64]).unwrap();
         // (4*0.5 + 6*0.5) / (0.5 + 0.5)
         assert_eq!(t.as_slice::<f64>().unwrap(), &[5.0]);
     }
