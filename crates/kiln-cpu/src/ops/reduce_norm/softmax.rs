@@ -69,6 +69,7 @@ fn normalize_typed<T: Element>(
     let mut max = vec![0f64; inner];
     let mut arg = vec![0usize; inner];
     let mut sum = vec![0f64; inner];
+    let mut exps = if kind == Kind::Hardmax { Vec::new() } else { vec![0f64; n * inner] };
     for o in 0..outer {
         let base = o * n * inner;
         let at = |k: usize, i: usize| v[base + k * inner + i].to_f64();
@@ -95,17 +96,28 @@ fn normalize_typed<T: Element>(
                 }
             }
             Kind::Softmax | Kind::LogSoftmax => {
+                // One exp per element: keep exp(x - max) of the block for the final pass.
                 sum.fill(0.0);
                 for k in 0..n {
                     for i in 0..inner {
-                        sum[i] += (at(k, i) - max[i]).exp();
+                        let e = (at(k, i) - max[i]).exp();
+                        exps[k * inner + i] = e;
+                        sum[i] += e;
                     }
                 }
-                for k in 0..n {
-                    for i in 0..inner {
-                        let d = at(k, i) - max[i];
-                        out[slot(k, i)] =
-                            T::from_f64(if kind == Kind::Softmax { d.exp() / sum[i] } else { d - sum[i].ln() });
+                if kind == Kind::Softmax {
+                    sum.iter_mut().for_each(|s| *s = 1.0 / *s);
+                    for k in 0..n {
+                        for i in 0..inner {
+                            out[slot(k, i)] = T::from_f64(exps[k * inner + i] * sum[i]);
+                        }
+                    }
+                } else {
+                    sum.iter_mut().for_each(|s| *s = s.ln());
+                    for k in 0..n {
+                        for i in 0..inner {
+                            out[slot(k, i)] = T::from_f64(at(k, i) - max[i] - sum[i]);
+                        }
                     }
                 }
             }
