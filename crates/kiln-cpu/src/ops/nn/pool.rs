@@ -1,0 +1,300 @@
+//! Pooling: MaxPool (with indices), AveragePool, LpPool, their global forms, and MaxUnpool.
+//!
+//! Pools compute in f64 (exact for every supported input type, and at least as precise as the
+//! f32 reference for floats), then convert back to the input dtype once.
+
+use super::{next_index, Window};
+use crate::util::{opt_tensor_arg, single, tensor_arg};
+use crate::KernelCtx;
+use kiln_ir::{checked_numel, dispatch, strides_of, DType, Element, Tensor, Value};
+use rayon::prelude::*;
+
+/// MaxPool: window maximum, padding excluded; optional int64 indices of the maxima (flat over
+/// the whole input, row-major or, with `storage_order = 1`, column-major within each plane).
+pub(super) fn max_pool(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
+    let x = tensor_arg(inputs, 0)?;
+    if !(x.dtype().is_float() || matches!(x.dtype(), DType::I8 | DType::U8)) {
+        return Err(format!("dtype {} is not supported", x.dtype()));
+    }
+    let col_major = match ctx.attrs.int("storage_order", 0)? {
+        0 => false,
+        1 => true,
+        v => return Err(format!("storage_order must be 0 or 1, got {v}")),
+    };
+    let (planes, win) = pool_window(ctx, x)?;
+    let xv = x.to_f64_vec();
+    let (is, os) = (win.input_size(), win.output_size());
+    // Column-major strides within a plane, for storage_order = 1.
+    let nsp = win.input.len();
+    let istr = if col_major {
+        let mut s = vec![1usize; nsp];
+        for a in 1..nsp {
+            s[a] = s[a - 1] * win.input[a - 1];
+        }
+        s
+    } else {
+        strides_of(&win.input)
+    };
+    let want_idx = ctx.num_outputs > 1;
+    let row_str = strides_of(&win.input);
+    let per_plane: Vec<(Vec<f64>, Vec<i64>)> = (0..planes)
+        .into_par_iter()
+        .map(|p| {
+            let xp = &xv[p * is..(p + 1) * is];
+            let (mut yp, mut ip) = (vec![0f64; os], vec![0i64; if want_idx { os } else { 0 }]);
+            let mut cur = Cursor::new(nsp);
+            for o in 0..os {
+                let mut best: Option<(f64, usize)> = None;
+                cur.visit_taps(&win, &row_str, |off, coords| {
+                    let v = xp[off];
+                    if best.is_none_or(|(b, _)| v > b) {
+                        best = Some((v, coords.iter().zip(&istr).map(|(c, s)| c * s).sum()));
+                    }
+                });
+                // A window entirely in padding (only with pads >= kernel) has no maximum.
+                let (v, i) = best.unwrap_or((f64::NEG_INFINITY, 0));
+                yp[o] = v;
+                if want_idx {
+                    ip[o] = (p * is + i) as i64;
+                }
+                cur.next_output(&win);
+            }
+            (yp, ip)
+        })
+        .collect();
+    let mut y = Vec::with_capacity(planes * os);
+    let mut idx = Vec::with_capacity(if want_idx { planes * os } else { 0 });
+    for (yp, ip) in per_plane {
+        y.extend(yp);
+        idx.extend(ip);
+    }
+    let shape = out_shape(x.shape(), &win);
+    let mut out = vec![Value::Tensor(from_f64(x.dtype(), shape.clone(), y)?)];
+    if want_idx {
+        out.push(Value::Tensor(Tensor::from_vec(shape, idx).map_err(|e| e.to_string())?));
+    }
+    Ok(out)
+}
+
+/// AveragePool: window mean over the input elements, or over input + explicit padding when
+/// `count_include_pad` (positions added by `ceil_mode` beyond the padding never count).
+pub(super) fn average_pool(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
+    let include_pad = ctx.attrs.int("count_include_pad", 0)? != 0;
+    windowed_reduce(ctx, inputs, move |sum, valid, padded| sum / if include_pad { padded } else { valid } as f64, |v| v)
+}
+
+/// LpPool: `(sum |x|^p)^(1/p)` over the window's input elements (padding adds nothing).
+pub(super) fn lp_pool(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
+    let p = ctx.attrs.int("p", 2)? as f64;
+    windowed_reduce(ctx, inputs, move |sum, _, _| sum.powf(1.0 / p), move |v| v.abs().powf(p))
+}
+
+pub(super) fn global_average_pool(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
+    global(inputs, |v| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+pub(super) fn global_max_pool(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
+    global(inputs, |v| v.iter().copied().fold(f64::NEG_INFINITY, |a, b| if b > a || b.is_nan() { b } else { a }))
+}
+
+pub(super) fn global_lp_pool(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
+    let p = ctx.attrs.int("p", 2)? as f64;
+    global(inputs, move |v| v.iter().map(|x| x.abs().powf(p)).sum::<f64>().powf(1.0 / p))
+}
+
+/// MaxUnpool: scatter X into zeros at the (flat) indices of the natural unpooled shape; with an
+/// `output_shape` input that result is placed at the start of a larger zero tensor.
+pub(super) fn max_unpool(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
+    let (x, ind) = (tensor_arg(inputs, 0)?, tensor_arg(inputs, 1)?);
+    let out_shape = opt_tensor_arg(inputs, 2)?;
+    if ind.dtype() != DType::I64 || ind.shape() != x.shape() {
+        return Err(format!(
+            "indices must be int64 of X's shape {:?}, got {} {:?}",
+            x.shape(),
+            ind.dtype(),
+            ind.shape()
+        ));
+    }
+    let kernel = ctx.attrs.req_ints("kernel_shape")?;
+    let nsp = kernel.len();
+    if x.rank() != nsp + 2 {
+        return Err(format!("X rank {} does not match kernel_shape {kernel:?}", x.rank()));
+    }
+    let strides = super::ints_or(ctx.attrs, "strides", nsp, 1)?;
+    let pads = super::ints_or(ctx.attrs, "pads", 2 * nsp, 0)?;
+    let mut natural = x.shape()[..2].to_vec();
+    for i in 0..nsp {
+        let v = (x.shape()[i + 2] as i64 - 1) * strides[i] + kernel[i] - pads[i] - pads[i + nsp];
+        if v < 0 {
+            return Err(format!("unpooled size {v} along spatial axis {i} is negative"));
+        }
+        natural.push(v as usize);
+    }
+    let total = checked_numel(&natural).map_err(|e| e.to_string())?;
+    let xv = x.to_f64_vec();
+    let mut y = vec![0f64; total];
+    for (&i, &v) in ind.as_slice::<i64>().map_err(|e| e.to_string())?.iter().zip(&xv) {
+        if i < 0 || i as usize >= total {
+            return Err(format!("index {i} is out of range for unpooled shape {natural:?}"));
+        }
+        y[i as usize] = v;
+    }
+    let Some(os) = out_shape else { return Ok(single(from_f64(x.dtype(), natural, y)?)) };
+    let want = os.to_i64_vec();
+    if want.len() != natural.len() || want.iter().zip(&natural).any(|(&w, &n)| w < n as i64) {
+        return Err(format!("output_shape {want:?} must have rank {} and be at least {natural:?}", natural.len()));
+    }
+    let want: Vec<usize> = want.iter().map(|&v| v as usize).collect();
+    let mut out = vec![0f64; checked_numel(&want).map_err(|e| e.to_string())?];
+    let wstr = strides_of(&want);
+    let last = natural.len() - 1;
+    let row = natural[last];
+    let mut idx = vec![0usize; last];
+    if row > 0 && total > 0 {
+        for src in y.chunks(row) {
+            let dst: usize = idx.iter().zip(&wstr).map(|(i, s)| i * s).sum();
+            out[dst..dst + row].copy_from_slice(src);
+            next_index(&mut idx, &natural[..last]);
+        }
+    }
+    Ok(single(from_f64(x.dtype(), want, out)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Number of (image, channel) planes and the resolved window of a pool.
+fn pool_window(ctx: &KernelCtx, x: &Tensor) -> Result<(usize, Window), String> {
+    let kernel = ctx.attrs.req_ints("kernel_shape")?;
+    if kernel.iter().any(|&k| k < 1) {
+        return Err(format!("kernel_shape {kernel:?} must be positive"));
+    }
+    if x.rank() != kernel.len() + 2 {
+        return Err(format!("input shape {:?} does not match kernel_shape {kernel:?}", x.shape()));
+    }
+    let kernel: Vec<usize> = kernel.iter().map(|&k| k as usize).collect();
+    let ceil = ctx.attrs.int("ceil_mode", 0)? != 0;
+    let win = Window::resolve(ctx.attrs, &x.shape()[2..], &kernel, ceil)?;
+    checked_numel(&out_shape(x.shape(), &win)).map_err(|e| e.to_string())?;
+    Ok((x.shape()[0] * x.shape()[1], win))
+}
+
+fn out_shape(x: &[usize], win: &Window) -> Vec<usize> {
+    let mut s = x[..2].to_vec();
+    s.extend(&win.output);
+    s
+}
+
+/// Walks the output positions of one plane and, for each, the kernel taps inside the input.
+struct Cursor {
+    oidx: Vec<usize>,
+    kidx: Vec<usize>,
+    coords: Vec<usize>,
+}
+
+impl Cursor {
+    fn new(nsp: usize) -> Self {
+        Cursor { oidx: vec![0; nsp], kidx: vec![0; nsp], coords: vec![0; nsp] }
+    }
+
+    /// Call `visit(flat row-major offset, coordinates)` for each tap of the current output
+    /// position that lands inside the input.
+    fn visit_taps(&mut self, win: &Window, istr: &[usize], mut visit: impl FnMut(usize, &[usize])) {
+        let nsp = self.oidx.len();
+        self.kidx.fill(0);
+        loop {
+            let mut off = Some(0usize);
+            for a in 0..nsp {
+                match win.coord(a, self.oidx[a], self.kidx[a]) {
+                    Some(c) => {
+                        self.coords[a] = c;
+                        off = off.map(|v| v + c * istr[a]);
+                    }
+                    None => {
+                        off = None;
+                        break;
+                    }
+                }
+            }
+            if let Some(off) = off {
+                visit(off, &self.coords);
+            }
+            if !next_index(&mut self.kidx, &win.kernel) {
+                break;
+            }
+        }
+    }
+
+    fn next_output(&mut self, win: &Window) {
+        next_index(&mut self.oidx, &win.output);
+    }
+}
+
+/// Sum `map(x)` over each window, then `finish(sum, valid_count, padded_count)`.
+fn windowed_reduce(
+    ctx: &KernelCtx,
+    inputs: &[Option<&Value>],
+    finish: impl Fn(f64, usize, usize) -> f64 + Sync,
+    map: impl Fn(f64) -> f64 + Sync,
+) -> Result<Vec<Value>, String> {
+    let x = tensor_arg(inputs, 0)?;
+    if !x.dtype().is_float() {
+        return Err(format!("X must be a float tensor, got {}", x.dtype()));
+    }
+    let (planes, win) = pool_window(ctx, x)?;
+    let xv = x.to_f64_vec();
+    let (is, os) = (win.input_size(), win.output_size());
+    let nsp = win.input.len();
+    let istr = strides_of(&win.input);
+    // Per axis and output position: taps inside the explicitly padded extent (ceil_mode may
+    // push a window past it; those taps never count).
+    let padded_taps: Vec<Vec<usize>> = (0..nsp)
+        .map(|a| {
+            let limit = win.input[a] + win.pad_begin[a] + win.pad_end[a];
+            (0..win.output[a])
+                .map(|o| (0..win.kernel[a]).filter(|&k| o * win.strides[a] + k * win.dilations[a] < limit).count())
+                .collect()
+        })
+        .collect();
+    let mut y = vec![0f64; planes * os];
+    y.par_chunks_mut(os.max(1)).enumerate().for_each(|(p, yp)| {
+        let xp = &xv[p * is..(p + 1) * is];
+        let mut cur = Cursor::new(nsp);
+        for v in yp.iter_mut() {
+            let (mut sum, mut valid) = (0.0, 0usize);
+            cur.visit_taps(&win, &istr, |off, _| {
+                sum += map(xp[off]);
+                valid += 1;
+            });
+            let padded: usize = (0..nsp).map(|a| padded_taps[a][cur.oidx[a]]).product();
+            *v = finish(sum, valid, padded);
+            cur.next_output(&win);
+        }
+    });
+    Ok(single(from_f64(x.dtype(), out_shape(x.shape(), &win), y)?))
+}
+
+/// Reduce each (image, channel) plane to one value; output keeps rank with spatial dims of 1.
+fn global(inputs: &[Option<&Value>], f: impl Fn(&[f64]) -> f64 + Sync) -> Result<Vec<Value>, String> {
+    let x = tensor_arg(inputs, 0)?;
+    if !x.dtype().is_float() || x.rank() < 2 {
+        return Err(format!("X must be a float tensor of rank >= 2, got {} {:?}", x.dtype(), x.shape()));
+    }
+    let planes = x.shape()[0] * x.shape()[1];
+    let xv = x.to_f64_vec();
+    let is = if planes == 0 { 0 } else { xv.len() / planes };
+    let y: Vec<f64> = (0..planes).into_par_iter().map(|p| f(&xv[p * is..(p + 1) * is])).collect();
+    let mut shape = x.shape()[..2].to_vec();
+    shape.resize(x.rank(), 1);
+    Ok(single(from_f64(x.dtype(), shape, y)?))
+}
+
+/// f64 results back into a tensor of `dtype` (rounding floats once, exact for 8-bit ints).
+fn from_f64(dtype: DType, shape: Vec<usize>, v: Vec<f64>) -> Result<Tensor, String> {
+    let data = kiln_ir::TensorData::zeros(dtype, 0);
+    fn conv<T: Element>(_: &Vec<T>, v: Vec<f64>) -> kiln_ir::TensorData {
+        T::into_data(v.into_iter().map(T::from_f64).collect())
+    }
+    let data = dispatch!(&data, d => conv(d, v));
+    Tensor::new(shape, data).map_err(|e| e.to_string())
+}
