@@ -7,6 +7,8 @@ mod conv;
 mod gemm;
 mod pool;
 mod quant;
+#[cfg(test)]
+mod tests;
 
 use crate::KernelFn;
 use kiln_ir::{bf16, checked_numel, f16, Attributes, DType, Element, Tensor};
