@@ -2,7 +2,7 @@
 //! Col2Im (GEMM + col2im), DeformConv (bilinear-sampled im2col + GEMM), CausalConvWithState.
 
 use super::gemm::{gemm_acc, requant_multipliers, saturate_round, transpose};
-use super::{next_index, round_to_dtype, with_acc, zeros, Acc, Window};
+use super::{next_index, round_to_dtype, valid_range, with_acc, zeros, Acc, Window};
 use crate::util::{opt_tensor_arg, single, tensor_arg};
 use crate::KernelCtx;
 use kiln_ir::{checked_numel, strides_of, Attributes, DType, Tensor, Value};
@@ -464,6 +464,8 @@ fn im2col<T: Acc>(x: &[T], cg: usize, win: &Window, col: &mut [T]) {
         kidx.fill(0);
         for kf in 0..ks {
             let row = &mut col[(ci * ks + kf) * os..(ci * ks + kf + 1) * os];
+            // Along the last axis the tap reads input o * stride + off.
+            let off = (kidx[last] * win.dilations[last]) as isize - win.pad_begin[last] as isize;
             oidx.fill(0);
             for seg in row.chunks_mut(ol) {
                 let mut base = Some(0usize);
@@ -473,8 +475,20 @@ fn im2col<T: Acc>(x: &[T], cg: usize, win: &Window, col: &mut [T]) {
                 match base {
                     None => seg.fill(T::ZERO),
                     Some(b) => {
-                        for (o, v) in seg.iter_mut().enumerate() {
-                            *v = win.coord(last, o, kidx[last]).map_or(T::ZERO, |c| xc[b + c]);
+                        let (lo, hi) = valid_range(ol, win.input[last], win.strides[last], off);
+                        seg[..lo].fill(T::ZERO);
+                        seg[hi..].fill(T::ZERO);
+                        let st = win.strides[last];
+                        if lo < hi {
+                            // First tap read; non-negative by construction of `lo`.
+                            let src = (b as isize + off + (lo * st) as isize) as usize;
+                            if st == 1 {
+                                seg[lo..hi].copy_from_slice(&xc[src..src + (hi - lo)]);
+                            } else {
+                                for (o, v) in seg[lo..hi].iter_mut().enumerate() {
+                                    *v = xc[src + o * st];
+                                }
+                            }
                         }
                     }
                 }
@@ -519,6 +533,7 @@ fn col2im_add<T: Acc>(col: &[T], channels: usize, g: &Col2ImGeometry, out: &mut 
         kidx.fill(0);
         for kf in 0..ks {
             let row = &col[(ch * ks + kf) * gs..(ch * ks + kf + 1) * gs];
+            let off = (kidx[last] * g.dilations[last]) as isize - g.pad_begin[last];
             pidx.fill(0);
             for seg in row.chunks(gl) {
                 let mut base = Some(0usize);
@@ -526,9 +541,14 @@ fn col2im_add<T: Acc>(col: &[T], channels: usize, g: &Col2ImGeometry, out: &mut 
                     base = base.and_then(|b| coord(ax, pidx[ax], kidx[ax]).map(|c| b + c * istr[ax]));
                 }
                 if let Some(b) = base {
-                    for (p, &v) in seg.iter().enumerate() {
-                        if let Some(c) = coord(last, p, kidx[last]) {
-                            oc[b + c] = oc[b + c].add(v);
+                    let (lo, hi) = valid_range(gl, g.image[last], g.strides[last], off);
+                    let st = g.strides[last];
+                    if lo < hi {
+                        // First position written; non-negative by construction of `lo`.
+                        let dst = (b as isize + off + (lo * st) as isize) as usize;
+                        for (p, &v) in seg[lo..hi].iter().enumerate() {
+                            let o = &mut oc[dst + p * st];
+                            *o = o.add(v);
                         }
                     }
                 }

@@ -142,36 +142,59 @@ fn gemm_serial<T: Acc>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &mut [
         }
         return;
     }
-    // KC rows of B (KC x NC block, ~256 KiB of f32) stay in cache while every row of A uses them.
+    // A KC x NC block of B (256 KiB of f32) stays in cache while every row of A streams over it.
     const KC: usize = 128;
     const NC: usize = 512;
     for j0 in (0..n).step_by(NC) {
         let j1 = (j0 + NC).min(n);
         for p0 in (0..k).step_by(KC) {
             let p1 = (p0 + KC).min(k);
-            for i in 0..m {
-                let crow = &mut c[i * n + j0..i * n + j1];
-                let arow = &a[i * k..(i + 1) * k];
+            let brow = |p: usize| &b[p * n + j0..p * n + j1];
+            // Two rows of C at a time share every load of B; four rows of B per pass save
+            // loads/stores of C. Zipped iterators keep the inner loop free of bounds checks.
+            let mut rows = c[..m * n].chunks_exact_mut(n).enumerate();
+            while let Some((i, c0)) = rows.next() {
+                let c0 = &mut c0[j0..j1];
+                let a0 = &a[i * k..(i + 1) * k];
+                let Some((_, c1)) = rows.next() else {
+                    let mut p = p0;
+                    while p + 4 <= p1 {
+                        let (x0, x1, x2, x3) = (a0[p], a0[p + 1], a0[p + 2], a0[p + 3]);
+                        for ((((c, &b0), &b1), &b2), &b3) in
+                            c0.iter_mut().zip(brow(p)).zip(brow(p + 1)).zip(brow(p + 2)).zip(brow(p + 3))
+                        {
+                            *c = c.madd(x0, b0).madd(x1, b1).madd(x2, b2).madd(x3, b3);
+                        }
+                        p += 4;
+                    }
+                    for p in p..p1 {
+                        let x0 = a0[p];
+                        for (c, &b0) in c0.iter_mut().zip(brow(p)) {
+                            *c = c.madd(x0, b0);
+                        }
+                    }
+                    break;
+                };
+                let c1 = &mut c1[j0..j1];
+                let a1 = &a[(i + 1) * k..(i + 2) * k];
                 let mut p = p0;
-                // Four rows of B per pass: fewer loads/stores of the C row.
                 while p + 4 <= p1 {
-                    let (a0, a1, a2, a3) = (arow[p], arow[p + 1], arow[p + 2], arow[p + 3]);
-                    let b0 = &b[p * n + j0..p * n + j1];
-                    let b1 = &b[(p + 1) * n + j0..(p + 1) * n + j1];
-                    let b2 = &b[(p + 2) * n + j0..(p + 2) * n + j1];
-                    let b3 = &b[(p + 3) * n + j0..(p + 3) * n + j1];
-                    for j in 0..crow.len() {
-                        crow[j] = crow[j].madd(a0, b0[j]).madd(a1, b1[j]).madd(a2, b2[j]).madd(a3, b3[j]);
+                    let (x0, x1, x2, x3) = (a0[p], a0[p + 1], a0[p + 2], a0[p + 3]);
+                    let (y0, y1, y2, y3) = (a1[p], a1[p + 1], a1[p + 2], a1[p + 3]);
+                    for (((((c, d), &b0), &b1), &b2), &b3) in
+                        c0.iter_mut().zip(c1.iter_mut()).zip(brow(p)).zip(brow(p + 1)).zip(brow(p + 2)).zip(brow(p + 3))
+                    {
+                        *c = c.madd(x0, b0).madd(x1, b1).madd(x2, b2).madd(x3, b3);
+                        *d = d.madd(y0, b0).madd(y1, b1).madd(y2, b2).madd(y3, b3);
                     }
                     p += 4;
                 }
-                while p < p1 {
-                    let av = arow[p];
-                    let brow = &b[p * n + j0..p * n + j1];
-                    for (cv, &bv) in crow.iter_mut().zip(brow) {
-                        *cv = cv.madd(av, bv);
+                for p in p..p1 {
+                    let (x0, y0) = (a0[p], a1[p]);
+                    for ((c, d), &b0) in c0.iter_mut().zip(c1.iter_mut()).zip(brow(p)) {
+                        *c = c.madd(x0, b0);
+                        *d = d.madd(y0, b0);
                     }
-                    p += 1;
                 }
             }
         }

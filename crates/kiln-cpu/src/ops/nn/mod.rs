@@ -321,6 +321,23 @@ impl Window {
         let c = (o * self.strides[i] + k * self.dilations[i]) as isize - self.pad_begin[i] as isize;
         (c >= 0 && (c as usize) < self.input[i]).then_some(c as usize)
     }
+
+    /// For axis `i`, the input coordinates of each output position's in-bounds taps.
+    pub fn tap_lists(&self, i: usize) -> Vec<Vec<usize>> {
+        (0..self.output[i]).map(|o| (0..self.kernel[i]).filter_map(|k| self.coord(i, o, k)).collect()).collect()
+    }
+}
+
+/// The output positions `o` in `[lo, hi)` for which `o * stride + offset` lies in `[0, len)`
+/// (clamped to `[0, count)`): lets inner loops run without per-element bounds tests.
+#[inline]
+pub(super) fn valid_range(count: usize, len: usize, stride: usize, offset: isize) -> (usize, usize) {
+    let s = stride as isize;
+    let lo = if offset >= 0 { 0 } else { ((-offset + s - 1) / s) as usize };
+    let room = len as isize - offset;
+    let hi = if room <= 0 { 0 } else { ((room + s - 1) / s) as usize };
+    let hi = hi.min(count);
+    (lo.min(hi), hi)
 }
 
 /// Advance a row-major multi-index over `dims`; false once it wraps around.

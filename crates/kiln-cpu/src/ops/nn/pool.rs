@@ -24,40 +24,32 @@ pub(super) fn max_pool(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec
     let (planes, win) = pool_window(ctx, x)?;
     let xv = x.to_f64_vec();
     let (is, os) = (win.input_size(), win.output_size());
-    // Column-major strides within a plane, for storage_order = 1.
     let nsp = win.input.len();
-    let istr = if col_major {
-        let mut s = vec![1usize; nsp];
-        for a in 1..nsp {
-            s[a] = s[a - 1] * win.input[a - 1];
-        }
-        s
-    } else {
-        strides_of(&win.input)
-    };
     let want_idx = ctx.num_outputs > 1;
-    let row_str = strides_of(&win.input);
+    let taps = Taps::new(&win);
     let per_plane: Vec<(Vec<f64>, Vec<i64>)> = (0..planes)
         .into_par_iter()
         .map(|p| {
             let xp = &xv[p * is..(p + 1) * is];
             let (mut yp, mut ip) = (vec![0f64; os], vec![0i64; if want_idx { os } else { 0 }]);
-            let mut cur = Cursor::new(nsp);
+            let mut oidx = vec![0usize; nsp];
             for o in 0..os {
+                // Strictly greater: the first maximum wins, as in the reference.
                 let mut best: Option<(f64, usize)> = None;
-                cur.visit_taps(&win, &row_str, |off, coords| {
+                taps.visit(&oidx, |off| {
                     let v = xp[off];
                     if best.is_none_or(|(b, _)| v > b) {
-                        best = Some((v, coords.iter().zip(&istr).map(|(c, s)| c * s).sum()));
+                        best = Some((v, off));
                     }
                 });
                 // A window entirely in padding (only with pads >= kernel) has no maximum.
-                let (v, i) = best.unwrap_or((f64::NEG_INFINITY, 0));
+                let (v, off) = best.unwrap_or((f64::NEG_INFINITY, 0));
                 yp[o] = v;
                 if want_idx {
-                    ip[o] = (p * is + i) as i64;
+                    let within = if col_major { column_major(off, &win.input) } else { off };
+                    ip[o] = (p * is + within) as i64;
                 }
-                cur.next_output(&win);
+                next_index(&mut oidx, &win.output);
             }
             (yp, ip)
         })
@@ -185,49 +177,50 @@ fn out_shape(x: &[usize], win: &Window) -> Vec<usize> {
     s
 }
 
-/// Walks the output positions of one plane and, for each, the kernel taps inside the input.
-struct Cursor {
-    oidx: Vec<usize>,
-    kidx: Vec<usize>,
-    coords: Vec<usize>,
+/// Per axis and output position, the input coordinates of the window's in-bounds taps; lets
+/// the pools visit exactly the valid taps without per-tap bounds tests.
+struct Taps {
+    lists: Vec<Vec<Vec<usize>>>,
+    strides: Vec<usize>,
 }
 
-impl Cursor {
-    fn new(nsp: usize) -> Self {
-        Cursor { oidx: vec![0; nsp], kidx: vec![0; nsp], coords: vec![0; nsp] }
+impl Taps {
+    fn new(win: &Window) -> Taps {
+        Taps { lists: (0..win.input.len()).map(|a| win.tap_lists(a)).collect(), strides: strides_of(&win.input) }
     }
 
-    /// Call `visit(flat row-major offset, coordinates)` for each tap of the current output
-    /// position that lands inside the input.
-    fn visit_taps(&mut self, win: &Window, istr: &[usize], mut visit: impl FnMut(usize, &[usize])) {
-        let nsp = self.oidx.len();
-        self.kidx.fill(0);
-        loop {
-            let mut off = Some(0usize);
-            for a in 0..nsp {
-                match win.coord(a, self.oidx[a], self.kidx[a]) {
-                    Some(c) => {
-                        self.coords[a] = c;
-                        off = off.map(|v| v + c * istr[a]);
-                    }
-                    None => {
-                        off = None;
-                        break;
-                    }
-                }
+    /// Call `f(flat row-major offset in the plane)` for each in-bounds tap of output `oidx`.
+    fn visit(&self, oidx: &[usize], mut f: impl FnMut(usize)) {
+        self.visit_axis(0, 0, oidx, &mut f);
+    }
+
+    fn visit_axis<F: FnMut(usize)>(&self, axis: usize, base: usize, oidx: &[usize], f: &mut F) {
+        let coords = &self.lists[axis][oidx[axis]];
+        if axis + 1 == self.lists.len() {
+            for &c in coords {
+                f(base + c);
             }
-            if let Some(off) = off {
-                visit(off, &self.coords);
-            }
-            if !next_index(&mut self.kidx, &win.kernel) {
-                break;
+        } else {
+            for &c in coords {
+                self.visit_axis(axis + 1, base + c * self.strides[axis], oidx, f);
             }
         }
     }
+}
 
-    fn next_output(&mut self, win: &Window) {
-        next_index(&mut self.oidx, &win.output);
+/// A row-major offset within `dims` re-expressed column-major (MaxPool `storage_order = 1`).
+fn column_major(mut off: usize, dims: &[usize]) -> usize {
+    let (mut out, mut scale) = (0, 1);
+    let mut coords = vec![0; dims.len()];
+    for a in (0..dims.len()).rev() {
+        coords[a] = off % dims[a];
+        off /= dims[a];
     }
+    for (a, &c) in coords.iter().enumerate() {
+        out += c * scale;
+        scale *= dims[a];
+    }
+    out
 }
 
 /// Sum `map(x)` over each window, then `finish(sum, valid_count, padded_count)`.
@@ -245,7 +238,7 @@ fn windowed_reduce(
     let xv = x.to_f64_vec();
     let (is, os) = (win.input_size(), win.output_size());
     let nsp = win.input.len();
-    let istr = strides_of(&win.input);
+    let taps = Taps::new(&win);
     // Per axis and output position: taps inside the explicitly padded extent (ceil_mode may
     // push a window past it; those taps never count).
     let padded_taps: Vec<Vec<usize>> = (0..nsp)
@@ -259,16 +252,16 @@ fn windowed_reduce(
     let mut y = vec![0f64; planes * os];
     y.par_chunks_mut(os.max(1)).enumerate().for_each(|(p, yp)| {
         let xp = &xv[p * is..(p + 1) * is];
-        let mut cur = Cursor::new(nsp);
+        let mut oidx = vec![0usize; nsp];
         for v in yp.iter_mut() {
             let (mut sum, mut valid) = (0.0, 0usize);
-            cur.visit_taps(&win, &istr, |off, _| {
+            taps.visit(&oidx, |off| {
                 sum += map(xp[off]);
                 valid += 1;
             });
-            let padded: usize = (0..nsp).map(|a| padded_taps[a][cur.oidx[a]]).product();
+            let padded: usize = (0..nsp).map(|a| padded_taps[a][oidx[a]]).product();
             *v = finish(sum, valid, padded);
-            cur.next_output(&win);
+            next_index(&mut oidx, &win.output);
         }
     });
     Ok(single(from_f64(x.dtype(), out_shape(x.shape(), &win), y)?))

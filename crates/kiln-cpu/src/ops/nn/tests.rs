@@ -353,3 +353,43 @@ fn qlinear_matmul_requantizes() {
     // (2*10 + -2*20) * 0.125 = -2.5 → rint -2 → 98
     assert_eq!(y.data(), &TensorData::U8(vec![98]));
 }
+
+#[test]
+#[ignore]
+fn perf_probe() {
+    let a = t32(&[512, 512], 1);
+    let b = t32(&[512, 512], 2);
+    let t = std::time::Instant::now();
+    for _ in 0..5 {
+        run("MatMul", Attributes::new(), &[Some(a.clone()), Some(b.clone())], 1);
+    }
+    let dt = t.elapsed().as_secs_f64() / 5.0;
+    eprintln!("matmul 512^3: {:.2} ms, {:.1} GFLOP/s", dt * 1e3, 2.0 * 512f64.powi(3) / dt / 1e9);
+    let x = t32(&[1, 64, 56, 56], 3);
+    let w = t32(&[64, 64, 3, 3], 4);
+    let attrs = Attributes::new().with("pads", vec![1i64, 1, 1, 1]);
+    let t = std::time::Instant::now();
+    for _ in 0..5 {
+        run("Conv", attrs.clone(), &[Some(x.clone()), Some(w.clone())], 1);
+    }
+    let dt = t.elapsed().as_secs_f64() / 5.0;
+    eprintln!("conv 64x56x56 3x3: {:.2} ms, {:.1} GFLOP/s", dt * 1e3, 2.0 * 64.0 * 64.0 * 9.0 * 56.0 * 56.0 / dt / 1e9);
+    let xd = t32(&[1, 256, 56, 56], 5);
+    let wd = t32(&[256, 1, 3, 3], 6);
+    let attrs = Attributes::new().with("pads", vec![1i64, 1, 1, 1]).with("group", 256i64);
+    let t = std::time::Instant::now();
+    for _ in 0..5 {
+        run("Conv", attrs.clone(), &[Some(xd.clone()), Some(wd.clone())], 1);
+    }
+    eprintln!("depthwise 256x56x56: {:.2} ms", t.elapsed().as_secs_f64() / 5.0 * 1e3);
+    let xp = t32(&[1, 64, 112, 112], 7);
+    let attrs = Attributes::new()
+        .with("kernel_shape", vec![3i64, 3])
+        .with("strides", vec![2i64, 2])
+        .with("pads", vec![1i64, 1, 1, 1]);
+    let t = std::time::Instant::now();
+    for _ in 0..5 {
+        run("MaxPool", attrs.clone(), &[Some(xp.clone())], 1);
+    }
+    eprintln!("maxpool 64x112x112: {:.2} ms", t.elapsed().as_secs_f64() / 5.0 * 1e3);
+}
