@@ -409,8 +409,8 @@ fn max_pool(k: &Known) -> Result<Vec<ValueType>, String> {
     let y = pool_shape(k, x.dtype)?;
     let mut out = vec![y.clone()];
     if k.num_outputs > 1 {
-        let ValueType::Tensor(t) = &y else { unreachable!() };
-        out.push(ValueType::Tensor(crate::TensorType { dtype: DType::I64, shape: t.shape.clone() }));
+        let shape = y.as_tensor().and_then(|t| t.shape.clone());
+        out.push(ValueType::Tensor(crate::TensorType { dtype: DType::I64, shape }));
     }
     Ok(out)
 }
@@ -420,6 +420,7 @@ fn avg_lp_pool(k: &Known) -> Result<Vec<ValueType>, String> {
     if !x.dtype.is_float() {
         return Err(format!("X must be a float tensor, got {}", x.dtype));
     }
+    check_lp_order(k)?;
     Ok(vec![pool_shape(k, x.dtype)?])
 }
 
@@ -451,6 +452,7 @@ fn global_pool(k: &Known) -> Result<Vec<ValueType>, String> {
     if !x.dtype.is_float() {
         return Err(format!("X must be a float tensor, got {}", x.dtype));
     }
+    check_lp_order(k)?;
     let Some(xs) = &x.shape else { return Ok(vec![unranked(x.dtype)]) };
     if xs.len() < 2 {
         return Err(format!("input must have rank >= 2, got {}", xs.len()));
@@ -627,6 +629,17 @@ fn check_quant_params(k: &Known, x: Option<&Shape>) -> Result<(), String> {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
+
+/// LpPool / GlobalLpPool: `p` must be a positive integer.
+fn check_lp_order(k: &Known) -> Result<(), String> {
+    if k.op.contains("Lp") {
+        let p = k.attrs.int("p", 2)?;
+        if p < 1 {
+            return Err(format!("p must be >= 1, got {p}"));
+        }
+    }
+    Ok(())
+}
 
 /// An optional zero-point input `zi` must match the dtype of its data input `di`.
 fn check_zero_point(k: &Known, zi: usize, di: usize) -> Result<(), String> {

@@ -586,6 +586,9 @@ impl TransposeSpec {
         }
         let group = group as usize;
         let kernel = w[2..].to_vec();
+        if kernel.contains(&0) {
+            return Err(format!("W {w:?} has a zero kernel extent"));
+        }
         if let Some(ks) = attrs.ints_opt("kernel_shape")? {
             if ks.iter().map(|&v| v as usize).ne(kernel.iter().copied()) {
                 return Err(format!("kernel_shape {ks:?} differs from W's spatial shape {kernel:?}"));

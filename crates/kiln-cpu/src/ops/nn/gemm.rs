@@ -53,9 +53,20 @@ pub(super) fn gemm(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Val
         let av = T::load(a);
         let bv = T::load(b);
         let av = if ta { transpose(&av, k, m).into() } else { av };
-        let bv = if tb { transpose(&bv, n, k).into() } else { bv };
         let mut y = zeros::<T>(&[m, n])?;
-        gemm_acc(m, n, k, &av, &bv, &mut y);
+        if tb && m <= 4 {
+            // Few rows (e.g. batch-1 linear layers): dot products against B's rows directly,
+            // rather than transposing all of B for a product that is no bigger than B.
+            for (i, yr) in y.chunks_exact_mut(n).enumerate() {
+                let ar = &av[i * k..(i + 1) * k];
+                for (j, v) in yr.iter_mut().enumerate() {
+                    *v = dot(ar, &bv[j * k..(j + 1) * k]);
+                }
+            }
+        } else {
+            let bv = if tb { transpose(&bv, n, k).into() } else { bv };
+            gemm_acc(m, n, k, &av, &bv, &mut y);
+        }
         if alpha != 1.0 {
             let al = T::of_f64(alpha);
             y.iter_mut().for_each(|v| *v = v.mul(al));
@@ -137,8 +148,7 @@ fn gemm_serial<T: Acc>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &mut [
     if n == 1 {
         // Matrix-vector: a dot product per row.
         for (i, ci) in c.iter_mut().enumerate() {
-            let row = &a[i * k..(i + 1) * k];
-            *ci = row.iter().zip(b).fold(*ci, |s, (&x, &y)| s.madd(x, y));
+            *ci = ci.add(dot(&a[i * k..(i + 1) * k], &b[..k]));
         }
         return;
     }
@@ -199,6 +209,23 @@ fn gemm_serial<T: Acc>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &mut [
             }
         }
     }
+}
+
+/// Dot product with eight independent partial sums, so the loop vectorizes.
+fn dot<T: Acc>(x: &[T], y: &[T]) -> T {
+    let mut acc = [T::ZERO; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (xs, ys) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] = acc[l].madd(xs[l], ys[l]);
+        }
+    }
+    let mut s = xr.iter().zip(yr).fold(T::ZERO, |s, (&a, &b)| s.madd(a, b));
+    for v in acc {
+        s = s.add(v);
+    }
+    s
 }
 
 /// numpy `matmul` over already-loaded operands; returns the product and its shape.

@@ -77,7 +77,7 @@ pub(super) fn average_pool(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result
 
 /// LpPool: `(sum |x|^p)^(1/p)` over the window's input elements (padding adds nothing).
 pub(super) fn lp_pool(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
-    let p = ctx.attrs.int("p", 2)? as f64;
+    let p = lp_order(ctx)?;
     windowed_reduce(ctx, inputs, move |sum, _, _| sum.powf(1.0 / p), move |v| v.abs().powf(p))
 }
 
@@ -90,7 +90,7 @@ pub(super) fn global_max_pool(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Re
 }
 
 pub(super) fn global_lp_pool(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
-    let p = ctx.attrs.int("p", 2)? as f64;
+    let p = lp_order(ctx)?;
     global(inputs, move |v| v.iter().map(|x| x.abs().powf(p)).sum::<f64>().powf(1.0 / p))
 }
 
@@ -154,6 +154,14 @@ pub(super) fn max_unpool(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<V
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
+
+/// The `p` of the Lp pools (a positive integer).
+fn lp_order(ctx: &KernelCtx) -> Result<f64, String> {
+    match ctx.attrs.int("p", 2)? {
+        p if p >= 1 => Ok(p as f64),
+        p => Err(format!("p must be >= 1, got {p}")),
+    }
+}
 
 /// Number of (image, channel) planes and the resolved window of a pool.
 fn pool_window(ctx: &KernelCtx, x: &Tensor) -> Result<(usize, Window), String> {

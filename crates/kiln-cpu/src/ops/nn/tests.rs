@@ -116,7 +116,23 @@ fn gemm_transposes_alpha_beta_and_broadcast_c() {
     assert_close(y, &[-6.0 + 5.0, 8.0 + 10.0, -6.0 + 5.0, 13.0 + 10.0, -6.0 + 5.0, 18.0 + 10.0], 0.0);
 }
 
-/// Naive N-D-free 2-D grouped convolution in f64.
+#[test]
+fn gemm_trans_b_both_paths() {
+    // m <= 4 takes the dot-product path, m > 4 the transposed blocked GEMM; k = 21 leaves a
+    // remainder after the 8-lane dot product.
+    for m in [3, 7] {
+        let (k, n) = (21, 5);
+        let a = t32(&[m, k], 11);
+        let b = t32(&[n, k], 12);
+        let y = &run("Gemm", Attributes::new().with("transB", 1i64), &[Some(a.clone()), Some(b.clone())], 1)[0];
+        let (av, bv) = (a.to_f64_vec(), b.to_f64_vec());
+        let want: Vec<f64> =
+            (0..m * n).map(|e| (0..k).map(|p| av[(e / n) * k + p] * bv[(e % n) * k + p]).sum()).collect();
+        assert_close(y, &want, 1e-5);
+    }
+}
+
+/// Naive 2-D grouped convolution in f64.
 #[allow(clippy::too_many_arguments)]
 fn naive_conv2d(
     x: &Tensor,
