@@ -199,7 +199,7 @@ fn conv_shape(k: &Known, dtype: DType, xi: usize, wi: usize) -> Result<ValueType
     let geo = Geometry::read(k.attrs, nsp)?;
     if let (Some(xs), Some(ws)) = (&x.shape, &w.shape) {
         if let (Dim::Known(c), Dim::Known(wc)) = (&xs[1], &ws[1]) {
-            if *c as i64 != *wc as i64 * group {
+            if (*wc as i64).checked_mul(group) != Some(*c as i64) {
                 return Err(format!("X has {c} channels but W expects {wc} x group {group}"));
             }
         }
@@ -250,7 +250,7 @@ fn conv_transpose(k: &Known) -> Result<Vec<ValueType>, String> {
     let mut out = vec![
         x.shape.as_ref().map_or(Dim::Unknown, |s| s[0].clone()),
         w.shape.as_ref().map_or(Dim::Unknown, |s| match &s[1] {
-            Dim::Known(m) => Dim::Known(m * group as usize),
+            Dim::Known(m) => m.checked_mul(group as usize).map_or(Dim::Unknown, Dim::Known),
             _ => Dim::Unknown,
         }),
     ];
@@ -304,10 +304,14 @@ fn deform_conv(k: &Known) -> Result<Vec<ValueType>, String> {
         }
     }
     let (w, off) = (k.tensor(1)?, k.tensor(2)?);
-    let Some(os) = &off.shape else { return Ok(vec![unranked(x.dtype)]) };
-    if os.len() < 3 {
-        return Err(format!("offset must have rank >= 3, got {}", os.len()));
+    for (name, t) in [("X", x), ("W", w), ("offset", off)] {
+        if let Some(s) = &t.shape {
+            if s.len() < 3 {
+                return Err(format!("{name} must have rank >= 3, got {}", crate::format_shape(s)));
+            }
+        }
     }
+    let Some(os) = &off.shape else { return Ok(vec![unranked(x.dtype)]) };
     let mut out = vec![
         x.shape.as_ref().map_or(Dim::Unknown, |s| s[0].clone()),
         w.shape.as_ref().map_or(Dim::Unknown, |s| s[0].clone()),

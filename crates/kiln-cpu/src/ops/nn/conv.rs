@@ -383,7 +383,7 @@ impl ConvSpec {
         }
         let group = group as usize;
         let (n, c, m) = (x[0], x[1], w[0]);
-        if c != w[1] * group || m % group != 0 {
+        if w[1].checked_mul(group) != Some(c) || m % group != 0 {
             return Err(format!("X {x:?} and W {w:?} do not match group {group}"));
         }
         let kernel: Vec<usize> = match attrs.ints_opt("kernel_shape")? {
@@ -639,7 +639,7 @@ impl TransposeSpec {
         Ok(TransposeSpec {
             n: x[0],
             c: x[1],
-            m: w[1] * group,
+            m: w[1].checked_mul(group).ok_or_else(|| format!("W {w:?} with group {group} is too large"))?,
             group,
             kernel,
             strides: strides.iter().map(|&v| v as usize).collect(),
