@@ -54,7 +54,7 @@ pub(super) fn gemm(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Val
         let bv = T::load(b);
         let av = if ta { transpose(&av, k, m).into() } else { av };
         let mut y = zeros::<T>(&[m, n])?;
-        if tb && m <= 4 {
+        if tb && m <= 4 && n > 0 {
             // Few rows (e.g. batch-1 linear layers): dot products against B's rows directly,
             // rather than transposing all of B for a product that is no bigger than B.
             for (i, yr) in y.chunks_exact_mut(n).enumerate() {

@@ -355,6 +355,16 @@ fn causal_conv_with_state_silu_and_state() {
 }
 
 #[test]
+fn deform_conv_1d_samples_between_and_beyond_inputs() {
+    // Every tap is shifted by +0.5: taps land between inputs, the last one half outside.
+    let x = Tensor::from_vec(vec![1, 1, 4], vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
+    let w = Tensor::from_vec(vec![1, 1, 2], vec![1.0f32, 1.0]).unwrap();
+    let off = Tensor::from_vec(vec![1, 2, 3], vec![0.5f32; 6]).unwrap();
+    let y = &run("DeformConv", Attributes::new(), &[Some(x), Some(w), Some(off)], 1)[0];
+    assert_close(y, &[1.5 + 2.5, 2.5 + 3.5, 3.5 + 2.0], 1e-7);
+}
+
+#[test]
 fn qlinear_matmul_requantizes() {
     let a = Tensor::from_vec(vec![1, 2], vec![130u8, 126]).unwrap();
     let b = Tensor::from_vec(vec![2, 1], vec![10u8, 20]).unwrap();
