@@ -452,50 +452,55 @@ fn conv_core<T: Acc>(x: &[T], w: &[T], bias: Option<&[T]>, s: &ConvSpec) -> Resu
 /// Lay out every kernel tap's view of `cg` channels of `x` as rows of `col`
 /// (`[cg * kernel_size, output_size]`), zeros where a tap falls into padding.
 fn im2col<T: Acc>(x: &[T], cg: usize, win: &Window, col: &mut [T]) {
-    let nsp = win.kernel.len();
     let (ks, os, is) = (win.kernel_size(), win.output_size(), win.input_size());
+    let rows = &mut col[..cg * ks * os];
+    // Channels fill disjoint rows; split them over threads when there is enough to copy.
+    if cg >= 2 && rows.len() >= 1 << 16 {
+        rows.par_chunks_mut(ks * os).zip(x.par_chunks(is)).for_each(|(r, xc)| im2col_channel(xc, win, r));
+    } else {
+        rows.chunks_mut(ks * os).zip(x.chunks(is)).for_each(|(r, xc)| im2col_channel(xc, win, r));
+    }
+}
+
+/// im2col of one channel `xc` into its `kernel_size` rows.
+fn im2col_channel<T: Acc>(xc: &[T], win: &Window, rows: &mut [T]) {
+    let nsp = win.kernel.len();
+    let os = win.output_size();
     let last = nsp - 1;
     let ol = win.output[last];
     let istr = strides_of(&win.input);
     let mut kidx = vec![0usize; nsp];
     let mut oidx = vec![0usize; last];
-    for ci in 0..cg {
-        let xc = &x[ci * is..(ci + 1) * is];
-        kidx.fill(0);
-        for kf in 0..ks {
-            let row = &mut col[(ci * ks + kf) * os..(ci * ks + kf + 1) * os];
-            // Along the last axis the tap reads input o * stride + off.
-            let off = (kidx[last] * win.dilations[last]) as isize - win.pad_begin[last] as isize;
-            oidx.fill(0);
-            for seg in row.chunks_mut(ol) {
-                let mut base = Some(0usize);
-                for ax in 0..last {
-                    base = base.and_then(|b| win.coord(ax, oidx[ax], kidx[ax]).map(|c| b + c * istr[ax]));
-                }
-                match base {
-                    None => seg.fill(T::ZERO),
-                    Some(b) => {
-                        let (lo, hi) = valid_range(ol, win.input[last], win.strides[last], off);
-                        seg[..lo].fill(T::ZERO);
-                        seg[hi..].fill(T::ZERO);
-                        let st = win.strides[last];
-                        if lo < hi {
-                            // First tap read; non-negative by construction of `lo`.
-                            let src = (b as isize + off + (lo * st) as isize) as usize;
-                            if st == 1 {
-                                seg[lo..hi].copy_from_slice(&xc[src..src + (hi - lo)]);
-                            } else {
-                                for (o, v) in seg[lo..hi].iter_mut().enumerate() {
-                                    *v = xc[src + o * st];
-                                }
-                            }
+    for row in rows.chunks_mut(os) {
+        // Along the last axis the tap reads input o * stride + off.
+        let off = (kidx[last] * win.dilations[last]) as isize - win.pad_begin[last] as isize;
+        let st = win.strides[last];
+        let (lo, hi) = valid_range(ol, win.input[last], st, off);
+        oidx.fill(0);
+        for seg in row.chunks_mut(ol) {
+            let mut base = Some(0usize);
+            for ax in 0..last {
+                base = base.and_then(|b| win.coord(ax, oidx[ax], kidx[ax]).map(|c| b + c * istr[ax]));
+            }
+            match base {
+                Some(b) if lo < hi => {
+                    seg[..lo].fill(T::ZERO);
+                    seg[hi..].fill(T::ZERO);
+                    // First tap read; non-negative by construction of `lo`.
+                    let src = (b as isize + off + (lo * st) as isize) as usize;
+                    if st == 1 {
+                        seg[lo..hi].copy_from_slice(&xc[src..src + (hi - lo)]);
+                    } else {
+                        for (o, v) in seg[lo..hi].iter_mut().enumerate() {
+                            *v = xc[src + o * st];
                         }
                     }
                 }
-                next_index(&mut oidx, &win.output[..last]);
+                _ => seg.fill(T::ZERO),
             }
-            next_index(&mut kidx, &win.kernel);
+            next_index(&mut oidx, &win.output[..last]);
         }
+        next_index(&mut kidx, &win.kernel);
     }
 }
 
@@ -512,13 +517,25 @@ struct Col2ImGeometry<'a> {
 
 /// Scatter-add `col` (`[channels * kernel_size, grid_size]`) into `out` (`[channels, image]`).
 fn col2im_add<T: Acc>(col: &[T], channels: usize, g: &Col2ImGeometry, out: &mut [T]) {
-    let nsp = g.kernel.len();
     let ks: usize = g.kernel.iter().product();
     let gs: usize = g.grid.iter().product();
     let is: usize = g.image.iter().product();
-    if gs == 0 || is == 0 {
+    if gs == 0 || is == 0 || ks == 0 {
         return;
     }
+    let (col, out) = (&col[..channels * ks * gs], &mut out[..channels * is]);
+    // Channels write disjoint images; split them over threads when there is enough work.
+    if channels >= 2 && col.len() >= 1 << 16 {
+        out.par_chunks_mut(is).zip(col.par_chunks(ks * gs)).for_each(|(o, c)| col2im_channel(c, g, o));
+    } else {
+        out.chunks_mut(is).zip(col.chunks(ks * gs)).for_each(|(o, c)| col2im_channel(c, g, o));
+    }
+}
+
+/// col2im of one channel's `kernel_size` rows into its image `oc`.
+fn col2im_channel<T: Acc>(rows: &[T], g: &Col2ImGeometry, oc: &mut [T]) {
+    let nsp = g.kernel.len();
+    let gs: usize = g.grid.iter().product();
     let istr = strides_of(g.image);
     let last = nsp - 1;
     let gl = g.grid[last];
@@ -528,34 +545,27 @@ fn col2im_add<T: Acc>(col: &[T], channels: usize, g: &Col2ImGeometry, out: &mut 
     };
     let mut kidx = vec![0usize; nsp];
     let mut pidx = vec![0usize; last];
-    for ch in 0..channels {
-        let oc = &mut out[ch * is..(ch + 1) * is];
-        kidx.fill(0);
-        for kf in 0..ks {
-            let row = &col[(ch * ks + kf) * gs..(ch * ks + kf + 1) * gs];
-            let off = (kidx[last] * g.dilations[last]) as isize - g.pad_begin[last];
-            pidx.fill(0);
-            for seg in row.chunks(gl) {
-                let mut base = Some(0usize);
-                for ax in 0..last {
-                    base = base.and_then(|b| coord(ax, pidx[ax], kidx[ax]).map(|c| b + c * istr[ax]));
-                }
-                if let Some(b) = base {
-                    let (lo, hi) = valid_range(gl, g.image[last], g.strides[last], off);
-                    let st = g.strides[last];
-                    if lo < hi {
-                        // First position written; non-negative by construction of `lo`.
-                        let dst = (b as isize + off + (lo * st) as isize) as usize;
-                        for (p, &v) in seg[lo..hi].iter().enumerate() {
-                            let o = &mut oc[dst + p * st];
-                            *o = o.add(v);
-                        }
-                    }
-                }
-                next_index(&mut pidx, &g.grid[..last]);
+    for row in rows.chunks(gs) {
+        let off = (kidx[last] * g.dilations[last]) as isize - g.pad_begin[last];
+        let st = g.strides[last];
+        let (lo, hi) = valid_range(gl, g.image[last], st, off);
+        pidx.fill(0);
+        for seg in row.chunks(gl) {
+            let mut base = Some(0usize);
+            for ax in 0..last {
+                base = base.and_then(|b| coord(ax, pidx[ax], kidx[ax]).map(|c| b + c * istr[ax]));
             }
-            next_index(&mut kidx, g.kernel);
+            if let (Some(b), true) = (base, lo < hi) {
+                // First position written; non-negative by construction of `lo`.
+                let dst = (b as isize + off + (lo * st) as isize) as usize;
+                for (p, &v) in seg[lo..hi].iter().enumerate() {
+                    let o = &mut oc[dst + p * st];
+                    *o = o.add(v);
+                }
+            }
+            next_index(&mut pidx, &g.grid[..last]);
         }
+        next_index(&mut kidx, g.kernel);
     }
 }
 

@@ -211,12 +211,49 @@ fn conv_depthwise_same_lower_and_pointwise() {
     assert_close(y1, &naive_conv2d(&x, &w1, None, 1, [1, 1], [1, 1], [0, 0], [5, 6]), 1e-5);
 }
 
+/// Naive 2-D grouped transposed convolution in f64, straight from the definition:
+/// `y[n, g*mg + m, i*s + k*d - pad] += x[n, g*cg + c, i] * w[g*cg + c, m, k]`.
+fn naive_conv_transpose2d(
+    x: &Tensor,
+    w: &Tensor,
+    group: usize,
+    s: [usize; 2],
+    d: [usize; 2],
+    pb: [usize; 2],
+    out: [usize; 2],
+) -> Vec<f64> {
+    let (xs, ws) = (x.shape(), w.shape());
+    let (c, h, wd) = (xs[1], xs[2], xs[3]);
+    let (mg, kh, kw) = (ws[1], ws[2], ws[3]);
+    let (xv, wv) = (x.to_f64_vec(), w.to_f64_vec());
+    let mut y = vec![0.0; mg * group * out[0] * out[1]];
+    for ch in 0..c {
+        let g = ch / (c / group);
+        for mm in 0..mg {
+            for iy in 0..h {
+                for ix in 0..wd {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let oy = (iy * s[0] + ky * d[0]) as isize - pb[0] as isize;
+                            let ox = (ix * s[1] + kx * d[1]) as isize - pb[1] as isize;
+                            if oy < 0 || ox < 0 || oy as usize >= out[0] || ox as usize >= out[1] {
+                                continue;
+                            }
+                            y[((g * mg + mm) * out[0] + oy as usize) * out[1] + ox as usize] +=
+                                xv[(ch * h + iy) * wd + ix] * wv[((ch * mg + mm) * kh + ky) * kw + kx];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
 #[test]
 fn conv_transpose_matches_scatter_definition() {
-    // y[n, g*mg + m, i*s + k*d - pad] += x[n, g*cg + c, i] * w[g*cg + c, m, k]
     let x = t32(&[1, 4, 3, 4], 9);
     let w = t32(&[4, 3, 2, 3], 10);
-    let (s, d, pb, pe, op) = ([2usize, 1], [1usize, 2], [1usize, 0], [0usize, 2], [1usize, 0]);
     let attrs = Attributes::new()
         .with("group", 2i64)
         .with("strides", vec![2i64, 1])
@@ -224,32 +261,26 @@ fn conv_transpose_matches_scatter_definition() {
         .with("pads", vec![1i64, 0, 0, 2])
         .with("output_padding", vec![1i64, 0]);
     let y = &run("ConvTranspose", attrs, &[Some(x.clone()), Some(w.clone())], 1)[0];
-    let oh = s[0] * 2 + op[0] + 2 - pb[0] - pe[0];
-    let ow = s[1] * 3 + op[1] + (3 - 1) * d[1] + 1 - pb[1] - pe[1];
-    assert_eq!(y.shape(), [1, 6, oh, ow]);
-    let (xv, wv) = (x.to_f64_vec(), w.to_f64_vec());
-    let mut want = vec![0.0; 6 * oh * ow];
-    for ch in 0..4 {
-        let g = ch / 2;
-        for mm in 0..3 {
-            for iy in 0..3 {
-                for ix in 0..4 {
-                    for ky in 0..2 {
-                        for kx in 0..3 {
-                            let oy = (iy * s[0] + ky * d[0]) as isize - pb[0] as isize;
-                            let ox = (ix * s[1] + kx * d[1]) as isize - pb[1] as isize;
-                            if oy < 0 || ox < 0 || oy as usize >= oh || ox as usize >= ow {
-                                continue;
-                            }
-                            want[((g * 3 + mm) * oh + oy as usize) * ow + ox as usize] +=
-                                xv[(ch * 3 + iy) * 4 + ix] * wv[((ch * 3 + mm) * 2 + ky) * 3 + kx];
-                        }
-                    }
-                }
-            }
-        }
-    }
-    assert_close(y, &want, 1e-5);
+    // H: 2*(3-1) + 1 + 2 - 1 = 6; W: 1*(4-1) + 0 + 5 - 2 = 6
+    assert_eq!(y.shape(), [1, 6, 6, 6]);
+    assert_close(y, &naive_conv_transpose2d(&x, &w, 2, [2, 1], [1, 2], [1, 0], [6, 6]), 1e-5);
+}
+
+#[test]
+fn large_conv_and_conv_transpose_use_threaded_paths() {
+    // Big enough for the multi-threaded im2col / col2im and row-split GEMM.
+    let x = t32(&[1, 8, 42, 42], 13);
+    let w = t32(&[16, 8, 3, 3], 14);
+    let attrs = Attributes::new().with("strides", vec![1i64, 1]).with("pads", vec![0i64, 1, 0, 1]);
+    let y = &run("Conv", attrs, &[Some(x.clone()), Some(w.clone())], 1)[0];
+    assert_eq!(y.shape(), [1, 16, 40, 42]);
+    assert_close(y, &naive_conv2d(&x, &w, None, 1, [1, 1], [1, 1], [0, 1], [40, 42]), 1e-4);
+    let x = t32(&[1, 4, 32, 32], 15);
+    let w = t32(&[4, 8, 3, 3], 16);
+    let attrs = Attributes::new().with("strides", vec![2i64, 2]).with("pads", vec![1i64, 1, 1, 1]);
+    let y = &run("ConvTranspose", attrs, &[Some(x.clone()), Some(w.clone())], 1)[0];
+    assert_eq!(y.shape(), [1, 8, 63, 63]);
+    assert_close(y, &naive_conv_transpose2d(&x, &w, 1, [2, 2], [1, 1], [1, 1], [63, 63]), 1e-4);
 }
 
 #[test]
