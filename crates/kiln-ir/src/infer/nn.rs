@@ -374,13 +374,7 @@ fn col2im(k: &Known) -> Result<Vec<ValueType>, String> {
     }
     let image = k.const_input(1).map(|t| t.to_i64_vec());
     let block = k.const_input(2).map(|t| t.to_i64_vec());
-    let Some(image) = image else {
-        return Ok(vec![match k.tensor(1)?.shape.as_ref().and_then(|s| s.first()).and_then(Dim::known) {
-            Some(n) => super::helpers::unknown_dims(x.dtype, n + 2),
-            None => unranked(x.dtype),
-        }]);
-    };
-    if image.iter().any(|&d| d < 0) {
+    if image.as_ref().is_some_and(|im| im.iter().any(|&d| d < 0)) {
         return Err(format!("image_shape {image:?} has negative entries"));
     }
     let n = x.shape.as_ref().map_or(Dim::Unknown, |s| s[0].clone());
@@ -393,6 +387,17 @@ fn col2im(k: &Known) -> Result<Vec<ValueType>, String> {
             Dim::Known(cb / p as usize)
         }
         _ => Dim::Unknown,
+    };
+    // Without constant image_shape only the rank (from image_shape's length) is known.
+    let Some(image) = image else {
+        return Ok(vec![match k.tensor(1)?.shape.as_ref().and_then(|s| s.first()).and_then(Dim::known) {
+            Some(r) => {
+                let mut out = vec![n, c];
+                out.resize(r + 2, Dim::Unknown);
+                ValueType::tensor(x.dtype, out)
+            }
+            None => unranked(x.dtype),
+        }]);
     };
     let mut out = vec![n, c];
     out.extend(image.iter().map(|&d| Dim::Known(d as usize)));

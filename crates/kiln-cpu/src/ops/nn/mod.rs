@@ -217,9 +217,9 @@ pub(super) fn ints_or(attrs: &Attributes, name: &str, n: usize, default: i64) ->
     }
 }
 
-/// Geometry of a sliding-window op over `nsp` spatial axes, resolved against concrete input
-/// and kernel sizes: per axis the output length and the begin padding (the end padding only
-/// matters through the output length, except for pools that exclude padding — see `end`).
+/// Geometry of a sliding-window op (Conv, the pools), resolved against concrete input and
+/// kernel sizes: per spatial axis the output length and the padding actually applied. Tap `k`
+/// of output `o` reads input `o * stride + k * dilation - pad_begin` (outside = padding).
 #[derive(Debug, Clone)]
 pub(super) struct Window {
     pub kernel: Vec<usize>,
