@@ -124,10 +124,18 @@ fn gemm(k: &Known) -> Result<Vec<ValueType>, String> {
         if sc.len() > 2 {
             return Err(format!("C must have rank <= 2, got {}", sc.len()));
         }
-        // C must broadcast unidirectionally to [M, N].
-        let b = broadcast_shapes(&out, sc)?;
-        if b.len() != 2 {
-            return Err("C does not broadcast to [M, N]".into());
+        // C must broadcast unidirectionally to [M, N]: each of its (right-aligned) dims is 1
+        // or equal to the output's.
+        for (dc, dout) in sc.iter().rev().zip(out.iter().rev()) {
+            if let (Dim::Known(c), Dim::Known(o)) = (dc, dout) {
+                if *c != 1 && c != o {
+                    return Err(format!(
+                        "C of shape {} does not broadcast to [M, N] = {}",
+                        crate::format_shape(sc),
+                        crate::format_shape(&out)
+                    ));
+                }
+            }
         }
     }
     Ok(vec![ValueType::tensor(a.dtype, out)])
