@@ -281,17 +281,15 @@ fn conv_transpose(k: &Known) -> Result<Vec<ValueType>, String> {
         let d = x.shape.as_ref().and_then(|s| s[i + 2].known());
         out.push(match (d, kernel.as_ref()) {
             (Some(n), Some(kern)) => {
-                let dk = (kern[i] as i64 - 1) * geo.dilations[i] + 1;
+                let (n, s) = (n as i128, geo.strides[i] as i128);
+                let dk = (kern[i] as i128 - 1) * geo.dilations[i] as i128 + 1;
                 let v = if geo.auto_pad == "SAME_UPPER" || geo.auto_pad == "SAME_LOWER" {
-                    n as i64 * geo.strides[i]
+                    n * s
                 } else {
                     let pads = if geo.auto_pad == "VALID" { (0, 0) } else { (geo.pads[i], geo.pads[i + nsp]) };
-                    geo.strides[i] * (n as i64 - 1) + out_pad[i] + dk - pads.0 - pads.1
+                    s * (n - 1) + out_pad[i] as i128 + dk - pads.0 as i128 - pads.1 as i128
                 };
-                if v < 0 {
-                    return Err(format!("computed output size {v} along spatial axis {i} is negative"));
-                }
-                Dim::Known(v as usize)
+                Dim::Known(to_dim(v, i)?)
             }
             _ => Dim::Unknown,
         });
@@ -445,8 +443,8 @@ fn pool_shape(k: &Known, dtype: DType) -> Result<ValueType, String> {
     let x = k.tensor(0)?;
     let kernel = k.attrs.req_ints("kernel_shape")?;
     let nsp = kernel.len();
-    if kernel.iter().any(|&v| v < 1) {
-        return Err(format!("kernel_shape {kernel:?} must be positive"));
+    if nsp == 0 || kernel.iter().any(|&v| v < 1) {
+        return Err(format!("kernel_shape {kernel:?} must be non-empty and positive"));
     }
     let geo = Geometry::read(k.attrs, nsp)?;
     let ceil = k.attrs.int("ceil_mode", 0)? != 0;
@@ -491,6 +489,9 @@ fn max_unpool(k: &Known) -> Result<Vec<ValueType>, String> {
     }
     let kernel = k.attrs.req_ints("kernel_shape")?;
     let nsp = kernel.len();
+    if nsp == 0 {
+        return Err("kernel_shape must be non-empty".into());
+    }
     let strides = ints_or(k.attrs, "strides", nsp, 1)?;
     let pads = ints_or(k.attrs, "pads", 2 * nsp, 0)?;
     if k.has_input(2) {
@@ -513,11 +514,9 @@ fn max_unpool(k: &Known) -> Result<Vec<ValueType>, String> {
     for i in 0..nsp {
         out.push(match xs[i + 2].known() {
             Some(n) => {
-                let v = (n as i64 - 1) * strides[i] + kernel[i] - pads[i] - pads[i + nsp];
-                if v < 0 {
-                    return Err(format!("computed output size {v} along spatial axis {i} is negative"));
-                }
-                Dim::Known(v as usize)
+                let v =
+                    (n as i128 - 1) * strides[i] as i128 + kernel[i] as i128 - pads[i] as i128 - pads[i + nsp] as i128;
+                Dim::Known(to_dim(v, i)?)
             }
             None => Dim::Unknown,
         });
@@ -728,20 +727,24 @@ impl Geometry {
         let strides = ints_or(attrs, "strides", nsp, 1)?;
         let dilations = ints_or(attrs, "dilations", nsp, 1)?;
         let pads = ints_or(attrs, "pads", 2 * nsp, 0)?;
-        if strides.iter().chain(&dilations).any(|&v| v < 1) {
-            return Err(format!("strides {strides:?} and dilations {dilations:?} must be positive"));
+        // Bounded so that window arithmetic cannot overflow (no model needs more).
+        const MAX: i64 = 1 << 31;
+        if strides.iter().chain(&dilations).any(|&v| !(1..=MAX).contains(&v)) {
+            return Err(format!("strides {strides:?} and dilations {dilations:?} must be in 1..=2^31"));
         }
-        if pads.iter().any(|&p| p < 0) {
-            return Err(format!("pads {pads:?} must be non-negative"));
+        if pads.iter().any(|&p| !(0..=MAX).contains(&p)) {
+            return Err(format!("pads {pads:?} must be in 0..=2^31"));
         }
         Ok(Geometry { auto_pad, strides, dilations, pads })
     }
 
     /// Output length along spatial axis `i` for input length `n` and kernel `k`.
     fn out_dim(&self, i: usize, n: usize, k: usize, ceil: bool) -> Result<usize, String> {
+        // i128: declared dims and attributes are arbitrary, the arithmetic must not overflow.
         let nsp = self.strides.len();
-        let (n, s) = (n as i64, self.strides[i]);
-        let dk = (k as i64 - 1) * self.dilations[i] + 1;
+        let (n, s) = (n as i128, self.strides[i] as i128);
+        let (pb, pe) = (self.pads[i] as i128, self.pads[i + nsp] as i128);
+        let dk = (k as i128 - 1) * self.dilations[i] as i128 + 1;
         let v = match self.auto_pad.as_str() {
             "SAME_UPPER" | "SAME_LOWER" => (n + s - 1) / s,
             "VALID" => {
@@ -752,13 +755,13 @@ impl Geometry {
                 }
             }
             _ => {
-                let span = n + self.pads[i] + self.pads[i + nsp] - dk;
+                let span = n + pb + pe - dk;
                 if span < 0 {
                     -1
                 } else if ceil {
                     let mut o = (span + s - 1) / s + 1;
                     // The last window must start inside the input or its begin padding.
-                    if (o - 1) * s >= n + self.pads[i] {
+                    if (o - 1) * s >= n + pb {
                         o -= 1;
                     }
                     o
@@ -770,6 +773,11 @@ impl Geometry {
         if v < 0 {
             return Err(format!("window of extent {dk} does not fit input length {n} along spatial axis {i}"));
         }
-        Ok(v as usize)
+        to_dim(v, i)
     }
+}
+
+/// A computed spatial size as a dimension: an error if negative or beyond usize.
+fn to_dim(v: i128, axis: usize) -> Result<usize, String> {
+    usize::try_from(v).map_err(|_| format!("computed output size {v} along spatial axis {axis} is invalid"))
 }

@@ -144,8 +144,9 @@ pub(super) fn col2im(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<V
     let strides = super::ints_or(ctx.attrs, "strides", nsp, 1)?;
     let dilations = super::ints_or(ctx.attrs, "dilations", nsp, 1)?;
     let pads = super::ints_or(ctx.attrs, "pads", 2 * nsp, 0)?;
-    if strides.iter().chain(&dilations).any(|&v| v < 1) || pads.iter().any(|&p| p < 0) {
-        return Err(format!("invalid strides {strides:?}, dilations {dilations:?} or pads {pads:?}"));
+    super::check_window_attrs(&strides, &dilations, &pads)?;
+    if block.iter().any(|&b| b > super::MAX_WINDOW) {
+        return Err(format!("block_shape {block:?} is too large"));
     }
     let mut grid = Vec::with_capacity(nsp);
     for i in 0..nsp {
@@ -609,8 +610,10 @@ impl TransposeSpec {
         let dilations = super::ints_or(attrs, "dilations", nsp, 1)?;
         let pads = super::ints_or(attrs, "pads", 2 * nsp, 0)?;
         let out_pad = super::ints_or(attrs, "output_padding", nsp, 0)?;
-        if strides.iter().chain(&dilations).any(|&v| v < 1) || pads.iter().chain(&out_pad).any(|&p| p < 0) {
-            return Err(format!("invalid strides {strides:?}, dilations {dilations:?} or pads {pads:?}"));
+        super::check_window_attrs(&strides, &dilations, &pads)?;
+        super::check_window_attrs(&[], &[], &out_pad)?;
+        if kernel.iter().any(|&k| k as u64 > super::MAX_WINDOW as u64) {
+            return Err(format!("W {w:?} has an oversized kernel extent"));
         }
         let out_shape = match attrs.ints_opt("output_shape")? {
             Some(os) if os.len() == nsp => Some(os),
@@ -621,15 +624,16 @@ impl TransposeSpec {
         let mut pad_begin = Vec::with_capacity(nsp);
         let mut output = Vec::with_capacity(nsp);
         for i in 0..nsp {
+            // i64 suffices: dims <= 2^34 (allocated), strides/dilations/kernel/pads <= 2^31.
             let (n, s) = (x[i + 2] as i64, strides[i]);
             let dk = (kernel[i] as i64 - 1) * dilations[i] + 1;
-            let full = s * (n - 1) + out_pad[i] + dk;
+            let full = s.saturating_mul(n - 1).saturating_add(out_pad[i] + dk);
             let same = matches!(auto_pad.as_str(), "SAME_UPPER" | "SAME_LOWER");
             let (begin, out) = if out_shape.is_some() || same {
                 // Pads derived from the requested size (floor division: a negative total pads
                 // the end, as the reference computes it).
-                let out = out_shape.as_ref().map_or(n * s, |os| os[i]);
-                let total = full - out;
+                let out = out_shape.as_ref().map_or(n.saturating_mul(s), |os| os[i]);
+                let total = full.saturating_sub(out);
                 let half = total.div_euclid(2);
                 let begin = if auto_pad == "SAME_UPPER" { half } else { total - half };
                 (begin, out)

@@ -217,6 +217,20 @@ pub(super) fn ints_or(attrs: &Attributes, name: &str, n: usize, default: i64) ->
     }
 }
 
+/// Largest stride, dilation, pad or kernel extent accepted; keeps all window arithmetic far
+/// from overflow.
+pub(super) const MAX_WINDOW: i64 = 1 << 31;
+
+/// Strides and dilations in `1..=MAX_WINDOW`, pads in `0..=MAX_WINDOW`.
+pub(super) fn check_window_attrs(strides: &[i64], dilations: &[i64], pads: &[i64]) -> Result<(), String> {
+    if strides.iter().chain(dilations).any(|&v| !(1..=MAX_WINDOW).contains(&v))
+        || pads.iter().any(|&p| !(0..=MAX_WINDOW).contains(&p))
+    {
+        return Err(format!("invalid strides {strides:?}, dilations {dilations:?} or pads {pads:?}"));
+    }
+    Ok(())
+}
+
 /// Geometry of a sliding-window op (Conv, the pools), resolved against concrete input and
 /// kernel sizes: per spatial axis the output length and the padding actually applied. Tap `k`
 /// of output `o` reads input `o * stride + k * dilation - pad_begin` (outside = padding).
@@ -242,11 +256,9 @@ impl Window {
         let strides = ints_or(attrs, "strides", nsp, 1)?;
         let dilations = ints_or(attrs, "dilations", nsp, 1)?;
         let pads = ints_or(attrs, "pads", 2 * nsp, 0)?;
-        if strides.iter().chain(&dilations).any(|&v| v < 1) || pads.iter().any(|&p| p < 0) {
-            return Err(format!("invalid strides {strides:?}, dilations {dilations:?} or pads {pads:?}"));
-        }
-        if kernel.iter().any(|&k| k == 0) {
-            return Err(format!("kernel shape {kernel:?} has a zero extent"));
+        check_window_attrs(&strides, &dilations, &pads)?;
+        if kernel.iter().any(|&k| k == 0 || k as u64 > MAX_WINDOW as u64) {
+            return Err(format!("kernel shape {kernel:?} has a zero or oversized extent"));
         }
         let mut w = Window {
             kernel: kernel.to_vec(),

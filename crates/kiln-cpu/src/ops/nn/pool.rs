@@ -109,14 +109,20 @@ pub(super) fn max_unpool(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<V
     }
     let kernel = ctx.attrs.req_ints("kernel_shape")?;
     let nsp = kernel.len();
-    if x.rank() != nsp + 2 {
+    if nsp == 0 || x.rank() != nsp + 2 {
         return Err(format!("X rank {} does not match kernel_shape {kernel:?}", x.rank()));
     }
     let strides = super::ints_or(ctx.attrs, "strides", nsp, 1)?;
     let pads = super::ints_or(ctx.attrs, "pads", 2 * nsp, 0)?;
+    super::check_window_attrs(&strides, &[], &pads)?;
+    if kernel.iter().any(|&k| !(1..=super::MAX_WINDOW).contains(&k)) {
+        return Err(format!("kernel_shape {kernel:?} must be positive"));
+    }
     let mut natural = x.shape()[..2].to_vec();
     for i in 0..nsp {
-        let v = (x.shape()[i + 2] as i64 - 1) * strides[i] + kernel[i] - pads[i] - pads[i + nsp];
+        let v = (x.shape()[i + 2] as i64 - 1)
+            .saturating_mul(strides[i])
+            .saturating_add(kernel[i] - pads[i] - pads[i + nsp]);
         if v < 0 {
             return Err(format!("unpooled size {v} along spatial axis {i} is negative"));
         }
@@ -166,8 +172,8 @@ fn lp_order(ctx: &KernelCtx) -> Result<f64, String> {
 /// Number of (image, channel) planes and the resolved window of a pool.
 fn pool_window(ctx: &KernelCtx, x: &Tensor) -> Result<(usize, Window), String> {
     let kernel = ctx.attrs.req_ints("kernel_shape")?;
-    if kernel.iter().any(|&k| k < 1) {
-        return Err(format!("kernel_shape {kernel:?} must be positive"));
+    if kernel.is_empty() || kernel.iter().any(|&k| k < 1) {
+        return Err(format!("kernel_shape {kernel:?} must be non-empty and positive"));
     }
     if x.rank() != kernel.len() + 2 {
         return Err(format!("input shape {:?} does not match kernel_shape {kernel:?}", x.shape()));
