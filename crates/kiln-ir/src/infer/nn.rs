@@ -386,7 +386,7 @@ fn col2im(k: &Known) -> Result<Vec<ValueType>, String> {
     let n = x.shape.as_ref().map_or(Dim::Unknown, |s| s[0].clone());
     let c = match (x.shape.as_ref().and_then(|s| s[1].known()), &block) {
         (Some(cb), Some(bl)) => {
-            let p: i64 = bl.iter().product();
+            let p = bl.iter().try_fold(1i64, |acc, &b| acc.checked_mul(b)).unwrap_or(0);
             if p <= 0 || cb as i64 % p != 0 {
                 return Err(format!("input dim 1 ({cb}) is not a multiple of prod(block_shape {bl:?})"));
             }
