@@ -747,26 +747,20 @@ impl Geometry {
         let dk = (k as i128 - 1) * self.dilations[i] as i128 + 1;
         let v = match self.auto_pad.as_str() {
             "SAME_UPPER" | "SAME_LOWER" => (n + s - 1) / s,
-            "VALID" => {
-                if n < dk {
-                    -1
-                } else {
-                    (n - dk) / s + 1
-                }
-            }
+            // A window larger than the (padded) input gives an empty output, as ONNX's floor
+            // and ceil formulas do; only a negative size is an error.
+            "VALID" => (n - dk).div_euclid(s) + 1,
             _ => {
                 let span = n + pb + pe - dk;
-                if span < 0 {
-                    -1
-                } else if ceil {
-                    let mut o = (span + s - 1) / s + 1;
+                if ceil {
+                    let mut o = -(-span).div_euclid(s) + 1;
                     // The last window must start inside the input or its begin padding.
                     if (o - 1) * s >= n + pb {
                         o -= 1;
                     }
                     o
                 } else {
-                    span / s + 1
+                    span.div_euclid(s) + 1
                 }
             }
         };

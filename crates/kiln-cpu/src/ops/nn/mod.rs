@@ -282,27 +282,22 @@ impl Window {
                     w.pad_end[i] = e as usize;
                     out
                 }
-                "VALID" => {
-                    if n < dk {
-                        -1
-                    } else {
-                        (n - dk) / s + 1
-                    }
-                }
+                // ONNX's floor / ceil formulas on signed sizes: a window larger than the
+                // (padded) input yields an empty output, only a negative size is an error.
+                "VALID" => (n - dk).div_euclid(s) + 1,
                 "NOTSET" => {
                     w.pad_begin[i] = pads[i] as usize;
                     w.pad_end[i] = pads[i + nsp] as usize;
                     let span = n + pads[i] + pads[i + nsp] - dk;
-                    if span < 0 {
-                        -1
-                    } else if ceil {
-                        let mut o = (span + s - 1) / s + 1;
+                    if ceil {
+                        let mut o = -(-span).div_euclid(s) + 1;
+                        // The last window must start inside the input or its begin padding.
                         if (o - 1) * s >= n + pads[i] {
                             o -= 1;
                         }
                         o
                     } else {
-                        span / s + 1
+                        span.div_euclid(s) + 1
                     }
                 }
                 other => return Err(format!("unknown auto_pad '{other}'")),

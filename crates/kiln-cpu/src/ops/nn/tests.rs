@@ -410,3 +410,16 @@ fn qlinear_matmul_requantizes() {
     // (2*10 + -2*20) * 0.125 = -2.5 → rint -2 → 98
     assert_eq!(y.data(), &TensorData::U8(vec![98]));
 }
+
+#[test]
+fn window_larger_than_input_gives_empty_output() {
+    // floor((3 - 5) / 1) + 1 = -1 is an error, floor((3 - 5) / 2) + 1 = 0 an empty output.
+    let x = Tensor::from_vec(vec![1, 1, 3], vec![1.0f32, 2.0, 3.0]).unwrap();
+    let w = Tensor::from_vec(vec![1, 1, 5], vec![1.0f32; 5]).unwrap();
+    let y = &run("Conv", Attributes::new().with("strides", vec![2i64]), &[Some(x.clone()), Some(w)], 1)[0];
+    assert_eq!(y.shape(), [1, 1, 0]);
+    let attrs =
+        Attributes::new().with("kernel_shape", vec![3i64]).with("dilations", vec![2i64]).with("strides", vec![2i64]);
+    let y = &run("MaxPool", attrs, &[Some(x)], 1)[0];
+    assert_eq!(y.shape(), [1, 1, 0]);
+}
