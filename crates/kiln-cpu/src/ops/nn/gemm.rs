@@ -177,8 +177,7 @@ fn gemm_serial<T: Acc>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &mut [
                         }
                         p += 4;
                     }
-                    for p in p..p1 {
-                        let x0 = a0[p];
+                    for (p, &x0) in a0.iter().enumerate().take(p1).skip(p) {
                         for (c, &b0) in c0.iter_mut().zip(brow(p)) {
                             *c = c.madd(x0, b0);
                         }
@@ -199,8 +198,7 @@ fn gemm_serial<T: Acc>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &mut [
                     }
                     p += 4;
                 }
-                for p in p..p1 {
-                    let (x0, y0) = (a0[p], a1[p]);
+                for (p, (&x0, &y0)) in a0.iter().zip(a1).enumerate().take(p1).skip(p) {
                     for ((c, d), &b0) in c0.iter_mut().zip(c1.iter_mut()).zip(brow(p)) {
                         *c = c.madd(x0, b0);
                         *d = d.madd(y0, b0);

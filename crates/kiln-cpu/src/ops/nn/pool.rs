@@ -38,7 +38,11 @@ pub(super) fn max_pool(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec
                 let mut best: Option<(f64, usize)> = None;
                 taps.visit(&oidx, |off| {
                     let v = xp[off];
-                    if best.is_none_or(|(b, _)| v > b) {
+                    let better = match best {
+                        None => true,
+                        Some((b, _)) => v > b,
+                    };
+                    if better {
                         best = Some((v, off));
                     }
                 });
@@ -289,7 +293,7 @@ fn global(inputs: &[Option<&Value>], f: impl Fn(&[f64]) -> f64 + Sync) -> Result
     }
     let planes = x.shape()[0] * x.shape()[1];
     let xv = x.to_f64_vec();
-    let is = if planes == 0 { 0 } else { xv.len() / planes };
+    let is = xv.len().checked_div(planes).unwrap_or(0);
     let y: Vec<f64> = (0..planes).into_par_iter().map(|p| f(&xv[p * is..(p + 1) * is])).collect();
     let mut shape = x.shape()[..2].to_vec();
     shape.resize(x.rank(), 1);
