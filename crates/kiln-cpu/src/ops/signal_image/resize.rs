@@ -7,7 +7,7 @@
 //! accumulate in f64. Nearest mode selects exactly one tap, so it is done as a typed gather
 //! (exact for every dtype, including i64 and bool).
 
-use super::{cast_f64, tensor_from_f64};
+use super::{cast_f64, tensor_from_f64, Rounding};
 use crate::util::{opt_tensor_arg, single, tensor_arg};
 use crate::KernelCtx;
 use kiln_ir::{checked_numel, map_data, Element, Tensor, Value};
@@ -94,7 +94,7 @@ pub(super) fn resize(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<V
             data = interpolate_axis(&data, &shape, *axis, taps, p.extrapolation_value);
             shape[*axis] = taps.out_w;
         }
-        tensor_from_f64(x.dtype(), shape, &data)?
+        tensor_from_f64(x.dtype(), shape, &data, Rounding::HalfEven)?
     };
     Ok(single(out))
 }
