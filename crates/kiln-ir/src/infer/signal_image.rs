@@ -133,11 +133,7 @@ fn grid_sample(k: &Known) -> Result<Vec<ValueType>, String> {
         return Err(format!("grid must be a float tensor, got {}", grid.dtype));
     }
     let a = k.attrs;
-    check_one_of(
-        &a.string("mode", "linear".into())?,
-        "mode",
-        &["linear", "nearest", "cubic", "bilinear", "bicubic"],
-    )?;
+    check_one_of(&a.string("mode", "linear".into())?, "mode", &["linear", "nearest", "cubic", "bilinear", "bicubic"])?;
     check_one_of(&a.string("padding_mode", "zeros".into())?, "padding_mode", &["zeros", "border", "reflection"])?;
     let (Some(xs), Some(gs)) = (&x.shape, &grid.shape) else {
         return Ok(vec![unranked(x.dtype)]);

@@ -24,7 +24,8 @@ pub(super) fn importer(op: &str, opset: i64) -> Option<ImporterFn> {
 /// Upsample-1 (height_scale/width_scale attributes), -7/-8 (`scales` attribute) and -9
 /// (`scales` input) → Resize.
 fn upsample(n: &mut NodeImport) -> Result<(), ImportError> {
-    let x = n.inputs.first().copied().flatten().ok_or_else(|| ImportError::Invalid("Upsample needs an input".into()))?;
+    let x =
+        n.inputs.first().copied().flatten().ok_or_else(|| ImportError::Invalid("Upsample needs an input".into()))?;
     let scales = if let Some(Some(s)) = n.inputs.get(1) {
         *s
     } else if let Some(s) = n.attrs.floats_opt("scales")? {
@@ -92,7 +93,9 @@ fn dft_17(n: &mut NodeImport) -> Result<(), ImportError> {
     let axis = match attrs.remove("axis") {
         None => 1,
         Some(Attribute::Int(a)) => a,
-        Some(other) => return Err(ImportError::Invalid(format!("DFT attribute 'axis' must be int, got {}", other.kind_name()))),
+        Some(other) => {
+            return Err(ImportError::Invalid(format!("DFT attribute 'axis' must be int, got {}", other.kind_name())))
+        }
     };
     let axis_id = n.constant("axis", Tensor::scalar(axis))?;
     n.pad_inputs(2);

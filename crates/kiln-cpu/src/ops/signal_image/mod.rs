@@ -2,6 +2,8 @@
 //! detection post-processing (RoiAlign, NonMaxSuppression) and spectral ops (DFT, STFT, the
 //! window generators, MelWeightMatrix). Upsample is rewritten into Resize by its importer.
 
+mod detection;
+mod grid;
 mod resize;
 mod spectral;
 
@@ -11,6 +13,10 @@ use kiln_ir::{DType, Element, Tensor, Value};
 pub(crate) fn kernel(op: &str) -> Option<KernelFn> {
     Some(match op {
         "Resize" => resize::resize,
+        "GridSample" => grid::grid_sample,
+        "AffineGrid" => grid::affine_grid,
+        "RoiAlign" => detection::roi_align,
+        "NonMaxSuppression" => detection::non_max_suppression,
         "DFT" => spectral::dft,
         "STFT" => spectral::stft,
         "HannWindow" => spectral::hann_window,

@@ -20,9 +20,8 @@ pub(super) fn resize(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<V
 
     // Empty `roi`/`scales` tensors mean "not given" (opset 11-12 models pass them as
     // placeholders since those inputs were required then).
-    let non_empty = |i: usize| -> Result<Option<&Tensor>, String> {
-        Ok(opt_tensor_arg(inputs, i)?.filter(|t| !t.is_empty()))
-    };
+    let non_empty =
+        |i: usize| -> Result<Option<&Tensor>, String> { Ok(opt_tensor_arg(inputs, i)?.filter(|t| !t.is_empty())) };
     let roi = non_empty(1)?.map(|t| t.to_f64_vec());
     let scales = non_empty(2)?;
     let sizes = non_empty(3)?;
@@ -82,11 +81,8 @@ pub(super) fn resize(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<V
 
     let out = if p.mode == Mode::Nearest {
         let fill = p.extrapolation_value;
-        Tensor::new(
-            plan.out_shape.clone(),
-            map_data!(x.data(), v => nearest_passes(v, &in_shape, &steps, fill)),
-        )
-        .map_err(|e| e.to_string())?
+        Tensor::new(plan.out_shape.clone(), map_data!(x.data(), v => nearest_passes(v, &in_shape, &steps, fill)))
+            .map_err(|e| e.to_string())?
     } else {
         let mut data = x.to_f64_vec();
         let mut shape = in_shape.clone();

@@ -351,7 +351,8 @@ impl FftPlan {
             return FftPlan { n, kind: PlanKind::Trivial };
         }
         if n.is_power_of_two() {
-            let (tw_re, tw_im) = (0..n / 2).map(|k| (-2.0 * PI * k as f64 / n as f64).sin_cos()).map(|(s, c)| (c, s)).unzip();
+            let (tw_re, tw_im) =
+                (0..n / 2).map(|k| (-2.0 * PI * k as f64 / n as f64).sin_cos()).map(|(s, c)| (c, s)).unzip();
             return FftPlan { n, kind: PlanKind::Radix2 { tw_re, tw_im } };
         }
         let m = (2 * n - 1).next_power_of_two();
