@@ -211,7 +211,7 @@ pub(super) fn non_max_suppression(ctx: &KernelCtx, inputs: &[Option<&Value>]) ->
                 class_scores
                     .iter()
                     .enumerate()
-                    .filter(|(_, &s)| score_threshold.is_none_or(|t| s > t))
+                    .filter(|(_, &s)| score_threshold.map_or(true, |t| s > t))
                     .map(|(i, &s)| (s, i)),
             );
             // Highest score first; equal scores keep the lower box index first.

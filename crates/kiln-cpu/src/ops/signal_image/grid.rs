@@ -242,7 +242,7 @@ fn denormalized_grid(grid: &Tensor, dims: &[usize], align_corners: bool) -> Vec<
 /// Reflect `x` into [lo, hi] by bouncing off the borders.
 fn reflect(x: f64, lo: f64, hi: f64) -> f64 {
     let range = hi - lo;
-    if !(range > 0.0) || !x.is_finite() {
+    if range.is_nan() || range <= 0.0 || !x.is_finite() {
         return lo;
     }
     if x < lo {
