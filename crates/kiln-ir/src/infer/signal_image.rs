@@ -159,7 +159,12 @@ fn affine_grid(k: &Known) -> Result<Vec<ValueType>, String> {
     if k.dtype(1)? != DType::I64 {
         return Err(format!("size must be an int64 tensor, got {}", k.dtype(1)?));
     }
-    let n = theta.shape.as_ref().map(|s| s[0].clone()).unwrap_or(Dim::Unknown);
+    if let Some(r) = theta.rank() {
+        if r != 3 {
+            return Err(format!("theta must be 3-D [N, 2, 3] or [N, 3, 4], got rank {r}"));
+        }
+    }
+    let n = theta.shape.as_ref().and_then(|s| s.first().cloned()).unwrap_or(Dim::Unknown);
     if let Some(size) = k.const_input(1) {
         let s = size.to_i64_vec();
         if s.len() != 4 && s.len() != 5 {
@@ -210,8 +215,13 @@ fn roi_align(k: &Known) -> Result<Vec<ValueType>, String> {
         }
     }
     let c = x.shape.as_ref().map(|s| s[1].clone()).unwrap_or(Dim::Unknown);
-    let rois_n = k.tensor(1)?.shape.as_ref().map(|s| s[0].clone()).unwrap_or(Dim::Unknown);
-    let idx_n = k.tensor(2)?.shape.as_ref().map(|s| s[0].clone()).unwrap_or(Dim::Unknown);
+    if let Some(r) = k.tensor(1)?.rank() {
+        if r != 2 {
+            return Err(format!("rois must be 2-D [num_rois, 4], got rank {r}"));
+        }
+    }
+    let rois_n = k.tensor(1)?.shape.as_ref().and_then(|s| s.first().cloned()).unwrap_or(Dim::Unknown);
+    let idx_n = k.tensor(2)?.shape.as_ref().and_then(|s| s.first().cloned()).unwrap_or(Dim::Unknown);
     let r = pick_known(&rois_n, &idx_n);
     Ok(vec![ValueType::tensor(x.dtype, vec![r, c, Dim::Known(oh as usize), Dim::Known(ow as usize)])])
 }

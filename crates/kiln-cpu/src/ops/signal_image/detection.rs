@@ -52,6 +52,9 @@ pub(super) fn roi_align(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Ve
     }
     let out_shape = vec![num_rois, c, oh, ow];
     let total = checked_numel(&out_shape).map_err(|e| e.to_string())?;
+    if total > 0 && h * w == 0 {
+        return Err(format!("X {:?} has an empty spatial dimension", x.shape()));
+    }
     let data = x.to_f64_vec();
     let roi_data = rois.to_f64_vec();
     let bidx = batch_indices.to_i64_vec();
@@ -87,8 +90,12 @@ pub(super) fn roi_align(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Ve
             Ok(g as i64)
         };
         let (grid_h, grid_w) = (grid(bin_h)?, grid(bin_w)?);
-        let count = (grid_h * grid_w).max(1) as f64;
+        let count = grid_h.saturating_mul(grid_w).max(1) as f64;
         let (gh, gw) = (grid_h.max(0) as usize, grid_w.max(0) as usize);
+        let n_samples = gh.checked_mul(gw).and_then(|g| g.checked_mul(oh * ow));
+        if n_samples.map_or(true, |s| s > kiln_ir::MAX_ELEMENTS) {
+            return Err(format!("ROI {r} needs too many sampling points ({gh}x{gw} per bin)"));
+        }
 
         // Bilinear sample positions/weights of every bin, shared by all channels.
         samples.clear();

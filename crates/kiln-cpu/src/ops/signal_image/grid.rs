@@ -58,7 +58,10 @@ pub(super) fn grid_sample(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<
     let points: usize = out_spatial.iter().product();
     let plane: usize = dims.iter().product();
 
-    if plane == 0 && total > 0 {
+    if total == 0 {
+        return Ok(single(Tensor::zeros(x.dtype(), out_shape).map_err(|e| e.to_string())?));
+    }
+    if plane == 0 {
         return Err(format!("cannot sample from X {xs:?}: a spatial dimension is 0"));
     }
     let data = x.to_f64_vec();

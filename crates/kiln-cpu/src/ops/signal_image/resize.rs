@@ -279,6 +279,13 @@ impl AxisTaps {
         let out_f = scale * in_w as f64;
         let in_f = in_w as f64;
         let mut taps = AxisTaps { out_w, n: 0, idx: Vec::new(), weights: Vec::new(), extrapolated: vec![false; out_w] };
+        if p.antialias && p.mode != Mode::Nearest && out_w > 0 {
+            // The antialiasing filter widens to ~4/scale taps when downsampling.
+            let taps = (4.0 / scale.min(1.0)).ceil() + 4.0;
+            if !taps.is_finite() || taps * out_w as f64 > kiln_ir::MAX_ELEMENTS as f64 {
+                return Err(format!("scale {scale} needs too many antialiasing taps"));
+            }
+        }
         let mut coeffs: Vec<f64> = Vec::new();
         for o in 0..out_w {
             let y = o as f64;
