@@ -422,42 +422,61 @@ impl Params {
             Mode::Linear => out.extend_from_slice(&[1.0 - ratio, ratio]),
             Mode::Cubic if self.antialias => {
                 let s = scale.min(1.0);
-                let a = self.cubic_a;
                 let i_start = (-2.0 / s).floor() as i64 + 1;
                 let i_end = 2 - i_start;
-                let mut sum = 0.0;
+                // Taps beyond the kernel's support are an exact (f64) 0 in the reference,
+                // which turns its whole coefficient array into f64; otherwise it stays f32.
+                let mut all_f32 = true;
                 for i in i_start..i_end {
-                    let c = cubic_kernel(s * (i as f64 - ratio), a);
-                    sum += c;
-                    out.push(c);
+                    match cubic_kernel_f32(s * (i as f64 - ratio), self.cubic_a as f32) {
+                        Some(c) => out.push(c as f64),
+                        None => {
+                            all_f32 = false;
+                            out.push(0.0);
+                        }
+                    }
                 }
-                out.iter_mut().for_each(|c| *c /= sum);
+                if all_f32 {
+                    let sum = out.iter().fold(0.0f32, |acc, &c| acc + c as f32);
+                    out.iter_mut().for_each(|c| *c = (*c as f32 / sum) as f64);
+                } else {
+                    let sum: f64 = out.iter().sum();
+                    out.iter_mut().for_each(|c| *c /= sum);
+                }
             }
             Mode::Cubic => {
-                let a = self.cubic_a;
-                let (r1, q) = (ratio + 1.0, 1.0 - ratio);
-                let q1 = q + 1.0;
+                // The reference evaluates these in float32 (cubic_coeff_a is a float32 attribute
+                // and numpy keeps float32 when mixing it with Python floats); doing the same
+                // keeps results identical, including near-integer positions where the tiny
+                // weights decide what exclude_outside renormalizes.
+                let a = self.cubic_a as f32;
+                let r = ratio as f32;
+                let r1 = (ratio + 1.0) as f32;
+                let q = (1.0 - ratio) as f32;
+                let q1 = ((1.0 - ratio) + 1.0) as f32;
                 out.extend_from_slice(&[
-                    ((a * r1 - 5.0 * a) * r1 + 8.0 * a) * r1 - 4.0 * a,
-                    ((a + 2.0) * ratio - (a + 3.0)) * ratio * ratio + 1.0,
-                    ((a + 2.0) * q - (a + 3.0)) * q * q + 1.0,
-                    ((a * q1 - 5.0 * a) * q1 + 8.0 * a) * q1 - 4.0 * a,
+                    (((a * r1 - 5.0 * a) * r1 + 8.0 * a) * r1 - 4.0 * a) as f64,
+                    (((a + 2.0) * r - (a + 3.0)) * r * r + 1.0) as f64,
+                    (((a + 2.0) * q - (a + 3.0)) * q * q + 1.0) as f64,
+                    (((a * q1 - 5.0 * a) * q1 + 8.0 * a) * q1 - 4.0 * a) as f64,
                 ]);
             }
         }
     }
 }
 
-/// Keys' cubic convolution kernel with parameter `a`.
-fn cubic_kernel(x: f64, a: f64) -> f64 {
+/// Keys' cubic convolution kernel with parameter `a`, in the reference's mixed precision
+/// (distance powers in f64, rounded to f32 when combined with `a`); `None` outside |x| < 2.
+fn cubic_kernel_f32(x: f64, a: f32) -> Option<f32> {
     let x = x.abs();
-    let (x2, x3) = (x * x, x * x * x);
+    let x2 = x * x;
+    let x3 = x * x2;
     if x <= 1.0 {
-        (a + 2.0) * x3 - (a + 3.0) * x2 + 1.0
+        Some((a + 2.0) * x3 as f32 - (a + 3.0) * x2 as f32 + 1.0)
     } else if x < 2.0 {
-        a * x3 - 5.0 * a * x2 + 8.0 * a * x - 4.0 * a
+        Some(a * x3 as f32 - 5.0 * a * x2 as f32 + 8.0 * a * x as f32 - 4.0 * a)
     } else {
-        0.0
+        None
     }
 }
 
