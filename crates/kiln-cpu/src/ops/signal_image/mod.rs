@@ -200,6 +200,28 @@ mod tests {
     }
 
     #[test]
+    fn resize_large_linear_and_nearest_take_the_parallel_path() {
+        // A ramp f(y, x) = x + 2y stays a ramp under linear interpolation (away from the
+        // clamped last row/column): asymmetric x_ori = x / 2.
+        let (h, w) = (200usize, 300usize);
+        let ramp: Vec<f32> = (0..h * w).map(|i| ((i % w) + 2 * (i / w)) as f32).collect();
+        let attrs = Attributes::new().with("mode", "linear").with("coordinate_transformation_mode", "asymmetric");
+        let scales = f32s(&[4], &[1.0, 1.0, 2.0, 2.0]);
+        let y = run_op("Resize", attrs, &[f32s(&[1, 1, h, w], &ramp), None, scales.clone(), None]).unwrap();
+        assert_eq!(y.shape(), &[1, 1, 2 * h, 2 * w]);
+        let v = y.as_slice::<f32>().unwrap();
+        for &(i, j) in &[(0usize, 0usize), (1, 1), (3, 5), (200, 301), (398, 598)] {
+            assert_eq!(v[i * 2 * w + j], j as f32 / 2.0 + i as f32, "at ({i}, {j})");
+        }
+        let y = run_op("Resize", Attributes::new(), &[f32s(&[1, 1, h, w], &ramp), None, scales, None]).unwrap();
+        let v = y.as_slice::<f32>().unwrap();
+        // half_pixel + round_prefer_floor at scale 2: x_ori = j / 2 - 0.25 → source j / 2.
+        for &(i, j) in &[(0usize, 0usize), (5, 7), (399, 599)] {
+            assert_eq!(v[i * 2 * w + j], ((j / 2) + 2 * (i / 2)) as f32, "at ({i}, {j})");
+        }
+    }
+
+    #[test]
     fn hann_window_periodic_and_symmetric() {
         let y = run_op("HannWindow", Attributes::new(), &[i64s(&[], &[4])]).unwrap();
         assert_close(&y, &[4], &[0.0, 0.5, 1.0, 0.5]);

@@ -11,6 +11,7 @@ use super::{cast_f64, tensor_from_f64, Rounding};
 use crate::util::{opt_tensor_arg, single, tensor_arg};
 use crate::KernelCtx;
 use kiln_ir::{checked_numel, map_data, Element, Tensor, Value};
+use rayon::prelude::*;
 
 pub(super) fn resize(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
     let x = tensor_arg(inputs, 0)?;
@@ -480,29 +481,50 @@ fn cubic_kernel_f32(x: f64, a: f32) -> Option<f32> {
     }
 }
 
+/// Below this many output elements per pass, threading costs more than it saves.
+const PARALLEL_MIN: usize = 1 << 16;
+
+/// Run `f(block index, block)` over consecutive `block`-sized chunks of `out`, in parallel when
+/// the pass is large.
+fn for_blocks<T: Send>(out: &mut [T], block: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    if out.is_empty() || block == 0 {
+        return;
+    }
+    if out.len() >= PARALLEL_MIN {
+        out.par_chunks_mut(block).enumerate().for_each(|(b, chunk)| f(b, chunk));
+    } else {
+        out.chunks_mut(block).enumerate().for_each(|(b, chunk)| f(b, chunk));
+    }
+}
+
 /// Nearest mode: per resized axis, copy the one selected source row (the tap with weight 1).
 fn nearest_passes<T: Element>(data: &[T], in_shape: &[usize], steps: &[(usize, AxisTaps)], fill: f64) -> Vec<T> {
     let fill: T = cast_f64(fill);
     let mut cur = data.to_vec();
     let mut shape = in_shape.to_vec();
     for (axis, taps) in steps {
-        let outer: usize = shape[..*axis].iter().product();
         let inner: usize = shape[axis + 1..].iter().product();
         let in_w = shape[*axis];
-        let mut out = Vec::with_capacity(outer * taps.out_w * inner);
-        for b in 0..outer {
-            for o in 0..taps.out_w {
-                if taps.extrapolated[o] {
-                    out.extend(std::iter::repeat(fill).take(inner));
-                    continue;
+        let outer: usize = shape[..*axis].iter().product();
+        // The selected source index per output position (None: extrapolated).
+        let src_of: Vec<Option<usize>> = (0..taps.out_w)
+            .map(|o| {
+                (!taps.extrapolated[o]).then(|| {
+                    let w = &taps.weights[o * taps.n..(o + 1) * taps.n];
+                    taps.idx[o * taps.n + w.iter().position(|&c| c == 1.0).unwrap_or(0)]
+                })
+            })
+            .collect();
+        let mut out = vec![fill; outer * taps.out_w * inner];
+        let src = &cur;
+        for_blocks(&mut out, taps.out_w * inner, |b, dst| {
+            let block = &src[b * in_w * inner..(b + 1) * in_w * inner];
+            for (o, s) in src_of.iter().enumerate() {
+                if let Some(s) = s {
+                    dst[o * inner..(o + 1) * inner].copy_from_slice(&block[s * inner..(s + 1) * inner]);
                 }
-                let w = &taps.weights[o * taps.n..(o + 1) * taps.n];
-                let k = w.iter().position(|&c| c == 1.0).unwrap_or(0);
-                let src = taps.idx[o * taps.n + k];
-                let row = (b * in_w + src) * inner;
-                out.extend_from_slice(&cur[row..row + inner]);
             }
-        }
+        });
         cur = out;
         shape[*axis] = taps.out_w;
     }
@@ -515,10 +537,10 @@ fn interpolate_axis(data: &[f64], shape: &[usize], axis: usize, taps: &AxisTaps,
     let inner: usize = shape[axis + 1..].iter().product();
     let in_w = shape[axis];
     let mut out = vec![0.0f64; outer * taps.out_w * inner];
-    for b in 0..outer {
+    for_blocks(&mut out, taps.out_w * inner, |b, dst_block| {
         let src_block = &data[b * in_w * inner..(b + 1) * in_w * inner];
         for o in 0..taps.out_w {
-            let dst = &mut out[(b * taps.out_w + o) * inner..(b * taps.out_w + o + 1) * inner];
+            let dst = &mut dst_block[o * inner..(o + 1) * inner];
             if taps.extrapolated[o] {
                 dst.fill(fill);
                 continue;
@@ -533,6 +555,6 @@ fn interpolate_axis(data: &[f64], shape: &[usize], axis: usize, taps: &AxisTaps,
                 }
             }
         }
-    }
+    });
     out
 }
