@@ -76,7 +76,9 @@ pub(super) fn grid_sample(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<
 
     let mut out = vec![0.0f64; total];
     // Per point: the (flat offset, weight) of every tap that lands inside the input.
+    // Two buffers, swapped per dimension, so the loop does not allocate.
     let mut taps: Vec<(usize, f64)> = Vec::new();
+    let mut prev: Vec<(usize, f64)> = Vec::new();
     let mut per_dim: Vec<Vec<(Option<usize>, f64)>> = vec![Vec::new(); r];
     for b in 0..n {
         for p in 0..points {
@@ -119,7 +121,8 @@ pub(super) fn grid_sample(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<
             taps.clear();
             taps.push((0, 1.0));
             for i in 0..r {
-                let prev = std::mem::take(&mut taps);
+                std::mem::swap(&mut taps, &mut prev);
+                taps.clear();
                 for &(off, w) in &prev {
                     for &(idx, wi) in &per_dim[i] {
                         if let Some(idx) = idx {
