@@ -219,10 +219,12 @@ pub(super) fn non_max_suppression(ctx: &KernelCtx, inputs: &[Option<&Value>]) ->
                     .iter()
                     .enumerate()
                     .filter(|(_, &s)| score_threshold.map_or(true, |t| s > t))
-                    .map(|(i, &s)| (s, i)),
+                    // + 0.0 turns -0.0 into 0.0 so that the two compare equal below.
+                    .map(|(i, &s)| (s + 0.0, i)),
             );
-            // Highest score first; equal scores keep the lower box index first.
-            candidates.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
+            // Highest score first, NaN scores last; equal scores keep the lower box index
+            // first. (A total order: sorting with a partial one may panic.)
+            candidates.sort_by(|a, b| a.0.is_nan().cmp(&b.0.is_nan()).then(b.0.total_cmp(&a.0)).then(a.1.cmp(&b.1)));
             kept.clear();
             for &(_, i) in &candidates {
                 if kept.len() as u64 >= max_out {
