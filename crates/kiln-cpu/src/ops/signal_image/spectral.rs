@@ -243,7 +243,7 @@ pub(super) fn mel_weight_matrix(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> R
     };
     for i in 0..mel_bins {
         let (lo, center, hi) = (edges[i], edges[i + 1], edges[i + 2]);
-        let rise = center - lo;
+        let rise = center.saturating_sub(lo);
         if rise == 0 {
             set(center, i, 1.0)?;
         } else {
@@ -251,7 +251,7 @@ pub(super) fn mel_weight_matrix(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> R
                 set(j, i, (j - lo) as f64 / rise as f64)?;
             }
         }
-        let fall = hi - center;
+        let fall = hi.saturating_sub(center);
         if fall > 0 {
             for j in center..hi {
                 set(j, i, (hi - j) as f64 / fall as f64)?;
