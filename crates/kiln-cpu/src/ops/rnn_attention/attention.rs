@@ -162,6 +162,9 @@ fn run<F: Real>(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>
     // Q and K are each scaled by √scale (rounded to T), as the spec prescribes against overflow.
     let rt = F::rounder(dt);
     let rp = F::rounder(softmax_dt);
+    // numpy sums f16 in f32 and rounds once, but reduces bf16 (an ml_dtypes type) one
+    // rounded add at a time.
+    let rsum = if softmax_dt == DType::BF16 { rp } else { |x| x };
     let scale = match attrs.float_opt("scale")? {
         Some(s) => s as f64,
         None => 1.0 / (dk as f64).sqrt(),
@@ -175,7 +178,7 @@ fn run<F: Real>(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>
         kt.extend(transpose(&scaled, d.st, dk));
     }
 
-    let step = Step { d, q: &q, kt: &kt, v: &present_v, mask: mask.as_ref(), rules: &rules, softcap, mode, rt, rp };
+    let step = Step { d, q: &q, kt: &kt, v: &present_v, mask: mask.as_ref(), rules: &rules, softcap, mode, rt, rp, rsum };
     let mut y = vec![F::ZERO; b * hq * sq * dv];
     let want_qk = ctx.num_outputs >= 4;
     let mut qk = if want_qk { vec![F::ZERO; b * hq * sq * d.st] } else { Vec::new() };
@@ -324,6 +327,8 @@ struct Step<'a, F> {
     /// Rounding to the output dtype and to the softmax precision.
     rt: fn(F) -> F,
     rp: fn(F) -> F,
+    /// Rounding after each add of the softmax denominator.
+    rsum: fn(F) -> F,
 }
 
 impl<F: Real> Step<'_, F> {
@@ -379,7 +384,7 @@ impl<F: Real> Step<'_, F> {
             }
             capture(2, row);
 
-            softmax(row, &mut probs, rp);
+            softmax(row, &mut probs, rp, self.rsum);
             if fully_masked {
                 probs.fill(F::ZERO);
             }
@@ -400,7 +405,7 @@ impl<F: Real> Step<'_, F> {
 
 /// Softmax of one row in the precision `rp` rounds to, as the reference computes it: an
 /// all -inf row gives zeros; NaN anywhere makes the whole row NaN (numpy's max propagates it).
-fn softmax<F: Real>(x: &[F], out: &mut [F], rp: fn(F) -> F) {
+fn softmax<F: Real>(x: &[F], out: &mut [F], rp: fn(F) -> F, rsum: fn(F) -> F) {
     let mut max = F::NEG_INF;
     for &v in x {
         let v = rp(v);
@@ -416,7 +421,7 @@ fn softmax<F: Real>(x: &[F], out: &mut [F], rp: fn(F) -> F) {
     let mut sum = F::ZERO;
     for (o, &v) in out.iter_mut().zip(x) {
         *o = rp(rp(rp(v) - shift).exp());
-        sum += *o;
+        sum = rsum(sum + *o);
     }
     let sum = rp(sum);
     let sum = if sum == F::ZERO { F::ONE } else { sum };

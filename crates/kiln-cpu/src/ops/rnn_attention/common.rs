@@ -101,11 +101,6 @@ impl Real for f64 {
     }
 }
 
-/// Is `dt` one of the float dtypes these kernels compute on?
-pub(super) fn is_float(dt: DType) -> bool {
-    matches!(dt, DType::F32 | DType::F16 | DType::BF16 | DType::F64)
-}
-
 /// The elements of a float tensor in the compute type `F`.
 pub(super) fn load<F: Real>(t: &Tensor, what: &str) -> Result<Vec<F>, String> {
     Ok(match t.data() {
