@@ -66,7 +66,15 @@ fn attention(k: &Known) -> Result<Vec<ValueType>, String> {
             return Err(format!("q_num_heads ({qh}) must be a positive multiple of kv_num_heads ({kvh})"));
         }
         let (qh, kvh) = (qh as usize, kvh as usize);
-        (qs[0].clone(), Dim::Known(qh), qs[1].clone(), Dim::Known(kvh), ks[1].clone(), div_dim(&qs[2], qh)?, div_dim(&vs[2], kvh)?)
+        (
+            qs[0].clone(),
+            Dim::Known(qh),
+            qs[1].clone(),
+            Dim::Known(kvh),
+            ks[1].clone(),
+            div_dim(&qs[2], qh)?,
+            div_dim(&vs[2], kvh)?,
+        )
     } else {
         (qs[0].clone(), qs[1].clone(), qs[2].clone(), ks[1].clone(), ks[2].clone(), qs[3].clone(), vs[3].clone())
     };
@@ -190,13 +198,21 @@ fn swiglu(k: &Known) -> Result<Vec<ValueType>, String> {
     let shape = match (&a.shape, &b.shape) {
         (Some(x), Some(y)) => {
             if x.len() != y.len() {
-                return Err(format!("A and B must have the same shape, got {} and {}", format_shape(x), format_shape(y)));
+                return Err(format!(
+                    "A and B must have the same shape, got {} and {}",
+                    format_shape(x),
+                    format_shape(y)
+                ));
             }
             let mut s = Vec::with_capacity(x.len());
             for (dx, dy) in x.iter().zip(y) {
                 s.push(match (dx, dy) {
                     (Dim::Known(p), Dim::Known(q)) if p != q => {
-                        return Err(format!("A and B must have the same shape, got {} and {}", format_shape(x), format_shape(y)))
+                        return Err(format!(
+                            "A and B must have the same shape, got {} and {}",
+                            format_shape(x),
+                            format_shape(y)
+                        ))
                     }
                     (Dim::Known(_), _) => dx.clone(),
                     _ => dy.clone(),

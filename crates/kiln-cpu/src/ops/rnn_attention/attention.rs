@@ -178,7 +178,8 @@ fn run<F: Real>(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>
         kt.extend(transpose(&scaled, d.st, dk));
     }
 
-    let step = Step { d, q: &q, kt: &kt, v: &present_v, mask: mask.as_ref(), rules: &rules, softcap, mode, rt, rp, rsum };
+    let step =
+        Step { d, q: &q, kt: &kt, v: &present_v, mask: mask.as_ref(), rules: &rules, softcap, mode, rt, rp, rsum };
     let mut y = vec![F::ZERO; b * hq * sq * dv];
     let want_qk = ctx.num_outputs >= 4;
     let mut qk = if want_qk { vec![F::ZERO; b * hq * sq * d.st] } else { Vec::new() };
@@ -276,7 +277,10 @@ impl<F: Real> Mask<F> {
         dims[4 - shape.len()..].copy_from_slice(shape);
         for ax in 0..3 {
             if dims[ax] != 1 && dims[ax] != full[ax] {
-                return Err(format!("attn_mask shape {shape:?} does not broadcast to [{}, {}, {}, {}]", d.b, d.hq, d.sq, d.st));
+                return Err(format!(
+                    "attn_mask shape {shape:?} does not broadcast to [{}, {}, {}, {}]",
+                    d.b, d.hq, d.sq, d.st
+                ));
             }
         }
         if dims[3] > d.st {

@@ -3,7 +3,11 @@
 
 mod attention;
 mod common;
+mod flex_attention;
+mod linear_attention;
 mod rnn;
+mod rotary;
+mod swiglu;
 
 use crate::KernelFn;
 
@@ -13,6 +17,10 @@ pub(crate) fn kernel(op: &str) -> Option<KernelFn> {
         "RNN" => rnn::rnn,
         "GRU" => rnn::gru,
         "LSTM" => rnn::lstm,
+        "RotaryEmbedding" => rotary::rotary_embedding,
+        "SwiGLU" => swiglu::swiglu,
+        "LinearAttention" => linear_attention::linear_attention,
+        "FlexAttention" => flex_attention::flex_attention,
         _ => return None,
     })
 }

@@ -295,9 +295,10 @@ fn run<F: Real>(ctx: &KernelCtx, inputs: &[Option<&Value>], cell: Cell) -> Resul
             let wd = &w[di * gh * input..(di + 1) * gh * input];
             let rd = &r[di * gh * hidden..(di + 1) * gh * hidden];
             let (rt_zr, rt_h) = match cell {
-                Cell::Gru { linear_before_reset: false } => {
-                    (transpose(&rd[..2 * hidden * hidden], 2 * hidden, hidden), transpose(&rd[2 * hidden * hidden..], hidden, hidden))
-                }
+                Cell::Gru { linear_before_reset: false } => (
+                    transpose(&rd[..2 * hidden * hidden], 2 * hidden, hidden),
+                    transpose(&rd[2 * hidden * hidden..], hidden, hidden),
+                ),
                 _ => (Vec::new(), Vec::new()),
             };
             DirParams {
@@ -415,7 +416,8 @@ fn run_direction<F: Real>(
             let mut zr = vec![F::ZERO; batch * 2 * hidden];
             gemm_acc(h, &p.rt_zr, &mut zr, batch, hidden, 2 * hidden);
             for b in 0..batch {
-                for (o, &v) in hr[b * gh..b * gh + 2 * hidden].iter_mut().zip(&zr[b * 2 * hidden..(b + 1) * 2 * hidden]) {
+                for (o, &v) in hr[b * gh..b * gh + 2 * hidden].iter_mut().zip(&zr[b * 2 * hidden..(b + 1) * 2 * hidden])
+                {
                     *o += v;
                 }
             }
