@@ -144,6 +144,7 @@ fn run<F: Real>(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>
         }
     };
     numel(&[b, hq, sq, d.st])?;
+    numel(&[b, hq, sq, dv])?;
 
     // Bring Q, K, V (and the cache) to (B, H, S, D) in the compute type.
     let to_bhsd = |t: &Tensor, h: usize, s: usize, hd: usize, what: &str| -> Result<Vec<F>, String> {
@@ -173,7 +174,7 @@ fn run<F: Real>(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>
     let q: Vec<F> = q.iter().map(|&x| rt(x * sqrt_scale)).collect();
     // Scaled K, transposed per head to (D, S) so QKᵀ is an i-k-j GEMM over contiguous rows.
     let mut kt = Vec::with_capacity(present_k.len());
-    for blk in present_k.chunks(d.st * dk) {
+    for blk in present_k.chunks((d.st * dk).max(1)) {
         let scaled: Vec<F> = blk.iter().map(|&x| rt(x * sqrt_scale)).collect();
         kt.extend(transpose(&scaled, d.st, dk));
     }

@@ -115,8 +115,10 @@ pub(super) fn linear_attention(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Re
     let mut out = vec![0.0f32; b * t * hq * dv];
     let mut vt = vec![0.0f32; dv];
     let mut retrieved = vec![0.0f32; dv];
+    // Empty heads (d_k or d_v = 0) leave nothing to compute: the outputs are empty or zero.
+    let heads = if dk == 0 || dv == 0 { 0 } else { hkv };
     for bi in 0..b {
-        for h in 0..hkv {
+        for h in 0..heads {
             let s = &mut state[(bi * hkv + h) * dk * dv..][..dk * dv];
             for ti in 0..t {
                 let kt = &k[((bi * hkv + h) * t + ti) * dk..][..dk];

@@ -332,7 +332,8 @@ fn run<F: Real>(ctx: &KernelCtx, inputs: &[Option<&Value>], cell: Cell) -> Resul
 
     // Y as (seq, dirs, batch, hidden).
     let mut y = vec![F::ZERO; seq * dirs * batch * hidden];
-    for (di, p) in params.iter().enumerate() {
+    // (With hidden = 0 every output is empty and there is nothing to run.)
+    for (di, p) in params.iter().enumerate().filter(|_| hidden > 0) {
         let hs = &mut h[di * batch * hidden..(di + 1) * batch * hidden];
         let cs = &mut c[di * batch * hidden..(di + 1) * batch * hidden];
         run_direction(cell, d, p, clip, &x, &lens, hs, cs, &mut y, di);
@@ -403,17 +404,18 @@ fn run_direction<F: Real>(
         _ => v,
     };
     let mut hr = vec![F::ZERO; batch * gh];
-    let mut rh = Vec::new();
+    let gru_split = matches!(cell, Cell::Gru { linear_before_reset: false });
+    let mut rh = if gru_split { vec![F::ZERO; batch * hidden] } else { Vec::new() };
     let mut hh = vec![F::ZERO; batch * hidden];
+    let mut zr = if gru_split { vec![F::ZERO; batch * 2 * hidden] } else { Vec::new() };
     for step in 0..seq {
         // H·Rᵀ + Rb for the whole batch (rows of finished batch entries are ignored).
         for row in hr.chunks_mut(gh) {
             row.copy_from_slice(&p.rb);
         }
-        let gru_split = matches!(cell, Cell::Gru { linear_before_reset: false });
         if gru_split {
             // Only the z and r gates use H·Rᵀ directly; Rbh is added with (r ⊙ H)·R_hᵀ.
-            let mut zr = vec![F::ZERO; batch * 2 * hidden];
+            zr.fill(F::ZERO);
             gemm_acc(h, &p.rt_zr, &mut zr, batch, hidden, 2 * hidden);
             for b in 0..batch {
                 for (o, &v) in hr[b * gh..b * gh + 2 * hidden].iter_mut().zip(&zr[b * 2 * hidden..(b + 1) * 2 * hidden])
@@ -454,8 +456,7 @@ fn run_direction<F: Real>(
                             hh[b * hidden + k] = r * h[b * hidden + k];
                         }
                     }
-                    rh.clear();
-                    rh.resize(batch * hidden, F::ZERO);
+                    rh.fill(F::ZERO);
                     gemm_acc(&hh, &p.rt_h, &mut rh, batch, hidden, hidden);
                 }
                 for b in 0..batch {

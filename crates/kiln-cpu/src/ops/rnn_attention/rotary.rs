@@ -32,6 +32,7 @@ pub(super) fn rotary_embedding(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Re
         r => return Err(format!("X must be 3-D or 4-D, got rank {r}")),
     };
     let rot = match ctx.attrs.int("rotary_embedding_dim", 0)? {
+        0 if d % 2 != 0 => return Err(format!("the head size {d} must be even to rotate it whole")),
         0 => d,
         r if r < 0 || r as usize > d || r % 2 != 0 => {
             return Err(format!("rotary_embedding_dim {r} must be even and at most the head size {d}"))
