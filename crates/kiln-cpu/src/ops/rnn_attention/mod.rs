@@ -280,6 +280,29 @@ mod tests {
     }
 
     #[test]
+    fn flex_attention_gqa_with_score_mod_subgraph() {
+        // score_mod(s) = SwiGLU(s, s) = s² · sigmoid(s), run as a subgraph on (B, Hq, L, S).
+        let mut g = Network::new("score_mod");
+        let s = g
+            .add_input("s", ValueType::Tensor(TensorType::new(kiln_ir::DType::F32, vec![kiln_ir::Dim::Unknown; 4])))
+            .unwrap();
+        let out = g.add_layer("swiglu", "SwiGLU", Attributes::new(), &[Some(s), Some(s)], &["y"]).unwrap();
+        g.mark_output(out[0].unwrap()).unwrap();
+        let attrs = Attributes::new().with("score_mod", Attribute::from(g)).with("scale", Attribute::Float(0.8));
+        let out = run(
+            "FlexAttention",
+            attrs,
+            vec![
+                Some(seq(&[1, 2, 2, 3], 0.37, 0.0)),
+                Some(seq(&[1, 1, 3, 3], 0.53, 1.0)),
+                Some(seq(&[1, 1, 3, 2], 0.71, 0.5)),
+            ],
+            1,
+        );
+        assert_close(&out[0], &[0.388498, 0.2560905, 0.4664975, 0.869625, 0.3890623, 0.3530082, 0.2294283, -0.0414813]);
+    }
+
+    #[test]
     fn swiglu_alpha() {
         let a = seq(&[5], 0.9, 0.3);
         let b = seq(&[5], 0.4, 1.1);
