@@ -378,7 +378,7 @@ impl<F: Real> Step<'_, F> {
             }
             for (j, x) in bias.iter_mut().enumerate() {
                 if !self.rules.allowed(off, valid, i, j) {
-                    *x = *x + F::NEG_INF;
+                    *x += F::NEG_INF;
                 }
             }
             // A row whose bias is -inf everywhere has no attendable key: its probabilities are

@@ -107,7 +107,7 @@ pub(super) fn linear_attention(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Re
         None => (vec![0.0f32; b * hkv * dk * dv], dt),
     };
     let scale = match attrs.float("scale", 0.0)? {
-        s if s == 0.0 => 1.0 / (dk as f32).sqrt(),
+        0.0 => 1.0 / (dk as f32).sqrt(),
         s => s,
     };
 

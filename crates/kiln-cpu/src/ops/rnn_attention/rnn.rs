@@ -270,12 +270,10 @@ fn run<F: Real>(ctx: &KernelCtx, inputs: &[Option<&Value>], cell: Cell) -> Resul
     let betas = attrs.floats("activation_beta", Vec::new())?;
     let (mut ai, mut bi) = (alphas.into_iter(), betas.into_iter());
     let acts: Vec<Act> = names.iter().map(|n| Act::parse(n, &mut ai, &mut bi)).collect::<Result<_, _>>()?;
-    let clip = attrs.float_opt("clip")?.map(|c| F::from_f64(c as f64));
-    if let Some(c) = clip {
-        if !(c > F::ZERO) {
-            return Err("clip must be positive".into());
-        }
-    }
+    let clip = match attrs.float_opt("clip")? {
+        Some(c) if c.is_nan() || c <= 0.0 => return Err(format!("clip must be positive, got {c}")),
+        c => c.map(|c| F::from_f64(c as f64)),
+    };
 
     // Weights per direction.
     let w = load::<F>(w_t, "W")?;
