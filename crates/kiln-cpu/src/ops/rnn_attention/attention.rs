@@ -184,13 +184,18 @@ fn run<F: Real>(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>
     let mut y = vec![F::ZERO; b * hq * sq * dv];
     let want_qk = ctx.num_outputs >= 4;
     let mut qk = if want_qk { vec![F::ZERO; b * hq * sq * d.st] } else { Vec::new() };
-    if want_qk {
-        y.par_chunks_mut(sq * dv.max(1))
-            .zip(qk.par_chunks_mut(sq * d.st.max(1)))
+    // One task per (batch, query head); chunk sizes are kept nonzero for empty dims.
+    let (yc, qc) = ((sq * dv).max(1), (sq * d.st).max(1));
+    if want_qk && !y.is_empty() {
+        y.par_chunks_mut(yc)
+            .zip(qk.par_chunks_mut(qc))
             .enumerate()
             .for_each(|(bh, (yc, qc))| step.head(bh, yc, Some(qc)));
+    } else if want_qk {
+        // Dv = 0: Y is empty but the scores still are not.
+        qk.par_chunks_mut(qc).enumerate().for_each(|(bh, qc)| step.head(bh, &mut [], Some(qc)));
     } else {
-        y.par_chunks_mut(sq * dv.max(1)).enumerate().for_each(|(bh, yc)| step.head(bh, yc, None));
+        y.par_chunks_mut(yc).enumerate().for_each(|(bh, yc)| step.head(bh, yc, None));
     }
 
     let y = if rank == 3 {

@@ -303,6 +303,19 @@ mod tests {
     }
 
     #[test]
+    fn attention_empty_query_sequence() {
+        let q = Tensor::from_vec(vec![1, 2, 0, 3], Vec::<f32>::new()).unwrap();
+        let out = run(
+            "Attention",
+            Attributes::new(),
+            vec![Some(q), Some(seq(&[1, 2, 4, 3], 0.53, 1.0)), Some(seq(&[1, 2, 4, 5], 0.71, 0.5))],
+            4,
+        );
+        assert_eq!(out[0].shape(), [1, 2, 0, 5]);
+        assert_eq!(out[3].shape(), [1, 2, 0, 4]);
+    }
+
+    #[test]
     fn swiglu_alpha() {
         let a = seq(&[5], 0.9, 0.3);
         let b = seq(&[5], 0.4, 1.1);
