@@ -28,6 +28,11 @@ fn attention(k: &Known) -> Result<Vec<ValueType>, String> {
         if m.dtype != DType::Bool && !is_float(m.dtype) {
             return Err(format!("attn_mask must be bool or float, got {}", m.dtype));
         }
+        if let Some(r) = m.rank() {
+            if !(1..=4).contains(&r) {
+                return Err(format!("attn_mask must have rank 1 to 4, got {r}"));
+            }
+        }
     }
     if k.has_input(4) != k.has_input(5) {
         return Err("past_key and past_value must be given together".into());
@@ -179,8 +184,14 @@ fn rotary_embedding(k: &Known) -> Result<Vec<ValueType>, String> {
         }
     }
     match x.rank() {
-        Some(3) if k.attrs.int_opt("num_heads")?.is_none() => {
-            return Err("3-D input needs the num_heads attribute".into())
+        Some(3) => {
+            let nh = k.attrs.int_opt("num_heads")?.ok_or("3-D input needs the num_heads attribute")?;
+            if nh <= 0 {
+                return Err(format!("num_heads must be positive, got {nh}"));
+            }
+            if let Some(Dim::Known(hidden)) = x.shape.as_ref().map(|s| s[2].clone()) {
+                div_dim(&Dim::Known(hidden), nh as usize)?;
+            }
         }
         Some(r) if r != 3 && r != 4 => return Err(format!("X must be 3-D or 4-D, got rank {r}")),
         _ => {}
