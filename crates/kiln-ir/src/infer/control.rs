@@ -158,10 +158,10 @@ fn infer_scan(k: &Known) -> Result<Vec<ValueType>, String> {
     }
     // The sequence length, from whichever scan input has a static size along its axis.
     let mut seq_len = Dim::Unknown;
-    for j in 0..m {
+    for (j, &in_axis) in in_axes.iter().enumerate() {
         let t = k.tensor(n + j)?;
         if let Some(shape) = &t.shape {
-            let axis = normalize_axis(in_axes[j], shape.len())
+            let axis = normalize_axis(in_axis, shape.len())
                 .map_err(|e| format!("scan input {j}: {e}"))
                 .and_then(|a| if shape.is_empty() { Err(format!("scan input {j} is a scalar")) } else { Ok(a) })?;
             match (&seq_len, &shape[axis]) {
@@ -175,9 +175,9 @@ fn infer_scan(k: &Known) -> Result<Vec<ValueType>, String> {
     }
     let body_t = output_types(body);
     let mut out = Vec::with_capacity(n + scans);
-    for i in 0..n {
-        let initial = k.inputs[i].ok_or_else(|| format!("state input {i} is missing"))?;
-        out.push(Some(carried_type(initial, body_t[i].as_ref(), i)?));
+    for (i, (initial, body_out)) in k.inputs[..n].iter().zip(&body_t).enumerate() {
+        let initial = initial.ok_or_else(|| format!("state input {i} is missing"))?;
+        out.push(Some(carried_type(initial, body_out.as_ref(), i)?));
     }
     for (j, t) in body_t[n..].iter().enumerate() {
         out.push(match t {
