@@ -19,10 +19,10 @@ const ANY: &[DType] = &DType::ALL;
 
 pub(super) fn rule(op: &str) -> Option<InferFn> {
     Some(match op {
-        "Sqrt" | "Reciprocal" | "Exp" | "Log" | "Ceil" | "Floor" | "Round" | "Erf" | "Sin" | "Cos" | "Tan"
-        | "Asin" | "Acos" | "Atan" | "Sinh" | "Cosh" | "Asinh" | "Acosh" | "Atanh" | "Tanh" | "Sigmoid"
-        | "Softplus" | "Softsign" | "Mish" | "HardSwish" | "LeakyRelu" | "Elu" | "Selu" | "HardSigmoid"
-        | "ThresholdedRelu" | "Swish" => |k| unary(k, FLOAT),
+        "Sqrt" | "Reciprocal" | "Exp" | "Log" | "Ceil" | "Floor" | "Round" | "Erf" | "Sin" | "Cos" | "Tan" | "Asin"
+        | "Acos" | "Atan" | "Sinh" | "Cosh" | "Asinh" | "Acosh" | "Atanh" | "Tanh" | "Sigmoid" | "Softplus"
+        | "Softsign" | "Mish" | "HardSwish" | "LeakyRelu" | "Elu" | "Selu" | "HardSigmoid" | "ThresholdedRelu"
+        | "Swish" => |k| unary(k, FLOAT),
         "Celu" => |k| {
             if k.attrs.float("alpha", 1.0)? == 0.0 {
                 return Err("Celu's alpha must not be 0".into());
@@ -95,7 +95,12 @@ pub(super) fn rule(op: &str) -> Option<InferFn> {
 fn typed<'a>(k: &Known<'a>, i: usize, allowed: &[DType]) -> Result<&'a TensorType, String> {
     let t = k.tensor(i)?;
     if !allowed.contains(&t.dtype) {
-        return Err(format!("input {i} has dtype {}, which {} does not accept (expects {})", t.dtype, k.op, names(allowed)));
+        return Err(format!(
+            "input {i} has dtype {}, which {} does not accept (expects {})",
+            t.dtype,
+            k.op,
+            names(allowed)
+        ));
     }
     Ok(t)
 }

@@ -159,6 +159,8 @@ fn float_scalar(dtype: DType, v: f32) -> Result<Tensor, ImportError> {
         DType::F64 => Tensor::scalar(v as f64),
         DType::F16 => Tensor::scalar(f16::from_f32(v)),
         DType::BF16 => Tensor::scalar(bf16::from_f32(v)),
-        other => return Err(ImportError::Invalid(format!("Clip's min/max attributes need a float input, got {other}"))),
+        other => {
+            return Err(ImportError::Invalid(format!("Clip's min/max attributes need a float input, got {other}")))
+        }
     })
 }

@@ -2,6 +2,7 @@
 //! the variadic Min/Max/Sum/Mean, Where and Clip.
 
 use super::broadcast::{zip2_tensor, zip3};
+use super::cast::{Num, Scalar};
 use super::scalar::{Int, Real};
 use crate::util::{opt_tensor_arg, single, tensor_arg};
 use crate::{KernelCtx, KernelFn};
@@ -202,9 +203,10 @@ fn pow(_: &KernelCtx, inputs: In) -> Res {
     fn float_base<T: Element>(a: &Tensor, av: &[T], b: &Tensor) -> Result<Tensor, String> {
         kiln_ir::dispatch!(b.data(), e => zip2_tensor(a, av, b, e, |p, q| T::from_f64(p.to_f64().powf(q.to_f64()))))
     }
-    fn int_base<T: Int>(a: &Tensor, av: &[T], b: &Tensor) -> Result<Tensor, String> {
+    fn int_base<T: Int + Scalar>(a: &Tensor, av: &[T], b: &Tensor) -> Result<Tensor, String> {
         if b.dtype().is_float() {
-            kiln_ir::dispatch!(b.data(), e => zip2_tensor(a, av, b, e, |p, q| T::from_f64(p.to_f64().powf(q.to_f64()))))
+            // Converted back like a C cast (NaN from a negative base gives the minimum value).
+            kiln_ir::dispatch!(b.data(), e => zip2_tensor(a, av, b, e, |p, q| T::from_num(Num::F(p.to_f64().powf(q.to_f64())))))
         } else {
             kiln_ir::dispatch!(b.data(), e => zip2_tensor(a, av, b, e, |p, q| p.pow_int(q.to_i64())))
         }
@@ -301,9 +303,9 @@ enum Fold {
     Mean,
 }
 
-/// Max/Min/Sum/Mean over one or more inputs, broadcast together. The inputs are folded
-/// pairwise (exact for Max/Min; for Sum/Mean the same left-to-right order as the reference);
-/// f16/bf16 are accumulated in f32 and rounded once at the end.
+/// Max/Min/Sum/Mean over one or more inputs, broadcast together, folded pairwise left to
+/// right as the reference does (for f16/bf16 each partial sum is rounded, as numpy's in-place
+/// `+=` in that dtype rounds it); Mean then divides by the input count.
 fn variadic(inputs: In, fold: Fold) -> Res {
     let ts: Vec<&Tensor> = (0..inputs.len()).map(|i| tensor_arg(inputs, i)).collect::<Result<_, _>>()?;
     let first = *ts.first().ok_or("needs at least one input")?;
@@ -317,39 +319,26 @@ fn variadic(inputs: In, fold: Fold) -> Res {
     if dtype == DType::Bool {
         return Err("expects numeric tensors, got bool".into());
     }
-    let narrow = matches!(dtype, DType::F16 | DType::BF16) && matches!(fold, Fold::Sum | Fold::Mean);
-    let widen = |t: &Tensor| -> Result<Tensor, String> {
-        if narrow {
-            Tensor::from_vec(t.shape().to_vec(), t.to_f64_vec().into_iter().map(|v| v as f32).collect::<Vec<f32>>())
-                .map_err(|e| e.to_string())
-        } else {
-            Ok(t.clone())
-        }
-    };
-    let mut acc = widen(first)?;
-    for t in &ts[1..] {
-        let t = if narrow { widen(t)? } else { (*t).clone() };
+    let mut acc = first.clone();
+    for &t in &ts[1..] {
         acc = match fold {
-            Fold::Max => {
-                same_dtype!(acc.data(), t.data(), |x, y| zip2_tensor(&acc, x, &t, y, max_nan), unreachable!())?
-            }
-            Fold::Min => {
-                same_dtype!(acc.data(), t.data(), |x, y| zip2_tensor(&acc, x, &t, y, min_nan), unreachable!())?
-            }
-            Fold::Sum | Fold::Mean => arith(&acc, &t, &arith!(|a, b| a + b, a.wrapping_add(b)))?,
+            Fold::Max => same_dtype!(
+                acc.data(),
+                t.data(),
+                |x, y| zip2_tensor(&acc, x, t, y, max_nan),
+                Err(dtype_error(&acc, t, "numeric"))
+            )?,
+            Fold::Min => same_dtype!(
+                acc.data(),
+                t.data(),
+                |x, y| zip2_tensor(&acc, x, t, y, min_nan),
+                Err(dtype_error(&acc, t, "numeric"))
+            )?,
+            Fold::Sum | Fold::Mean => arith(&acc, t, &arith!(|a, b| a + b, a.wrapping_add(b)))?,
         };
     }
     if fold == Fold::Mean {
-        let n = ts.len() as f64;
-        acc = super::unary::map_float(&acc, &MeanDiv(n))?;
-    }
-    if narrow {
-        let v = acc.as_slice::<f32>().map_err(|e| e.to_string())?;
-        let data = match dtype {
-            DType::F16 => TensorData::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
-            _ => TensorData::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
-        };
-        acc = Tensor::new(acc.shape().to_vec(), data).map_err(|e| e.to_string())?;
+        acc = super::unary::map_float(&acc, &MeanDiv(ts.len() as f64))?;
     }
     Ok(single(acc))
 }
@@ -387,21 +376,23 @@ fn where_(_: &KernelCtx, inputs: In) -> Res {
     let x = tensor_arg(inputs, 1)?;
     let y = tensor_arg(inputs, 2)?;
     let cv = c.as_slice::<bool>().map_err(|e| format!("condition: {e}"))?;
-    let (shape, data) = same_dtype!(
-        x.data(),
-        y.data(),
-        |xv, yv| {
-            let (shape, v) = zip3((cv, c.shape()), (xv.as_slice(), x.shape()), (yv.as_slice(), y.shape()), |k, p, q| {
-                if k {
-                    p
-                } else {
-                    q
-                }
-            })?;
-            (shape, Element::into_data(v))
-        },
-        return Err(dtype_error(x, y, "any"))
-    );
+    let (shape, data) =
+        same_dtype!(
+            x.data(),
+            y.data(),
+            |xv, yv| {
+                let (shape, v) =
+                    zip3((cv, c.shape()), (xv.as_slice(), x.shape()), (yv.as_slice(), y.shape()), |k, p, q| {
+                        if k {
+                            p
+                        } else {
+                            q
+                        }
+                    })?;
+                (shape, Element::into_data(v))
+            },
+            return Err(dtype_error(x, y, "any"))
+        );
     Ok(single(Tensor::new(shape, data).map_err(|e| e.to_string())?))
 }
 

@@ -29,7 +29,7 @@ pub(super) fn kernel(op: &str) -> Option<KernelFn> {
 }
 
 /// Converts `t` to `to` with numpy `astype` semantics: integers wrap, floats truncate toward
-/// zero into integers (wrapping through i64, as C casts do on common hardware), anything
+/// zero into integers (out-of-range values as C on x86-64, see [`float_to_i32_c`]), anything
 /// nonzero (NaN included) is `true`, and floats round to nearest even into narrower floats.
 pub(super) fn cast(t: &Tensor, to: DType) -> Result<Tensor, String> {
     if t.dtype() == to {
@@ -106,14 +106,16 @@ fn dropout(ctx: &KernelCtx, inputs: In) -> Res {
     }
     let mut out = vec![Value::Tensor(x.clone())];
     if ctx.num_outputs > 1 {
-        out.push(Value::Tensor(Tensor::new(x.shape().to_vec(), TensorData::Bool(vec![true; x.len()])).map_err(|e| e.to_string())?));
+        out.push(Value::Tensor(
+            Tensor::new(x.shape().to_vec(), TensorData::Bool(vec![true; x.len()])).map_err(|e| e.to_string())?,
+        ));
     }
     Ok(out)
 }
 
 /// A source value in its widest exact form.
 #[derive(Clone, Copy)]
-enum Num {
+pub(super) enum Num {
     I(i64),
     U(u64),
     F(f64),
@@ -122,24 +124,44 @@ enum Num {
 
 /// Conversion through [`Num`]; after inlining, the source variant is a constant per
 /// instantiation, so each (source, destination) pair compiles to a straight conversion.
-trait Scalar: Element {
+pub(super) trait Scalar: Element {
     fn num(self) -> Num;
     fn from_num(n: Num) -> Self;
 }
 
-/// Float → integer as a C cast on x86-64 does for in-range values: truncate toward zero, then
-/// wrap into narrower types (numpy's `astype`). NaN gives 0; values beyond i64/u64 saturate.
+/// Float → integer conversion as compiled C (and so numpy's `astype` and the ONNX reference)
+/// behaves on x86-64: truncate toward zero; NaN and values out of the converting instruction's
+/// range give its "integer indefinite" value (the minimum of i32 or i64). 8- and 16-bit targets
+/// go through i32, 32-bit unsigned through i64, then wrap to the target width.
 #[inline(always)]
-fn float_to_i64_bits(v: f64) -> i64 {
-    if v >= 9_223_372_036_854_775_808.0 {
-        v as u64 as i64
+fn float_to_i32_c(v: f64) -> i32 {
+    if v > -2_147_483_649.0 && v < 2_147_483_648.0 {
+        v as i32
     } else {
+        i32::MIN
+    }
+}
+
+#[inline(always)]
+fn float_to_i64_c(v: f64) -> i64 {
+    if v >= -9_223_372_036_854_775_808.0 && v < 9_223_372_036_854_775_808.0 {
         v as i64
+    } else {
+        i64::MIN
+    }
+}
+
+#[inline(always)]
+fn float_to_u64_c(v: f64) -> u64 {
+    if v >= 9_223_372_036_854_775_808.0 && v < 18_446_744_073_709_551_616.0 {
+        v as u64
+    } else {
+        float_to_i64_c(v) as u64
     }
 }
 
 macro_rules! scalar_signed {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $f:ident),*) => {$(
         impl Scalar for $t {
             #[inline(always)]
             fn num(self) -> Num {
@@ -150,7 +172,7 @@ macro_rules! scalar_signed {
                 match n {
                     Num::I(v) => v as $t,
                     Num::U(v) => v as $t,
-                    Num::F(v) => float_to_i64_bits(v) as $t,
+                    Num::F(v) => $f(v) as $t,
                     Num::B(b) => b as $t,
                 }
             }
@@ -158,7 +180,7 @@ macro_rules! scalar_signed {
     )*};
 }
 macro_rules! scalar_unsigned {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $f:ident),*) => {$(
         impl Scalar for $t {
             #[inline(always)]
             fn num(self) -> Num {
@@ -169,15 +191,15 @@ macro_rules! scalar_unsigned {
                 match n {
                     Num::I(v) => v as $t,
                     Num::U(v) => v as $t,
-                    Num::F(v) => float_to_i64_bits(v) as $t,
+                    Num::F(v) => $f(v) as $t,
                     Num::B(b) => b as $t,
                 }
             }
         }
     )*};
 }
-scalar_signed!(i8, i16, i32, i64);
-scalar_unsigned!(u8, u16, u32, u64);
+scalar_signed!(i8 => float_to_i32_c, i16 => float_to_i32_c, i32 => float_to_i32_c, i64 => float_to_i64_c);
+scalar_unsigned!(u8 => float_to_i32_c, u16 => float_to_i32_c, u32 => float_to_i64_c, u64 => float_to_u64_c);
 
 macro_rules! scalar_float {
     ($t:ty, $from_f64:expr) => {

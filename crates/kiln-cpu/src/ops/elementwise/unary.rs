@@ -83,9 +83,7 @@ pub(super) fn kernel(op: &str) -> Option<KernelFn> {
         "Softplus" => |_, i| float_op(i, float_fn!(|x| softplus(x))),
         "Softsign" => |_, i| float_op(i, float_fn!(|x| x / (T::ONE + x.abs()))),
         "Mish" => |_, i| float_op(i, float_fn!(|x| x * softplus(x).tanh())),
-        "HardSwish" => {
-            |_, i| float_op(i, float_fn!(|x| x * clamp01(x * T::c(1.0 / 6.0) + T::c(0.5))))
-        }
+        "HardSwish" => |_, i| float_op(i, float_fn!(|x| x * clamp01(x * T::c(1.0 / 6.0) + T::c(0.5)))),
         "LeakyRelu" => |c, i| {
             let alpha = attr_f(c, "alpha", 0.01)?;
             float_op(i, float_fn!(|x, alpha| if x > T::ZERO { x } else { x * alpha }))
@@ -107,6 +105,9 @@ pub(super) fn kernel(op: &str) -> Option<KernelFn> {
             float_op(
                 i,
                 float_fn!(|x, alpha| {
+                    if x.is_nan() {
+                        return x;
+                    }
                     let neg = alpha * (x / alpha).exp_m1();
                     (if x > T::ZERO { x } else { T::ZERO }) + (if neg < T::ZERO { neg } else { T::ZERO })
                 }),
@@ -126,13 +127,16 @@ pub(super) fn kernel(op: &str) -> Option<KernelFn> {
             float_op(i, float_fn!(|x, alpha| x * sigmoid(alpha * x)))
         },
         "Gelu" => |c, i| match c.attrs.string("approximate", "none".into())?.as_str() {
-            "none" => float_op(i, float_fn!(|x| T::c(0.5) * x * (T::ONE + (x * T::c(std::f64::consts::FRAC_1_SQRT_2)).erf()))),
+            // 0.5·x·(1 + erf(x/√2)) written as 0.5·x·erfc(−x/√2), which keeps its accuracy for
+            // large negative x where 1 + erf cancels.
+            "none" => float_op(i, float_fn!(|x| T::c(0.5) * x * (-x * T::c(std::f64::consts::FRAC_1_SQRT_2)).erfc())),
+            // 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), u = √(2/π)·(x + 0.044715·x³): same value, no
+            // cancellation for large negative x.
             "tanh" => float_op(
                 i,
                 float_fn!(|x| {
-                    // sqrt(2 / pi)
-                    let k = T::c(0.797_884_560_802_865_4);
-                    T::c(0.5) * x * (T::ONE + (k * (x + T::c(0.044715) * x * x * x)).tanh())
+                    let two_k = T::c(2.0 * 0.797_884_560_802_865_4);
+                    x * sigmoid(two_k * (x + T::c(0.044715) * x * x * x))
                 }),
             ),
             other => Err(format!("Gelu's approximate must be 'none' or 'tanh', got '{other}'")),
