@@ -16,3 +16,6 @@ use crate::KernelFn;
 pub(crate) fn kernel(op: &str) -> Option<KernelFn> {
     unary::kernel(op).or_else(|| binary::kernel(op)).or_else(|| cast::kernel(op))
 }
+
+#[cfg(test)]
+mod tests;
