@@ -36,7 +36,7 @@ macro_rules! same_dtype {
 }
 
 /// A binary op on numbers: one form for floats (f16/bf16 computed in f32), one for integers.
-trait Arith {
+trait Arith: Sync {
     fn real<T: Real>(&self, a: T, b: T) -> T;
     fn int<T: Int>(&self, a: T, b: T) -> T;
 }
@@ -60,7 +60,7 @@ macro_rules! arith {
 }
 
 /// A binary op on integers only.
-trait IntBinary {
+trait IntBinary: Sync {
     fn call<T: Int>(&self, a: T, b: T) -> T;
 }
 

@@ -2,9 +2,11 @@
 //!
 //! Instead of materialising an index per output element, the output is split into rows along
 //! its innermost (coalesced) dimension: within a row every input either advances by one
-//! element or stays on one element (stride 0), so kernels run tight slice loops.
+//! element or stays on one element (stride 0), so kernels run tight slice loops. Large outputs
+//! are split into flat chunks that are filled in parallel.
 
 use kiln_ir::{checked_numel, Element, Tensor};
+use rayon::prelude::*;
 
 /// How N input shapes broadcast to the output.
 pub(super) struct Broadcast<const N: usize> {
@@ -68,19 +70,38 @@ impl<const N: usize> Broadcast<N> {
         Ok(Broadcast { shape, numel, dims, strides })
     }
 
-    /// Calls `f(offsets, len, inner_strides)` for each output row in row-major order: input `k`'s
-    /// elements for the row are `offsets[k] + i * inner_strides[k]` for `i < len`, and each
-    /// inner stride is 0 or 1.
-    pub fn for_each_row(&self, mut f: impl FnMut([usize; N], usize, [usize; N])) {
-        if self.numel == 0 {
+    /// Calls `f(offsets, len, inner_strides)` for each run of output elements in the flat range
+    /// `start..end`, in row-major order. A run never crosses a row of the innermost
+    /// (coalesced) dimension: input `k`'s elements for it are `offsets[k] + i * inner_strides[k]`
+    /// for `i < len`, and each inner stride is 0 or 1.
+    pub fn for_range(&self, start: usize, end: usize, mut f: impl FnMut([usize; N], usize, [usize; N])) {
+        let end = end.min(self.numel);
+        if start >= end {
             return;
         }
         let last = self.dims.len() - 1;
         let (len, inner) = (self.dims[last], self.strides[last]);
+        // Unravel the starting row over the outer dims.
+        let (mut row, mut col) = (start / len, start % len);
         let mut idx = vec![0usize; last];
         let mut offs = [0usize; N];
+        for d in (0..last).rev() {
+            idx[d] = row % self.dims[d];
+            row /= self.dims[d];
+            for (o, s) in offs.iter_mut().zip(&self.strides[d]) {
+                *o += idx[d] * s;
+            }
+        }
+        let mut pos = start;
         loop {
-            f(offs, len, inner);
+            let seg = (len - col).min(end - pos);
+            f(std::array::from_fn(|k| offs[k] + col * inner[k]), seg, inner);
+            pos += seg;
+            if pos >= end {
+                return;
+            }
+            col = 0;
+            // Next row: advance the odometer over the outer dims.
             let mut d = last;
             loop {
                 if d == 0 {
@@ -101,6 +122,31 @@ impl<const N: usize> Broadcast<N> {
             }
         }
     }
+
+    /// Fills a fresh output buffer: `fill(start, dst)` writes the elements `start..start +
+    /// dst.len()`; large outputs are split into chunks filled in parallel.
+    fn build<O: Element>(&self, fill: impl Fn(usize, &mut [O]) + Sync) -> Vec<O> {
+        let mut out = vec![O::default(); self.numel];
+        if self.numel >= PAR_MIN {
+            out.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(i, c)| fill(i * PAR_CHUNK, c));
+        } else {
+            fill(0, &mut out);
+        }
+        out
+    }
+}
+
+/// Outputs at least this large are computed in parallel, in chunks of [`PAR_CHUNK`] elements.
+pub(super) const PAR_MIN: usize = 1 << 16;
+const PAR_CHUNK: usize = 1 << 14;
+
+/// `v.map(f)`, in parallel for large inputs.
+pub(super) fn par_map<T: Copy + Sync, U: Send>(v: &[T], f: impl Fn(T) -> U + Sync + Send) -> Vec<U> {
+    if v.len() >= PAR_MIN {
+        v.par_iter().with_min_len(PAR_CHUNK).map(|&x| f(x)).collect()
+    } else {
+        v.iter().map(|&x| f(x)).collect()
+    }
 }
 
 fn fmt_shapes(shapes: &[&[usize]]) -> String {
@@ -108,53 +154,67 @@ fn fmt_shapes(shapes: &[&[usize]]) -> String {
 }
 
 /// `f` over two broadcast slices; returns the output shape and values.
-pub(super) fn zip2<A: Copy, B: Copy, O>(
+pub(super) fn zip2<A: Copy + Sync, B: Copy + Sync, O: Element>(
     a: &[A],
     a_shape: &[usize],
     b: &[B],
     b_shape: &[usize],
-    f: impl Fn(A, B) -> O,
+    f: impl Fn(A, B) -> O + Sync,
 ) -> Result<(Vec<usize>, Vec<O>), String> {
     let plan = Broadcast::new([a_shape, b_shape])?;
-    let mut out = Vec::with_capacity(plan.numel);
-    plan.for_each_row(|[oa, ob], len, [sa, sb]| match (sa, sb) {
-        (0, 0) => out.extend((0..len).map(|_| f(a[oa], b[ob]))),
-        (0, _) => {
-            let x = a[oa];
-            out.extend(b[ob..ob + len].iter().map(|&y| f(x, y)));
-        }
-        (_, 0) => {
-            let y = b[ob];
-            out.extend(a[oa..oa + len].iter().map(|&x| f(x, y)));
-        }
-        _ => out.extend(a[oa..oa + len].iter().zip(&b[ob..ob + len]).map(|(&x, &y)| f(x, y))),
+    let out = plan.build(|start, dst: &mut [O]| {
+        let mut w = 0;
+        plan.for_range(start, start + dst.len(), |[oa, ob], len, [sa, sb]| {
+            let d = &mut dst[w..w + len];
+            match (sa, sb) {
+                (0, 0) => d.fill(f(a[oa], b[ob])),
+                (0, _) => {
+                    let x = a[oa];
+                    d.iter_mut().zip(&b[ob..ob + len]).for_each(|(o, &y)| *o = f(x, y));
+                }
+                (_, 0) => {
+                    let y = b[ob];
+                    d.iter_mut().zip(&a[oa..oa + len]).for_each(|(o, &x)| *o = f(x, y));
+                }
+                _ => d
+                    .iter_mut()
+                    .zip(a[oa..oa + len].iter().zip(&b[ob..ob + len]))
+                    .for_each(|(o, (&x, &y))| *o = f(x, y)),
+            }
+            w += len;
+        });
     });
     Ok((plan.shape, out))
 }
 
 /// `f` over three broadcast slices; returns the output shape and values.
-pub(super) fn zip3<A: Copy, B: Copy, C: Copy, O>(
+pub(super) fn zip3<A: Copy + Sync, B: Copy + Sync, C: Copy + Sync, O: Element>(
     a: (&[A], &[usize]),
     b: (&[B], &[usize]),
     c: (&[C], &[usize]),
-    f: impl Fn(A, B, C) -> O,
+    f: impl Fn(A, B, C) -> O + Sync,
 ) -> Result<(Vec<usize>, Vec<O>), String> {
     let plan = Broadcast::new([a.1, b.1, c.1])?;
-    let mut out = Vec::with_capacity(plan.numel);
     let (av, bv, cv) = (a.0, b.0, c.0);
-    plan.for_each_row(|[oa, ob, oc], len, [sa, sb, sc]| {
-        out.extend((0..len).map(|i| f(av[oa + i * sa], bv[ob + i * sb], cv[oc + i * sc])));
+    let out = plan.build(|start, dst: &mut [O]| {
+        let mut w = 0;
+        plan.for_range(start, start + dst.len(), |[oa, ob, oc], len, [sa, sb, sc]| {
+            for (i, o) in dst[w..w + len].iter_mut().enumerate() {
+                *o = f(av[oa + i * sa], bv[ob + i * sb], cv[oc + i * sc]);
+            }
+            w += len;
+        });
     });
     Ok((plan.shape, out))
 }
 
 /// [`zip2`] over two typed tensors, wrapped back into a tensor.
-pub(super) fn zip2_tensor<A: Copy, B: Copy, O: Element>(
+pub(super) fn zip2_tensor<A: Copy + Sync, B: Copy + Sync, O: Element>(
     a: &Tensor,
     av: &[A],
     b: &Tensor,
     bv: &[B],
-    f: impl Fn(A, B) -> O,
+    f: impl Fn(A, B) -> O + Sync,
 ) -> Result<Tensor, String> {
     let (shape, data) = zip2(av, a.shape(), bv, b.shape(), f)?;
     Tensor::from_vec(shape, data).map_err(|e| e.to_string())

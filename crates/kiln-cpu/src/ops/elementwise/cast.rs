@@ -1,6 +1,7 @@
 //! Dtype conversion (Cast, CastLike), bit reinterpretation (BitCast), Identity and
 //! inference-mode Dropout.
 
+use super::broadcast::par_map;
 use crate::util::{opt_tensor_arg, single, tensor_arg};
 use crate::{KernelCtx, KernelFn};
 use kiln_ir::{bf16, f16, DType, Element, Tensor, TensorData, Value};
@@ -37,7 +38,7 @@ pub(super) fn cast(t: &Tensor, to: DType) -> Result<Tensor, String> {
     }
     fn go<S: Scalar>(v: &[S], to: DType) -> TensorData {
         fn conv<S: Scalar, D: Scalar>(v: &[S]) -> Vec<D> {
-            v.iter().map(|&x| D::from_num(x.num())).collect()
+            par_map(v, |x| D::from_num(x.num()))
         }
         match to {
             DType::F32 => TensorData::F32(conv(v)),
@@ -144,7 +145,7 @@ fn float_to_i32_c(v: f64) -> i32 {
 
 #[inline(always)]
 fn float_to_i64_c(v: f64) -> i64 {
-    if v >= -9_223_372_036_854_775_808.0 && v < 9_223_372_036_854_775_808.0 {
+    if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v) {
         v as i64
     } else {
         i64::MIN
@@ -153,7 +154,7 @@ fn float_to_i64_c(v: f64) -> i64 {
 
 #[inline(always)]
 fn float_to_u64_c(v: f64) -> u64 {
-    if v >= 9_223_372_036_854_775_808.0 && v < 18_446_744_073_709_551_616.0 {
+    if (9_223_372_036_854_775_808.0..18_446_744_073_709_551_616.0).contains(&v) {
         v as u64
     } else {
         float_to_i64_c(v) as u64

@@ -210,3 +210,20 @@ fn activations_against_f64_formulas() {
     let y = run1("Round", Attributes::new(), vec![t(&[4], vec![0.5f32, 1.5, 2.5, -2.5])]);
     assert_eq!(vals::<f32>(&y), vec![0.0, 2.0, 2.0, -2.0]);
 }
+
+#[test]
+fn large_broadcast_in_parallel_chunks_matches_naive() {
+    // 3·257·131 = 100 971 outputs: above the parallel threshold, with chunks that start and
+    // end in the middle of rows.
+    let (p, q, r) = (3usize, 257usize, 131usize);
+    let a: Vec<i64> = (0..(p * q) as i64).collect();
+    let b: Vec<i64> = (0..r as i64).map(|v| v * 1_000_000).collect();
+    let y = run1("Sub", Attributes::new(), vec![t(&[p, q, 1], a.clone()), t(&[1, 1, r], b.clone())]);
+    assert_eq!(y.shape(), &[p, q, r]);
+    let want: Vec<i64> = (0..p * q).flat_map(|i| (0..r).map(move |k| (i as i64) - (k as i64) * 1_000_000)).collect();
+    assert_eq!(vals::<i64>(&y), want);
+    // Same-shape inputs coalesce to one long row that is split across chunks.
+    let x: Vec<f32> = (0..100_000).map(|v| v as f32 * 0.5).collect();
+    let y = run1("Mul", Attributes::new(), vec![t(&[100_000], x.clone()), t(&[100_000], x.clone())]);
+    assert!(vals::<f32>(&y).iter().zip(&x).all(|(g, v)| *g == v * v));
+}

@@ -1,5 +1,6 @@
 //! One-input element-wise ops: math functions, activations, predicates and bitwise/logical not.
 
+use super::broadcast::par_map;
 use super::scalar::{Int, Real};
 use crate::util::{single, tensor_arg};
 use crate::{KernelCtx, KernelFn};
@@ -9,12 +10,12 @@ type Res = Result<Vec<Value>, String>;
 type In<'a, 'b> = &'a [Option<&'b Value>];
 
 /// A float function generic over the compute type (f32 or f64).
-pub(super) trait FloatFn {
+pub(super) trait FloatFn: Sync {
     fn call<T: Real>(&self, x: T) -> T;
 }
 
 /// A numeric function: one form for floats, one for integers.
-trait NumFn {
+trait NumFn: Sync {
     fn real<T: Real>(&self, x: T) -> T;
     fn int<T: Int>(&self, x: T) -> T;
 }
@@ -93,8 +94,8 @@ pub(super) fn kernel(op: &str) -> Option<KernelFn> {
             float_op(i, float_fn!(|x, alpha| if x > T::ZERO { x } else { alpha * x.exp_m1() }))
         },
         "Selu" => |c, i| {
-            let alpha = attr_f(c, "alpha", 1.673_263_192_176_818_8)?;
-            let gamma = attr_f(c, "gamma", 1.050_701_022_148_132_3)?;
+            let alpha = attr_f(c, "alpha", 1.673_263_2)?;
+            let gamma = attr_f(c, "gamma", 1.050_701)?;
             float_op(i, float_fn!(|x, alpha, gamma| gamma * if x > T::ZERO { x } else { alpha * x.exp_m1() }))
         },
         "Celu" => |c, i| {
@@ -166,10 +167,10 @@ pub(super) fn kernel(op: &str) -> Option<KernelFn> {
 /// Apply `f` to a float tensor; f16/bf16 are computed in f32 and rounded once.
 pub(super) fn map_float(t: &Tensor, f: &impl FloatFn) -> Result<Tensor, String> {
     let data = match t.data() {
-        TensorData::F32(v) => TensorData::F32(v.iter().map(|&x| f.call(x)).collect()),
-        TensorData::F64(v) => TensorData::F64(v.iter().map(|&x| f.call(x)).collect()),
-        TensorData::F16(v) => TensorData::F16(v.iter().map(|&x| f16::from_f32(f.call(x.to_f32()))).collect()),
-        TensorData::BF16(v) => TensorData::BF16(v.iter().map(|&x| bf16::from_f32(f.call(x.to_f32()))).collect()),
+        TensorData::F32(v) => TensorData::F32(par_map(v, |x| f.call(x))),
+        TensorData::F64(v) => TensorData::F64(par_map(v, |x| f.call(x))),
+        TensorData::F16(v) => TensorData::F16(par_map(v, |x| f16::from_f32(f.call(x.to_f32())))),
+        TensorData::BF16(v) => TensorData::BF16(par_map(v, |x| bf16::from_f32(f.call(x.to_f32())))),
         other => return Err(format!("expects a floating-point tensor, got {}", other.dtype())),
     };
     Tensor::new(t.shape().to_vec(), data).map_err(|e| e.to_string())
@@ -182,7 +183,7 @@ fn float_op(inputs: In, f: impl FloatFn) -> Res {
 fn num_op(inputs: In, f: impl NumFn) -> Res {
     let t = tensor_arg(inputs, 0)?;
     fn ints<T: Int>(v: &[T], f: &impl NumFn) -> Vec<T> {
-        v.iter().map(|&x| f.int(x)).collect()
+        par_map(v, |x| f.int(x))
     }
     struct AsFloat<'a, F>(&'a F);
     impl<F: NumFn> FloatFn for AsFloat<'_, F> {
