@@ -16,7 +16,7 @@
 //! use kiln::{Attributes, DType, Dim, Network, Tensor, Value, ValueType};
 //! # fn weights(shape: &[usize], seed: u32) -> Tensor {
 //! #     let n: usize = shape.iter().product();
-//! #     let v = (0..n).map(|i| (((i as u32 * 2654435761u32) ^ seed) % 1000) as f32 / 1000.0 - 0.5).collect();
+//! #     let v = (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1000.0 - 0.5).collect();
 //! #     Tensor::from_vec(shape.to_vec(), v).unwrap()
 //! # }
 //! let mut net = Network::new("tiny_cnn");
