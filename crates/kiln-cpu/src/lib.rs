@@ -5,6 +5,8 @@ mod error;
 mod executor;
 mod kernel;
 pub mod ops;
+#[cfg(test)]
+mod test_util;
 pub mod util;
 
 pub use error::CpuError;

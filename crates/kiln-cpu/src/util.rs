@@ -35,14 +35,11 @@ pub fn make<T: Element>(shape: Vec<usize>, data: Vec<T>) -> Result<Tensor, Strin
     Tensor::from_vec(shape, data).map_err(|e| e.to_string())
 }
 
-/// Normalize a possibly negative axis against `rank`.
-pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize, String> {
-    let r = rank as i64;
-    let a = if axis < 0 { axis + r } else { axis };
-    if a < 0 || a >= r.max(1) {
-        return Err(format!("axis {axis} is out of range for rank {rank}"));
-    }
-    Ok(a as usize)
+pub use kiln_ir::spec::normalize_axis;
+
+/// Element count of a shape computed from data, refused when too large to allocate.
+pub fn numel(shape: &[usize]) -> Result<usize, String> {
+    kiln_ir::checked_numel(shape).map_err(|e| e.to_string())
 }
 
 /// Multidirectional (numpy) broadcasting of concrete shapes.

@@ -7,6 +7,7 @@ mod error;
 pub mod infer;
 mod network;
 mod shape;
+pub mod spec;
 mod tensor;
 mod value;
 

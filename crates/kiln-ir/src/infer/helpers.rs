@@ -78,14 +78,7 @@ pub fn broadcast_inputs(k: &Known, inputs: &[usize]) -> Result<Option<Shape>, St
     Ok(Some(acc))
 }
 
-/// Normalize a possibly negative axis against `rank`.
-pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize, String> {
-    let r = rank as i64;
-    if axis < -r || axis >= r.max(1) && !(axis == 0 && r == 0) {
-        return Err(format!("axis {axis} is out of range for rank {rank}"));
-    }
-    Ok(if axis < 0 { (axis + r) as usize } else { axis as usize })
-}
+pub use crate::spec::normalize_axis;
 
 /// A tensor type with `rank` unknown dims.
 pub fn unknown_dims(dtype: DType, rank: usize) -> ValueType {

@@ -413,11 +413,8 @@ fn slice(k: &Known) -> Result<Vec<ValueType>, String> {
         if st.len() != axes.len() || en.len() != axes.len() || sp.len() != axes.len() {
             return Err("starts, ends, axes and steps must have the same length".into());
         }
-        if sp[j] == 0 {
-            return Err("slice step must not be zero".into());
-        }
         out[a] = match &s[a] {
-            Dim::Known(d) => Dim::Known(slice_len(st[j], en[j], sp[j], *d)),
+            Dim::Known(d) => Dim::Known(crate::spec::slice_axis(st[j], en[j], sp[j], *d)?.2),
             // The whole axis (0 .. "infinity" by 1) keeps a symbolic dim.
             d if st[j] == 0 && sp[j] == 1 && en[j] >= i32::MAX as i64 => d.clone(),
             _ => Dim::Unknown,
@@ -902,28 +899,4 @@ fn normalize_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, String> {
         out.push(n);
     }
     Ok(out)
-}
-
-/// Element count of a Slice along an axis of size `dim` (ONNX clamping rules).
-fn slice_len(start: i64, end: i64, step: i64, dim: usize) -> usize {
-    if dim == 0 {
-        return 0;
-    }
-    let d = dim as i128;
-    let (mut s, mut e) = (start as i128, end as i128);
-    if s < 0 {
-        s += d;
-    }
-    if e < 0 {
-        e += d;
-    }
-    let st = step as i128;
-    let n = if step > 0 {
-        let (s, e) = (s.clamp(0, d), e.clamp(0, d));
-        (e - s + st - 1).max(0) / st
-    } else {
-        let (s, e) = (s.clamp(0, d - 1), e.clamp(-1, d - 1));
-        (s - e - st - 1).max(0) / -st
-    };
-    n as usize
 }

@@ -68,14 +68,7 @@ fn reduce_shape(k: &Known) -> Res {
     };
     let Some(shape) = &t.shape else { return Ok(vec![unranked(t.dtype)]) };
     let rank = shape.len();
-    let mut reduced = vec![axes.is_empty() && !noop; rank];
-    for &a in &axes {
-        let ax = normalize_axis(a, rank)?;
-        if rank == 0 || reduced[ax] {
-            return Err(format!("axes {axes:?} repeat an axis or do not fit rank {rank}"));
-        }
-        reduced[ax] = true;
-    }
+    let reduced = crate::spec::reduction_mask(&axes, rank, noop)?;
     let mut out = Shape::new();
     for (d, &r) in shape.iter().zip(&reduced) {
         if !r {

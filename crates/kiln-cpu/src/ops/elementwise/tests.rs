@@ -6,29 +6,7 @@ use kiln_ir::{f16, Attributes, Element, Network, Tensor, TensorType, Value, Valu
 
 /// Runs `op` on `inputs` (None = omitted optional input) and returns `n_out` outputs.
 fn run(op: &str, attrs: Attributes, inputs: Vec<Option<Tensor>>, n_out: usize) -> Result<Vec<Tensor>, String> {
-    let mut net = Network::new("t");
-    let mut ids = Vec::new();
-    let mut values = Vec::new();
-    for (i, t) in inputs.into_iter().enumerate() {
-        match t {
-            Some(t) => {
-                let id = net
-                    .add_input(&format!("x{i}"), ValueType::Tensor(TensorType::of(&t)))
-                    .map_err(|e| e.to_string())?;
-                ids.push(Some(id));
-                values.push(Value::Tensor(t));
-            }
-            None => ids.push(None),
-        }
-    }
-    let names: Vec<String> = (0..n_out).map(|i| format!("y{i}")).collect();
-    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    let outs = net.add_layer("l", op, attrs, &ids, &refs).map_err(|e| e.to_string())?;
-    for id in outs.into_iter().flatten() {
-        net.mark_output(id).map_err(|e| e.to_string())?;
-    }
-    let got = execute(&net, values).map_err(|e| e.to_string())?;
-    Ok(got.into_iter().map(|v| v.into_tensor().expect("tensor output")).collect())
+    crate::test_util::run_layer(op, attrs, &inputs, n_out)
 }
 
 fn t<T: Element>(shape: &[usize], v: Vec<T>) -> Tensor {

@@ -4,6 +4,7 @@
 use super::{gather_axes_data, int_list, int_values, normalize_axes, numel, one, tensor, FILL};
 use crate::util::{broadcast_shape, normalize_axis, opt_tensor_arg, tensor_arg};
 use crate::{KernelCtx, KernelFn};
+use kiln_ir::spec::slice_axis;
 use kiln_ir::{strides_of, Element, Tensor, TensorData, Value};
 
 pub(super) fn kernel(op: &str) -> Option<KernelFn> {
@@ -180,28 +181,6 @@ fn split_sizes(
 fn chunk_sizes(dim: usize, n: usize) -> Vec<usize> {
     let chunk = dim.div_ceil(n);
     (0..n).map(|i| chunk.min(dim.saturating_sub(i * chunk))).collect()
-}
-
-/// One axis of a Slice after clamping: first index, step and element count.
-fn slice_axis(start: i64, end: i64, step: i64, dim: usize) -> Result<(i64, i64, usize), String> {
-    if step == 0 {
-        return Err("slice step must not be zero".into());
-    }
-    if dim == 0 {
-        return Ok((0, step, 0));
-    }
-    let d = dim as i128;
-    let (mut s, mut e) = (start as i128, end as i128);
-    if s < 0 {
-        s += d;
-    }
-    if e < 0 {
-        e += d;
-    }
-    let (s, e) = if step > 0 { (s.clamp(0, d), e.clamp(0, d)) } else { (s.clamp(0, d - 1), e.clamp(-1, d - 1)) };
-    let st = step as i128;
-    let n = if step > 0 { (e - s + st - 1).max(0) / st } else { (s - e - st - 1).max(0) / -st };
-    Ok((s as i64, step, n as usize))
 }
 
 fn slice(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {

@@ -13,8 +13,9 @@ mod layout;
 mod shape;
 mod sort;
 
+use crate::util::numel;
 use crate::KernelFn;
-use kiln_ir::{bf16, checked_numel, f16, DType, Element, Tensor, TensorData, Value};
+use kiln_ir::{bf16, f16, DType, Element, Tensor, TensorData, Value};
 
 pub(crate) fn kernel(op: &str) -> Option<KernelFn> {
     shape::kernel(op).or_else(|| layout::kernel(op)).or_else(|| index::kernel(op)).or_else(|| sort::kernel(op))
@@ -127,11 +128,6 @@ fn int_list(t: &Tensor, what: &str) -> Result<Vec<i64>, String> {
 /// A tensor from a shape and a buffer, checking that the sizes agree.
 fn tensor(shape: Vec<usize>, data: TensorData) -> Result<Tensor, String> {
     Tensor::new(shape, data).map_err(|e| e.to_string())
-}
-
-/// Element count of a shape computed from data, refused when too large to allocate.
-fn numel(shape: &[usize]) -> Result<usize, String> {
-    checked_numel(shape).map_err(|e| e.to_string())
 }
 
 /// Resolve an index that may be negative (counting from the end) against `dim`, or an error.

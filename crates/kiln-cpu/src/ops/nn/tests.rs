@@ -3,47 +3,9 @@
 
 use kiln_ir::{Attributes, Dim, Network, Tensor, TensorData, ValueType};
 
-/// Run `op` once; asserts that every inferred output type agrees with the result.
+/// Run `op` once (inferred types are checked against the results).
 fn run(op: &str, attrs: Attributes, inputs: &[Option<Tensor>], outputs: usize) -> Vec<Tensor> {
-    let mut net = Network::new("t");
-    let mut ids = Vec::new();
-    let mut values = Vec::new();
-    for (i, t) in inputs.iter().enumerate() {
-        match t {
-            Some(t) => {
-                let id = net.add_input(&format!("in{i}"), ValueType::Tensor(kiln_ir::TensorType::of(t))).unwrap();
-                ids.push(Some(id));
-                values.push(kiln_ir::Value::Tensor(t.clone()));
-            }
-            None => ids.push(None),
-        }
-    }
-    let names: Vec<String> = (0..outputs).map(|i| format!("out{i}")).collect();
-    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    let outs = net.add_layer("layer", op, attrs, &ids, &refs).unwrap();
-    for id in outs.iter().flatten() {
-        net.mark_output(*id).unwrap();
-    }
-    let results = crate::execute(&net, values).unwrap();
-    results
-        .into_iter()
-        .zip(outs.iter().flatten())
-        .map(|(v, id)| {
-            let t = v.into_tensor().unwrap();
-            if let Some(ValueType::Tensor(tt)) = &net.tensor(*id).ty {
-                assert_eq!(tt.dtype, t.dtype(), "inferred dtype");
-                if let Some(s) = &tt.shape {
-                    assert_eq!(s.len(), t.rank(), "inferred rank");
-                    for (d, &n) in s.iter().zip(t.shape()) {
-                        if let Dim::Known(k) = d {
-                            assert_eq!(*k, n, "inferred shape {s:?} vs {:?}", t.shape());
-                        }
-                    }
-                }
-            }
-            t
-        })
-        .collect()
+    crate::test_util::run_layer(op, attrs, inputs, outputs).unwrap()
 }
 
 /// Deterministic values in [-1, 1), never all zero.

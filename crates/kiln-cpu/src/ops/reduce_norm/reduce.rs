@@ -175,14 +175,7 @@ fn prepare<'a>(ctx: &KernelCtx, inputs: &[Option<&'a Value>]) -> Result<(&'a Ten
         }
         _ => Vec::new(),
     };
-    let mut reduced = vec![axes.is_empty() && !noop; rank];
-    for &a in &axes {
-        let ax = normalize_axis(a, rank)?;
-        if rank == 0 || reduced[ax] {
-            return Err(format!("axes {axes:?} repeat an axis or do not fit rank {rank}"));
-        }
-        reduced[ax] = true;
-    }
+    let reduced = kiln_ir::spec::reduction_mask(&axes, rank, noop)?;
     Ok((x, ReducePlan::new(x.shape(), &reduced, keepdims)?))
 }
 

@@ -3,7 +3,7 @@
 //! rounding to the storage type where the ONNX reference rounds, and a cache-friendly GEMM.
 
 use half::{bf16, f16};
-use kiln_ir::{checked_numel, DType, Tensor, TensorData};
+use kiln_ir::{DType, Tensor, TensorData};
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub};
 
 /// The compute type of a kernel: f32 for f32/f16/bf16 tensors, f64 for f64 tensors.
@@ -125,10 +125,7 @@ pub(super) fn store<F: Real>(dt: DType, shape: Vec<usize>, v: &[F]) -> Result<Te
     Tensor::new(shape, data).map_err(|e| e.to_string())
 }
 
-/// Element count of `shape`, checked against overflow and kiln's size limit.
-pub(super) fn numel(shape: &[usize]) -> Result<usize, String> {
-    checked_numel(shape).map_err(|e| e.to_string())
-}
+pub(super) use crate::util::numel;
 
 /// `c[m×n] += a[m×k] · b[k×n]`, all row-major and contiguous. The i-k-j loop order streams
 /// rows of `b` and `c`, so the inner loop is a contiguous axpy the compiler vectorizes.

@@ -41,24 +41,7 @@ mod tests {
 
     /// Runs a one-layer network; `None` inputs are omitted optional inputs.
     fn run(op: &str, attrs: Attributes, inputs: Vec<Option<Tensor>>, n_out: usize) -> Vec<Tensor> {
-        let mut net = Network::new("t");
-        let mut ids = Vec::new();
-        let mut values = Vec::new();
-        for (i, t) in inputs.into_iter().enumerate() {
-            match t {
-                Some(t) => {
-                    ids.push(Some(net.add_input(&format!("in{i}"), ValueType::Tensor(TensorType::of(&t))).unwrap()));
-                    values.push(Value::Tensor(t));
-                }
-                None => ids.push(None),
-            }
-        }
-        let names: Vec<String> = (0..n_out).map(|i| format!("out{i}")).collect();
-        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-        for id in net.add_layer("layer", op, attrs, &ids, &refs).unwrap().into_iter().flatten() {
-            net.mark_output(id).unwrap();
-        }
-        execute(&net, values).unwrap().into_iter().map(|v| v.into_tensor().unwrap()).collect()
+        crate::test_util::run_layer(op, attrs, &inputs, n_out).unwrap()
     }
 
     fn assert_close(got: &Tensor, want: &[f64]) {

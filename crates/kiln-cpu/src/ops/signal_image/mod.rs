@@ -111,25 +111,7 @@ mod tests {
 
     /// Run one layer of `op` on the CPU executor; `None` inputs are omitted optional inputs.
     pub(super) fn run_op(op: &str, attrs: Attributes, inputs: &[Option<Tensor>]) -> Result<Tensor, String> {
-        let mut net = Network::new("test");
-        let mut ids = Vec::new();
-        let mut values = Vec::new();
-        for (i, t) in inputs.iter().enumerate() {
-            match t {
-                Some(t) => {
-                    let id = net
-                        .add_input(&format!("in{i}"), ValueType::Tensor(TensorType::of(t)))
-                        .map_err(|e| e.to_string())?;
-                    ids.push(Some(id));
-                    values.push(Value::Tensor(t.clone()));
-                }
-                None => ids.push(None),
-            }
-        }
-        let outs = net.add_layer("layer", op, attrs, &ids, &["out"]).map_err(|e| e.to_string())?;
-        net.mark_output(outs[0].ok_or("no output")?).map_err(|e| e.to_string())?;
-        let mut res = crate::execute(&net, values).map_err(|e| e.to_string())?;
-        res.remove(0).into_tensor().ok_or_else(|| "output is not a tensor".to_string())
+        crate::test_util::run_layer(op, attrs, inputs, 1).map(|mut v| v.remove(0))
     }
 
     pub(super) fn f32s(shape: &[usize], v: &[f32]) -> Option<Tensor> {

@@ -1,0 +1,73 @@
+//! ONNX semantics that both static inference and the kernels need, written once so the shapes
+//! inferred at build time and the shapes computed at run time cannot disagree.
+
+/// Normalize a possibly negative axis against `rank` (ONNX: `-rank <= axis < rank`; a scalar
+/// accepts axis 0).
+pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize, String> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if a < 0 || a >= r.max(1) {
+        return Err(format!("axis {axis} is out of range for rank {rank}"));
+    }
+    Ok(a as usize)
+}
+
+/// One axis of a Slice after ONNX's clamping rules: (first index, step, element count).
+pub fn slice_axis(start: i64, end: i64, step: i64, dim: usize) -> Result<(i64, i64, usize), String> {
+    if step == 0 {
+        return Err("slice step must not be zero".into());
+    }
+    if dim == 0 {
+        return Ok((0, step, 0));
+    }
+    let d = dim as i128;
+    let (mut s, mut e) = (start as i128, end as i128);
+    if s < 0 {
+        s += d;
+    }
+    if e < 0 {
+        e += d;
+    }
+    let (s, e) = if step > 0 { (s.clamp(0, d), e.clamp(0, d)) } else { (s.clamp(0, d - 1), e.clamp(-1, d - 1)) };
+    let st = step as i128;
+    let n = if step > 0 { (e - s + st - 1).max(0) / st } else { (s - e - st - 1).max(0) / -st };
+    Ok((s as i64, step, n as usize))
+}
+
+/// Which axes a Reduce* op reduces: all of them when `axes` is empty, unless
+/// `noop_with_empty_axes` is set; a repeated or out-of-range axis is an error.
+pub fn reduction_mask(axes: &[i64], rank: usize, noop_with_empty_axes: bool) -> Result<Vec<bool>, String> {
+    let mut reduced = vec![axes.is_empty() && !noop_with_empty_axes; rank];
+    for &a in axes {
+        let ax = normalize_axis(a, rank)?;
+        if rank == 0 || reduced[ax] {
+            return Err(format!("axes {axes:?} repeat an axis or do not fit rank {rank}"));
+        }
+        reduced[ax] = true;
+    }
+    Ok(reduced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_clamp_like_onnx() {
+        assert_eq!(slice_axis(1, 1000, 1, 10).unwrap(), (1, 1, 9));
+        assert_eq!(slice_axis(-1, -1000, -1, 10).unwrap(), (9, -1, 10));
+        assert_eq!(slice_axis(0, 10, 3, 10).unwrap(), (0, 3, 4));
+        assert_eq!(slice_axis(20, 0, -2, 10).unwrap(), (9, -2, 5));
+        assert!(slice_axis(0, 1, 0, 10).is_err());
+    }
+
+    #[test]
+    fn axes_normalize_and_reduce() {
+        assert_eq!(normalize_axis(-1, 3).unwrap(), 2);
+        assert!(normalize_axis(3, 3).is_err());
+        assert_eq!(normalize_axis(0, 0).unwrap(), 0);
+        assert_eq!(reduction_mask(&[], 2, false).unwrap(), vec![true, true]);
+        assert_eq!(reduction_mask(&[], 2, true).unwrap(), vec![false, false]);
+        assert!(reduction_mask(&[1, -1], 2, false).is_err());
+    }
+}
