@@ -153,7 +153,7 @@ fn layer_normalization(k: &Known) -> Res {
         }
         None => unranked(stash),
     };
-    out.extend(std::iter::repeat(stat).take(k.num_outputs.saturating_sub(1).min(2)));
+    out.extend(std::iter::repeat_n(stat, k.num_outputs.saturating_sub(1).min(2)));
     Ok(out)
 }
 
@@ -173,7 +173,7 @@ fn batch_normalization(k: &Known) -> Res {
     let c = t.shape.as_ref().map_or(Dim::Unknown, |s| s[1].clone());
     let stat = ValueType::tensor(mean.dtype, vec![c]);
     let mut out = vec![ValueType::Tensor(t.clone())];
-    out.extend(std::iter::repeat(stat).take(k.num_outputs.saturating_sub(1).min(2)));
+    out.extend(std::iter::repeat_n(stat, k.num_outputs.saturating_sub(1).min(2)));
     Ok(out)
 }
 
@@ -306,7 +306,7 @@ fn einsum_shape(equation: &str, shapes: &[Shape]) -> Result<Shape, String> {
                 Some((h, t)) => (h, Some(t)),
                 None => (r, None),
             };
-            if !valid(head) || !tail.map_or(true, valid) {
+            if !valid(head) || !tail.is_none_or(valid) {
                 return Err(format!("invalid output term '{r}' in einsum equation '{equation}'"));
             }
             let mut seen = Vec::new();

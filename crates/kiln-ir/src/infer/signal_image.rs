@@ -182,7 +182,7 @@ fn affine_grid(k: &Known) -> Result<Vec<ValueType>, String> {
     Ok(vec![match size_len {
         Some(l @ (4 | 5)) => {
             let mut out = vec![n];
-            out.extend(std::iter::repeat(Dim::Unknown).take(l - 2));
+            out.extend(std::iter::repeat_n(Dim::Unknown, l - 2));
             out.push(Dim::Known(l - 2));
             ValueType::tensor(theta.dtype, out)
         }

@@ -125,7 +125,7 @@ fn legacy_broadcast(n: &mut NodeImport) -> Result<(), ImportError> {
         if trailing > 0 {
             let new_b = if let Some(t) = n.const_input(1) {
                 let mut shape = t.shape().to_vec();
-                shape.extend(std::iter::repeat(1).take(trailing));
+                shape.extend(std::iter::repeat_n(1, trailing));
                 let t = t.clone().reshape(shape)?;
                 n.constant("B", t)?
             } else {

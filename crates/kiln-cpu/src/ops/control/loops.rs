@@ -42,7 +42,7 @@ pub(super) fn loop_op(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<
 
     let mut scans: Vec<Vec<Tensor>> = vec![Vec::new(); k];
     let mut iter = 0i64;
-    while cond && max_trips.map_or(true, |m| iter < m) {
+    while cond && max_trips.is_none_or(|m| iter < m) {
         let mut args = Vec::with_capacity(n + 2);
         args.push(Value::Tensor(Tensor::scalar(iter)));
         args.push(Value::Tensor(Tensor::scalar(cond)));

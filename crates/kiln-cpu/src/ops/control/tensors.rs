@@ -46,7 +46,7 @@ pub(super) fn concat(parts: &[&Tensor], axis: usize, new_axis: bool) -> Result<T
 pub(super) fn slice_axis(t: &Tensor, axis: usize, start: usize, len: usize, keep_axis: bool) -> Result<Tensor, String> {
     let shape = t.shape();
     let dim = *shape.get(axis).ok_or_else(|| format!("axis {axis} is out of range for rank {}", t.rank()))?;
-    if start.checked_add(len).map_or(true, |end| end > dim) {
+    if start.checked_add(len).is_none_or(|end| end > dim) {
         return Err(format!("range {start}..{} is out of bounds for dimension {dim}", start.saturating_add(len)));
     }
     let outer: usize = shape[..axis].iter().product();

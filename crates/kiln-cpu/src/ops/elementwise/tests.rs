@@ -1,8 +1,7 @@
 //! Focused checks of the family's tricky semantics against hand-computed or f64 values, run
 //! through a one-layer network so inference and kernel are exercised together.
 
-use crate::execute;
-use kiln_ir::{f16, Attributes, Element, Network, Tensor, TensorType, Value, ValueType};
+use kiln_ir::{f16, Attributes, Element, Tensor};
 
 /// Runs `op` on `inputs` (None = omitted optional input) and returns `n_out` outputs.
 fn run(op: &str, attrs: Attributes, inputs: Vec<Option<Tensor>>, n_out: usize) -> Result<Vec<Tensor>, String> {

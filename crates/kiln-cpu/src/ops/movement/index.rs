@@ -196,7 +196,7 @@ fn gather_nd(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, S
         // Empty tuples select the whole batch slice once per index position.
         let positions: usize = is[b..is.len() - 1].iter().product();
         block = batch_size;
-        offs = (0..batches).flat_map(|bi| std::iter::repeat(bi * batch_size).take(positions)).collect();
+        offs = (0..batches).flat_map(|bi| std::iter::repeat_n(bi * batch_size, positions)).collect();
     }
     fn copy<T: Element>(v: &[T], offs: &[usize], block: usize) -> Vec<T> {
         let mut out = Vec::with_capacity(offs.len() * block);

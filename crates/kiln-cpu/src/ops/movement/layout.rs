@@ -391,7 +391,7 @@ fn reshape_permute(x: &Tensor, view: &[usize], perm: &[usize], out: Vec<usize>) 
 fn depth_to_space(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
     let x = tensor_arg(inputs, 0)?;
     let (b, [n, c, h, w], crd) = block_args(ctx, x)?;
-    if b.checked_mul(b).map_or(true, |bb| c % bb != 0) {
+    if b.checked_mul(b).is_none_or(|bb| c % bb != 0) {
         return Err(format!("channels {c} are not divisible by blocksize² ({b}²)"));
     }
     let c2 = c / (b * b);

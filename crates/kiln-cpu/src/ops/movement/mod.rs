@@ -58,7 +58,7 @@ fn gather_axes<T: Copy + Default>(src: &[T], out_shape: &[usize], tables: &[Vec<
         }
         if filled {
             // Tables hold FILL only for constant padding, which always passes a fill value.
-            out.extend(std::iter::repeat(fill.unwrap_or_default()).take(inner.len()));
+            out.extend(std::iter::repeat_n(fill.unwrap_or_default(), inner.len()));
         } else if contiguous {
             let start = base + inner[0];
             out.extend_from_slice(&src[start..start + inner.len()]);

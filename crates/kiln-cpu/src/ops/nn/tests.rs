@@ -1,7 +1,7 @@
 //! Unit tests for the nn kernels, run through a one-layer network so the inference rule is
 //! checked against what the kernel produces. References are naive f64 loops or hand-computed.
 
-use kiln_ir::{Attributes, Dim, Network, Tensor, TensorData, ValueType};
+use kiln_ir::{Attributes, Tensor, TensorData};
 
 /// Run `op` once (inferred types are checked against the results).
 fn run(op: &str, attrs: Attributes, inputs: &[Option<Tensor>], outputs: usize) -> Vec<Tensor> {

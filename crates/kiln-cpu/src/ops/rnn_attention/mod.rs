@@ -30,8 +30,7 @@ mod tests {
     //! Expected values come from the ONNX reference implementation (float64 printouts) on
     //! inputs `sin(i·a + b)`, which exercise every element with distinct nonzero values.
 
-    use crate::execute;
-    use kiln_ir::{Attribute, Attributes, Network, Tensor, TensorType, Value, ValueType};
+    use kiln_ir::{Attribute, Attributes, Network, Tensor, TensorType, ValueType};
 
     /// `sin(i·a + b)` for i in 0..numel(shape).
     fn seq(shape: &[usize], a: f64, b: f64) -> Tensor {

@@ -93,7 +93,7 @@ pub(super) fn roi_align(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Ve
         let count = grid_h.saturating_mul(grid_w).max(1) as f64;
         let (gh, gw) = (grid_h.max(0) as usize, grid_w.max(0) as usize);
         let n_samples = gh.checked_mul(gw).and_then(|g| g.checked_mul(oh * ow));
-        if n_samples.map_or(true, |s| s > kiln_ir::MAX_ELEMENTS) {
+        if n_samples.is_none_or(|s| s > kiln_ir::MAX_ELEMENTS) {
             return Err(format!("ROI {r} needs too many sampling points ({gh}x{gw} per bin)"));
         }
 
@@ -218,7 +218,7 @@ pub(super) fn non_max_suppression(ctx: &KernelCtx, inputs: &[Option<&Value>]) ->
                 class_scores
                     .iter()
                     .enumerate()
-                    .filter(|(_, &s)| score_threshold.map_or(true, |t| s > t))
+                    .filter(|(_, &s)| score_threshold.is_none_or(|t| s > t))
                     // + 0.0 turns -0.0 into 0.0 so that the two compare equal below.
                     .map(|(i, &s)| (s + 0.0, i)),
             );

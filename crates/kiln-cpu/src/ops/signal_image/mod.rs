@@ -107,7 +107,7 @@ fn require_float(t: &Tensor, what: &str) -> Result<DType, String> {
 
 #[cfg(test)]
 mod tests {
-    use kiln_ir::{Attributes, Network, Tensor, TensorType, Value, ValueType};
+    use kiln_ir::{Attributes, Tensor};
 
     /// Run one layer of `op` on the CPU executor; `None` inputs are omitted optional inputs.
     pub(super) fn run_op(op: &str, attrs: Attributes, inputs: &[Option<Tensor>]) -> Result<Tensor, String> {

@@ -52,7 +52,7 @@ pub(super) fn resize(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<V
                 return Err(format!("roi has {} values, expected {} (2 per resized axis)", r.len(), 2 * axes.len()));
             }
             let mut full = vec![0.0; rank];
-            full.extend(std::iter::repeat(1.0).take(rank));
+            full.extend(std::iter::repeat_n(1.0, rank));
             for (i, &d) in axes.iter().enumerate() {
                 full[d] = r[i];
                 full[rank + d] = r[axes.len() + i];
@@ -70,7 +70,7 @@ pub(super) fn resize(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<V
     for &axis in &axes {
         let (in_w, out_w, scale) = (in_shape[axis], plan.out_shape[axis], plan.scales[axis]);
         let axis_roi = roi_full.as_ref().map(|r| (r[axis], r[rank + axis]));
-        let trivial_roi = axis_roi.map_or(true, |(a, b)| is_close(a, 0.0) && is_close(b, 1.0));
+        let trivial_roi = axis_roi.is_none_or(|(a, b)| is_close(a, 0.0) && is_close(b, 1.0));
         if is_close(scale, 1.0) && out_w == in_w && trivial_roi {
             continue;
         }
