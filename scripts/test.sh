@@ -26,5 +26,8 @@ cargo build --release -q -p kiln-cli
 echo "== ONNX node conformance (onnx 1.23.2)"
 .venv/bin/python scripts/gen_conformance.py target/onnx-node-cases
 cargo build --release -q -p kiln-conformance
+echo "-- through the graph simplification passes (failures only)"
+./target/release/kiln-conformance target/onnx-node-cases --optimize --quiet --expected conformance/expected_pass.txt
+echo "-- plain import + CPU execution"
 ./target/release/kiln-conformance target/onnx-node-cases \
   --report conformance/REPORT.md --expected conformance/expected_pass.txt

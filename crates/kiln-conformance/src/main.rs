@@ -4,7 +4,8 @@
 //! every in-scope case through import and CPU execution, compares with ONNX's expected outputs
 //! (|got - want| <= atol + rtol·|want|, NaN equal to NaN, dtype and shape exact), prints one line
 //! per case and a closing `N passed, N failed, N skipped` line, and writes a Markdown report.
-//! With `--expected FILE`, exits non-zero if any case listed there no longer passes.
+//! With `--expected FILE`, exits non-zero if any case listed there no longer passes; with
+//! `--optimize`, every case first goes through kiln's graph simplification passes.
 
 use anyhow::{bail, Context, Result};
 use kiln::{Value, ValueType};
@@ -20,14 +21,22 @@ struct Args {
     write_passing: Option<PathBuf>,
     filter: Option<String>,
     quiet: bool,
+    optimize: bool,
 }
 
 const USAGE: &str = "usage: kiln-conformance CASES_DIR [--report REPORT.md] [--expected LIST] \
-[--write-passing LIST] [--filter SUBSTR] [--quiet]   (generate cases with scripts/gen_conformance.py)";
+[--write-passing LIST] [--filter SUBSTR] [--optimize] [--quiet]   (generate cases with scripts/gen_conformance.py)";
 
 fn parse_args() -> Result<Args> {
-    let mut args =
-        Args { cases: PathBuf::new(), report: None, expected: None, write_passing: None, filter: None, quiet: false };
+    let mut args = Args {
+        cases: PathBuf::new(),
+        report: None,
+        expected: None,
+        write_passing: None,
+        filter: None,
+        quiet: false,
+        optimize: false,
+    };
     let mut it = std::env::args().skip(1);
     let mut positional = None;
     while let Some(a) = it.next() {
@@ -37,6 +46,7 @@ fn parse_args() -> Result<Args> {
             "--write-passing" => args.write_passing = Some(it.next().context("--write-passing needs a path")?.into()),
             "--filter" => args.filter = Some(it.next().context("--filter needs a substring")?),
             "--quiet" | "-q" => args.quiet = true,
+            "--optimize" => args.optimize = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -95,7 +105,7 @@ fn main() -> Result<()> {
             Outcome::Skip(format!("out of scope: {}", case.scope))
         } else {
             let dir = args.cases.join(&case.name);
-            match std::panic::catch_unwind(|| run_case(&dir, case.rtol, case.atol)) {
+            match std::panic::catch_unwind(|| run_case(&dir, case.rtol, case.atol, args.optimize)) {
                 Ok(Ok(())) => Outcome::Pass,
                 Ok(Err(e)) => Outcome::Fail(format!("{e:#}").replace('\n', " ")),
                 Err(p) => Outcome::Fail(format!("PANIC: {}", panic_message(&p))),
@@ -163,9 +173,10 @@ fn truncate(s: &str, n: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-fn run_case(dir: &Path, rtol: f64, atol: f64) -> Result<()> {
+fn run_case(dir: &Path, rtol: f64, atol: f64, optimize: bool) -> Result<()> {
     let model = kiln_onnx::import_file(dir.join("model.onnx"))?;
-    let net = &model.network;
+    let net = if optimize { kiln::optimize(model.network)?.0 } else { model.network };
+    let net = &net;
     let mut set = 0;
     loop {
         let ds = dir.join(format!("test_data_set_{set}"));

@@ -206,3 +206,22 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "panic".into())
 }
+
+/// Evaluate one layer outside any network (constant folding at build time). Layers with
+/// subgraphs can be evaluated too, as long as the subgraphs capture nothing.
+pub fn eval_layer(layer: &kiln_ir::Layer, inputs: &[Option<&Value>]) -> Result<Vec<Value>, CpuError> {
+    let kernel =
+        kernel(&layer.op).ok_or_else(|| CpuError::NoKernel { layer: layer.name.clone(), op: layer.op.clone() })?;
+    let empty = Network::new("");
+    let scope = Scope { net: &empty, values: Vec::new(), captured: Vec::new(), outer: None };
+    let ctx = KernelCtx {
+        layer: &layer.name,
+        op: &layer.op,
+        attrs: &layer.attrs,
+        num_outputs: layer.outputs.len(),
+        scope: &scope,
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kernel(&ctx, inputs)))
+        .unwrap_or_else(|p| Err(format!("internal error in the {} kernel: {}", layer.op, panic_message(&p))))
+        .map_err(|message| CpuError::Layer { layer: layer.name.clone(), op: layer.op.clone(), message })
+}

@@ -47,6 +47,7 @@ pub use kiln_ir as ir;
 pub use kiln_ir::{Attributes, DType, Dim, Network, Tensor, TensorType, Value, ValueType};
 pub use kiln_onnx as onnx;
 pub use kiln_onnx::Model;
+pub use kiln_opt as opt;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -60,6 +61,8 @@ pub enum Error {
     Network(#[from] kiln_ir::IrError),
     #[error(transparent)]
     Execution(#[from] kiln_cpu::CpuError),
+    #[error(transparent)]
+    Optimization(#[from] kiln_opt::OptError),
 }
 
 /// Import an ONNX model from a file.
@@ -72,4 +75,10 @@ pub fn load_onnx(path: impl AsRef<Path>) -> Result<Model, Error> {
 pub fn run(network: &Network, inputs: HashMap<String, Value>) -> Result<Vec<(String, Value)>, Error> {
     let values = kiln_cpu::execute_named(network, inputs)?;
     Ok(network.outputs().iter().map(|&id| network.tensor(id).name.clone()).zip(values).collect())
+}
+
+/// Simplify a network (constant folding, no-op removal, common-subexpression merging,
+/// dead-layer elimination) to a fixpoint; outputs keep their names and values.
+pub fn optimize(network: Network) -> Result<(Network, kiln_opt::PassReport), Error> {
+    Ok(kiln_opt::optimize(network)?)
 }

@@ -1,0 +1,74 @@
+//! The pass manager: runs passes in order, round after round, until none changes the network.
+
+use crate::passes;
+use crate::OptError;
+use kiln_ir::Network;
+
+/// One graph rewrite.
+pub trait Pass {
+    fn name(&self) -> &'static str;
+    /// The rewritten network, or `None` when there was nothing to do.
+    fn run(&self, net: &Network) -> Result<Option<Network>, kiln_ir::IrError>;
+}
+
+/// What a run of the manager did: per pass, how often it changed the network.
+#[derive(Debug, Default, Clone)]
+pub struct PassReport {
+    pub rounds: usize,
+    pub changes: Vec<(&'static str, usize)>,
+    pub layers_before: usize,
+    pub layers_after: usize,
+}
+
+pub struct PassManager {
+    passes: Vec<Box<dyn Pass>>,
+    max_rounds: usize,
+}
+
+impl PassManager {
+    pub fn new(passes: Vec<Box<dyn Pass>>) -> Self {
+        PassManager { passes, max_rounds: 16 }
+    }
+
+    /// The simplification passes, in the order they feed each other: folding exposes no-ops and
+    /// duplicates, and removing them leaves dead layers behind.
+    pub fn simplify() -> Self {
+        PassManager::new(vec![
+            Box::new(passes::constant_folding::ConstantFolding::default()),
+            Box::new(passes::noop_removal::NoopRemoval),
+            Box::new(passes::common_subexpression::CommonSubexpression),
+            Box::new(passes::dead_layers::DeadLayerElimination),
+        ])
+    }
+
+    /// Run every pass until a whole round changes nothing (or `max_rounds`, against a pair of
+    /// passes undoing each other).
+    pub fn run(&self, net: Network) -> Result<(Network, PassReport), OptError> {
+        let mut report = PassReport { layers_before: net.layers().len(), ..Default::default() };
+        report.changes = self.passes.iter().map(|p| (p.name(), 0)).collect();
+        let mut net = net;
+        for round in 0..self.max_rounds {
+            report.rounds = round + 1;
+            let mut changed = false;
+            for (i, pass) in self.passes.iter().enumerate() {
+                let before = net.layers().len();
+                if let Some(next) = pass.run(&net).map_err(|source| OptError::Rewrite { pass: pass.name(), source })? {
+                    tracing::debug!(pass = pass.name(), round, before, after = next.layers().len(), "rewrote");
+                    net = next;
+                    report.changes[i].1 += 1;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        report.layers_after = net.layers().len();
+        Ok((net, report))
+    }
+}
+
+/// Simplify a network with the standard passes.
+pub fn optimize(net: Network) -> Result<(Network, PassReport), OptError> {
+    PassManager::simplify().run(net)
+}
