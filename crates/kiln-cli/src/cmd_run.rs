@@ -11,11 +11,31 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub fn run(model: &Path, input_flags: &[String], shape_flags: &[String], output_dir: &Path, seed: u64) -> Result<()> {
+pub fn run(
+    model: &Path,
+    input_flags: &[String],
+    shape_flags: &[String],
+    output_dir: &Path,
+    seed: u64,
+    opt_level: u8,
+) -> Result<()> {
     let t0 = Instant::now();
     let m = kiln::load_onnx(model)?;
-    let net = &m.network;
-    tracing::info!(layers = net.layers().len(), ms = t0.elapsed().as_millis() as u64, "imported");
+    tracing::info!(layers = m.network.layers().len(), ms = t0.elapsed().as_millis() as u64, "imported");
+    let net = if opt_level > 0 {
+        let (net, report) = kiln::optimize(m.network)?;
+        println!(
+            "optimized: {} → {} layers in {} rounds ({})",
+            report.layers_before,
+            report.layers_after,
+            report.rounds,
+            report.changes.iter().map(|(p, n)| format!("{p} ×{n}")).collect::<Vec<_>>().join(", ")
+        );
+        net
+    } else {
+        m.network
+    };
+    let net = &net;
     let mut files: HashMap<String, PathBuf> = HashMap::new();
     for item in input_flags {
         let (name, file) = split_binding(item, "--input")?;

@@ -38,6 +38,10 @@ enum Command {
         /// Seed for random inputs.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// 0: run the graph as imported; 1: simplify it first (constant folding, no-op removal,
+        /// common-subexpression merging, dead-layer elimination).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+        opt_level: u8,
     },
 }
 
@@ -48,8 +52,8 @@ fn main() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
         Command::Info { model } => cmd_info::info(&model),
-        Command::Run { model, inputs, shapes, output_dir, seed } => {
-            cmd_run::run(&model, &inputs, &shapes, &output_dir, seed)
+        Command::Run { model, inputs, shapes, output_dir, seed, opt_level } => {
+            cmd_run::run(&model, &inputs, &shapes, &output_dir, seed, opt_level)
         }
     };
     if let Err(e) = result {
