@@ -1,7 +1,7 @@
 //! Runs a network on the CPU, layer by layer, in the network's stored order.
 
 use crate::{kernel, CpuError, KernelCtx};
-use kiln_ir::{Dim, Network, TensorId, TensorSource, Value, ValueType};
+use kiln_ir::{Dim, Layer, Network, TensorId, TensorSource, Value, ValueType};
 use std::collections::HashMap;
 
 /// The values of one graph invocation, with a link to the enclosing invocation for captures.
@@ -144,8 +144,6 @@ pub(crate) fn run_graph<'a>(
         }
     }
     for (li, layer) in net.layers().iter().enumerate() {
-        let kernel =
-            kernel(&layer.op).ok_or_else(|| CpuError::NoKernel { layer: layer.name.clone(), op: layer.op.clone() })?;
         let outputs = {
             let mut args = Vec::with_capacity(layer.inputs.len());
             for input in &layer.inputs {
@@ -159,19 +157,8 @@ pub(crate) fn run_graph<'a>(
                     )),
                 }
             }
-            let ctx = KernelCtx {
-                layer: &layer.name,
-                op: &layer.op,
-                attrs: &layer.attrs,
-                num_outputs: layer.outputs.len(),
-                scope: &scope,
-            };
             tracing::trace!(layer = %layer.name, op = %layer.op, "run");
-            // A kernel bug must not take the caller's process down: a panic becomes an error
-            // that names the layer.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kernel(&ctx, &args)))
-                .unwrap_or_else(|p| Err(format!("internal error in the {} kernel: {}", layer.op, panic_message(&p))));
-            result.map_err(|message| CpuError::Layer { layer: layer.name.clone(), op: layer.op.clone(), message })?
+            invoke(layer, &args, &scope)?
         };
         for (slot, value) in layer.outputs.iter().zip(outputs.into_iter().map(Some).chain(std::iter::repeat(None))) {
             if let Some(id) = slot {
@@ -209,19 +196,19 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 
 /// Evaluate one layer outside any network (constant folding at build time). Layers with
 /// subgraphs can be evaluated too, as long as the subgraphs capture nothing.
-pub fn eval_layer(layer: &kiln_ir::Layer, inputs: &[Option<&Value>]) -> Result<Vec<Value>, CpuError> {
+pub fn eval_layer(layer: &Layer, inputs: &[Option<&Value>]) -> Result<Vec<Value>, CpuError> {
+    let empty = Network::new("");
+    invoke(layer, inputs, &Scope { net: &empty, values: Vec::new(), captured: Vec::new(), outer: None })
+}
+
+/// Run a layer's kernel. A kernel bug must not take the caller's process down: a panic becomes
+/// an error that names the layer.
+fn invoke(layer: &Layer, args: &[Option<&Value>], scope: &Scope) -> Result<Vec<Value>, CpuError> {
     let kernel =
         kernel(&layer.op).ok_or_else(|| CpuError::NoKernel { layer: layer.name.clone(), op: layer.op.clone() })?;
-    let empty = Network::new("");
-    let scope = Scope { net: &empty, values: Vec::new(), captured: Vec::new(), outer: None };
-    let ctx = KernelCtx {
-        layer: &layer.name,
-        op: &layer.op,
-        attrs: &layer.attrs,
-        num_outputs: layer.outputs.len(),
-        scope: &scope,
-    };
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kernel(&ctx, inputs)))
+    let ctx =
+        KernelCtx { layer: &layer.name, op: &layer.op, attrs: &layer.attrs, num_outputs: layer.outputs.len(), scope };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kernel(&ctx, args)))
         .unwrap_or_else(|p| Err(format!("internal error in the {} kernel: {}", layer.op, panic_message(&p))))
         .map_err(|message| CpuError::Layer { layer: layer.name.clone(), op: layer.op.clone(), message })
 }
