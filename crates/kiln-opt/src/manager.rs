@@ -31,12 +31,14 @@ impl PassManager {
     }
 
     /// The simplification passes, in the order they feed each other: folding exposes no-ops and
-    /// duplicates, and removing them leaves dead layers behind.
+    /// duplicates, BatchNormalization folds into the Conv before it, and all of them leave dead
+    /// layers behind.
     pub fn simplify() -> Self {
         PassManager::new(vec![
             Box::new(passes::constant_folding::ConstantFolding::default()),
             Box::new(passes::noop_removal::NoopRemoval),
             Box::new(passes::common_subexpression::CommonSubexpression),
+            Box::new(passes::fold_batch_norm::FoldBatchNormIntoConv),
             Box::new(passes::dead_layers::DeadLayerElimination),
         ])
     }

@@ -108,6 +108,11 @@ impl<'a> Rebuilder<'a> {
         Ok(id)
     }
 
+    /// A new constant in the copy (new weights computed by a pass).
+    pub fn constant_named(&mut self, name: &str, value: Tensor) -> Result<TensorId, IrError> {
+        self.dst.add_constant(name, value)
+    }
+
     /// Map a layer's positional inputs.
     pub fn map_inputs(&mut self, inputs: &[Option<TensorId>]) -> Result<Vec<Option<TensorId>>, IrError> {
         inputs.iter().map(|i| i.map(|id| self.map(id)).transpose()).collect()

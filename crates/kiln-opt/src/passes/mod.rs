@@ -3,6 +3,7 @@
 pub mod common_subexpression;
 pub mod constant_folding;
 pub mod dead_layers;
+pub mod fold_batch_norm;
 pub mod noop_removal;
 
 use kiln_ir::{Network, TensorId};
