@@ -161,12 +161,14 @@ fn float_to_u64_c(v: f64) -> u64 {
     }
 }
 
-macro_rules! scalar_signed {
-    ($($t:ty => $f:ident),*) => {$(
+/// Integer scalars: widened to `Num::$variant` (i64 for signed, u64 for unsigned); floats come
+/// back through the C-style conversion `$f` chosen per width.
+macro_rules! scalar_int {
+    ($variant:ident as $wide:ty: $($t:ty => $f:ident),*) => {$(
         impl Scalar for $t {
             #[inline(always)]
             fn num(self) -> Num {
-                Num::I(self as i64)
+                Num::$variant(self as $wide)
             }
             #[inline(always)]
             fn from_num(n: Num) -> Self {
@@ -180,27 +182,8 @@ macro_rules! scalar_signed {
         }
     )*};
 }
-macro_rules! scalar_unsigned {
-    ($($t:ty => $f:ident),*) => {$(
-        impl Scalar for $t {
-            #[inline(always)]
-            fn num(self) -> Num {
-                Num::U(self as u64)
-            }
-            #[inline(always)]
-            fn from_num(n: Num) -> Self {
-                match n {
-                    Num::I(v) => v as $t,
-                    Num::U(v) => v as $t,
-                    Num::F(v) => $f(v) as $t,
-                    Num::B(b) => b as $t,
-                }
-            }
-        }
-    )*};
-}
-scalar_signed!(i8 => float_to_i32_c, i16 => float_to_i32_c, i32 => float_to_i32_c, i64 => float_to_i64_c);
-scalar_unsigned!(u8 => float_to_i32_c, u16 => float_to_i32_c, u32 => float_to_i64_c, u64 => float_to_u64_c);
+scalar_int!(I as i64: i8 => float_to_i32_c, i16 => float_to_i32_c, i32 => float_to_i32_c, i64 => float_to_i64_c);
+scalar_int!(U as u64: u8 => float_to_i32_c, u16 => float_to_i32_c, u32 => float_to_i64_c, u64 => float_to_u64_c);
 
 macro_rules! scalar_float {
     ($t:ty, $from_f64:expr) => {
