@@ -1,6 +1,15 @@
 //! ONNX semantics that both static inference and the kernels need, written once so the shapes
 //! inferred at build time and the shapes computed at run time cannot disagree.
 
+/// Internal attribute the importer sets on Softmax/LogSoftmax/Hardmax before opset 13: the
+/// input is coerced to 2-D `[prod(d[..axis]), prod(d[axis..])]` and normalized along the
+/// second dimension (the old semantics).
+pub const COERCE_2D_ATTR: &str = "kiln_coerce_2d";
+
+/// Internal attribute the importer sets on GroupNormalization opset 18, whose scale and bias
+/// have one value per group instead of one per channel.
+pub const PER_GROUP_SCALE_ATTR: &str = "kiln_per_group_scale";
+
 /// Normalize a possibly negative axis against `rank` (ONNX: `-rank <= axis < rank`; a scalar
 /// accepts axis 0).
 pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize, String> {

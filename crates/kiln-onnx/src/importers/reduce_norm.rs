@@ -13,10 +13,7 @@
 use super::{ImportError, ImporterFn, NodeImport};
 use kiln_ir::{Attributes, Tensor};
 
-/// Must match `COERCE_2D_ATTR` in kiln-cpu's reduce_norm kernels.
-const COERCE_2D_ATTR: &str = "kiln_coerce_2d";
-/// Must match `PER_GROUP_SCALE_ATTR` in kiln-cpu's reduce_norm kernels.
-const PER_GROUP_SCALE_ATTR: &str = "kiln_per_group_scale";
+use kiln_ir::spec::{COERCE_2D_ATTR, PER_GROUP_SCALE_ATTR};
 
 pub(super) fn importer(op: &str, opset: i64) -> Option<ImporterFn> {
     match op {

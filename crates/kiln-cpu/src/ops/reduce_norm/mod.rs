@@ -52,14 +52,7 @@ pub(crate) fn kernel(op: &str) -> Option<KernelFn> {
     })
 }
 
-/// Internal attribute set by the importer for Softmax/LogSoftmax/Hardmax before opset 13: the
-/// input is coerced to 2-D `[prod(d[..axis]), prod(d[axis..])]` and normalized along the
-/// second dimension (the old semantics).
-pub(crate) const COERCE_2D_ATTR: &str = "kiln_coerce_2d";
-
-/// Internal attribute set by the importer for GroupNormalization opset 18, whose scale and bias
-/// have one value per group instead of one per channel.
-pub(crate) const PER_GROUP_SCALE_ATTR: &str = "kiln_per_group_scale";
+pub(crate) use kiln_ir::spec::{COERCE_2D_ATTR, PER_GROUP_SCALE_ATTR};
 
 /// Runs `$body` with `$v` bound to the typed `Vec` of a float tensor's data; other dtypes are
 /// an error naming the op.
