@@ -10,6 +10,32 @@ pub const COERCE_2D_ATTR: &str = "kiln_coerce_2d";
 /// have one value per group instead of one per channel.
 pub const PER_GROUP_SCALE_ATTR: &str = "kiln_per_group_scale";
 
+/// Internal attribute a fusion pass sets on the layer it produces: the names of the original
+/// (ONNX) layers it stands for, so `kiln inspect` and `kiln compare --per-layer` can say what a
+/// fused layer computes. A layer without it stands for itself.
+pub const FUSED_NODES_ATTR: &str = "kiln_fused_nodes";
+
+/// The original layers `layer` stands for (its own name when no pass fused it).
+pub fn fused_nodes(layer: &crate::Layer) -> Vec<String> {
+    match layer.attrs.get(FUSED_NODES_ATTR) {
+        Some(crate::Attribute::Strings(names)) => names.clone(),
+        _ => vec![layer.name.clone()],
+    }
+}
+
+/// The fused-nodes list of a layer that replaces all of `layers` (in order, without repeats).
+pub fn merged_fused_nodes<'a>(layers: impl IntoIterator<Item = &'a crate::Layer>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in layers {
+        for n in fused_nodes(l) {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
 /// Normalize a possibly negative axis against `rank` (ONNX: `-rank <= axis < rank`; a scalar
 /// accepts axis 0).
 pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize, String> {

@@ -2,8 +2,9 @@
 //! `Conv(x, W·s, (B − mean)·s + beta)` with `s = scale / sqrt(var + epsilon)` per output
 //! channel, so inference pays for one layer instead of two.
 
+use crate::passes::reader_counts;
 use crate::{Pass, Rebuilder};
-use kiln_ir::{DType, Element, IrError, Layer, Network, Tensor, TensorData, TensorId, TensorSource};
+use kiln_ir::{spec, Attribute, DType, Element, IrError, Layer, Network, Tensor, TensorData, TensorId, TensorSource};
 
 pub struct FoldBatchNormIntoConv;
 
@@ -40,24 +41,12 @@ impl Pass for FoldBatchNormIntoConv {
             let w = rb.constant_named(&format!("{}::folded_weight", conv.name), w)?;
             let b = rb.constant_named(&format!("{}::folded_bias", conv.name), b)?;
             let out = layer.outputs[0];
-            rb.add_layer(&conv.name, "Conv", conv.attrs.clone(), &[x, Some(w), Some(b)], &[out])?;
+            let mut attrs = conv.attrs.clone();
+            attrs.set(spec::FUSED_NODES_ATTR, Attribute::Strings(spec::merged_fused_nodes([conv, layer])));
+            rb.add_layer(&conv.name, "Conv", attrs, &[x, Some(w), Some(b)], &[out])?;
         }
         Ok(Some(rb.finish()?))
     }
-}
-
-/// How many places read each tensor (layers, subgraph captures, network outputs).
-fn reader_counts(net: &Network) -> Vec<usize> {
-    let mut n = vec![0; net.tensors().len()];
-    for layer in net.layers() {
-        for id in layer.inputs.iter().flatten().chain(&layer.implicit_inputs) {
-            n[id.0] += 1;
-        }
-    }
-    for id in net.outputs() {
-        n[id.0] += 1;
-    }
-    n
 }
 
 /// If `bn` is an inference BatchNormalization reading a Conv output nobody else reads, with

@@ -6,7 +6,7 @@ pub mod dead_layers;
 pub mod fold_batch_norm;
 pub mod noop_removal;
 
-use kiln_ir::{Network, TensorId};
+use kiln_ir::{Layer, Network, Tensor, TensorId, TensorSource};
 use std::collections::HashSet;
 
 /// Tensors something reads: a layer (explicitly or through a subgraph) or the caller (outputs).
@@ -17,6 +17,33 @@ pub(crate) fn used_tensors(net: &Network) -> HashSet<TensorId> {
         used.extend(&layer.implicit_inputs);
     }
     used
+}
+
+/// How many places read each tensor (layers, subgraph captures, network outputs), by tensor index.
+pub(crate) fn reader_counts(net: &Network) -> Vec<usize> {
+    let mut n = vec![0; net.tensors().len()];
+    for layer in net.layers() {
+        for id in layer.inputs.iter().flatten().chain(&layer.implicit_inputs) {
+            n[id.0] += 1;
+        }
+    }
+    for id in net.outputs() {
+        n[id.0] += 1;
+    }
+    n
+}
+
+/// The layer index producing `id` and the layer, if a layer produces it.
+pub(crate) fn producer(net: &Network, id: TensorId) -> Option<(usize, &Layer)> {
+    match net.tensor(id).source {
+        TensorSource::Layer { layer, .. } => Some((layer.0, net.layer(layer))),
+        _ => None,
+    }
+}
+
+/// The constant value of input `index` of `layer`, if it is present and constant.
+pub(crate) fn constant_input<'a>(net: &'a Network, layer: &Layer, index: usize) -> Option<&'a Tensor> {
+    layer.inputs.get(index).copied().flatten().and_then(|id| net.tensor(id).constant())
 }
 
 #[cfg(test)]

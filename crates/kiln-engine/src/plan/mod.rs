@@ -1,0 +1,1 @@
+//! The plan file: header, metadata and 64-byte aligned weights, checksummed.
