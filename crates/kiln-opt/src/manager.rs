@@ -36,9 +36,15 @@ impl PassManager {
     pub fn simplify() -> Self {
         PassManager::new(vec![
             Box::new(passes::constant_folding::ConstantFolding::default()),
+            Box::new(passes::fold_shape_subgraphs::FoldShapeSubgraphs),
             Box::new(passes::noop_removal::NoopRemoval),
             Box::new(passes::common_subexpression::CommonSubexpression),
             Box::new(passes::fold_batch_norm::FoldBatchNormIntoConv),
+            Box::new(passes::recognize_layer_norm::RecognizeLayerNorm),
+            Box::new(passes::recognize_gelu::RecognizeGelu),
+            Box::new(passes::recognize_softmax::RecognizeSoftmax),
+            Box::new(passes::fuse_parallel_gemms::FuseParallelGemms),
+            Box::new(passes::fuse_attention::FuseAttention),
             Box::new(passes::dead_layers::DeadLayerElimination),
         ])
     }

@@ -101,6 +101,19 @@ impl<'a> Rebuilder<'a> {
         Ok(outs)
     }
 
+    /// Add a new layer reading tensors of the copy whose outputs are new tensors named
+    /// `outputs` (intermediate results of a rewrite that stand for no source tensor).
+    pub fn add_new_layer(
+        &mut self,
+        name: &str,
+        op: &str,
+        attrs: Attributes,
+        inputs: &[Option<TensorId>],
+        outputs: &[&str],
+    ) -> Result<Vec<Option<TensorId>>, IrError> {
+        self.dst.add_layer(name, op, attrs, inputs, outputs)
+    }
+
     /// Source tensor `src` becomes a constant (same name) in the copy.
     pub fn constant(&mut self, src: TensorId, value: Tensor) -> Result<TensorId, IrError> {
         let id = self.dst.add_constant(&self.src.tensor(src).name, value)?;

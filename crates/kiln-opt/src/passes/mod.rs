@@ -4,7 +4,14 @@ pub mod common_subexpression;
 pub mod constant_folding;
 pub mod dead_layers;
 pub mod fold_batch_norm;
+pub mod fold_shape_subgraphs;
+pub mod fuse_attention;
+pub mod fuse_parallel_gemms;
 pub mod noop_removal;
+pub(crate) mod pattern;
+pub mod recognize_gelu;
+pub mod recognize_layer_norm;
+pub mod recognize_softmax;
 
 use kiln_ir::{Layer, Network, Tensor, TensorId, TensorSource};
 use std::collections::HashSet;

@@ -1,0 +1,303 @@
+//! Scaled dot-product attention written out becomes one ONNX `Attention` (opset 23):
+//!
+//! ```text
+//! MatMul(Softmax(Add(Div(MatMul(Q, Kᵀ), c), mask), axis=-1), V)
+//!   → Attention(Q, K, V, attn_mask = mask, scale = 1/c)
+//! ```
+//!
+//! with `Div(·, c)` or `Mul(·, c)` (or no scaling: scale 1) and the mask optional. Q, Kᵀ and V
+//! must be 4-D with equal batch and head dims ([b, h, sq, d], [b, h, d, skv], [b, h, skv, dv]);
+//! Attention wants K as [b, h, skv, d]: when Kᵀ is a Transpose (BERT's `perm [0, 2, 3, 1]` of the
+//! [b, s, h, d] tensor) it becomes the Transpose that yields K directly (none if that is the
+//! identity), otherwise a Transpose of Kᵀ's last two axes is added. The additive mask must
+//! broadcast to the scores without growing them and cover every key (its last dim is the key
+//! length: Attention pads a shorter mask with -inf, where Add would broadcast it).
+//!
+//! One difference remains, by design: a query row whose mask is -inf for every key gives NaN in
+//! the decomposed form and zeros in Attention.
+
+use crate::passes::pattern::{self, fused_attr, only_output, same_dim, Graph, Rewrite};
+use crate::Pass;
+use kiln_ir::{spec, Attributes, Dim, IrError, Network, TensorId};
+
+pub struct FuseAttention;
+
+impl Pass for FuseAttention {
+    fn name(&self) -> &'static str {
+        "fuse-attention"
+    }
+
+    fn run(&self, net: &Network) -> Result<Option<Network>, IrError> {
+        let g = Graph::new(net);
+        let rewrites = (0..net.layers().len()).filter_map(|i| matched(&g, i)).collect();
+        pattern::apply(net, rewrites)
+    }
+}
+
+/// `MatMul(Q, Kᵀ)`, optionally scaled by a constant: (layers, Q, Kᵀ, scale).
+fn scores(g: &Graph, t: TensorId) -> Option<(Vec<usize>, TensorId, TensorId, f64)> {
+    let (i, layer) = g.producer_any(t)?;
+    let (layers, s, scale) = match layer.op.as_str() {
+        "MatMul" => return Some((vec![i], pattern::two_inputs(layer)?.0, pattern::two_inputs(layer)?.1, 1.0)),
+        "Div" => {
+            let (s, c, first) = g.with_scalar(layer, false)?;
+            (!first && c != 0.0).then_some((vec![i], s, 1.0 / c))?
+        }
+        "Mul" => {
+            let (s, c, _) = g.with_scalar(layer, true)?;
+            (vec![i], s, c)
+        }
+        _ => return None,
+    };
+    let (mi, mm) = g.producer(s, "MatMul")?;
+    let (q, kt) = pattern::two_inputs(mm)?;
+    Some(([layers, vec![mi]].concat(), q, kt, scale))
+}
+
+fn matched(g: &Graph, root: usize) -> Option<Rewrite> {
+    let layer = g.layer(root);
+    if layer.op != "MatMul" || layer.inputs.len() != 2 {
+        return None;
+    }
+    let (p, v) = pattern::two_inputs(layer)?;
+    let (smi, softmax) = g.producer(p, "Softmax")?;
+    let logits = softmax.inputs.first().copied().flatten()?;
+    let rank4 = |id| g.shape(id).filter(|s| s.len() == 4);
+    let axis = softmax.attrs.int("axis", -1).ok()?;
+    if axis != -1 && axis != 3 || rank4(logits).is_none() {
+        return None;
+    }
+    // Scores, with the mask added to them (either operand order).
+    let (mut covered, q, kt, scale, mask) = match scores(g, logits) {
+        Some((layers, q, kt, scale)) => (layers, q, kt, scale, None),
+        None => {
+            let (ai, add) = g.producer(logits, "Add")?;
+            let (a, b) = pattern::two_inputs(add)?;
+            let ((layers, q, kt, scale), mask) =
+                scores(g, a).map(|s| (s, b)).or_else(|| scores(g, b).map(|s| (s, a)))?;
+            ([layers, vec![ai]].concat(), q, kt, scale, Some(mask))
+        }
+    };
+    covered.extend([smi, root]);
+
+    let (qs, kts, vs) = (rank4(q)?, rank4(kt)?, rank4(v)?);
+    let dtype = g.dtype(q)?;
+    if !dtype.is_float() || g.dtype(kt)? != dtype || g.dtype(v)? != dtype {
+        return None;
+    }
+    let same = |a: &Dim, b: &Dim| same_dim(a, b);
+    let dims_ok = same(&qs[0], &kts[0])
+        && same(&qs[0], &vs[0])
+        && same(&qs[1], &kts[1])
+        && same(&qs[1], &vs[1])
+        && same(&qs[3], &kts[2])
+        && same(&kts[3], &vs[2]);
+    if !dims_ok {
+        return None;
+    }
+    if let Some(m) = mask {
+        let ms = g.shape(m)?;
+        let full = [&qs[0], &qs[1], &qs[2], &kts[3]];
+        let fits = g.dtype(m)? == dtype
+            && (1..=4).contains(&ms.len())
+            && ms.iter().rev().zip(full.iter().rev()).enumerate().all(|(i, (d, f))| {
+                // The key axis must be covered in full; the others may broadcast.
+                same_dim(d, f) || (i > 0 && *d == Dim::Known(1))
+            });
+        if !fits {
+            return None;
+        }
+    }
+
+    // K = [b, h, skv, d]: undo Kᵀ's Transpose when only this product reads it.
+    let qk = *covered.iter().find(|&&i| g.layer(i).op == "MatMul")?;
+    let k_source = match g.producer(kt, "Transpose") {
+        Some((ti, t)) if g.readers(kt) == [qk] && !g.is_output(kt) => {
+            let perm = t.attrs.ints_opt("perm").ok()??;
+            if perm.len() != 4 {
+                return None;
+            }
+            covered.push(ti);
+            let swapped = vec![perm[0], perm[1], perm[3], perm[2]];
+            let input = t.inputs.first().copied().flatten()?;
+            Some((input, swapped, Some(t.name.clone())))
+        }
+        _ => None,
+    };
+    let (k_in, k_perm, k_name) = k_source.unwrap_or((kt, vec![0, 1, 3, 2], None));
+
+    let out = only_output(layer)?;
+    if !g.sealed(&covered, &[out]) {
+        return None;
+    }
+    let name = layer.name.clone();
+    let mut attrs = Attributes::new().with("scale", scale as f32);
+    attrs.set(spec::FUSED_NODES_ATTR, fused_attr(g.net, &covered));
+    Some(Rewrite {
+        covered,
+        at: root,
+        emit: Box::new(move |rb| {
+            let mut k = rb.map(k_in)?;
+            if k_perm != [0, 1, 2, 3] {
+                let base = k_name.unwrap_or_else(|| format!("{name}::k_transpose"));
+                let tname = pattern::fresh_layer_name(rb, &base);
+                let out = pattern::fresh_name(rb, &format!("{tname}_output_k"));
+                let perm = Attributes::new().with("perm", k_perm);
+                k = rb.add_new_layer(&tname, "Transpose", perm, &[Some(k)], &[&out])?[0].expect("named output");
+            }
+            let ins = [Some(rb.map(q)?), Some(k), Some(rb.map(v)?), mask.map(|m| rb.map(m)).transpose()?];
+            rb.add_layer(&name, "Attention", attrs, &ins, &[Some(out)])?;
+            Ok(())
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::dead_layers::DeadLayerElimination;
+    use crate::passes::pattern::testing::*;
+    use crate::passes::test_support::layer;
+    use kiln_ir::Tensor;
+
+    const B: usize = 2;
+    const H: usize = 3;
+    const S: usize = 5;
+    const D: usize = 4;
+
+    fn sym(s: &str) -> Dim {
+        Dim::Symbol(s.into())
+    }
+
+    #[derive(Clone, Copy)]
+    enum KForm {
+        /// BERT: Kᵀ = Transpose([b, s, h, d], perm [0, 2, 3, 1]).
+        Bert,
+        /// Kᵀ = Transpose(K, perm [0, 1, 3, 2]).
+        Swap,
+        /// Kᵀ is an input.
+        Given,
+    }
+
+    struct Opts {
+        k: KForm,
+        scale: Option<(&'static str, f32)>,
+        mask: Option<[usize; 4]>,
+        axis: i64,
+    }
+
+    const BERT: Opts = Opts { k: KForm::Bert, scale: Some(("Div", 2.0)), mask: Some([B, 1, 1, S]), axis: -1 };
+
+    fn build(o: &Opts) -> (Network, Vec<(&'static str, Tensor)>) {
+        let mut net = Network::new("t");
+        let (b, s) = (sym("batch"), sym("seq"));
+        let bhsd = [b.clone(), Dim::Known(H), s.clone(), Dim::Known(D)];
+        let q = sym_input(&mut net, "q", &bhsd);
+        let v = sym_input(&mut net, "v", &bhsd);
+        let mut inputs = vec![("q", random(&[B, H, S, D], 1, 1.0)), ("v", random(&[B, H, S, D], 2, 1.0))];
+        let kt = match o.k {
+            KForm::Bert => {
+                let k = sym_input(&mut net, "k", &[b.clone(), s.clone(), Dim::Known(H), Dim::Known(D)]);
+                inputs.push(("k", random(&[B, S, H, D], 3, 1.0)));
+                layer(&mut net, "kt", "Transpose", Attributes::new().with("perm", vec![0i64, 2, 3, 1]), &[k])
+            }
+            KForm::Swap => {
+                let k = sym_input(&mut net, "k", &bhsd);
+                inputs.push(("k", random(&[B, H, S, D], 3, 1.0)));
+                layer(&mut net, "kt", "Transpose", Attributes::new().with("perm", vec![0i64, 1, 3, 2]), &[k])
+            }
+            KForm::Given => {
+                let kt = sym_input(&mut net, "kt", &[b.clone(), Dim::Known(H), Dim::Known(D), s.clone()]);
+                inputs.push(("kt", random(&[B, H, D, S], 3, 1.0)));
+                kt
+            }
+        };
+        let mut x = layer(&mut net, "qk", "MatMul", Attributes::new(), &[q, kt]);
+        if let Some((op, c)) = o.scale {
+            let c = net.add_constant("c", Tensor::scalar(c)).unwrap();
+            x = layer(&mut net, "scale", op, Attributes::new(), &[x, c]);
+        }
+        if let Some(ms) = o.mask {
+            let dims: Vec<Dim> = ms
+                .iter()
+                .map(|&d| match d {
+                    B => b.clone(),
+                    S => s.clone(),
+                    n => Dim::Known(n),
+                })
+                .collect();
+            let m = sym_input(&mut net, "mask", &dims);
+            let mut mv = random(&ms, 4, 1.0).to_f64_vec();
+            // Some keys masked out the way BERT does (-10000).
+            mv.iter_mut().step_by(3).for_each(|x| *x = -10000.0);
+            let mv = Tensor::from_vec(ms.to_vec(), mv.iter().map(|&x| x as f32).collect()).unwrap();
+            inputs.push(("mask", mv));
+            x = layer(&mut net, "add_mask", "Add", Attributes::new(), &[m, x]);
+        }
+        let p = layer(&mut net, "softmax", "Softmax", Attributes::new().with("axis", o.axis), &[x]);
+        let y = layer(&mut net, "pv", "MatMul", Attributes::new(), &[p, v]);
+        net.mark_output(y).unwrap();
+        (net, inputs)
+    }
+
+    fn check(o: &Opts, expect: &[&str], scale: f32) {
+        let (net, inputs) = build(o);
+        let out = FuseAttention.run(&net).unwrap().expect("fused");
+        let out = DeadLayerElimination.run(&out).unwrap().unwrap_or(out);
+        assert_eq!(ops(&out), expect);
+        let att = out.layers().last().unwrap();
+        assert_eq!(att.attrs.float("scale", 0.0).unwrap(), scale);
+        assert_close(&net, &out, &inputs, 1e-5);
+    }
+
+    #[test]
+    fn berts_attention_becomes_one_attention() {
+        check(&BERT, &["Transpose", "Attention"], 0.5);
+        let (net, _) = build(&BERT);
+        let out = FuseAttention.run(&net).unwrap().unwrap();
+        let t = out.layers().iter().find(|l| l.op == "Transpose").unwrap();
+        assert_eq!(t.attrs.ints("perm", vec![]).unwrap(), vec![0, 2, 1, 3]);
+        let att = out.layers().iter().find(|l| l.op == "Attention").unwrap();
+        assert_eq!(spec::fused_nodes(att), vec!["kt", "qk", "scale", "add_mask", "softmax", "pv"]);
+    }
+
+    #[test]
+    fn variants_of_scale_mask_and_k() {
+        check(&Opts { scale: Some(("Mul", 0.25)), ..BERT }, &["Transpose", "Attention"], 0.25);
+        check(&Opts { scale: None, mask: None, ..BERT }, &["Transpose", "Attention"], 1.0);
+        check(&Opts { k: KForm::Swap, ..BERT }, &["Attention"], 0.5);
+        check(&Opts { k: KForm::Given, ..BERT }, &["Transpose", "Attention"], 0.5);
+        check(&Opts { mask: Some([1, 1, S, S]), ..BERT }, &["Transpose", "Attention"], 0.5);
+        check(&Opts { mask: Some([1, 1, 1, S]), axis: 3, ..BERT }, &["Transpose", "Attention"], 0.5);
+    }
+
+    #[test]
+    fn a_mask_broadcast_along_keys_or_another_axis_blocks_it() {
+        let (net, _) = build(&Opts { mask: Some([B, 1, 1, 1]), ..BERT });
+        assert!(FuseAttention.run(&net).unwrap().is_none());
+        let (net, _) = build(&Opts { axis: 2, ..BERT });
+        assert!(FuseAttention.run(&net).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_second_reader_of_the_probabilities_blocks_it() {
+        let (mut net, _) = build(&BERT);
+        let p = net.tensor_by_name("softmax_out").unwrap();
+        net.mark_output(p).unwrap();
+        assert!(FuseAttention.run(&net).unwrap().is_none());
+    }
+
+    #[test]
+    fn broadcast_heads_are_not_attention() {
+        // K with one head broadcast by MatMul against Q's three: Attention would need GQA.
+        let mut net = Network::new("t");
+        let q = sym_input(&mut net, "q", &[Dim::Known(1), Dim::Known(3), Dim::Known(5), Dim::Known(4)]);
+        let kt = sym_input(&mut net, "kt", &[Dim::Known(1), Dim::Known(1), Dim::Known(4), Dim::Known(5)]);
+        let v = sym_input(&mut net, "v", &[Dim::Known(1), Dim::Known(3), Dim::Known(5), Dim::Known(4)]);
+        let x = layer(&mut net, "qk", "MatMul", Attributes::new(), &[q, kt]);
+        let p = layer(&mut net, "softmax", "Softmax", Attributes::new().with("axis", -1i64), &[x]);
+        let y = layer(&mut net, "pv", "MatMul", Attributes::new(), &[p, v]);
+        net.mark_output(y).unwrap();
+        assert!(FuseAttention.run(&net).unwrap().is_none());
+    }
+}
