@@ -15,6 +15,12 @@ pub const PER_GROUP_SCALE_ATTR: &str = "kiln_per_group_scale";
 /// fused layer computes. A layer without it stands for itself.
 pub const FUSED_NODES_ATTR: &str = "kiln_fused_nodes";
 
+/// Internal attribute (Int 0/1) the attention fusion sets on the `Attention` it produces: the
+/// additive `attn_mask` broadcasts to [batch, heads, q_len, kv_len] exactly as the `Add` it came
+/// from did (each dim 1 or equal, the key axis included), instead of ONNX's padding of a
+/// shorter key axis with -inf.
+pub const ATTENTION_MASK_BROADCAST_ATTR: &str = "kiln_mask_broadcast";
+
 /// The original layers `layer` stands for (its own name when no pass fused it).
 pub fn fused_nodes(layer: &crate::Layer) -> Vec<String> {
     match layer.attrs.get(FUSED_NODES_ATTR) {

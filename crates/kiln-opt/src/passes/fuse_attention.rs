@@ -9,9 +9,14 @@
 //! must be 4-D with equal batch and head dims ([b, h, sq, d], [b, h, d, skv], [b, h, skv, dv]);
 //! Attention wants K as [b, h, skv, d]: when Kᵀ is a Transpose (BERT's `perm [0, 2, 3, 1]` of the
 //! [b, s, h, d] tensor) it becomes the Transpose that yields K directly (none if that is the
-//! identity), otherwise a Transpose of Kᵀ's last two axes is added. The additive mask must
-//! broadcast to the scores without growing them and cover every key (its last dim is the key
-//! length: Attention pads a shorter mask with -inf, where Add would broadcast it).
+//! identity), otherwise a Transpose of Kᵀ's last two axes is added.
+//!
+//! The additive mask keeps the Add's broadcasting: ONNX Attention pads a mask shorter than the
+//! key length with -inf, where Add broadcasts a last dim of 1, so the fused layer carries
+//! [`spec::ATTENTION_MASK_BROADCAST_ATTR`] (every mask dim 1 or equal, as for Add). Symbolic
+//! exports often leave the sequence dims unknown, so equality is checked by the kernel at run
+//! time; a mask that would *grow* the scores (Add broadcasting a scores dim of 1) is rejected
+//! here when the dims say so and is an error at run time otherwise.
 //!
 //! One difference remains, by design: a query row whose mask is -inf for every key gives NaN in
 //! the decomposed form and zeros in Attention.
@@ -85,25 +90,23 @@ fn matched(g: &Graph, root: usize) -> Option<Rewrite> {
     if !dtype.is_float() || g.dtype(kt)? != dtype || g.dtype(v)? != dtype {
         return None;
     }
-    let same = |a: &Dim, b: &Dim| same_dim(a, b);
-    let dims_ok = same(&qs[0], &kts[0])
-        && same(&qs[0], &vs[0])
-        && same(&qs[1], &kts[1])
-        && same(&qs[1], &vs[1])
-        && same(&qs[3], &kts[2])
-        && same(&kts[3], &vs[2]);
+    // MatMul broadcasts batch and head dims, Attention does not: they must be equal. The
+    // contracted dims (Q's and Kᵀ's head size, Kᵀ's and V's key length) need no check: both
+    // forms fail at run time when they differ.
+    let dims_ok =
+        [(&qs[0], &kts[0]), (&qs[0], &vs[0]), (&qs[1], &kts[1]), (&qs[1], &vs[1])].iter().all(|(a, b)| same_dim(a, b));
     if !dims_ok {
         return None;
     }
     if let Some(m) = mask {
+        // Attention broadcasts the mask as the Add did (kiln_mask_broadcast) and fails where the
+        // Add would have grown the scores; reject what is known to grow them now.
         let ms = g.shape(m)?;
         let full = [&qs[0], &qs[1], &qs[2], &kts[3]];
+        let grows = |d: &Dim, f: &Dim| matches!((d, f), (Dim::Known(n), Dim::Known(k)) if n != k && *n != 1);
         let fits = g.dtype(m)? == dtype
             && (1..=4).contains(&ms.len())
-            && ms.iter().rev().zip(full.iter().rev()).enumerate().all(|(i, (d, f))| {
-                // The key axis must be covered in full; the others may broadcast.
-                same_dim(d, f) || (i > 0 && *d == Dim::Known(1))
-            });
+            && !ms.iter().rev().zip(full.iter().rev()).any(|(d, f)| grows(d, f));
         if !fits {
             return None;
         }
@@ -132,6 +135,9 @@ fn matched(g: &Graph, root: usize) -> Option<Rewrite> {
     }
     let name = layer.name.clone();
     let mut attrs = Attributes::new().with("scale", scale as f32);
+    if mask.is_some() {
+        attrs.set(spec::ATTENTION_MASK_BROADCAST_ATTR, 1i64);
+    }
     attrs.set(spec::FUSED_NODES_ATTR, fused_attr(g.net, &covered));
     Some(Rewrite {
         covered,
@@ -272,11 +278,64 @@ mod tests {
     }
 
     #[test]
-    fn a_mask_broadcast_along_keys_or_another_axis_blocks_it() {
-        let (net, _) = build(&Opts { mask: Some([B, 1, 1, 1]), ..BERT });
-        assert!(FuseAttention.run(&net).unwrap().is_none());
+    fn a_mask_broadcast_along_the_keys_stays_a_broadcast() {
+        // ONNX Attention would pad this mask with -inf; the fused layer broadcasts it like Add.
+        check(&Opts { mask: Some([B, 1, 1, 1]), ..BERT }, &["Transpose", "Attention"], 0.5);
+    }
+
+    #[test]
+    fn softmax_over_another_axis_blocks_it() {
         let (net, _) = build(&Opts { axis: 2, ..BERT });
         assert!(FuseAttention.run(&net).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_mask_that_grows_the_scores_blocks_it() {
+        // One query row, a mask with five: Add broadcasts the scores to five rows.
+        let mut net = Network::new("t");
+        let q = sym_input(&mut net, "q", &[Dim::Known(1), Dim::Known(3), Dim::Known(1), Dim::Known(4)]);
+        let kt = sym_input(&mut net, "kt", &[Dim::Known(1), Dim::Known(3), Dim::Known(4), Dim::Known(5)]);
+        let v = sym_input(&mut net, "v", &[Dim::Known(1), Dim::Known(3), Dim::Known(5), Dim::Known(4)]);
+        let m = sym_input(&mut net, "m", &[Dim::Known(1), Dim::Known(1), Dim::Known(5), Dim::Known(5)]);
+        let x = layer(&mut net, "qk", "MatMul", Attributes::new(), &[q, kt]);
+        let x = layer(&mut net, "add", "Add", Attributes::new(), &[x, m]);
+        let p = layer(&mut net, "softmax", "Softmax", Attributes::new().with("axis", -1i64), &[x]);
+        let y = layer(&mut net, "pv", "MatMul", Attributes::new(), &[p, v]);
+        net.mark_output(y).unwrap();
+        assert!(FuseAttention.run(&net).unwrap().is_none());
+    }
+
+    #[test]
+    fn unknown_sequence_dims_still_fuse() {
+        // What symbolic exports give: the key length unknown, the mask's a named symbol.
+        let mut net = Network::new("t");
+        let (b, u) = (sym("batch"), Dim::Unknown);
+        let q = sym_input(&mut net, "q", &[b.clone(), Dim::Known(H), u.clone(), Dim::Known(D)]);
+        let kt = sym_input(&mut net, "kt", &[b.clone(), Dim::Known(H), Dim::Known(D), u.clone()]);
+        let v = sym_input(&mut net, "v", &[b.clone(), Dim::Known(H), u.clone(), Dim::Known(D)]);
+        let m = sym_input(&mut net, "m", &[b.clone(), Dim::Known(1), Dim::Known(1), sym("seq")]);
+        let x = layer(&mut net, "qk", "MatMul", Attributes::new(), &[q, kt]);
+        let x = layer(&mut net, "add", "Add", Attributes::new(), &[x, m]);
+        let p = layer(&mut net, "softmax", "Softmax", Attributes::new().with("axis", -1i64), &[x]);
+        let y = layer(&mut net, "pv", "MatMul", Attributes::new(), &[p, v]);
+        net.mark_output(y).unwrap();
+        let out = FuseAttention.run(&net).unwrap().expect("fused");
+        assert_eq!(ops(&out), vec!["Transpose", "Attention"]);
+        let inputs = [
+            ("q", random(&[B, H, S, D], 1, 1.0)),
+            ("kt", random(&[B, H, D, S], 2, 1.0)),
+            ("v", random(&[B, H, S, D], 3, 1.0)),
+            ("m", random(&[B, 1, 1, S], 4, 1.0)),
+        ];
+        assert_close(&net, &out, &inputs, 1e-5);
+        // A mask that covers only some keys fails in both forms (Attention would pad it).
+        let short = [("m", random(&[B, 1, 1, S - 1], 4, 1.0))];
+        let bind = |n: &Network| {
+            let m = inputs[..3].iter().chain(&short).map(|(k, t)| (k.to_string(), kiln_ir::Value::Tensor(t.clone())));
+            kiln_cpu::execute_named(n, m.collect())
+        };
+        assert!(bind(&net).is_err());
+        assert!(bind(&out).is_err());
     }
 
     #[test]

@@ -150,11 +150,6 @@ pub(crate) fn same_dim(a: &Dim, b: &Dim) -> bool {
     }
 }
 
-/// Two static shapes that are certainly equal.
-pub(crate) fn same_shape(a: &[Dim], b: &[Dim]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_dim(x, y))
-}
-
 /// The constant axes of a Reduce* layer (input 1, or the `axes` attribute of older opsets),
 /// normalized against `rank` and sorted; `None` when they are not constant, or when the layer
 /// does not keep the reduced dims.

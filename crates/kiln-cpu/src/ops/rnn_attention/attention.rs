@@ -11,7 +11,7 @@
 use super::common::{gemm_acc, load, merge_heads, numel, split_heads, store, transpose, Real};
 use crate::util::{opt_tensor_arg, tensor_arg};
 use crate::KernelCtx;
-use kiln_ir::{DType, Tensor, TensorData, Value};
+use kiln_ir::{spec, DType, Tensor, TensorData, Value};
 use rayon::prelude::*;
 
 pub(super) fn attention(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
@@ -157,7 +157,8 @@ fn run<F: Real>(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>
     let present_k = concat_cache(past_k_t.map(|t| load::<F>(t, "past_key")).transpose()?, &k, d, dk);
     let present_v = concat_cache(past_v_t.map(|t| load::<F>(t, "past_value")).transpose()?, &v, d, dv);
 
-    let mask = mask_t.map(|t| Mask::new(t, d)).transpose()?;
+    let broadcast_keys = attrs.int(spec::ATTENTION_MASK_BROADCAST_ATTR, 0)? != 0;
+    let mask = mask_t.map(|t| Mask::new(t, d, broadcast_keys)).transpose()?;
     let rules = Rules { causal: is_causal, left, right, past: past_k_t.is_some(), nonpad };
 
     // Q and K are each scaled by √scale (rounded to T), as the spec prescribes against overflow.
@@ -261,10 +262,13 @@ impl Rules {
 
 /// The attention mask with per-axis strides into its data for (B, Hq, Sq, L), 0 on broadcast
 /// axes; keys at or past L (the mask's own last dim) are masked out as the spec's padding.
+/// Under [`spec::ATTENTION_MASK_BROADCAST_ATTR`] a last dim of 1 is broadcast over every key
+/// instead (`key_broadcast`), as an `Add` of the mask to the scores does.
 struct Mask<F> {
     data: MaskData<F>,
     strides: [usize; 4],
     len: usize,
+    key_broadcast: bool,
 }
 
 enum MaskData<F> {
@@ -273,7 +277,7 @@ enum MaskData<F> {
 }
 
 impl<F: Real> Mask<F> {
-    fn new(t: &Tensor, d: Dims) -> Result<Self, String> {
+    fn new(t: &Tensor, d: Dims, broadcast_keys: bool) -> Result<Self, String> {
         let shape = t.shape();
         if shape.is_empty() || shape.len() > 4 {
             return Err(format!("attn_mask must have rank 1 to 4, got shape {shape:?}"));
@@ -292,6 +296,9 @@ impl<F: Real> Mask<F> {
         if dims[3] > d.st {
             return Err(format!("attn_mask's last dim {} exceeds the key sequence length {}", dims[3], d.st));
         }
+        if broadcast_keys && dims[3] != d.st && dims[3] != 1 {
+            return Err(format!("attn_mask's last dim {} is neither 1 nor the key sequence length {}", dims[3], d.st));
+        }
         let mut strides = [0usize; 4];
         let mut acc = 1;
         for ax in (0..4).rev() {
@@ -302,12 +309,27 @@ impl<F: Real> Mask<F> {
             TensorData::Bool(v) => MaskData::Bool(v.clone()),
             _ => MaskData::Float(load::<F>(t, "attn_mask")?),
         };
-        Ok(Mask { data, strides, len: dims[3] })
+        let key_broadcast = broadcast_keys && dims[3] == 1;
+        Ok(Mask { data, strides, len: dims[3], key_broadcast })
     }
 
     /// Additive mask values of row (b, h, i) for keys 0..out.len().
     fn row(&self, b: usize, h: usize, i: usize, out: &mut [F]) {
         let base = b * self.strides[0] + h * self.strides[1] + i * self.strides[2];
+        if self.key_broadcast {
+            let v = match &self.data {
+                MaskData::Bool(v) => {
+                    if v[base] {
+                        F::ZERO
+                    } else {
+                        F::NEG_INF
+                    }
+                }
+                MaskData::Float(v) => v[base],
+            };
+            out.fill(v);
+            return;
+        }
         let n = self.len.min(out.len());
         match &self.data {
             MaskData::Bool(v) => {
