@@ -261,8 +261,17 @@ fn validate(graph: &EngineGraph, weight_len: usize) -> Result<(), EngineError> {
     for t in &graph.tensors {
         match t.storage {
             Storage::Arena { offset, bytes } => {
-                if offset.checked_add(bytes).is_none_or(|e| e > graph.arena_bytes) || offset % ARENA_ALIGN != 0 {
+                if offset.checked_add(bytes).is_none_or(|e| e > graph.arena_bytes) {
                     return Err(bad(format!("tensor '{}' lies outside the arena", t.name)));
+                }
+                // Concat inputs sit at any element boundary inside the concat output; kernels
+                // may view the bytes as elements, so each tensor must be element-aligned.
+                let size = match &t.ty {
+                    Some(ValueType::Tensor(tt)) => tt.dtype.size(),
+                    _ => 1,
+                };
+                if offset % size != 0 {
+                    return Err(bad(format!("tensor '{}' is not aligned to its element size", t.name)));
                 }
             }
             Storage::Weight(w) if w >= graph.weights.len() => {
