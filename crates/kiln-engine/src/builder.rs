@@ -116,7 +116,7 @@ impl Builder {
             weights = graph.weights.iter().map(|w| w.bytes).sum::<usize>(),
             "memory planned"
         );
-        Engine::assemble(graph, Arc::new(weight_bytes), self.backend.clone())
+        Engine::assemble(graph, Arc::new(weight_bytes), self.backend.clone(), "<memory>")
     }
 }
 

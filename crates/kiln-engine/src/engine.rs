@@ -154,8 +154,9 @@ impl Engine {
         graph: EngineGraph,
         weight_bytes: Arc<dyn WeightBytes>,
         backend: Arc<dyn Backend>,
+        source: &str,
     ) -> Result<Engine, EngineError> {
-        validate(&graph, weight_bytes.bytes().len())?;
+        validate(&graph, weight_bytes.bytes().len(), source)?;
         let weight_values = graph.weights.iter().map(|_| OnceLock::new()).collect();
         let mut kernels = Vec::with_capacity(graph.layers.len());
         for el in &graph.layers {
@@ -248,8 +249,8 @@ pub(crate) fn layer_desc<'a>(
 
 /// Every index and range of a graph checked, so that running it cannot index out of bounds:
 /// a plan file is user input.
-fn validate(graph: &EngineGraph, weight_len: usize) -> Result<(), EngineError> {
-    let bad = |m: String| EngineError::Plan(crate::plan::PlanError::Corrupt(m));
+fn validate(graph: &EngineGraph, weight_len: usize, source: &str) -> Result<(), EngineError> {
+    let bad = |message: String| EngineError::Plan(crate::plan::PlanError::Corrupt { path: source.to_string(), message });
     let nt = graph.tensors.len();
     for (i, w) in graph.weights.iter().enumerate() {
         let elems = kiln_ir::checked_numel(&w.shape).map_err(|e| bad(format!("weight {i}: {e}")))?;

@@ -156,3 +156,34 @@ fn contexts_run_one_engine_concurrently() {
         }
     }
 }
+
+#[test]
+fn a_saved_and_loaded_plan_gives_bit_identical_outputs() {
+    let net = small_cnn();
+    let engine = Arc::new(Builder::cpu().build(&net, &config((1, 2, 4))).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.plan");
+    engine.save(&path).unwrap();
+    let backend: Arc<dyn kiln_engine::Backend> = Arc::new(kiln_engine::cpu::CpuBackend);
+    let loaded = Arc::new(kiln_engine::Engine::load(&path, backend.clone()).unwrap());
+    assert_eq!(loaded.graph().layers.len(), engine.graph().layers.len());
+    let (mut a, mut b) = (engine.create_context(), loaded.create_context());
+    for batch in [1, 4] {
+        let image = Value::Tensor(random(&[batch, 4, 8, 8], 99 + batch as u64));
+        a.set_input("image", &image).unwrap();
+        b.set_input("image", &image).unwrap();
+        a.execute().unwrap();
+        b.execute().unwrap();
+        assert_eq!(a.outputs().unwrap(), b.outputs().unwrap(), "batch {batch}");
+    }
+    // A damaged plan is refused with an error naming the file.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = kiln_engine::Engine::load(&path, backend.clone()).unwrap_err().to_string();
+    assert!(e.contains("small.plan") && e.contains("checksum"), "{e}");
+    std::fs::write(&path, &bytes[..100]).unwrap();
+    let e = kiln_engine::Engine::load(&path, backend).unwrap_err().to_string();
+    assert!(e.contains("truncated"), "{e}");
+}

@@ -15,7 +15,7 @@ pub use attribute::{Attribute, Attributes};
 pub use dtype::DType;
 pub use error::IrError;
 pub use half::{bf16, f16};
-pub use network::{Layer, LayerId, Network, TensorId, TensorInfo, TensorSource};
+pub use network::{take_deserialize_error, Layer, LayerId, Network, TensorId, TensorInfo, TensorSource};
 pub use shape::{concrete, format_shape, known_shape, Dim, Shape, MAX_RANK};
 pub use tensor::{checked_numel, strides_of, Element, Tensor, TensorData, MAX_ELEMENTS};
 pub use value::{TensorType, Value, ValueType};

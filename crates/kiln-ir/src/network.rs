@@ -4,7 +4,7 @@
 use crate::infer::{infer_layer, InferCtx};
 use crate::{Attributes, IrError, Tensor, TensorType, ValueType, MAX_RANK};
 use serde::{Deserialize, Deserializer, Serialize};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 /// Index of a tensor in its network.
@@ -276,6 +276,12 @@ struct NetworkRepr {
 impl TryFrom<NetworkRepr> for Network {
     type Error = IrError;
     fn try_from(r: NetworkRepr) -> Result<Network, IrError> {
+        Network::from_repr(r).inspect_err(record_deserialize_error)
+    }
+}
+
+impl Network {
+    fn from_repr(r: NetworkRepr) -> Result<Network, IrError> {
         let mut net = Network {
             name: r.name,
             tensors: r.tensors,
@@ -301,6 +307,22 @@ impl TryFrom<NetworkRepr> for Network {
     }
 }
 
+thread_local! {
+    static DESERIALIZE_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The message of the last deserialization error kiln-ir raised on this thread, taken (cleared).
+/// Compact formats such as postcard drop the text of such errors and report only that one
+/// happened; a loader calls this before decoding (to clear) and after a failure (to say what
+/// was wrong).
+pub fn take_deserialize_error() -> Option<String> {
+    DESERIALIZE_ERROR.with(|e| e.borrow_mut().take())
+}
+
+pub(crate) fn record_deserialize_error(e: &impl std::fmt::Display) {
+    DESERIALIZE_ERROR.with(|slot| *slot.borrow_mut() = Some(e.to_string()));
+}
+
 /// Most subgraphs and sequence/optional types that may nest inside each other when
 /// deserializing; deeper input (only a hostile file has it) is refused before it can overflow
 /// the stack.
@@ -321,9 +343,9 @@ pub(crate) fn nested<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Re
     }
     let depth = SERDE_DEPTH.with(|c| c.get());
     if depth >= MAX_SERDE_DEPTH {
-        return Err(serde::de::Error::custom(format!(
-            "subgraphs and sequence/optional types nest deeper than {MAX_SERDE_DEPTH}"
-        )));
+        let msg = format!("subgraphs and sequence/optional types nest deeper than {MAX_SERDE_DEPTH}");
+        record_deserialize_error(&msg);
+        return Err(serde::de::Error::custom(msg));
     }
     SERDE_DEPTH.with(|c| c.set(depth + 1));
     let _guard = Guard;

@@ -449,7 +449,7 @@ struct TensorRepr {
 impl TryFrom<TensorRepr> for Tensor {
     type Error = IrError;
     fn try_from(r: TensorRepr) -> Result<Tensor, IrError> {
-        Tensor::new(r.shape, r.data)
+        Tensor::new(r.shape, r.data).inspect_err(crate::network::record_deserialize_error)
     }
 }
 
@@ -483,7 +483,9 @@ struct TensorDataRepr<'a> {
 impl<'de> Deserialize<'de> for TensorData {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TensorData, D::Error> {
         let r = TensorDataRepr::deserialize(d)?;
-        TensorData::from_le_bytes(r.dtype, &r.bytes.0).map_err(serde::de::Error::custom)
+        TensorData::from_le_bytes(r.dtype, &r.bytes.0)
+            .inspect_err(crate::network::record_deserialize_error)
+            .map_err(serde::de::Error::custom)
     }
 }
 
