@@ -72,7 +72,7 @@ fn with_every_layer_output(net: &Network) -> Result<Network> {
 
 pub fn compare(model: &Path, opts: &CompareOptions, flags: &BuildFlags) -> Result<()> {
     require_onnx(model, "compare needs the ONNX model: its reference is the unoptimized imported network")?;
-    if !(opts.rtol >= 0.0) {
+    if opts.rtol.is_nan() || opts.rtol < 0.0 {
         bail!("--rtol must be a non-negative number");
     }
     let shapes = parse_shapes(&opts.shapes)?;
@@ -92,10 +92,12 @@ pub fn compare(model: &Path, opts: &CompareOptions, flags: &BuildFlags) -> Resul
     for (name, value) in &inputs {
         ctx.set_input(name, value)?;
     }
-    let mut observed: Vec<(String, String, Vec<(String, Value)>)> = Vec::new();
+    let mut observed: Vec<Observed> = Vec::new();
     if opts.per_layer {
-        ctx.execute_observed(&mut |el, values| observed.push((el.layer.name.clone(), el.layer.op.clone(), values)))
-            .context("running the engine")?;
+        ctx.execute_observed(&mut |el, values| {
+            observed.push(Observed { layer: el.layer.name.clone(), op: el.layer.op.clone(), values })
+        })
+        .context("running the engine")?;
     } else {
         ctx.execute().context("running the engine")?;
     }
@@ -152,18 +154,25 @@ pub fn compare(model: &Path, opts: &CompareOptions, flags: &BuildFlags) -> Resul
     Ok(())
 }
 
+/// One engine layer's outputs, as `execute_observed` handed them over.
+struct Observed {
+    layer: String,
+    op: String,
+    values: Vec<(String, Value)>,
+}
+
 /// The errors of every engine layer output whose name the original network also has.
-fn print_per_layer(observed: &[(String, String, Vec<(String, Value)>)], reference: &HashMap<String, Value>, rtol: f64) {
+fn print_per_layer(observed: &[Observed], reference: &HashMap<String, Value>, rtol: f64) {
     let rows: Vec<(&str, &str, &str, Result<Errors, String>)> = observed
         .iter()
-        .flat_map(|(layer, op, values)| {
-            values.iter().filter_map(move |(tensor, value)| {
+        .flat_map(|o| {
+            o.values.iter().filter_map(move |(tensor, value)| {
                 let expected = reference.get(tensor)?;
-                Some((layer.as_str(), op.as_str(), tensor.as_str(), compare_values(value, expected)))
+                Some((o.layer.as_str(), o.op.as_str(), tensor.as_str(), compare_values(value, expected)))
             })
         })
         .collect();
-    let unmatched = observed.iter().filter(|(_, _, vs)| vs.iter().all(|(t, _)| !reference.contains_key(t))).count();
+    let unmatched = observed.iter().filter(|o| o.values.iter().all(|(t, _)| !reference.contains_key(t))).count();
     let w_layer = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max(5);
     let w_op = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(2);
     let w_tensor = rows.iter().map(|r| r.2.chars().count()).max().unwrap_or(0).max(6);
