@@ -51,7 +51,7 @@ impl BuildFlags {
             || self.timing_cache.is_some()
             || self.workspace.is_some()
             || self.opt_level.is_some()
-            || !(p.shapes.is_empty() && p.min.is_empty() && p.opt.is_empty() && p.max.is_empty())
+            || !(p.fixed.is_empty() && p.min.is_empty() && p.opt.is_empty() && p.max.is_empty())
     }
 
     /// The builder configuration for `net`; `fallback` gives the shape of inputs the profile

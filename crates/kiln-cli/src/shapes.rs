@@ -40,7 +40,7 @@ pub fn split_binding(item: &str, flag: &str) -> Result<(String, String)> {
 pub struct ProfileFlags {
     /// Static shapes: NAME=1x3x224x224,... (min = opt = max).
     #[arg(long = "shapes", value_name = "NAME=DIMS,...")]
-    pub shapes: Vec<String>,
+    pub fixed: Vec<String>,
     /// Smallest shapes the engine must accept: NAME=DIMS,... (defaults to the opt shape).
     #[arg(long = "min-shapes", value_name = "NAME=DIMS,...")]
     pub min: Vec<String>,
@@ -144,7 +144,7 @@ pub fn profile_from_flags(
     inputs: &[DeclaredInput],
     fallback: &HashMap<String, Vec<usize>>,
 ) -> Result<OptimizationProfile> {
-    let fixed = parse_profile_flag("--shapes", &flags.shapes)?;
+    let fixed = parse_profile_flag("--shapes", &flags.fixed)?;
     let min = parse_profile_flag("--min-shapes", &flags.min)?;
     let opt = parse_profile_flag("--opt-shapes", &flags.opt)?;
     let max = parse_profile_flag("--max-shapes", &flags.max)?;
@@ -264,7 +264,7 @@ mod tests {
 
     fn flags(shapes: &[&str], min: &[&str], opt: &[&str], max: &[&str]) -> ProfileFlags {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
-        ProfileFlags { shapes: v(shapes), min: v(min), opt: v(opt), max: v(max) }
+        ProfileFlags { fixed: v(shapes), min: v(min), opt: v(opt), max: v(max) }
     }
 
     #[test]
