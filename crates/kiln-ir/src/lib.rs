@@ -1,8 +1,10 @@
 //! kiln-ir: the network definition — dtypes, shapes, tensors, attributes, layers — and static
 //! type/shape inference. No backend code lives here.
 
+pub mod activation;
 mod attribute;
 mod dtype;
+pub mod elementwise_program;
 mod error;
 pub mod infer;
 mod network;
@@ -11,6 +13,7 @@ pub mod spec;
 mod tensor;
 mod value;
 
+pub use activation::Activation;
 pub use attribute::{Attribute, Attributes};
 pub use dtype::DType;
 pub use error::IrError;

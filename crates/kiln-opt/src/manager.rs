@@ -39,6 +39,9 @@ impl PassManager {
             Box::new(passes::noop_removal::NoopRemoval),
             Box::new(passes::common_subexpression::CommonSubexpression),
             Box::new(passes::fold_batch_norm::FoldBatchNormIntoConv),
+            Box::new(passes::matmul_add_to_gemm::MatMulAddToGemm),
+            Box::new(passes::fuse_epilogue::FuseEpilogue),
+            Box::new(passes::fuse_elementwise_chain::FuseElementwiseChain),
             Box::new(passes::dead_layers::DeadLayerElimination),
         ])
     }

@@ -4,6 +4,9 @@ pub mod common_subexpression;
 pub mod constant_folding;
 pub mod dead_layers;
 pub mod fold_batch_norm;
+pub mod fuse_elementwise_chain;
+pub mod fuse_epilogue;
+pub mod matmul_add_to_gemm;
 pub mod noop_removal;
 
 use kiln_ir::{Layer, Network, Tensor, TensorId, TensorSource};
