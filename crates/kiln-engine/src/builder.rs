@@ -39,7 +39,12 @@ impl Builder {
         } else {
             let fixed = specialize(network, &profile, Pick::Fixed)?;
             let (net, report) = kiln_opt::optimize(fixed)?;
-            tracing::info!(before = source_layers, after = net.layers().len(), rounds = report.rounds, "graph optimized");
+            tracing::info!(
+                before = source_layers,
+                after = net.layers().len(),
+                rounds = report.rounds,
+                "graph optimized"
+            );
             net
         };
         // Concrete types at the opt shapes (tactic timing) and the max shapes (memory).

@@ -46,7 +46,10 @@ impl BuilderConfig {
     /// A stable hash of everything that changes the built engine (not the timing-cache path
     /// or the progress bar), recorded in the plan.
     pub fn hash(&self) -> u64 {
-        let mut text = format!("fp16={} bf16={} ws={} opt={};", self.allow_fp16, self.allow_bf16, self.workspace_bytes, self.opt_level);
+        let mut text = format!(
+            "fp16={} bf16={} ws={} opt={};",
+            self.allow_fp16, self.allow_bf16, self.workspace_bytes, self.opt_level
+        );
         for (name, r) in &self.profile.inputs {
             text.push_str(&format!("{name}:{:?}/{:?}/{:?};", r.min, r.opt, r.max));
         }
@@ -85,9 +88,7 @@ impl ShapeRange {
         }
         for (axis, ((lo, mid), hi)) in self.min.iter().zip(&self.opt).zip(&self.max).enumerate() {
             if !(lo <= mid && mid <= hi) {
-                return Err(format!(
-                    "input '{input}': dimension {axis} needs min ≤ opt ≤ max, got {lo}, {mid}, {hi}"
-                ));
+                return Err(format!("input '{input}': dimension {axis} needs min ≤ opt ≤ max, got {lo}, {mid}, {hi}"));
             }
         }
         Ok(())

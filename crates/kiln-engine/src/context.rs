@@ -86,7 +86,9 @@ impl ExecutionContext {
                 }
                 self.check_shape(name, t.shape())?;
             }
-            (Some(ValueType::Tensor(_)), other) => return Err(bad(format!("expected a tensor, got a {}", other.kind_name()))),
+            (Some(ValueType::Tensor(_)), other) => {
+                return Err(bad(format!("expected a tensor, got a {}", other.kind_name())))
+            }
             _ => {}
         }
         match (self.engine.graph.tensors[id].storage, value) {
@@ -210,16 +212,22 @@ impl ExecutionContext {
         match t.storage {
             Storage::Weight(w) => {
                 let view = self.engine.weight_view(w);
-                Arg::Weight { dtype: view.dtype, shape: view.shape, bytes: view.bytes, value: &self.engine.weight_values[w] }
-                    .value()
-                    .ok()
-                    .map(|v| v.into_owned())
+                Arg::Weight {
+                    dtype: view.dtype,
+                    shape: view.shape,
+                    bytes: view.bytes,
+                    value: &self.engine.weight_values[w],
+                }
+                .value()
+                .ok()
+                .map(|v| v.into_owned())
             }
             Storage::Arena { offset, .. } => {
                 let shape = self.shapes[id].as_ref()?;
                 let dtype = dtype_of(t.ty.as_ref())?;
                 let n = shape.iter().product::<usize>() * dtype.size();
-                let data = kiln_ir::TensorData::from_le_bytes(dtype, &self.arena.as_slice()[offset..offset + n]).ok()?;
+                let data =
+                    kiln_ir::TensorData::from_le_bytes(dtype, &self.arena.as_slice()[offset..offset + n]).ok()?;
                 Tensor::new(shape.clone(), data).ok().map(Value::Tensor)
             }
             Storage::Heap => None,
@@ -231,7 +239,8 @@ impl ExecutionContext {
         let g = &engine.graph;
         let el = &g.layers[li];
         let layer = &el.layer;
-        let fail = |message: String| EngineError::Execution { layer: layer.name.clone(), op: layer.op.clone(), message };
+        let fail =
+            |message: String| EngineError::Execution { layer: layer.name.clone(), op: layer.op.clone(), message };
         let kernel = engine.kernels[li].as_ref().ok_or_else(|| fail("no kernel was instantiated".into()))?;
         let base = self.arena.as_mut_ptr();
         let arena_len = self.arena.as_slice().len();
@@ -242,7 +251,9 @@ impl ExecutionContext {
         for id in layer.outputs.iter().flatten() {
             match g.tensors[id.0].storage {
                 Storage::Arena { offset, bytes } => out_ranges.push((offset, offset + bytes)),
-                Storage::Weight(_) => return Err(fail(format!("output '{}' is stored as a weight", g.tensors[id.0].name))),
+                Storage::Weight(_) => {
+                    return Err(fail(format!("output '{}' is stored as a weight", g.tensors[id.0].name)))
+                }
                 Storage::Heap => {}
             }
         }
@@ -256,7 +267,9 @@ impl ExecutionContext {
         for (k, input) in layer.inputs.iter().enumerate() {
             let Some(id) = input else { continue };
             if let (Storage::Arena { offset, .. }, None) = (g.tensors[id.0].storage, &self.heap[id.0]) {
-                let n = self.bytes_of(id.0).ok_or_else(|| fail(format!("input '{}' has no value", g.tensors[id.0].name)))?;
+                let n = self
+                    .bytes_of(id.0)
+                    .ok_or_else(|| fail(format!("input '{}' has no value", g.tensors[id.0].name)))?;
                 if out_ranges.iter().any(|r| overlaps(*r, (offset, offset + n))) {
                     owned[k] = Some(self.read_value(id.0).ok_or_else(|| fail("input has no value".into()))?);
                 }
@@ -268,9 +281,9 @@ impl ExecutionContext {
                 None => None,
                 Some(id) => Some(match &owned[k] {
                     Some(v) => Arg::Value(v),
-                    None => self.arg(id.0, base, arena_len).ok_or_else(|| {
-                        fail(format!("input '{}' has not been computed", g.tensors[id.0].name))
-                    })?,
+                    None => self
+                        .arg(id.0, base, arena_len)
+                        .ok_or_else(|| fail(format!("input '{}' has not been computed", g.tensors[id.0].name)))?,
                 }),
             };
             inputs.push(arg);
@@ -362,7 +375,9 @@ impl ExecutionContext {
             op: layer.op.clone(),
             message: e.to_string(),
         })?;
-        let Some(Some(ValueType::Tensor(TensorType { shape: Some(shape), .. }))) = out.first() else { return Ok(false) };
+        let Some(Some(ValueType::Tensor(TensorType { shape: Some(shape), .. }))) = out.first() else {
+            return Ok(false);
+        };
         let Some(shape) = kiln_ir::concrete(shape) else { return Ok(false) };
         let Some(out_id) = layer.outputs.first().copied().flatten() else { return Ok(true) };
         if let Storage::Arena { bytes, .. } = g.tensors[out_id.0].storage {
@@ -401,7 +416,12 @@ impl ExecutionContext {
         match t.storage {
             Storage::Weight(w) => {
                 let view = self.engine.weight_view(w);
-                Some(Arg::Weight { dtype: view.dtype, shape: view.shape, bytes: view.bytes, value: &self.engine.weight_values[w] })
+                Some(Arg::Weight {
+                    dtype: view.dtype,
+                    shape: view.shape,
+                    bytes: view.bytes,
+                    value: &self.engine.weight_values[w],
+                })
             }
             Storage::Arena { offset, bytes } => {
                 let shape = self.shapes[id].as_deref()?;

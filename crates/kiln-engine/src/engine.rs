@@ -250,12 +250,16 @@ pub(crate) fn layer_desc<'a>(
 /// Every index and range of a graph checked, so that running it cannot index out of bounds:
 /// a plan file is user input.
 fn validate(graph: &EngineGraph, weight_len: usize, source: &str) -> Result<(), EngineError> {
-    let bad = |message: String| EngineError::Plan(crate::plan::PlanError::Corrupt { path: source.to_string(), message });
+    let bad =
+        |message: String| EngineError::Plan(crate::plan::PlanError::Corrupt { path: source.to_string(), message });
     let nt = graph.tensors.len();
     for (i, w) in graph.weights.iter().enumerate() {
         let elems = kiln_ir::checked_numel(&w.shape).map_err(|e| bad(format!("weight {i}: {e}")))?;
         let end = w.offset.checked_add(w.bytes);
-        if end.is_none_or(|e| e > weight_len) || elems.checked_mul(w.dtype.size()) != Some(w.bytes) || w.offset % ARENA_ALIGN != 0 {
+        if end.is_none_or(|e| e > weight_len)
+            || elems.checked_mul(w.dtype.size()) != Some(w.bytes)
+            || w.offset % ARENA_ALIGN != 0
+        {
             return Err(bad(format!("weight {i} ('{}') has an invalid range or size", w.name)));
         }
     }

@@ -13,8 +13,31 @@ const VIEW_OPS: &[&str] = &["Reshape", "Flatten", "Squeeze", "Unsqueeze", "Ident
 
 /// Element-wise ops whose output may overwrite an input of the same size that dies with them.
 const IN_PLACE_OPS: &[&str] = &[
-    "Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Neg", "Abs", "Erf", "Reciprocal", "Clip", "LeakyRelu",
-    "HardSigmoid", "HardSwish", "Gelu", "Softplus", "Elu", "Selu", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Neg",
+    "Abs",
+    "Erf",
+    "Reciprocal",
+    "Clip",
+    "LeakyRelu",
+    "HardSigmoid",
+    "HardSwish",
+    "Gelu",
+    "Softplus",
+    "Elu",
+    "Selu",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
     "KilnElementwise",
 ];
 
@@ -44,8 +67,10 @@ pub fn assign(net: &Network, graph: &mut EngineGraph, max_bytes: &[Option<usize>
             readers[id.0] += 1;
         }
     }
+    // Outputs are read after the run; inputs stay bound across runs (a context may execute
+    // again without binding them anew), so neither may be overwritten.
     for (t, out) in is_output.iter().enumerate() {
-        if *out {
+        if *out || matches!(net.tensors()[t].source, TensorSource::Input) {
             last[t] = nl;
         }
     }
@@ -62,16 +87,23 @@ pub fn assign(net: &Network, graph: &mut EngineGraph, max_bytes: &[Option<usize>
     for t in 0..nt {
         if eligible(t) {
             request_of[t] = Some(requests.len());
-            requests.push(Request { bytes: max_bytes[t].unwrap_or(0), first: first[t], last: last[t], placement: Placement::Own });
+            requests.push(Request {
+                bytes: max_bytes[t].unwrap_or(0),
+                first: first[t],
+                last: last[t],
+                placement: Placement::Own,
+            });
             owner.push(t);
         }
     }
     let mut shared = vec![false; nt]; // already placed inside another tensor or hosting one
-    // Union of requests into buffers: each request's root and each root's last read.
+                                      // Union of requests into buffers: each request's root and each root's last read.
     let mut root: Vec<usize> = (0..requests.len()).collect();
     let mut buffer_last: Vec<usize> = requests.iter().map(|r| r.last).collect();
     let mut elided: Vec<Option<Elision>> = vec![None; nl];
-    let static_shape = |t: usize| net.tensors()[t].ty.as_ref().and_then(|ty| ty.as_tensor()?.shape.as_deref().and_then(kiln_ir::concrete));
+    let static_shape = |t: usize| {
+        net.tensors()[t].ty.as_ref().and_then(|ty| ty.as_tensor()?.shape.as_deref().and_then(kiln_ir::concrete))
+    };
 
     // Concat inputs written into the output, where each input is a contiguous slice of it
     // (everything before the axis is 1) and all shapes are static.

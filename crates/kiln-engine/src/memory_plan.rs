@@ -70,8 +70,11 @@ pub fn plan(requests: &[Request]) -> MemoryPlan {
     for i in order {
         let b = buffers[i].clone().expect("filtered above");
         let size = align_up(b.bytes);
-        let mut busy: Vec<(usize, usize)> =
-            placed.iter().filter(|(_, _, p)| p.first <= b.last && b.first <= p.last).map(|(o, s, _)| (*o, *s)).collect();
+        let mut busy: Vec<(usize, usize)> = placed
+            .iter()
+            .filter(|(_, _, p)| p.first <= b.last && b.first <= p.last)
+            .map(|(o, s, _)| (*o, *s))
+            .collect();
         busy.sort_unstable();
         let mut offset = 0;
         for (o, s) in busy {
@@ -145,8 +148,8 @@ mod tests {
         for i in 0..reqs.len() {
             for j in 0..i {
                 let (a, b) = (&reqs[i], &reqs[j]);
-                let related = matches!(a.placement, Placement::Within { .. })
-                    || matches!(b.placement, Placement::Within { .. });
+                let related =
+                    matches!(a.placement, Placement::Within { .. }) || matches!(b.placement, Placement::Within { .. });
                 if related || a.first > b.last || b.first > a.last {
                     continue;
                 }
@@ -192,7 +195,11 @@ mod tests {
     #[test]
     fn views_share_their_source() {
         // x (step 0..1), a Reshape view of x read until step 3, and y alive at steps 2..3.
-        let reqs = vec![own(4096, 0, 1), Request { bytes: 4096, first: 1, last: 3, placement: Placement::Within { of: 0, offset: 0 } }, own(4096, 2, 3)];
+        let reqs = vec![
+            own(4096, 0, 1),
+            Request { bytes: 4096, first: 1, last: 3, placement: Placement::Within { of: 0, offset: 0 } },
+            own(4096, 2, 3),
+        ];
         let plan = plan(&reqs);
         assert_eq!(plan.offsets[0], plan.offsets[1]);
         assert_ne!(plan.offsets[0], plan.offsets[2], "the view keeps its source alive");

@@ -77,7 +77,9 @@ pub fn resolve_profile(
     let names: HashMap<&str, ()> = net.inputs().iter().map(|&id| (net.tensor(id).name.as_str(), ())).collect();
     if let Some(unknown) = given.keys().find(|k| !names.contains_key(k.as_str())) {
         let all: Vec<&str> = names.keys().copied().collect();
-        return Err(EngineError::Profile(format!("the profile names '{unknown}', which is not an input (inputs: {all:?})")));
+        return Err(EngineError::Profile(format!(
+            "the profile names '{unknown}', which is not an input (inputs: {all:?})"
+        )));
     }
     let mut out = BTreeMap::new();
     let mut missing = Vec::new();
@@ -137,7 +139,8 @@ fn check_symbols_agree(net: &Network, ranges: &BTreeMap<String, ShapeRange>) -> 
     let mut seen: HashMap<String, (usize, usize, usize, String)> = HashMap::new();
     for &id in net.inputs() {
         let info = net.tensor(id);
-        let (Some(ValueType::Tensor(TensorType { shape: Some(shape), .. })), Some(r)) = (&info.ty, ranges.get(&info.name))
+        let (Some(ValueType::Tensor(TensorType { shape: Some(shape), .. })), Some(r)) =
+            (&info.ty, ranges.get(&info.name))
         else {
             continue;
         };

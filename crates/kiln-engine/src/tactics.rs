@@ -87,7 +87,9 @@ impl<'a> TacticSelector<'a> {
                         best = Some((us, t));
                     }
                 }
-                Err(e) => tracing::info!(layer = %layer.name, tactic = %t.name, error = %e, "tactic failed while timing; skipped"),
+                Err(e) => {
+                    tracing::info!(layer = %layer.name, tactic = %t.name, error = %e, "tactic failed while timing; skipped")
+                }
             }
         }
         let (_, tactic) = best.ok_or_else(|| fail("every tactic failed while timing".into()))?;

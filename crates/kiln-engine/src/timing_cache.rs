@@ -30,14 +30,17 @@ impl TimingCache {
         let err = |message: String| EngineError::TimingCache { path: path.display().to_string(), message };
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TimingCache { format: FORMAT, ..Default::default() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(TimingCache { format: FORMAT, ..Default::default() })
+            }
             Err(e) => return Err(err(e.to_string())),
         };
         if meta.len() > MAX_FILE_BYTES {
             return Err(err(format!("{} bytes is larger than any timing cache kiln writes", meta.len())));
         }
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let cache: TimingCache = serde_json::from_str(&text).map_err(|e| err(format!("not a kiln timing cache: {e}")))?;
+        let cache: TimingCache =
+            serde_json::from_str(&text).map_err(|e| err(format!("not a kiln timing cache: {e}")))?;
         if cache.format != FORMAT {
             tracing::warn!(path = %path.display(), found = cache.format, expected = FORMAT, "timing cache of another format ignored");
             return Ok(TimingCache { format: FORMAT, ..Default::default() });
@@ -66,7 +69,11 @@ impl TimingCache {
     pub fn save(&self, path: &Path) -> Result<(), EngineError> {
         let err = |message: String| EngineError::TimingCache { path: path.display().to_string(), message };
         let mut out = TimingCache { format: FORMAT, entries: BTreeMap::new() };
-        out.entries = self.entries.iter().map(|(k, e)| (k.clone(), Entry { tactic: e.tactic.clone(), times_us: e.times_us.clone() })).collect();
+        out.entries = self
+            .entries
+            .iter()
+            .map(|(k, e)| (k.clone(), Entry { tactic: e.tactic.clone(), times_us: e.times_us.clone() }))
+            .collect();
         let text = serde_json::to_string_pretty(&out).map_err(|e| err(e.to_string()))?;
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| err(e.to_string()))

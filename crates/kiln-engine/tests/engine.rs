@@ -30,7 +30,10 @@ fn random(shape: &[usize], seed: u64) -> Tensor {
 fn small_cnn() -> Network {
     let mut net = Network::new("small_cnn");
     let x = net
-        .add_input("image", ValueType::tensor(DType::F32, vec![Dim::Symbol("batch".into()), 4.into(), 8.into(), 8.into()]))
+        .add_input(
+            "image",
+            ValueType::tensor(DType::F32, vec![Dim::Symbol("batch".into()), 4.into(), 8.into(), 8.into()]),
+        )
         .unwrap();
     let conv = |net: &mut Network, name: &str, x, seed| {
         let w = net.add_constant(&format!("{name}.w"), weights(&[4, 4, 3, 3], seed)).unwrap();
@@ -40,10 +43,26 @@ fn small_cnn() -> Network {
     };
     let c1 = conv(&mut net, "conv1", x, 1);
     let bn: Vec<_> = (0..4)
-        .map(|k| net.add_constant(&format!("bn.{k}"), if k == 3 { Tensor::from_vec(vec![4], vec![1.0, 0.5, 2.0, 1.5]).unwrap() } else { weights(&[4], 10 + k as u32) }).unwrap())
+        .map(|k| {
+            net.add_constant(
+                &format!("bn.{k}"),
+                if k == 3 {
+                    Tensor::from_vec(vec![4], vec![1.0, 0.5, 2.0, 1.5]).unwrap()
+                } else {
+                    weights(&[4], 10 + k as u32)
+                },
+            )
+            .unwrap()
+        })
         .collect();
     let y = net
-        .add_layer("bn", "BatchNormalization", Attributes::new(), &[Some(c1), Some(bn[0]), Some(bn[1]), Some(bn[2]), Some(bn[3])], &["bn_out"])
+        .add_layer(
+            "bn",
+            "BatchNormalization",
+            Attributes::new(),
+            &[Some(c1), Some(bn[0]), Some(bn[1]), Some(bn[2]), Some(bn[3])],
+            &["bn_out"],
+        )
         .unwrap()[0];
     let y = net.add_layer("relu1", "Relu", Attributes::new(), &[y], &["relu1_out"]).unwrap()[0].unwrap();
     let c2 = conv(&mut net, "conv2", y, 20);
@@ -52,10 +71,9 @@ fn small_cnn() -> Network {
     let p = net.add_layer("pool", "GlobalAveragePool", Attributes::new(), &[s], &["pooled"]).unwrap()[0];
     let f = net.add_layer("flatten", "Flatten", Attributes::new(), &[p], &["features"]).unwrap()[0];
     let fw = net.add_constant("fc.w", weights(&[3, 4], 30)).unwrap();
-    let logits = net
-        .add_layer("fc", "Gemm", Attributes::new().with("transB", 1i64), &[f, Some(fw)], &["logits"])
-        .unwrap()[0]
-        .unwrap();
+    let logits =
+        net.add_layer("fc", "Gemm", Attributes::new().with("transB", 1i64), &[f, Some(fw)], &["logits"]).unwrap()[0]
+            .unwrap();
     net.mark_output(logits).unwrap();
     net
 }
@@ -98,7 +116,12 @@ fn engine_matches_the_reference_at_every_batch_of_the_profile() {
             assert!(err < 1e-5, "opt level {level}, batch {batch}: relative error {err}");
         }
         let g = engine.graph();
-        assert!(g.arena_bytes as f64 <= 1.2 * g.peak_live_bytes as f64, "arena {} peak {}", g.arena_bytes, g.peak_live_bytes);
+        assert!(
+            g.arena_bytes as f64 <= 1.2 * g.peak_live_bytes as f64,
+            "arena {} peak {}",
+            g.arena_bytes,
+            g.peak_live_bytes
+        );
         if level > 0 {
             assert!(g.layers.len() < net.layers().len(), "optimized: {} layers", g.layers.len());
         }

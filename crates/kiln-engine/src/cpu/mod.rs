@@ -1,6 +1,13 @@
 //! The CPU backend: kiln-cpu's kernels behind the [`Backend`] trait.
 
+mod conv;
+mod epilogue;
+mod io;
+mod matmul;
 mod reference;
+mod sgemm;
+#[cfg(test)]
+mod tests;
 
 use crate::backend::{Backend, LayerDesc, LayerKernel, Tactic};
 use std::sync::Arc;
@@ -20,17 +27,26 @@ impl Backend for CpuBackend {
         cpu_fingerprint()
     }
 
+    /// Native tactics first (the default when tactics are not timed), the reference kernel
+    /// last: it runs every op and is what the native ones are timed against.
     fn tactics(&self, layer: &LayerDesc) -> Vec<Tactic> {
-        if kiln_cpu::kernel(&layer.layer.op).is_some() {
-            vec![Tactic::new(reference::TACTIC)]
-        } else {
-            Vec::new()
+        let mut out = conv::tactics(layer);
+        if matmul::applies(layer) {
+            out.push(Tactic::new(matmul::TACTIC));
         }
+        if kiln_cpu::kernel(&layer.layer.op).is_some() {
+            out.push(Tactic::new(reference::TACTIC));
+        }
+        out
     }
 
     fn instantiate(&self, layer: &LayerDesc, tactic: &str) -> Result<Arc<dyn LayerKernel>, String> {
         match tactic {
             reference::TACTIC => Ok(Arc::new(ReferenceKernel::new(layer.layer)?)),
+            matmul::TACTIC => Ok(Arc::new(matmul::MatMulKernel::new(layer)?)),
+            conv::ONE_BY_ONE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::ONE_BY_ONE)?)),
+            conv::IM2COL => Ok(Arc::new(conv::ConvKernel::new(layer, conv::IM2COL)?)),
+            conv::DEPTHWISE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::DEPTHWISE)?)),
             other => Err(format!("the CPU backend has no tactic '{other}' for {}", layer.layer.op)),
         }
     }
@@ -41,7 +57,12 @@ impl Backend for CpuBackend {
 pub fn cpu_fingerprint() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".to_string());
     let mut features: Vec<&str> = Vec::new();
     #[cfg(target_arch = "x86_64")]

@@ -30,8 +30,11 @@ impl LayerKernel for ReferenceKernel {
         let outputs = if io.captures.is_empty() {
             kiln_cpu::eval_layer(&self.layer, &refs)
         } else {
-            let captures: HashMap<String, Value> =
-                io.captures.iter().map(|(n, a)| Ok((n.to_string(), a.value()?.into_owned()))).collect::<Result<_, String>>()?;
+            let captures: HashMap<String, Value> = io
+                .captures
+                .iter()
+                .map(|(n, a)| Ok((n.to_string(), a.value()?.into_owned())))
+                .collect::<Result<_, String>>()?;
             kiln_cpu::eval_layer_with_captures(&self.layer, &refs, &captures)
         }
         .map_err(|e| match e {

@@ -255,7 +255,9 @@ fn parse(path: &str, b: &[u8], expect: &PlanExpectation) -> Result<Parsed, PlanE
         prev_end = end;
     }
     if prev_end != file_len {
-        return Err(corrupt(format!("the file ({file_len} bytes) continues past its last section (ending at {prev_end})")));
+        return Err(corrupt(format!(
+            "the file ({file_len} bytes) continues past its last section (ending at {prev_end})"
+        )));
     }
 
     for (i, (_, name)) in SECTIONS.iter().enumerate() {
@@ -279,12 +281,17 @@ fn parse(path: &str, b: &[u8], expect: &PlanExpectation) -> Result<Parsed, PlanE
     for i in 0..n as usize {
         let off = le_u64(table, 8 + 16 * i);
         let len = le_u64(table, 16 + 16 * i);
-        let end = off.checked_add(len).ok_or_else(|| corrupt(format!("weight {i}: offset {off} + length {len} overflows")))?;
+        let end = off
+            .checked_add(len)
+            .ok_or_else(|| corrupt(format!("weight {i}: offset {off} + length {len} overflows")))?;
         if off % WEIGHT_ALIGN as u64 != 0 {
             return Err(corrupt(format!("weight {i} at offset {off} is not {WEIGHT_ALIGN}-byte aligned")));
         }
         if off < prev_end {
-            return Err(corrupt(format!("weight {i} at offset {off} overlaps weight {} (ending at {prev_end})", i - 1)));
+            return Err(corrupt(format!(
+                "weight {i} at offset {off} overlaps weight {} (ending at {prev_end})",
+                i - 1
+            )));
         }
         if end > weights.len() as u64 {
             return Err(corrupt(format!(
@@ -300,7 +307,11 @@ fn parse(path: &str, b: &[u8], expect: &PlanExpectation) -> Result<Parsed, PlanE
 
 fn check_expectation(path: &str, h: &PlanHeader, expect: &PlanExpectation) -> Result<(), PlanError> {
     if let Some(v) = expect.kiln_version.as_ref().filter(|v| **v != h.kiln_version) {
-        return Err(PlanError::KilnVersionMismatch { path: path.into(), plan: h.kiln_version.clone(), this: v.clone() });
+        return Err(PlanError::KilnVersionMismatch {
+            path: path.into(),
+            plan: h.kiln_version.clone(),
+            this: v.clone(),
+        });
     }
     if let Some(v) = expect.backend.as_ref().filter(|v| **v != h.backend) {
         return Err(PlanError::WrongBackend { path: path.into(), plan: h.backend.clone(), this: v.clone() });

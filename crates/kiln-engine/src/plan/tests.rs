@@ -260,9 +260,9 @@ fn truncated_file_on_disk() {
 fn flipped_byte_in_each_section_fails_its_checksum() {
     let bytes = sample_bytes();
     let cases = [
-        ("header", FIXED_LEN + 2),               // inside the kiln version string
-        ("header", entry(&bytes, 2, 24) + 3),    // a section checksum
-        ("header", 25),                          // the header checksum itself
+        ("header", FIXED_LEN + 2),            // inside the kiln version string
+        ("header", entry(&bytes, 2, 24) + 3), // a section checksum
+        ("header", 25),                       // the header checksum itself
         ("metadata", section_range(&bytes, 0).start + 1),
         ("weight table", section_range(&bytes, 1).start + 9),
         ("weights", section_range(&bytes, 2).start),
@@ -364,18 +364,30 @@ fn section_offsets_and_lengths_that_lie_are_refused() {
     check("overlap", &|b| set_u64(b, weights_off, get_u64(&bytes, weights_off) - 64), "overlaps");
     check("offset into the header", &|b| set_u64(b, meta_off, 8), "overlaps");
     check("misplaced", &|b| set_u64(b, meta_off, get_u64(&bytes, meta_off) + 64), "expected");
-    check("wrong kind", &|b| {
-        let at = entry(b, 1, 0);
-        b[at] = 7
-    }, "section kind 7");
-    check("reserved", &|b| {
-        let at = entry(b, 1, 4);
-        b[at] = 1
-    }, "reserved");
-    check("section count", &|b| {
-        let at = entry(b, 0, 0) - 4;
-        b[at] = 4
-    }, "4 sections");
+    check(
+        "wrong kind",
+        &|b| {
+            let at = entry(b, 1, 0);
+            b[at] = 7
+        },
+        "section kind 7",
+    );
+    check(
+        "reserved",
+        &|b| {
+            let at = entry(b, 1, 4);
+            b[at] = 1
+        },
+        "reserved",
+    );
+    check(
+        "section count",
+        &|b| {
+            let at = entry(b, 0, 0) - 4;
+            b[at] = 4
+        },
+        "4 sections",
+    );
     check("string length", &|b| b[FIXED_LEN..FIXED_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes()), "limit");
     check("string past the header", &|b| b[FIXED_LEN..FIXED_LEN + 4].copy_from_slice(&4000u32.to_le_bytes()), "past");
     check("invalid utf-8", &|b| b[FIXED_LEN + 4] = 0xff, "UTF-8");
