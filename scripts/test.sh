@@ -28,6 +28,8 @@ echo "== ONNX node conformance (onnx 1.23.2)"
 cargo build --release -q -p kiln-conformance
 echo "-- through the graph simplification passes (failures only)"
 ./target/release/kiln-conformance target/onnx-node-cases --optimize --quiet --expected conformance/expected_pass.txt
+echo "-- the whole engine path: build (highest opt level), save the plan, load it, run (failures only)"
+./target/release/kiln-conformance target/onnx-node-cases --engine --quiet --expected conformance/expected_pass.txt
 echo "-- plain import + CPU execution"
 ./target/release/kiln-conformance target/onnx-node-cases \
   --report conformance/REPORT.md --expected conformance/expected_pass.txt

@@ -1,14 +1,17 @@
-//! `kiln run`: bind inputs (from .npy or seeded random values), run, write outputs as .npy.
+//! `kiln run`: bind inputs (from .npy or seeded random values), run an ONNX model or a plan,
+//! write the outputs as .npy.
 
+use crate::model::{is_plan, load_plan};
 use crate::npy::{read_npy, write_npy};
-use crate::shapes::{parse_shapes, split_binding};
+use crate::shapes::{format_dims, parse_shapes, split_binding};
 use anyhow::{bail, Context, Result};
 use kiln::ir::TensorData;
-use kiln::{DType, Dim, Tensor, Value, ValueType};
+use kiln::{DType, Dim, Engine, Tensor, Value, ValueType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub fn run(
@@ -19,6 +22,15 @@ pub fn run(
     seed: u64,
     opt_level: u8,
 ) -> Result<()> {
+    if is_plan(model)? {
+        if opt_level > 0 {
+            eprintln!(
+                "warning: {} is a plan, already optimized when it was built; --opt-level is ignored",
+                model.display()
+            );
+        }
+        return run_plan(model, input_flags, shape_flags, output_dir, seed);
+    }
     let t0 = Instant::now();
     let m = kiln::load_onnx(model)?;
     tracing::info!(layers = m.network.layers().len(), ms = t0.elapsed().as_millis() as u64, "imported");
@@ -69,8 +81,47 @@ pub fn run(
     let t1 = Instant::now();
     let outputs = kiln::run(net, inputs)?;
     let elapsed = t1.elapsed();
+    write_outputs(output_dir, &outputs)?;
+    println!("ran in {:.2} ms on the CPU", elapsed.as_secs_f64() * 1e3);
+    Ok(())
+}
+
+/// Run a plan: inputs from .npy files or seeded random values (at `--shape`, else the
+/// profile's opt shape), outputs written as for an ONNX model.
+fn run_plan(model: &Path, input_flags: &[String], shape_flags: &[String], output_dir: &Path, seed: u64) -> Result<()> {
+    let engine = Arc::new(load_plan(model)?);
+    let mut files: HashMap<String, PathBuf> = HashMap::new();
+    for item in input_flags {
+        let (name, file) = split_binding(item, "--input")?;
+        files.insert(name, file.into());
+    }
+    let shapes = parse_shapes(shape_flags)?;
+    let inputs = engine_inputs(&engine, &files, &shapes, seed)?;
+    for (name, value) in &inputs {
+        if let Value::Tensor(t) = value {
+            println!("input  {name}: {} {:?}", t.dtype(), t.shape());
+        }
+    }
+    let mut ctx = engine.create_context();
+    for (name, value) in &inputs {
+        ctx.set_input(name, value)?;
+    }
+    let t1 = Instant::now();
+    ctx.execute()?;
+    let elapsed = t1.elapsed();
+    write_outputs(output_dir, &ctx.outputs()?)?;
+    println!(
+        "ran in {:.2} ms on the CPU (engine: {} layers)",
+        elapsed.as_secs_f64() * 1e3,
+        engine.graph().layers.len()
+    );
+    Ok(())
+}
+
+/// Every output as `<dir>/<name>.npy`, with a line each.
+fn write_outputs(output_dir: &Path, outputs: &[(String, Value)]) -> Result<()> {
     std::fs::create_dir_all(output_dir).with_context(|| format!("creating {}", output_dir.display()))?;
-    for (name, value) in &outputs {
+    for (name, value) in outputs {
         let Value::Tensor(t) = value else {
             println!("output {name}: a {} (not written)", value.kind_name());
             continue;
@@ -79,8 +130,50 @@ pub fn run(
         write_npy(&path, t)?;
         println!("output {name}: {} {:?} {}  -> {}", t.dtype(), t.shape(), summary(t), path.display());
     }
-    println!("ran in {:.2} ms on the CPU", elapsed.as_secs_f64() * 1e3);
     Ok(())
+}
+
+/// Values for every input of `engine`, in binding order: read from `files`, else seeded random
+/// values at the shape in `shapes`, else at the profile's opt shape (an input's declared shape
+/// when it is static). Names in `files` or `shapes` that are not inputs are errors.
+pub fn engine_inputs(
+    engine: &Engine,
+    files: &HashMap<String, PathBuf>,
+    shapes: &HashMap<String, Vec<usize>>,
+    seed: u64,
+) -> Result<Vec<(String, Value)>> {
+    let names = engine.input_names();
+    for name in files.keys().chain(shapes.keys()) {
+        if !names.contains(&name.as_str()) {
+            bail!("'{name}' is not an input of the engine (inputs: {})", names.join(", "));
+        }
+    }
+    let profile = &engine.graph().profile;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let value = if let Some(file) = files.get(name) {
+            Value::Tensor(read_npy(file).with_context(|| format!("input '{name}'"))?)
+        } else {
+            let Some(ValueType::Tensor(tt)) = engine.tensor_type(name) else {
+                bail!("input '{name}' is not a plain tensor; give it with --input");
+            };
+            let dims = match (shapes.get(name), profile.get(name)) {
+                (Some(given), Some(range)) if !range.contains(given) => bail!(
+                    "--shape {name}={}: outside the engine's profile (min {}, max {}); rebuild with a wider range",
+                    format_dims(given),
+                    format_dims(&range.min),
+                    format_dims(&range.max)
+                ),
+                (Some(given), _) => given.clone(),
+                (None, Some(range)) => range.opt.clone(),
+                (None, None) => concrete_dims(name, tt.shape.as_deref(), None)?,
+            };
+            Value::Tensor(random_tensor(tt.dtype, dims, &mut rng)?)
+        };
+        out.push((name.to_string(), value));
+    }
+    Ok(out)
 }
 
 /// Output file stem: every character outside [A-Za-z0-9._-] becomes '_'.
@@ -119,7 +212,7 @@ fn concrete_dims(name: &str, declared: Option<&[Dim]>, given: Option<&Vec<usize>
 }
 
 /// Seeded random values: floats in [-1, 1), integers in [0, 10), random bools.
-fn random_tensor(dtype: DType, shape: Vec<usize>, rng: &mut StdRng) -> Result<Tensor> {
+pub fn random_tensor(dtype: DType, shape: Vec<usize>, rng: &mut StdRng) -> Result<Tensor> {
     let n = kiln::ir::checked_numel(&shape)?;
     let floats: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
     let data = match dtype {

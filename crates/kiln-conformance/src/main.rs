@@ -5,7 +5,10 @@
 //! (|got - want| <= atol + rtol·|want|, NaN equal to NaN, dtype and shape exact), prints one line
 //! per case and a closing `N passed, N failed, N skipped` line, and writes a Markdown report.
 //! With `--expected FILE`, exits non-zero if any case listed there no longer passes; with
-//! `--optimize`, every case first goes through kiln's graph simplification passes.
+//! `--optimize`, every case first goes through kiln's graph simplification passes; with
+//! `--engine`, every case takes the whole engine path: built at the highest optimization level
+//! (shape profile from the test data), saved as a plan, loaded back and run in an execution
+//! context (`--no-plan` skips the save and load).
 
 use anyhow::{bail, Context, Result};
 use kiln::{Value, ValueType};
@@ -21,11 +24,21 @@ struct Args {
     write_passing: Option<PathBuf>,
     filter: Option<String>,
     quiet: bool,
-    optimize: bool,
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Import and run on the reference executor.
+    Plain,
+    /// Simplification passes first.
+    Optimize,
+    /// Build an engine; with `plan`, save it and load it back before running.
+    Engine { plan: bool },
 }
 
 const USAGE: &str = "usage: kiln-conformance CASES_DIR [--report REPORT.md] [--expected LIST] \
-[--write-passing LIST] [--filter SUBSTR] [--optimize] [--quiet]   (generate cases with scripts/gen_conformance.py)";
+[--write-passing LIST] [--filter SUBSTR] [--optimize | --engine [--no-plan]] [--quiet]   (generate cases with scripts/gen_conformance.py)";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
@@ -35,8 +48,9 @@ fn parse_args() -> Result<Args> {
         write_passing: None,
         filter: None,
         quiet: false,
-        optimize: false,
+        mode: Mode::Plain,
     };
+    let mut no_plan = false;
     let mut it = std::env::args().skip(1);
     let mut positional = None;
     while let Some(a) = it.next() {
@@ -46,7 +60,9 @@ fn parse_args() -> Result<Args> {
             "--write-passing" => args.write_passing = Some(it.next().context("--write-passing needs a path")?.into()),
             "--filter" => args.filter = Some(it.next().context("--filter needs a substring")?),
             "--quiet" | "-q" => args.quiet = true,
-            "--optimize" => args.optimize = true,
+            "--optimize" => args.mode = Mode::Optimize,
+            "--engine" => args.mode = Mode::Engine { plan: true },
+            "--no-plan" => no_plan = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -56,6 +72,12 @@ fn parse_args() -> Result<Args> {
         }
     }
     args.cases = positional.context(USAGE)?.into();
+    if no_plan {
+        match args.mode {
+            Mode::Engine { .. } => args.mode = Mode::Engine { plan: false },
+            _ => bail!("--no-plan goes with --engine"),
+        }
+    }
     Ok(args)
 }
 
@@ -105,7 +127,7 @@ fn main() -> Result<()> {
             Outcome::Skip(format!("out of scope: {}", case.scope))
         } else {
             let dir = args.cases.join(&case.name);
-            match std::panic::catch_unwind(|| run_case(&dir, case.rtol, case.atol, args.optimize)) {
+            match std::panic::catch_unwind(|| run_case(&dir, case.rtol, case.atol, args.mode)) {
                 Ok(Ok(())) => Outcome::Pass,
                 Ok(Err(e)) => Outcome::Fail(format!("{e:#}").replace('\n', " ")),
                 Err(p) => Outcome::Fail(format!("PANIC: {}", panic_message(&p))),
@@ -173,31 +195,79 @@ fn truncate(s: &str, n: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-fn run_case(dir: &Path, rtol: f64, atol: f64, optimize: bool) -> Result<()> {
+fn run_case(dir: &Path, rtol: f64, atol: f64, mode: Mode) -> Result<()> {
     let model = kiln_onnx::import_file(dir.join("model.onnx"))?;
-    let net = if optimize { kiln::optimize(model.network)?.0 } else { model.network };
+    let net = if mode == Mode::Optimize { kiln::optimize(model.network)?.0 } else { model.network };
     let net = &net;
-    let mut set = 0;
-    loop {
-        let ds = dir.join(format!("test_data_set_{set}"));
-        if !ds.exists() {
-            break;
-        }
+    let mut sets = Vec::new();
+    while dir.join(format!("test_data_set_{}", sets.len())).exists() {
+        let ds = dir.join(format!("test_data_set_{}", sets.len()));
         let mut inputs = HashMap::new();
         for (k, &id) in net.inputs().iter().enumerate() {
             let info = net.tensor(id);
             let v = read_value(&ds.join(format!("input_{k}.pb")), info.ty.as_ref())?;
             inputs.insert(info.name.clone(), v);
         }
-        let outputs = kiln::run(net, inputs)?;
+        sets.push((ds, inputs));
+    }
+    let mut engine_context = match mode {
+        Mode::Engine { plan } => Some(build_engine(dir, net, &sets, plan)?.create_context()),
+        _ => None,
+    };
+    for (ds, inputs) in sets {
+        let outputs = match engine_context.as_mut() {
+            Some(ctx) => {
+                for (name, v) in &inputs {
+                    ctx.set_input(name, v)?;
+                }
+                ctx.execute()?;
+                ctx.outputs()?
+            }
+            None => kiln::run(net, inputs)?,
+        };
         for (k, (name, got)) in outputs.iter().enumerate() {
             let want_ty = net.tensor(net.outputs()[k]).ty.clone();
             let want = read_value(&ds.join(format!("output_{k}.pb")), want_ty.as_ref())?;
             compare(&want, got, rtol, atol).with_context(|| format!("output '{name}'"))?;
         }
-        set += 1;
     }
     Ok(())
+}
+
+/// The engine for a case: a shape profile spanning the test data's input shapes, the highest
+/// optimization level, and (with `plan`) a round trip through a plan file.
+fn build_engine(
+    dir: &Path,
+    net: &kiln::Network,
+    sets: &[(PathBuf, HashMap<String, Value>)],
+    plan: bool,
+) -> Result<std::sync::Arc<kiln::Engine>> {
+    let mut config = kiln::BuilderConfig::default();
+    for (_, inputs) in sets {
+        for (name, v) in inputs {
+            let Some(t) = v.as_tensor() else { continue };
+            let shape = t.shape().to_vec();
+            let range = config.profile.inputs.entry(name.clone()).or_insert_with(|| kiln::ShapeRange::fixed(shape.clone()));
+            if range.min.len() == shape.len() {
+                for (axis, &d) in shape.iter().enumerate() {
+                    range.min[axis] = range.min[axis].min(d);
+                    range.max[axis] = range.max[axis].max(d);
+                    range.opt[axis] = range.max[axis];
+                }
+            }
+        }
+    }
+    let engine = kiln::build(net, &config)?;
+    if !plan {
+        return Ok(std::sync::Arc::new(engine));
+    }
+    let scratch = std::env::temp_dir().join(format!("kiln-conformance-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let path = scratch.join(format!("{}.plan", dir.file_name().and_then(|n| n.to_str()).unwrap_or("case")));
+    engine.save(&path)?;
+    let loaded = kiln::load_plan(&path);
+    let _ = std::fs::remove_file(&path);
+    Ok(std::sync::Arc::new(loaded?))
 }
 
 fn read_value(path: &Path, ty: Option<&ValueType>) -> Result<Value> {

@@ -12,6 +12,8 @@ pub(crate) struct Scope<'a> {
     /// invocation of a subgraph (every Loop/Scan iteration).
     captured: Vec<Option<&'a Value>>,
     outer: Option<&'a Scope<'a>>,
+    /// Values of an enclosing graph run by another executor (the engine), by name.
+    named: Option<&'a HashMap<String, Value>>,
 }
 
 impl Scope<'_> {
@@ -21,7 +23,10 @@ impl Scope<'_> {
                 return Some(v);
             }
         }
-        self.outer.and_then(|o| o.lookup_by_name(name))
+        match self.outer {
+            Some(o) => o.lookup_by_name(name),
+            None => self.named.and_then(|m| m.get(name)),
+        }
     }
 }
 
@@ -116,8 +121,13 @@ pub(crate) fn run_graph<'a>(
     inputs: Vec<Value>,
     outer: Option<&'a Scope<'a>>,
 ) -> Result<Vec<Value>, CpuError> {
-    let mut scope =
-        Scope { net, values: vec![None; net.tensors().len()], captured: vec![None; net.tensors().len()], outer };
+    let mut scope = Scope {
+        net,
+        values: vec![None; net.tensors().len()],
+        captured: vec![None; net.tensors().len()],
+        outer,
+        named: None,
+    };
     for (&id, v) in net.inputs().iter().zip(inputs) {
         scope.values[id.0] = Some(v);
     }
@@ -197,8 +207,18 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 /// Evaluate one layer outside any network (constant folding at build time). Layers with
 /// subgraphs can be evaluated too, as long as the subgraphs capture nothing.
 pub fn eval_layer(layer: &Layer, inputs: &[Option<&Value>]) -> Result<Vec<Value>, CpuError> {
+    eval_layer_with_captures(layer, inputs, &HashMap::new())
+}
+
+/// Evaluate one layer whose subgraphs read values of an enclosing graph (`captures`, by name).
+pub fn eval_layer_with_captures(
+    layer: &Layer,
+    inputs: &[Option<&Value>],
+    captures: &HashMap<String, Value>,
+) -> Result<Vec<Value>, CpuError> {
     let empty = Network::new("");
-    invoke(layer, inputs, &Scope { net: &empty, values: Vec::new(), captured: Vec::new(), outer: None })
+    let scope = Scope { net: &empty, values: Vec::new(), captured: Vec::new(), outer: None, named: Some(captures) };
+    invoke(layer, inputs, &scope)
 }
 
 /// Run a layer's kernel. A kernel bug must not take the caller's process down: a panic becomes

@@ -10,5 +10,5 @@ mod test_util;
 pub mod util;
 
 pub use error::CpuError;
-pub use executor::{eval_layer, execute, execute_named};
+pub use executor::{eval_layer, eval_layer_with_captures, execute, execute_named};
 pub use kernel::{kernel, KernelCtx, KernelFn};

@@ -2,22 +2,23 @@
 //! message naming the attribute.
 
 use crate::{Network, Tensor, ValueType};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Attribute {
     Float(f32),
     Int(i64),
     String(String),
     Tensor(Tensor),
-    Graph(Arc<Network>),
+    Graph(#[serde(deserialize_with = "crate::network::nested")] Arc<Network>),
     Type(ValueType),
     Floats(Vec<f32>),
     Ints(Vec<i64>),
     Strings(Vec<String>),
     Tensors(Vec<Tensor>),
-    Graphs(Vec<Arc<Network>>),
+    Graphs(#[serde(deserialize_with = "crate::network::nested")] Vec<Arc<Network>>),
 }
 
 impl Attribute {
@@ -80,7 +81,7 @@ impl From<Network> for Attribute {
 }
 
 /// A layer's attributes, ordered by name.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Attributes(pub BTreeMap<String, Attribute>);
 
 macro_rules! getter {

@@ -1,10 +1,11 @@
 //! Element types kiln can hold in a tensor.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The element type of a tensor. The set is closed: ONNX types outside it (strings, complex,
 /// float8/float4, int4/int2) are refused at import with an error naming them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DType {
     F32,
     F16,

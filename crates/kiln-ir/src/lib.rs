@@ -1,8 +1,10 @@
 //! kiln-ir: the network definition — dtypes, shapes, tensors, attributes, layers — and static
 //! type/shape inference. No backend code lives here.
 
+pub mod activation;
 mod attribute;
 mod dtype;
+pub mod elementwise_program;
 mod error;
 pub mod infer;
 mod network;
@@ -11,11 +13,12 @@ pub mod spec;
 mod tensor;
 mod value;
 
+pub use activation::Activation;
 pub use attribute::{Attribute, Attributes};
 pub use dtype::DType;
 pub use error::IrError;
 pub use half::{bf16, f16};
-pub use network::{Layer, LayerId, Network, TensorId, TensorInfo, TensorSource};
+pub use network::{take_deserialize_error, Layer, LayerId, Network, TensorId, TensorInfo, TensorSource};
 pub use shape::{concrete, format_shape, known_shape, Dim, Shape, MAX_RANK};
 pub use tensor::{checked_numel, strides_of, Element, Tensor, TensorData, MAX_ELEMENTS};
 pub use value::{TensorType, Value, ValueType};

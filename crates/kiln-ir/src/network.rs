@@ -3,18 +3,20 @@
 
 use crate::infer::{infer_layer, InferCtx};
 use crate::{Attributes, IrError, Tensor, TensorType, ValueType, MAX_RANK};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 /// Index of a tensor in its network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TensorId(pub usize);
 
 /// Index of a layer in its network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LayerId(pub usize);
 
 /// Where a tensor's value comes from.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum TensorSource {
     /// Bound by the caller at run time.
     Input,
@@ -26,7 +28,7 @@ pub enum TensorSource {
     Captured,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TensorInfo {
     pub name: String,
     /// `None` when not known before run time (untyped subgraph inputs and what depends on them).
@@ -43,7 +45,7 @@ impl TensorInfo {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Layer {
     pub name: String,
     /// Operator name in kiln's op set (ONNX names, with each op's latest-opset semantics).
@@ -59,14 +61,20 @@ pub struct Layer {
 
 /// A computation graph. Layers are stored in a valid execution order: a layer is only added
 /// once all its inputs exist.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// Serialized without its name maps; deserializing rebuilds them and runs [`Network::validate`]
+/// on each graph, so ids read from a file are checked before anything indexes with them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "NetworkRepr")]
 pub struct Network {
     pub name: String,
     tensors: Vec<TensorInfo>,
     layers: Vec<Layer>,
     inputs: Vec<TensorId>,
     outputs: Vec<TensorId>,
+    #[serde(skip)]
     tensor_names: HashMap<String, TensorId>,
+    #[serde(skip)]
     layer_names: HashMap<String, LayerId>,
 }
 
@@ -252,6 +260,191 @@ impl Network {
         self.tensors.push(TensorInfo { name: name.to_string(), ty, source });
         self.tensor_names.insert(name.to_string(), id);
         Ok(id)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename = "Network")]
+struct NetworkRepr {
+    name: String,
+    tensors: Vec<TensorInfo>,
+    layers: Vec<Layer>,
+    inputs: Vec<TensorId>,
+    outputs: Vec<TensorId>,
+}
+
+impl TryFrom<NetworkRepr> for Network {
+    type Error = IrError;
+    fn try_from(r: NetworkRepr) -> Result<Network, IrError> {
+        Network::from_repr(r).inspect_err(record_deserialize_error)
+    }
+}
+
+impl Network {
+    fn from_repr(r: NetworkRepr) -> Result<Network, IrError> {
+        let mut net = Network {
+            name: r.name,
+            tensors: r.tensors,
+            layers: r.layers,
+            inputs: r.inputs,
+            outputs: r.outputs,
+            tensor_names: HashMap::new(),
+            layer_names: HashMap::new(),
+        };
+        for (i, t) in net.tensors.iter().enumerate() {
+            if net.tensor_names.insert(t.name.clone(), TensorId(i)).is_some() {
+                return Err(IrError::DuplicateName { kind: "tensor", name: t.name.clone() });
+            }
+        }
+        for (i, l) in net.layers.iter().enumerate() {
+            if net.layer_names.insert(l.name.clone(), LayerId(i)).is_some() {
+                return Err(IrError::DuplicateName { kind: "layer", name: l.name.clone() });
+            }
+        }
+        // Subgraphs were validated as they were deserialized.
+        net.validate_graph(false)?;
+        Ok(net)
+    }
+}
+
+thread_local! {
+    static DESERIALIZE_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The message of the last deserialization error kiln-ir raised on this thread, taken (cleared).
+/// Compact formats such as postcard drop the text of such errors and report only that one
+/// happened; a loader calls this before decoding (to clear) and after a failure (to say what
+/// was wrong).
+pub fn take_deserialize_error() -> Option<String> {
+    DESERIALIZE_ERROR.with(|e| e.borrow_mut().take())
+}
+
+pub(crate) fn record_deserialize_error(e: &impl std::fmt::Display) {
+    DESERIALIZE_ERROR.with(|slot| *slot.borrow_mut() = Some(e.to_string()));
+}
+
+/// Most subgraphs and sequence/optional types that may nest inside each other when
+/// deserializing; deeper input (only a hostile file has it) is refused before it can overflow
+/// the stack.
+pub(crate) const MAX_SERDE_DEPTH: usize = 32;
+
+thread_local! {
+    static SERDE_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// `deserialize_with` for the fields through which kiln-ir types nest (subgraphs, boxed value
+/// types): counts the nesting and refuses it past [`MAX_SERDE_DEPTH`].
+pub(crate) fn nested<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    struct Guard;
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            SERDE_DEPTH.with(|c| c.set(c.get() - 1));
+        }
+    }
+    let depth = SERDE_DEPTH.with(|c| c.get());
+    if depth >= MAX_SERDE_DEPTH {
+        let msg = format!("subgraphs and sequence/optional types nest deeper than {MAX_SERDE_DEPTH}");
+        record_deserialize_error(&msg);
+        return Err(serde::de::Error::custom(msg));
+    }
+    SERDE_DEPTH.with(|c| c.set(depth + 1));
+    let _guard = Guard;
+    T::deserialize(d)
+}
+
+impl Network {
+    /// Check the invariants the builder methods maintain, for a network that did not come
+    /// from them (a deserialized plan): every tensor and layer id in range, names unique and
+    /// mapped, each layer's outputs pointing back at it, layers in execution order (inputs
+    /// defined by earlier layers), constants typed as their value, ranks within [`MAX_RANK`];
+    /// subgraphs likewise. Linear in the size of the network.
+    pub fn validate(&self) -> Result<(), IrError> {
+        self.validate_graph(true)
+    }
+
+    fn validate_graph(&self, subgraphs: bool) -> Result<(), IrError> {
+        let bad = |msg: String| IrError::Invalid(format!("network '{}': {msg}", self.name));
+        let n_tensors = self.tensors.len();
+        let n_layers = self.layers.len();
+        if self.tensor_names.len() != n_tensors || self.layer_names.len() != n_layers {
+            return Err(bad("name maps do not match the tensors and layers".into()));
+        }
+        let mut is_input = vec![false; n_tensors];
+        for &id in &self.inputs {
+            if id.0 >= n_tensors {
+                return Err(bad(format!("input tensor id {} out of range ({n_tensors} tensors)", id.0)));
+            }
+            if self.tensors[id.0].source != TensorSource::Input || std::mem::replace(&mut is_input[id.0], true) {
+                return Err(bad(format!("input '{}' is not a distinct input tensor", self.tensors[id.0].name)));
+            }
+        }
+        for (i, t) in self.tensors.iter().enumerate() {
+            if self.tensor_names.get(&t.name) != Some(&TensorId(i)) {
+                return Err(bad(format!("tensor '{}' is not mapped to its id {i}", t.name)));
+            }
+            check_rank(&t.name, t.ty.as_ref())?;
+            match &t.source {
+                TensorSource::Input if !is_input[i] => {
+                    return Err(bad(format!("tensor '{}' is an input missing from the input list", t.name)))
+                }
+                TensorSource::Constant(c) if t.ty != Some(ValueType::Tensor(TensorType::of(c))) => {
+                    return Err(bad(format!("constant '{}' is typed unlike its value", t.name)))
+                }
+                TensorSource::Layer { layer, index } => {
+                    let out = self.layers.get(layer.0).and_then(|l| l.outputs.get(*index));
+                    if out != Some(&Some(TensorId(i))) {
+                        return Err(bad(format!(
+                            "tensor '{}' claims to be output {index} of layer {} which does not produce it",
+                            t.name, layer.0
+                        )));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (li, l) in self.layers.iter().enumerate() {
+            if self.layer_names.get(&l.name) != Some(&LayerId(li)) {
+                return Err(bad(format!("layer '{}' is not mapped to its id {li}", l.name)));
+            }
+            for &id in l.inputs.iter().flatten().chain(&l.implicit_inputs) {
+                let Some(t) = self.tensors.get(id.0) else {
+                    return Err(bad(format!("layer '{}': input tensor id {} out of range", l.name, id.0)));
+                };
+                if let TensorSource::Layer { layer, .. } = t.source {
+                    if layer.0 >= li {
+                        return Err(bad(format!(
+                            "layer '{}' reads '{}' before layer {} produces it",
+                            l.name, t.name, layer.0
+                        )));
+                    }
+                }
+            }
+            for (index, id) in l.outputs.iter().enumerate() {
+                let Some(id) = id else { continue };
+                let ok = self
+                    .tensors
+                    .get(id.0)
+                    .is_some_and(|t| t.source == TensorSource::Layer { layer: LayerId(li), index });
+                if !ok {
+                    return Err(bad(format!("layer '{}': output {index} (tensor id {}) is not its own", l.name, id.0)));
+                }
+            }
+            if subgraphs {
+                for (_, a) in l.attrs.iter() {
+                    match a {
+                        crate::Attribute::Graph(g) => g.validate()?,
+                        crate::Attribute::Graphs(gs) => gs.iter().try_for_each(|g| g.validate())?,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for &id in &self.outputs {
+            if id.0 >= n_tensors {
+                return Err(bad(format!("output tensor id {} out of range ({n_tensors} tensors)", id.0)));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,12 +1,13 @@
 //! Static shapes: each dimension a number, a named symbol, or unknown.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Most dimensions a tensor may have, as in TensorRT.
 pub const MAX_RANK: usize = 8;
 
 /// One dimension of a static shape.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Dim {
     Known(usize),
     /// A named dimension (ONNX `dim_param`), e.g. `batch`.

@@ -2,6 +2,8 @@
 
 use crate::{DType, IrError};
 use half::{bf16, f16};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt::Debug;
 
 /// A typed element buffer. One variant per [`DType`].
@@ -309,8 +311,10 @@ fn elem_dtype<T: Element>(_: &[T]) -> DType {
     T::DTYPE
 }
 
-/// A dense row-major tensor.
-#[derive(Clone, Debug, PartialEq)]
+/// A dense row-major tensor. Serialized as its shape and [`TensorData`]; deserializing checks
+/// that the element count matches the shape (through [`Tensor::new`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "TensorRepr")]
 pub struct Tensor {
     shape: Vec<usize>,
     data: TensorData,
@@ -429,4 +433,92 @@ pub fn strides_of(shape: &[usize]) -> Vec<usize> {
         s[i] = s[i + 1] * shape[i + 1];
     }
     s
+}
+
+// serde. `TensorData` travels as its dtype and little-endian bytes (compact, and the bytes borrow
+// from the input where the format allows); `Tensor` as its shape and data, re-checked on the way
+// in, so a hostile file gets an error rather than a tensor whose shape lies about its data.
+
+#[derive(Deserialize)]
+#[serde(rename = "Tensor")]
+struct TensorRepr {
+    shape: Vec<usize>,
+    data: TensorData,
+}
+
+impl TryFrom<TensorRepr> for Tensor {
+    type Error = IrError;
+    fn try_from(r: TensorRepr) -> Result<Tensor, IrError> {
+        Tensor::new(r.shape, r.data).inspect_err(crate::network::record_deserialize_error)
+    }
+}
+
+/// Serializes a byte slice as bytes (not as a sequence of numbers).
+struct LeBytes<'a>(&'a [u8]);
+
+impl Serialize for LeBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+impl Serialize for TensorData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("TensorData", 2)?;
+        st.serialize_field("dtype", &self.dtype())?;
+        st.serialize_field("bytes", &LeBytes(&self.to_le_bytes()))?;
+        st.end()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename = "TensorData")]
+struct TensorDataRepr<'a> {
+    dtype: DType,
+    #[serde(borrow)]
+    bytes: ByteCow<'a>,
+}
+
+impl<'de> Deserialize<'de> for TensorData {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TensorData, D::Error> {
+        let r = TensorDataRepr::deserialize(d)?;
+        TensorData::from_le_bytes(r.dtype, &r.bytes.0)
+            .inspect_err(crate::network::record_deserialize_error)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Bytes borrowed from the input when the format can, owned otherwise; accepts a byte string or
+/// a sequence of numbers (self-describing text formats).
+struct ByteCow<'a>(Cow<'a, [u8]>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for ByteCow<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteCow<'a>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ByteCow<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("tensor bytes")
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(ByteCow(Cow::Borrowed(v)))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(ByteCow(Cow::Owned(v.to_vec())))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+                Ok(ByteCow(Cow::Owned(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                // The length hint comes from the input: trust it only up to a small capacity.
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(ByteCow(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
 }

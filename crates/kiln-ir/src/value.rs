@@ -1,6 +1,7 @@
 //! Values flowing along graph edges: tensors, sequences of tensors, optionals (ONNX's value kinds).
 
 use crate::{format_shape, DType, Dim, Shape, Tensor};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A run-time value.
@@ -43,7 +44,7 @@ impl From<Tensor> for Value {
 }
 
 /// Static type of a tensor: dtype always known, shape possibly partly or wholly unknown.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TensorType {
     pub dtype: DType,
     /// `None`: rank unknown.
@@ -69,12 +70,12 @@ impl TensorType {
 }
 
 /// Static type of a graph edge.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ValueType {
     Tensor(TensorType),
     /// A sequence of tensors of this element type (shapes may differ between elements).
-    Sequence(Box<ValueType>),
-    Optional(Box<ValueType>),
+    Sequence(#[serde(deserialize_with = "crate::network::nested")] Box<ValueType>),
+    Optional(#[serde(deserialize_with = "crate::network::nested")] Box<ValueType>),
 }
 
 impl ValueType {

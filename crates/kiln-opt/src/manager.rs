@@ -45,6 +45,9 @@ impl PassManager {
             Box::new(passes::recognize_softmax::RecognizeSoftmax),
             Box::new(passes::fuse_parallel_gemms::FuseParallelGemms),
             Box::new(passes::fuse_attention::FuseAttention),
+            Box::new(passes::matmul_add_to_gemm::MatMulAddToGemm),
+            Box::new(passes::fuse_epilogue::FuseEpilogue),
+            Box::new(passes::fuse_elementwise_chain::FuseElementwiseChain),
             Box::new(passes::dead_layers::DeadLayerElimination),
         ])
     }

@@ -1,6 +1,6 @@
 //! Building the next network from the current one: copy what stays, substitute what changed.
 
-use kiln_ir::{Attributes, IrError, Layer, Network, Tensor, TensorId, TensorSource};
+use kiln_ir::{Attributes, IrError, Layer, Network, Tensor, TensorId, TensorSource, ValueType};
 
 /// Copies a source network into a new one, layer by layer, with substitutions. Layers must be
 /// visited in the source's order, so everything a layer reads already exists in the copy.
@@ -14,12 +14,22 @@ pub struct Rebuilder<'a> {
 impl<'a> Rebuilder<'a> {
     /// Start a copy with the same inputs (names and types).
     pub fn new(src: &'a Network) -> Result<Self, IrError> {
+        Self::with_input_types(src, |_, ty| ty.cloned())
+    }
+
+    /// Start a copy whose inputs keep their names but take the types `retype(name, old type)`
+    /// returns (shape specialization: symbolic dims replaced by numbers). Every layer copied
+    /// afterwards has its types inferred again from the new inputs.
+    pub fn with_input_types(
+        src: &'a Network,
+        retype: impl Fn(&str, Option<&ValueType>) -> Option<ValueType>,
+    ) -> Result<Self, IrError> {
         let mut dst = Network::new(src.name.clone());
         let mut map = vec![None; src.tensors().len()];
         for &id in src.inputs() {
             let info = src.tensor(id);
-            let new = match &info.ty {
-                Some(ty) => dst.add_input(&info.name, ty.clone())?,
+            let new = match retype(&info.name, info.ty.as_ref()) {
+                Some(ty) => dst.add_input(&info.name, ty)?,
                 None => dst.add_untyped_input(&info.name)?,
             };
             map[id.0] = Some(new);

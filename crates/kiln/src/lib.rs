@@ -43,6 +43,8 @@
 //! ```
 
 pub use kiln_cpu as cpu;
+pub use kiln_engine as engine;
+pub use kiln_engine::{Builder, BuilderConfig, Engine, ExecutionContext, OptimizationProfile, ShapeRange};
 pub use kiln_ir as ir;
 pub use kiln_ir::{Attributes, DType, Dim, Network, Tensor, TensorType, Value, ValueType};
 pub use kiln_onnx as onnx;
@@ -63,6 +65,8 @@ pub enum Error {
     Execution(#[from] kiln_cpu::CpuError),
     #[error(transparent)]
     Optimization(#[from] kiln_opt::OptError),
+    #[error(transparent)]
+    Engine(#[from] kiln_engine::EngineError),
 }
 
 /// Import an ONNX model from a file.
@@ -75,6 +79,16 @@ pub fn load_onnx(path: impl AsRef<Path>) -> Result<Model, Error> {
 pub fn run(network: &Network, inputs: HashMap<String, Value>) -> Result<Vec<(String, Value)>, Error> {
     let values = kiln_cpu::execute_named(network, inputs)?;
     Ok(network.outputs().iter().map(|&id| network.tensor(id).name.clone()).zip(values).collect())
+}
+
+/// Build an engine for the CPU (graph optimization, tactic selection, memory planning).
+pub fn build(network: &Network, config: &BuilderConfig) -> Result<Engine, Error> {
+    Ok(Builder::cpu().build(network, config)?)
+}
+
+/// Load a plan file built for the CPU.
+pub fn load_plan(path: impl AsRef<Path>) -> Result<Engine, Error> {
+    Ok(Engine::load(path, std::sync::Arc::new(kiln_engine::cpu::CpuBackend))?)
 }
 
 /// Simplify a network (constant folding, no-op removal, common-subexpression merging,

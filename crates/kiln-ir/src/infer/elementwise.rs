@@ -66,6 +66,7 @@ pub(super) fn rule(op: &str) -> Option<InferFn> {
         "Sum" | "Mean" => |k| variadic(k, FLOAT),
         "Where" => where_,
         "Clip" => clip,
+        crate::elementwise_program::KILN_ELEMENTWISE => kiln_elementwise,
         "Cast" => |k| {
             typed(k, 0, ANY)?;
             let to = to_attr(k)?;
@@ -207,6 +208,24 @@ fn clip(k: &Known) -> Result<Vec<ValueType>, String> {
         }
     }
     Ok(vec![ValueType::Tensor(x.clone())])
+}
+
+/// KilnElementwise (see `crate::elementwise_program`): a valid program reading every input;
+/// inputs of one dtype (f32 or f64), broadcast together.
+fn kiln_elementwise(k: &Known) -> Result<Vec<ValueType>, String> {
+    crate::elementwise_program::Program::from_attrs(k.attrs, k.inputs.len())?;
+    if k.inputs.is_empty() {
+        return Err("needs at least one input".into());
+    }
+    let dtype = typed(k, 0, &[F32, F64])?.dtype;
+    for i in 1..k.inputs.len() {
+        let d = k.dtype(i)?;
+        if d != dtype {
+            return Err(format!("inputs must have the same dtype, got {dtype} (input 0) and {d} (input {i})"));
+        }
+    }
+    let idx: Vec<usize> = (0..k.inputs.len()).collect();
+    Ok(vec![broadcast_type(k, &idx, dtype)?])
 }
 
 /// Dropout at inference: output = input; the optional mask is bool of the same shape.

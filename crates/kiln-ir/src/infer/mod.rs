@@ -58,7 +58,7 @@ pub fn is_supported(op: &str) -> bool {
     rule(op).is_some()
 }
 
-pub(crate) fn infer_layer(ctx: &InferCtx) -> Result<Vec<Option<ValueType>>, IrError> {
+pub fn infer_layer(ctx: &InferCtx) -> Result<Vec<Option<ValueType>>, IrError> {
     let rule =
         rule(ctx.op).ok_or_else(|| IrError::UnsupportedOp { layer: ctx.layer.to_string(), op: ctx.op.to_string() })?;
     let mut inputs = Vec::with_capacity(ctx.inputs.len());

@@ -3,7 +3,7 @@
 
 use super::helpers::{broadcast_shapes, normalize_axis, unranked};
 use super::{InferFn, Known};
-use crate::{Attributes, DType, Dim, Shape, ValueType};
+use crate::{Activation, Attributes, DType, Dim, Shape, ValueType};
 
 pub(super) fn rule(op: &str) -> Option<InferFn> {
     Some(match op {
@@ -32,6 +32,8 @@ pub(super) fn rule(op: &str) -> Option<InferFn> {
 // ---------------------------------------------------------------------------------------------
 // Matrix products
 
+/// MatMul; the fused form (inputs [A, B, Bias?, Residual?] and/or an activation) computes
+/// `act(A·B + Bias + Residual)`, Bias 1-D along the output's last dim.
 fn matmul(k: &Known) -> Result<Vec<ValueType>, String> {
     let (a, b) = (k.tensor(0)?, k.tensor(1)?);
     if a.dtype != b.dtype {
@@ -40,7 +42,58 @@ fn matmul(k: &Known) -> Result<Vec<ValueType>, String> {
     if !(a.dtype.is_float() || matches!(a.dtype, DType::I32 | DType::I64 | DType::U32 | DType::U64)) {
         return Err(format!("dtype {} is not supported", a.dtype));
     }
-    Ok(vec![matmul_type(a.dtype, a.shape.as_ref(), b.shape.as_ref())?])
+    let out = matmul_type(a.dtype, a.shape.as_ref(), b.shape.as_ref())?;
+    let rank = out.as_tensor().and_then(|t| t.rank());
+    check_epilogue(k, &out, rank.map(|r| r.saturating_sub(1)), "Bias")?;
+    Ok(vec![out])
+}
+
+/// The epilogue of a fused Conv / Gemm / MatMul (see `kiln_ir::activation`): at most four
+/// inputs; input 2, if `bias_axis` is given, is 1-D along that axis of the output; input 3
+/// (the residual) has the output's dtype and exactly its shape; the activation attributes are
+/// valid and only on float layers.
+fn check_epilogue(k: &Known, out: &ValueType, bias_axis: Option<usize>, bias_name: &str) -> Result<(), String> {
+    if k.inputs.len() > 4 {
+        return Err(format!("takes at most 4 inputs, got {}", k.inputs.len()));
+    }
+    let Some(out) = out.as_tensor() else { return Ok(()) };
+    let act = Activation::from_attrs(k.attrs)?;
+    let fused = act.is_some() || k.inputs.len() > 2 && k.op == "MatMul" || k.has_input(3);
+    if fused && !out.dtype.is_float() {
+        return Err(format!("a fused bias, residual or activation needs a float dtype, got {}", out.dtype));
+    }
+    if let (Some(axis), Some(b)) = (bias_axis, k.opt_tensor(2)?) {
+        if b.dtype != out.dtype {
+            return Err(format!("{bias_name} must have dtype {}, got {}", out.dtype, b.dtype));
+        }
+        if let Some(bs) = &b.shape {
+            if bs.len() != 1 {
+                return Err(format!("{bias_name} must be 1-D, got shape {}", crate::format_shape(bs)));
+            }
+            if let (Some(Dim::Known(n)), Dim::Known(len)) = (out.shape.as_ref().and_then(|s| s.get(axis)), &bs[0]) {
+                if n != len {
+                    return Err(format!("{bias_name} has {len} entries, expected {n} (output dim {axis})"));
+                }
+            }
+        }
+    }
+    if let Some(r) = k.opt_tensor(3)? {
+        if r.dtype != out.dtype {
+            return Err(format!("Residual must have dtype {}, got {}", out.dtype, r.dtype));
+        }
+        if let (Some(rs), Some(os)) = (&r.shape, &out.shape) {
+            let differ = rs.len() != os.len()
+                || rs.iter().zip(os).any(|(x, y)| matches!((x, y), (Dim::Known(p), Dim::Known(q)) if p != q));
+            if differ {
+                return Err(format!(
+                    "Residual of shape {} differs from the output shape {}",
+                    crate::format_shape(rs),
+                    crate::format_shape(os)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn matmul_integer(k: &Known) -> Result<Vec<ValueType>, String> {
@@ -108,7 +161,11 @@ fn gemm(k: &Known) -> Result<Vec<ValueType>, String> {
         }
     }
     let (ta, tb) = (k.attrs.int("transA", 0)? != 0, k.attrs.int("transB", 0)? != 0);
-    let (Some(sa), Some(sb)) = (&a.shape, &b.shape) else { return Ok(vec![super::helpers::unknown_dims(a.dtype, 2)]) };
+    let (Some(sa), Some(sb)) = (&a.shape, &b.shape) else {
+        let out = super::helpers::unknown_dims(a.dtype, 2);
+        check_epilogue(k, &out, None, "C")?;
+        return Ok(vec![out]);
+    };
     if sa.len() != 2 || sb.len() != 2 {
         return Err(format!("A and B must be 2-D, got ranks {} and {}", sa.len(), sb.len()));
     }
@@ -120,6 +177,7 @@ fn gemm(k: &Known) -> Result<Vec<ValueType>, String> {
         }
     }
     let out = vec![m.clone(), n.clone()];
+    check_epilogue(k, &ValueType::tensor(a.dtype, out.clone()), None, "C")?;
     if let Some(Some(sc)) = k.opt_tensor(2)?.map(|c| &c.shape) {
         if sc.len() > 2 {
             return Err(format!("C must have rank <= 2, got {}", sc.len()));
@@ -144,6 +202,8 @@ fn gemm(k: &Known) -> Result<Vec<ValueType>, String> {
 // ---------------------------------------------------------------------------------------------
 // Convolutions
 
+/// Conv; the fused form (inputs [X, W, B?, Residual?] and/or an activation) computes
+/// `act(conv(X, W) + B + Residual)`.
 fn conv(k: &Known) -> Result<Vec<ValueType>, String> {
     let x = k.tensor(0)?;
     if !x.dtype.is_float() {
@@ -156,7 +216,9 @@ fn conv(k: &Known) -> Result<Vec<ValueType>, String> {
             }
         }
     }
-    Ok(vec![conv_shape(k, x.dtype, 0, 1)?])
+    let out = conv_shape(k, x.dtype, 0, 1)?;
+    check_epilogue(k, &out, Some(1), "B")?;
+    Ok(vec![out])
 }
 
 fn conv_integer(k: &Known) -> Result<Vec<ValueType>, String> {

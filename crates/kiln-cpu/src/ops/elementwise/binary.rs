@@ -353,7 +353,7 @@ impl super::unary::FloatFn for MeanDiv {
 /// numpy's `maximum`: NaN in either operand propagates.
 #[inline(always)]
 #[allow(clippy::eq_op)]
-fn max_nan<T: PartialOrd + Copy>(a: T, b: T) -> T {
+pub(super) fn max_nan<T: PartialOrd + Copy>(a: T, b: T) -> T {
     if a != a || a >= b {
         a
     } else {
@@ -363,7 +363,7 @@ fn max_nan<T: PartialOrd + Copy>(a: T, b: T) -> T {
 
 #[inline(always)]
 #[allow(clippy::eq_op)]
-fn min_nan<T: PartialOrd + Copy>(a: T, b: T) -> T {
+pub(super) fn min_nan<T: PartialOrd + Copy>(a: T, b: T) -> T {
     if a != a || a <= b {
         a
     } else {

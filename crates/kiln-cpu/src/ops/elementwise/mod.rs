@@ -8,13 +8,14 @@
 mod binary;
 mod broadcast;
 mod cast;
+mod chain;
 mod scalar;
 mod unary;
 
 use crate::KernelFn;
 
 pub(crate) fn kernel(op: &str) -> Option<KernelFn> {
-    unary::kernel(op).or_else(|| binary::kernel(op)).or_else(|| cast::kernel(op))
+    unary::kernel(op).or_else(|| binary::kernel(op)).or_else(|| cast::kernel(op)).or_else(|| chain::kernel(op))
 }
 
 #[cfg(test)]

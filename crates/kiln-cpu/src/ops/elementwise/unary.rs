@@ -271,7 +271,7 @@ fn attr_f(ctx: &KernelCtx, name: &str, default: f32) -> Result<f64, String> {
 }
 
 #[inline(always)]
-fn sigmoid<T: Real>(x: T) -> T {
+pub(super) fn sigmoid<T: Real>(x: T) -> T {
     // Both branches only ever exponentiate a non-positive number, so nothing overflows.
     if x >= T::ZERO {
         T::ONE / (T::ONE + (-x).exp())
@@ -282,7 +282,7 @@ fn sigmoid<T: Real>(x: T) -> T {
 }
 
 #[inline(always)]
-fn softplus<T: Real>(x: T) -> T {
+pub(super) fn softplus<T: Real>(x: T) -> T {
     if x.is_nan() {
         return x;
     }
@@ -290,7 +290,7 @@ fn softplus<T: Real>(x: T) -> T {
 }
 
 #[inline(always)]
-fn clamp01<T: Real>(x: T) -> T {
+pub(super) fn clamp01<T: Real>(x: T) -> T {
     if x < T::ZERO {
         T::ZERO
     } else if x > T::ONE {

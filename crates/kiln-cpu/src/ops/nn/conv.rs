@@ -1,31 +1,47 @@
 //! Convolutions: Conv, ConvInteger, QLinearConv (im2col + GEMM per group), ConvTranspose and
 //! Col2Im (GEMM + col2im), DeformConv (bilinear-sampled im2col + GEMM), CausalConvWithState.
 
-use super::gemm::{gemm_acc, requant_multipliers, saturate_round, transpose};
-use super::{next_index, round_to_dtype, valid_range, with_acc, zeros, Acc, Window};
+use super::gemm::{gemm_acc, gemm_acc_then, requant_multipliers, saturate_round, transpose};
+use super::{next_index, round_to_dtype, valid_range, with_acc, zeros, Acc, Epilogue, Window};
 use crate::util::{opt_tensor_arg, single, tensor_arg};
 use crate::KernelCtx;
-use kiln_ir::{checked_numel, strides_of, Attributes, DType, Tensor, Value};
+use kiln_ir::{checked_numel, strides_of, Activation, Attributes, DType, Tensor, Value};
 use rayon::prelude::*;
 
-/// Conv: N-D grouped convolution with optional bias.
+/// Conv: N-D grouped convolution with optional bias. The fused form (inputs
+/// [X, W, B?, Residual?], optional activation) computes `act(conv(X, W) + B + Residual)`, the
+/// residual and activation applied to each block of output rows as the GEMM finishes it.
 pub(super) fn conv(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
     let (x, w, b) = (tensor_arg(inputs, 0)?, tensor_arg(inputs, 1)?, opt_tensor_arg(inputs, 2)?);
     if !x.dtype().is_float() || w.dtype() != x.dtype() || b.is_some_and(|b| b.dtype() != x.dtype()) {
         return Err("X, W and B must share one float dtype".into());
     }
+    if inputs.len() > 4 {
+        return Err(format!("Conv takes at most 4 inputs (X, W, B, Residual), got {}", inputs.len()));
+    }
+    let residual = opt_tensor_arg(inputs, 3)?;
+    let act = super::activation(ctx.attrs, x.dtype())?;
     let spec = ConvSpec::new(ctx.attrs, x.shape(), w.shape())?;
     if let Some(b) = b {
-        if b.len() != spec.m {
-            return Err(format!("B has {} entries, expected {} (output channels)", b.len(), spec.m));
+        if b.len() != spec.m || b.rank() != 1 {
+            return Err(format!("B has shape {:?}, expected [{}] (output channels)", b.shape(), spec.m));
         }
     }
-    fn run<T: Acc>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, spec: &ConvSpec) -> Result<Tensor, String> {
+    super::check_residual(residual, x.dtype(), &spec.output_shape())?;
+    fn run<T: Acc>(
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        (residual, act): (Option<&Tensor>, Option<Activation>),
+        spec: &ConvSpec,
+    ) -> Result<Tensor, String> {
         let bias = b.map(T::load);
-        let y = conv_core::<T>(&T::load(x), &T::load(w), bias.as_deref(), spec)?;
+        let res = residual.map(T::load);
+        let epi = Epilogue { scale: None, addend: None, residual: res.as_deref(), act };
+        let y = conv_core::<T>(&T::load(x), &T::load(w), bias.as_deref(), spec, &epi)?;
         T::store(x.dtype(), spec.output_shape(), y)
     }
-    Ok(single(with_acc!(x.dtype(), run(x, w, b, &spec))?))
+    Ok(single(with_acc!(x.dtype(), run(x, w, b, (residual, act), &spec))?))
 }
 
 /// ConvInteger: convolution of zero-point-centred 8-bit operands into int32.
@@ -34,7 +50,7 @@ pub(super) fn conv_integer(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result
     let spec = ConvSpec::new(ctx.attrs, x.shape(), w.shape())?;
     let xv = centered(x, opt_tensor_arg(inputs, 2)?, 1)?;
     let wv = centered(w, opt_tensor_arg(inputs, 3)?, spec.m)?;
-    let y = conv_core::<i64>(&xv, &wv, None, &spec)?;
+    let y = conv_core::<i64>(&xv, &wv, None, &spec, &Epilogue::none())?;
     Ok(single(i64::store(DType::I32, spec.output_shape(), y)?))
 }
 
@@ -54,7 +70,7 @@ pub(super) fn qlinear_conv(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result
         Some(b) => Some(b.to_i64_vec()),
         None => None,
     };
-    let acc = conv_core::<i64>(&xv, &wv, bias.as_deref(), &spec)?;
+    let acc = conv_core::<i64>(&xv, &wv, bias.as_deref(), &spec, &Epilogue::none())?;
     let mult = requant_multipliers(&[x_scale, w_scale], y_scale, spec.m)?;
     let out_dtype = y_zp.map_or(x.dtype(), |z| z.dtype());
     let zp = match y_zp {
@@ -407,8 +423,9 @@ impl ConvSpec {
     }
 }
 
-/// Grouped convolution core: per image and group, im2col then `W_g · col` (bias first).
-fn conv_core<T: Acc>(x: &[T], w: &[T], bias: Option<&[T]>, s: &ConvSpec) -> Result<Vec<T>, String> {
+/// Grouped convolution core: per image and group, im2col then `W_g · col` (bias first), then
+/// the epilogue on the finished rows (row = image · M + output channel).
+fn conv_core<T: Acc>(x: &[T], w: &[T], bias: Option<&[T]>, s: &ConvSpec, epi: &Epilogue<T>) -> Result<Vec<T>, String> {
     let win = &s.win;
     let (ks, os, is) = (win.kernel_size(), win.output_size(), win.input_size());
     let (cg, mg) = (s.c / s.group, s.m / s.group);
@@ -433,7 +450,9 @@ fn conv_core<T: Acc>(x: &[T], w: &[T], bias: Option<&[T]>, s: &ConvSpec) -> Resu
             im2col(xg, cg, win, col);
             col
         };
-        gemm_acc(mg, os, rows, &w[g * mg * rows..(g + 1) * mg * rows], colref, yg);
+        let wg = &w[g * mg * rows..(g + 1) * mg * rows];
+        // Rows of this (image, group) block are output rows ng · mg + r.
+        gemm_acc_then(mg, os, rows, wg, colref, yg, &|r0, block| epi.apply(ng * mg + r0, block, os));
     };
     let col_len = if direct { 0 } else { checked_numel(&[rows, os]).map_err(|e| e.to_string())? };
     if s.group > 1 && mg < 16 && s.n * s.group >= 2 {

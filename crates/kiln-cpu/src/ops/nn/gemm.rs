@@ -1,26 +1,68 @@
 //! Matrix products: the shared GEMM core and MatMul, Gemm, MatMulInteger, QLinearMatMul.
 
-use super::{round_to_dtype, with_acc, zeros, Acc};
+use super::{round_to_dtype, with_acc, zeros, Acc, Addend, Epilogue};
 use crate::util::{broadcast_indices, broadcast_shape, opt_tensor_arg, single, tensor_arg};
 use crate::KernelCtx;
 use kiln_ir::{DType, Tensor, Value};
 use rayon::prelude::*;
 
-/// MatMul: numpy `matmul` (1-D operands promoted, leading axes broadcast).
-pub(super) fn matmul(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
+/// MatMul: numpy `matmul` (1-D operands promoted, leading axes broadcast). The fused form
+/// (inputs [A, B, Bias?, Residual?], optional activation) computes `act(A·B + Bias + Residual)`
+/// with Bias 1-D along the output's last dim, applied to each block of rows as it is finished.
+pub(super) fn matmul(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
     let (a, b) = (tensor_arg(inputs, 0)?, tensor_arg(inputs, 1)?);
     if a.dtype() != b.dtype() {
         return Err(format!("inputs must have the same dtype, got {} and {}", a.dtype(), b.dtype()));
     }
-    fn run<T: Acc>(a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
-        let (out, shape) = matmul_nd::<T>(&T::load(a), a.shape(), &T::load(b), b.shape())?;
+    if inputs.len() > 4 {
+        return Err(format!("MatMul takes at most 4 inputs (A, B, Bias, Residual), got {}", inputs.len()));
+    }
+    let (bias, residual) = (opt_tensor_arg(inputs, 2)?, opt_tensor_arg(inputs, 3)?);
+    let act = super::activation(ctx.attrs, a.dtype())?;
+    if let Some(bias) = bias {
+        if !a.dtype().is_float() || bias.dtype() != a.dtype() || bias.rank() != 1 {
+            return Err(format!(
+                "Bias must be a 1-D tensor of the float dtype {}, got {} {:?}",
+                a.dtype(),
+                bias.dtype(),
+                bias.shape()
+            ));
+        }
+        if b.rank() < 2 || bias.len() != b.shape()[b.rank() - 1] {
+            return Err(format!(
+                "Bias of shape {:?} does not match the output's last dim (B has shape {:?})",
+                bias.shape(),
+                b.shape()
+            ));
+        }
+    }
+    fn run<T: Acc>(
+        a: &Tensor,
+        b: &Tensor,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+        act: Option<kiln_ir::Activation>,
+    ) -> Result<Tensor, String> {
+        let bias = bias.map(T::load);
+        let res = residual.map(T::load);
+        let epi = Epilogue {
+            scale: None,
+            addend: bias.as_deref().map(|data| Addend { data, beta: T::of_f64(1.0), row_stride: 0, col_stride: 1 }),
+            residual: res.as_deref(),
+            act,
+        };
+        let shape = matmul_shape(a.shape(), b.shape())?;
+        super::check_residual(residual, a.dtype(), &shape)?;
+        let (out, shape) = matmul_nd::<T>(&T::load(a), a.shape(), &T::load(b), b.shape(), &epi)?;
         T::store(a.dtype(), shape, out)
     }
-    Ok(single(with_acc!(a.dtype(), run(a, b))?))
+    Ok(single(with_acc!(a.dtype(), run(a, b, bias, residual, act))?))
 }
 
 /// Gemm: `alpha * A' * B' + beta * C` with optional transposes and a unidirectionally
-/// broadcast, optional C.
+/// broadcast, optional C. The fused form (inputs [A, B, C?, Residual?], optional activation)
+/// computes `act(alpha·A'B' + beta·C + Residual)`; scaling, C, residual and activation are
+/// applied to each block of rows as it is finished.
 pub(super) fn gemm(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Value>, String> {
     let (a, b, c) = (tensor_arg(inputs, 0)?, tensor_arg(inputs, 1)?, opt_tensor_arg(inputs, 2)?);
     if a.rank() != 2 || b.rank() != 2 {
@@ -29,6 +71,11 @@ pub(super) fn gemm(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Val
     if a.dtype() != b.dtype() || c.is_some_and(|c| c.dtype() != a.dtype()) {
         return Err("A, B and C must have the same dtype".into());
     }
+    if inputs.len() > 4 {
+        return Err(format!("Gemm takes at most 4 inputs (A, B, C, Residual), got {}", inputs.len()));
+    }
+    let residual = opt_tensor_arg(inputs, 3)?;
+    let act = super::activation(ctx.attrs, a.dtype())?;
     let ta = ctx.attrs.int("transA", 0)? != 0;
     let tb = ctx.attrs.int("transB", 0)? != 0;
     let alpha = ctx.attrs.float("alpha", 1.0)? as f64;
@@ -43,16 +90,41 @@ pub(super) fn gemm(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Val
             return Err(format!("C of shape {:?} does not broadcast to [{m}, {n}]", c.shape()));
         }
     }
+    super::check_residual(residual, a.dtype(), &[m, n])?;
+    type Flags = (bool, bool, f64, f64, Option<kiln_ir::Activation>);
     fn run<T: Acc>(
         a: &Tensor,
         b: &Tensor,
         c: Option<&Tensor>,
-        (ta, tb, alpha, beta): (bool, bool, f64, f64),
+        residual: Option<&Tensor>,
+        (ta, tb, alpha, beta, act): Flags,
         (m, k, n): (usize, usize, usize),
     ) -> Result<Tensor, String> {
         let av = T::load(a);
         let bv = T::load(b);
         let av = if ta { transpose(&av, k, m).into() } else { av };
+        let cv = c.map(T::load);
+        let res = residual.map(T::load);
+        // beta == 0 leaves C out entirely (so NaN/Inf in C do not leak), as runtimes do.
+        let addend = match (c, &cv, beta != 0.0) {
+            (Some(c), Some(cv), true) => {
+                // C's dims, right-aligned against [m, n]; a dim of 1 (or absent) broadcasts.
+                let (cm, cn) = match c.shape() {
+                    [] => (1, 1),
+                    [x] => (1, *x),
+                    [x, y] => (*x, *y),
+                    s => return Err(format!("C of shape {s:?} must have rank <= 2")),
+                };
+                Some(Addend {
+                    data: &cv[..],
+                    beta: T::of_f64(beta),
+                    row_stride: if cm == 1 { 0 } else { cn },
+                    col_stride: usize::from(cn != 1),
+                })
+            }
+            _ => None,
+        };
+        let epi = Epilogue { scale: (alpha != 1.0).then(|| T::of_f64(alpha)), addend, residual: res.as_deref(), act };
         let mut y = zeros::<T>(&[m, n])?;
         if tb && m <= 4 && n > 0 {
             // Few rows (e.g. batch-1 linear layers): dot products against B's rows directly,
@@ -62,27 +134,16 @@ pub(super) fn gemm(ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Result<Vec<Val
                 for (j, v) in yr.iter_mut().enumerate() {
                     *v = dot(ar, &bv[j * k..(j + 1) * k]);
                 }
+                epi.apply(i, yr, n);
             }
         } else {
             let bv = if tb { transpose(&bv, n, k).into() } else { bv };
-            gemm_acc(m, n, k, &av, &bv, &mut y);
-        }
-        if alpha != 1.0 {
-            let al = T::of_f64(alpha);
-            y.iter_mut().for_each(|v| *v = v.mul(al));
-        }
-        // beta == 0 leaves C out entirely (so NaN/Inf in C do not leak), as runtimes do.
-        if let (Some(c), true) = (c, beta != 0.0) {
-            let cv = T::load(c);
-            let be = T::of_f64(beta);
-            let idx = broadcast_indices(c.shape(), &[m, n]);
-            for (v, &i) in y.iter_mut().zip(&idx) {
-                *v = v.madd(be, cv[i]);
-            }
+            gemm_acc_then(m, n, k, &av, &bv, &mut y, &|r0, rows| epi.apply(r0, rows, n));
         }
         T::store(a.dtype(), vec![m, n], y)
     }
-    Ok(single(with_acc!(a.dtype(), run(a, b, c, (ta, tb, alpha, beta), (m, ka, n)))?))
+    let flags = (ta, tb, alpha, beta, act);
+    Ok(single(with_acc!(a.dtype(), run(a, b, c, residual, flags, (m, ka, n)))?))
 }
 
 /// MatMulInteger: `(A - a_zero_point) @ (B - b_zero_point)` in int32. A zero point is a scalar
@@ -91,7 +152,7 @@ pub(super) fn matmul_integer(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Res
     let (a, b) = (tensor_arg(inputs, 0)?, tensor_arg(inputs, 1)?);
     let av = centered(a, opt_tensor_arg(inputs, 2)?, true)?;
     let bv = centered(b, opt_tensor_arg(inputs, 3)?, false)?;
-    let (out, shape) = matmul_nd::<i64>(&av, a.shape(), &bv, b.shape())?;
+    let (out, shape) = matmul_nd::<i64>(&av, a.shape(), &bv, b.shape(), &Epilogue::none())?;
     Ok(single(i64::store(DType::I32, shape, out)?))
 }
 
@@ -103,7 +164,7 @@ pub(super) fn qlinear_matmul(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Res
     let y_zp = opt_tensor_arg(inputs, 7)?;
     let av = centered(a, opt_tensor_arg(inputs, 2)?, true)?;
     let bv = centered(b, opt_tensor_arg(inputs, 5)?, false)?;
-    let (acc, shape) = matmul_nd::<i64>(&av, a.shape(), &bv, b.shape())?;
+    let (acc, shape) = matmul_nd::<i64>(&av, a.shape(), &bv, b.shape(), &Epilogue::none())?;
     let n = if b.rank() == 1 { 1 } else { b.shape()[b.rank() - 1] };
     let mult = requant_multipliers(&[a_scale, b_scale], y_scale, n)?;
     let out_dtype = y_zp.map_or(a.dtype(), |z| z.dtype());
@@ -127,20 +188,40 @@ pub(super) fn qlinear_matmul(_ctx: &KernelCtx, inputs: &[Option<&Value>]) -> Res
 /// (the inner loop runs over contiguous columns of B and C so it vectorizes), rows split over
 /// threads when the product is large enough to pay for it.
 pub(super) fn gemm_acc<T: Acc>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &mut [T]) {
-    if m == 0 || n == 0 || k == 0 {
+    gemm_acc_then(m, n, k, a, b, c, &|_, _| {});
+}
+
+/// [`gemm_acc`], then `then(first_row, rows)` on each block of finished rows of C (by the
+/// thread that computed them, while they are in cache): the fused epilogues.
+pub(super) fn gemm_acc_then<T: Acc>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+    then: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    if m == 0 || n == 0 {
         return;
     }
     let work = m.saturating_mul(n).saturating_mul(k);
     let threads = rayon::current_num_threads();
     if work >= 1 << 18 && m >= 2 && threads > 1 {
         let rows = m.div_ceil(threads * 4).max(1);
-        c.par_chunks_mut(rows * n).enumerate().for_each(|(ci, cc)| {
+        c[..m * n].par_chunks_mut(rows * n).enumerate().for_each(|(ci, cc)| {
             let r0 = ci * rows;
             let mr = cc.len() / n;
-            gemm_serial(mr, n, k, &a[r0 * k..(r0 + mr) * k], b, cc);
+            if k > 0 {
+                gemm_serial(mr, n, k, &a[r0 * k..(r0 + mr) * k], b, cc);
+            }
+            then(r0, cc);
         });
     } else {
-        gemm_serial(m, n, k, a, b, c);
+        if k > 0 {
+            gemm_serial(m, n, k, a, b, c);
+        }
+        then(0, &mut c[..m * n]);
     }
 }
 
@@ -226,12 +307,30 @@ fn dot<T: Acc>(x: &[T], y: &[T]) -> T {
     s
 }
 
-/// numpy `matmul` over already-loaded operands; returns the product and its shape.
+/// The shape numpy `matmul` gives operands of these shapes.
+fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    if a.is_empty() || b.is_empty() {
+        return Err("MatMul operands must have rank >= 1".into());
+    }
+    let (ab, bb) = (&a[..a.len().saturating_sub(2)], &b[..b.len().saturating_sub(2)]);
+    let mut shape = broadcast_shape(ab, bb)?;
+    if a.len() > 1 {
+        shape.push(a[a.len() - 2]);
+    }
+    if b.len() > 1 {
+        shape.push(b[b.len() - 1]);
+    }
+    Ok(shape)
+}
+
+/// numpy `matmul` over already-loaded operands; returns the product and its shape. `epi` is
+/// applied to the finished rows (of `n` elements, n = B's last dim).
 pub(super) fn matmul_nd<T: Acc>(
     a: &[T],
     a_shape: &[usize],
     b: &[T],
     b_shape: &[usize],
+    epi: &Epilogue<T>,
 ) -> Result<(Vec<T>, Vec<usize>), String> {
     if a_shape.is_empty() || b_shape.is_empty() {
         return Err("MatMul operands must have rank >= 1".into());
@@ -260,14 +359,17 @@ pub(super) fn matmul_nd<T: Acc>(
     let b_batch: usize = bb.iter().product();
     if b_batch == 1 && ab == batch.as_slice() {
         // B shared by every batch: fold A's batch axes into its rows, one large GEMM.
-        gemm_acc(nb * m, n, k, a, b, &mut out);
+        gemm_acc_then(nb * m, n, k, a, b, &mut out, &|r0, rows| epi.apply(r0, rows, n));
         return Ok((out, shape));
     }
     let ia = broadcast_indices(ab, &batch);
     let ib = broadcast_indices(bb, &batch);
     let one = |(t, o): (usize, &mut [T])| {
         let (pa, pb) = (ia[t] * m * k, ib[t] * k * n);
-        gemm_serial(m, n, k, &a[pa..pa + m * k], &b[pb..pb + k * n], o);
+        if k > 0 {
+            gemm_serial(m, n, k, &a[pa..pa + m * k], &b[pb..pb + k * n], o);
+        }
+        epi.apply(t * m, o, n);
     };
     if nb >= 2 && m * n * k * nb >= 1 << 16 {
         out.par_chunks_mut(m * n).enumerate().for_each(one);

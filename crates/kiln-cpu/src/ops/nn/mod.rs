@@ -11,7 +11,7 @@ mod quant;
 mod tests;
 
 use crate::KernelFn;
-use kiln_ir::{bf16, checked_numel, f16, Attributes, DType, Element, Tensor};
+use kiln_ir::{bf16, checked_numel, f16, Activation, Attributes, DType, Element, Tensor};
 use std::borrow::Cow;
 
 pub(crate) fn kernel(op: &str) -> Option<KernelFn> {
@@ -56,6 +56,8 @@ pub(super) trait Acc: Copy + Default + PartialOrd + Send + Sync + std::fmt::Debu
     fn load(t: &Tensor) -> Cow<'_, [Self]>;
     /// Round/convert back into a tensor of `dtype`.
     fn store(dtype: DType, shape: Vec<usize>, v: Vec<Self>) -> Result<Tensor, String>;
+    /// Apply a fused activation in place (float types; kernels refuse it for integers first).
+    fn activate(act: Activation, v: &mut [Self]);
 }
 
 impl Acc for f32 {
@@ -95,6 +97,9 @@ impl Acc for f32 {
         };
         t.map_err(|e| e.to_string())
     }
+    fn activate(act: Activation, v: &mut [Self]) {
+        act.apply_slice_f32(v)
+    }
 }
 
 impl Acc for f64 {
@@ -129,6 +134,9 @@ impl Acc for f64 {
             other => return Err(format!("internal: f64 result stored as {other}")),
         };
         t.map_err(|e| e.to_string())
+    }
+    fn activate(act: Activation, v: &mut [Self]) {
+        act.apply_slice_f64(v)
     }
 }
 
@@ -177,6 +185,91 @@ impl Acc for i64 {
         };
         t.map_err(|e| e.to_string())
     }
+    fn activate(act: Activation, v: &mut [Self]) {
+        // Not reached: the kernels refuse fused activations on integer layers.
+        v.iter_mut().for_each(|x| *x = act.apply_f64(*x as f64) as i64)
+    }
+}
+
+/// What a fused Conv / Gemm / MatMul does to its output rows right after computing them,
+/// while they are still in cache: `act(scale · y + beta · addend + residual)`. The output is
+/// seen as rows of `n` elements (Conv: one row per image and output channel; Gemm / MatMul: the
+/// rows of the product); `row` below is a row's global index.
+pub(super) struct Epilogue<'a, T> {
+    /// Multiply first (Gemm's alpha), when not 1.
+    pub scale: Option<T>,
+    /// Add `beta · data[row · row_stride + col · col_stride]` (Gemm's C broadcast to the
+    /// output, MatMul's bias with `row_stride` 0).
+    pub addend: Option<Addend<'a, T>>,
+    /// Add `residual[row · n + col]` (same shape as the output).
+    pub residual: Option<&'a [T]>,
+    pub act: Option<Activation>,
+}
+
+pub(super) struct Addend<'a, T> {
+    pub data: &'a [T],
+    pub beta: T,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<T: Acc> Epilogue<'_, T> {
+    pub fn none() -> Self {
+        Epilogue { scale: None, addend: None, residual: None, act: None }
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.scale.is_none() && self.addend.is_none() && self.residual.is_none() && self.act.is_none()
+    }
+
+    /// Apply to `rows` (whole rows of `n` elements), the first of which is row `row0`.
+    pub fn apply(&self, row0: usize, rows: &mut [T], n: usize) {
+        if self.is_none() || n == 0 {
+            return;
+        }
+        for (r, row) in rows.chunks_exact_mut(n).enumerate() {
+            let g = row0 + r;
+            if let Some(s) = self.scale {
+                row.iter_mut().for_each(|v| *v = v.mul(s));
+            }
+            if let Some(a) = &self.addend {
+                let base = g * a.row_stride;
+                if a.col_stride == 0 {
+                    let c = a.data[base];
+                    row.iter_mut().for_each(|v| *v = v.madd(a.beta, c));
+                } else {
+                    row.iter_mut().zip(&a.data[base..base + n]).for_each(|(v, &c)| *v = v.madd(a.beta, c));
+                }
+            }
+            if let Some(res) = self.residual {
+                row.iter_mut().zip(&res[g * n..(g + 1) * n]).for_each(|(v, &x)| *v = v.add(x));
+            }
+            if let Some(act) = self.act {
+                T::activate(act, row);
+            }
+        }
+    }
+}
+
+/// The fused-activation attributes of a layer, refused on integer dtypes.
+pub(super) fn activation(attrs: &Attributes, dtype: DType) -> Result<Option<Activation>, String> {
+    let act = Activation::from_attrs(attrs)?;
+    if act.is_some() && !dtype.is_float() {
+        return Err(format!("a fused activation needs a float dtype, got {dtype}"));
+    }
+    Ok(act)
+}
+
+/// A fused residual input: the output's dtype and exactly its shape.
+pub(super) fn check_residual(r: Option<&Tensor>, dtype: DType, shape: &[usize]) -> Result<(), String> {
+    let Some(r) = r else { return Ok(()) };
+    if !dtype.is_float() || r.dtype() != dtype {
+        return Err(format!("Residual must have the output's float dtype {dtype}, got {}", r.dtype()));
+    }
+    if r.shape() != shape {
+        return Err(format!("Residual of shape {:?} differs from the output shape {shape:?}", r.shape()));
+    }
+    Ok(())
 }
 
 /// Calls `$f::<Acc>(args)` with the accumulation type for `$dtype`.

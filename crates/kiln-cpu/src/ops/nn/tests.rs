@@ -385,3 +385,125 @@ fn window_larger_than_input_gives_empty_output() {
     let y = &run("MaxPool", attrs, &[Some(x)], 1)[0];
     assert_eq!(y.shape(), [1, 1, 0]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fused epilogues: act(op + bias + residual), against the unfused layers.
+
+mod fused {
+    use super::*;
+    use kiln_ir::Activation;
+
+    fn with_act(mut attrs: Attributes, act: Activation) -> Attributes {
+        act.to_attrs(&mut attrs);
+        attrs
+    }
+
+    fn one(op: &str, attrs: Attributes, inputs: &[Tensor]) -> Tensor {
+        let ins: Vec<Option<Tensor>> = inputs.iter().cloned().map(Some).collect();
+        run(op, attrs, &ins, 1).remove(0)
+    }
+
+    /// `act(y + residual)` computed by the Add and activation kernels.
+    fn unfused(y: Tensor, residual: Option<&Tensor>, act: Activation) -> Tensor {
+        let y = match residual {
+            Some(r) => one("Add", Attributes::new(), &[y, r.clone()]),
+            None => y,
+        };
+        let v: Vec<f32> = y.as_slice::<f32>().unwrap().iter().map(|&x| act.apply_f32(x)).collect();
+        Tensor::from_vec(y.shape().to_vec(), v).unwrap()
+    }
+
+    fn close(got: &Tensor, want: &Tensor) {
+        assert_eq!(got.shape(), want.shape());
+        assert!(want.to_f64_vec().iter().any(|&v| v != 0.0));
+        assert_close(got, &want.to_f64_vec(), 1e-5);
+    }
+
+    const ACTS: [Activation; 4] =
+        [Activation::Relu, Activation::Clip { min: 0.0, max: 0.5 }, Activation::GeluErf, Activation::Silu];
+
+    #[test]
+    fn conv_with_residual_and_activation() {
+        // Grouped (depthwise path) and dense convolutions, large enough to split over threads.
+        for (group, c) in [(1, 8), (8, 8)] {
+            let x = t32(&[2, c, 20, 20], 1);
+            let w = t32(&[c, c / group, 3, 3], 2);
+            let b = t32(&[c], 3);
+            let r = t32(&[2, c, 20, 20], 4);
+            let attrs = Attributes::new().with("pads", vec![1i64, 1, 1, 1]).with("group", group as i64);
+            let plain = one("Conv", attrs.clone(), &[x.clone(), w.clone(), b.clone()]);
+            for act in ACTS {
+                let got = one("Conv", with_act(attrs.clone(), act), &[x.clone(), w.clone(), b.clone(), r.clone()]);
+                close(&got, &unfused(plain.clone(), Some(&r), act));
+            }
+            // Residual without bias.
+            let ins = [Some(x.clone()), Some(w.clone()), None, Some(r.clone())];
+            let got = run("Conv", attrs.clone(), &ins, 1).remove(0);
+            let plain = one("Conv", attrs, &[x, w]);
+            close(&got, &unfused(plain, Some(&r), Activation::Clip { min: f32::NEG_INFINITY, max: f32::INFINITY }));
+        }
+    }
+
+    #[test]
+    fn gemm_with_c_residual_and_activation() {
+        for (m, tb, c_shape) in [(3, true, vec![1, 40]), (64, false, vec![64, 1]), (64, true, vec![64, 40])] {
+            let a = t32(&[m, 30], 5);
+            let b = if tb { t32(&[40, 30], 6) } else { t32(&[30, 40], 6) };
+            let c = t32(&c_shape, 7);
+            let r = t32(&[m, 40], 8);
+            let attrs = Attributes::new().with("transB", tb as i64).with("alpha", 0.75f32).with("beta", 1.25f32);
+            let plain = one("Gemm", attrs.clone(), &[a.clone(), b.clone(), c.clone()]);
+            for act in ACTS {
+                let got = one("Gemm", with_act(attrs.clone(), act), &[a.clone(), b.clone(), c.clone(), r.clone()]);
+                close(&got, &unfused(plain.clone(), Some(&r), act));
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_with_bias_residual_and_activation() {
+        // Shared B (one big GEMM over the folded batch) and batched B.
+        for (a_shape, b_shape) in [(vec![2, 50, 32], vec![32, 48]), (vec![2, 5, 32], vec![2, 32, 48])] {
+            let a = t32(&a_shape, 9);
+            let b = t32(&b_shape, 10);
+            let bias = t32(&[48], 11);
+            let plain = one("MatMul", Attributes::new(), &[a.clone(), b.clone()]);
+            let r = t32(plain.shape(), 12);
+            let biased = one("Add", Attributes::new(), &[plain, bias.clone()]);
+            for act in ACTS {
+                let got =
+                    one("MatMul", with_act(Attributes::new(), act), &[a.clone(), b.clone(), bias.clone(), r.clone()]);
+                close(&got, &unfused(biased.clone(), Some(&r), act));
+            }
+            let got =
+                one("MatMul", with_act(Attributes::new(), Activation::Tanh), &[a.clone(), b.clone(), bias.clone()]);
+            close(&got, &unfused(biased.clone(), None, Activation::Tanh));
+        }
+    }
+
+    #[test]
+    fn fused_inputs_of_the_wrong_shape_are_errors() {
+        let err = |op: &str, attrs: Attributes, ins: &[Option<Tensor>]| {
+            crate::test_util::run_layer(op, attrs, ins, 1).unwrap_err()
+        };
+        let (x, w) = (t32(&[1, 2, 4, 4], 1), t32(&[3, 2, 1, 1], 2));
+        let e = err("Conv", Attributes::new(), &[Some(x.clone()), Some(w.clone()), None, Some(t32(&[1, 3, 4, 5], 3))]);
+        assert!(e.contains("Residual"), "{e}");
+        let e = err("Conv", Attributes::new(), &[Some(x.clone()), Some(w.clone()), Some(t32(&[2], 3))]);
+        assert!(e.contains("entries") || e.contains("B has"), "{e}");
+        let bad_act = Attributes::new().with(kiln_ir::activation::ACTIVATION_ATTR, "Swish2");
+        let e = err("Conv", bad_act.clone(), &[Some(x), Some(w)]);
+        assert!(e.contains("unknown activation"), "{e}");
+        let (a, b) = (t32(&[2, 3, 4], 1), t32(&[4, 5], 2));
+        let e = err("MatMul", Attributes::new(), &[Some(a.clone()), Some(b.clone()), Some(t32(&[4], 3))]);
+        assert!(e.contains("Bias"), "{e}");
+        let e = err("MatMul", Attributes::new(), &[Some(a.clone()), Some(b.clone()), None, Some(t32(&[3, 5], 3))]);
+        assert!(e.contains("Residual"), "{e}");
+        let e = err("Gemm", Attributes::new(), &[Some(t32(&[2, 4], 1)), Some(b), None, Some(t32(&[5, 2], 3))]);
+        assert!(e.contains("Residual"), "{e}");
+        let (ia, ib) =
+            (Tensor::from_vec(vec![1, 1], vec![1i32]).unwrap(), Tensor::from_vec(vec![1, 1], vec![2i32]).unwrap());
+        let e = err("MatMul", with_act(Attributes::new(), Activation::Relu), &[Some(ia), Some(ib)]);
+        assert!(e.contains("float"), "{e}");
+    }
+}

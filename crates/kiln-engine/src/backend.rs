@@ -1,0 +1,151 @@
+//! The interface between the builder/runtime and a device: a backend offers tactics (candidate
+//! implementations) per layer and turns the chosen one into an executable kernel. The builder,
+//! the plan and the execution context never know which device they drive.
+
+use kiln_ir::{DType, Layer, Tensor, Value, ValueType};
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+
+/// A device kiln can build for and run on.
+pub trait Backend: Send + Sync {
+    /// Short name recorded in plans ("cpu", "cuda").
+    fn name(&self) -> &'static str;
+    /// What a plan built here depends on (CPU model and features, GPU and driver): a plan from
+    /// another device is refused.
+    fn device(&self) -> String;
+    /// Candidate implementations of `layer`, the backend's default first.
+    fn tactics(&self, layer: &LayerDesc) -> Vec<Tactic>;
+    /// The executable form of `layer` with tactic `tactic`.
+    fn instantiate(&self, layer: &LayerDesc, tactic: &str) -> Result<Arc<dyn LayerKernel>, String>;
+}
+
+/// What a backend sees of a layer when it offers and instantiates tactics.
+pub struct LayerDesc<'a> {
+    pub layer: &'a Layer,
+    /// Input types at the profile's opt shapes (where known).
+    pub input_types: Vec<Option<ValueType>>,
+    /// Inputs that are weights: their bytes as the engine holds them (mapped from a plan or
+    /// laid out by the builder), so a tactic can read or repack them without copying.
+    pub weights: Vec<Option<WeightView<'a>>>,
+}
+
+/// A weight's type, shape and little-endian bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightView<'a> {
+    pub dtype: DType,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
+}
+
+/// One candidate implementation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tactic {
+    pub name: String,
+    /// Scratch memory it needs at the opt shapes; tactics above the workspace limit are skipped.
+    pub workspace_bytes: usize,
+}
+
+impl Tactic {
+    pub fn new(name: &str) -> Self {
+        Tactic { name: name.to_string(), workspace_bytes: 0 }
+    }
+}
+
+/// A layer ready to run with a chosen tactic. Shared by every execution context of an engine.
+pub trait LayerKernel: Send + Sync {
+    fn run(&self, io: &mut LayerIo<'_>) -> Result<(), String>;
+}
+
+/// A kernel's view of one input.
+pub enum Arg<'a> {
+    /// A dense tensor in raw little-endian bytes (arena memory).
+    Bytes { dtype: DType, shape: &'a [usize], bytes: &'a [u8] },
+    /// A weight: its bytes (mapped from the plan), and the engine's shared object form of it,
+    /// made on first use by a kernel that wants one.
+    Weight { dtype: DType, shape: &'a [usize], bytes: &'a [u8], value: &'a OnceLock<Value> },
+    /// A value held as an object: sequences, optionals, results too large for their slot.
+    Value(&'a Value),
+}
+
+impl Arg<'_> {
+    /// The input as a value: borrowed where one exists, decoded from the bytes otherwise.
+    pub fn value(&self) -> Result<Cow<'_, Value>, String> {
+        match self {
+            Arg::Value(v) => Ok(Cow::Borrowed(*v)),
+            Arg::Bytes { dtype, shape, bytes } => Ok(Cow::Owned(decode(*dtype, shape, bytes)?)),
+            Arg::Weight { dtype, shape, bytes, value } => {
+                if value.get().is_none() {
+                    let _ = value.set(decode(*dtype, shape, bytes)?);
+                }
+                Ok(Cow::Borrowed(value.get().expect("set above")))
+            }
+        }
+    }
+
+    pub fn shape(&self) -> Option<&[usize]> {
+        match self {
+            Arg::Bytes { shape, .. } | Arg::Weight { shape, .. } => Some(shape),
+            Arg::Value(Value::Tensor(t)) => Some(t.shape()),
+            Arg::Value(_) => None,
+        }
+    }
+}
+
+fn decode(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Value, String> {
+    let data = kiln_ir::TensorData::from_le_bytes(dtype, bytes).map_err(|e| e.to_string())?;
+    Tensor::new(shape.to_vec(), data).map(Value::Tensor).map_err(|e| e.to_string())
+}
+
+/// Where a kernel's outputs go.
+pub enum OutputSlot<'a> {
+    /// A planned arena range: results that fit are written here.
+    Arena { bytes: &'a mut [u8] },
+    /// No planned memory (sequences, data-dependent sizes): the value is kept as an object.
+    Heap,
+}
+
+/// A layer invocation: its inputs, and where its outputs go. After `run`, every wanted output
+/// has a result: bytes written into its slot (with a shape), or a value.
+pub struct LayerIo<'a> {
+    pub inputs: Vec<Option<Arg<'a>>>,
+    /// Values of this graph that the layer's subgraphs read by name.
+    pub captures: Vec<(&'a str, Arg<'a>)>,
+    pub outputs: Vec<Option<OutputSlot<'a>>>,
+    pub results: Vec<Option<Produced>>,
+}
+
+/// What a kernel produced for one output.
+#[derive(Debug, PartialEq)]
+pub enum Produced {
+    /// Written into the arena slot, with this shape.
+    InSlot(Vec<usize>),
+    /// Kept as an object (no slot, or it did not fit the slot).
+    Value(Value),
+}
+
+impl LayerIo<'_> {
+    /// Store output `index` from a computed value: copied into its arena slot when it is a
+    /// tensor that fits, kept as an object otherwise.
+    pub fn set_output_value(&mut self, index: usize, value: Value) {
+        let Some(Some(slot)) = self.outputs.get_mut(index) else { return };
+        let produced = match (slot, &value) {
+            (OutputSlot::Arena { bytes }, Value::Tensor(t)) => {
+                let n = t.len() * t.dtype().size();
+                if n <= bytes.len() {
+                    write_le_bytes(t, &mut bytes[..n]);
+                    Produced::InSlot(t.shape().to_vec())
+                } else {
+                    tracing::debug!(index, needed = n, planned = bytes.len(), "output larger than its arena slot");
+                    Produced::Value(value)
+                }
+            }
+            _ => Produced::Value(value),
+        };
+        self.results[index] = Some(produced);
+    }
+}
+
+/// A tensor's elements as little-endian bytes into `out` (exactly `len * size` bytes).
+pub fn write_le_bytes(t: &Tensor, out: &mut [u8]) {
+    out.copy_from_slice(&crate::bytes::le_bytes(t.data()));
+}

@@ -1,0 +1,42 @@
+//! What fused layers do after the product: add the bias and the residual, apply the
+//! activation — in one pass over the output while it is still in cache.
+
+use kiln_ir::Activation;
+
+/// Bias indexed by output row (Conv: per channel, rows = channels) or by column (Gemm/MatMul:
+/// per output feature).
+pub(crate) enum Bias<'a> {
+    None,
+    PerRow(&'a [f32]),
+    PerColumn(&'a [f32]),
+    /// One value for all (a scalar C of Gemm).
+    Scalar(f32),
+    /// A full matrix of the output's shape (Gemm's C of shape [M, N]).
+    Full(&'a [f32]),
+}
+
+/// `out = act(out + bias + residual)` over a row-major `rows × cols` block; `residual` has
+/// the block's layout.
+pub(crate) fn apply(out: &mut [f32], cols: usize, bias: &Bias, residual: Option<&[f32]>, act: Option<Activation>) {
+    if cols == 0 {
+        return;
+    }
+    for (r, row) in out.chunks_mut(cols).enumerate() {
+        match bias {
+            Bias::None => {}
+            Bias::PerRow(b) => {
+                let v = b[r];
+                row.iter_mut().for_each(|x| *x += v);
+            }
+            Bias::PerColumn(b) => row.iter_mut().zip(b.iter()).for_each(|(x, v)| *x += v),
+            Bias::Scalar(v) => row.iter_mut().for_each(|x| *x += v),
+            Bias::Full(b) => row.iter_mut().zip(&b[r * cols..(r + 1) * cols]).for_each(|(x, v)| *x += v),
+        }
+        if let Some(res) = residual {
+            row.iter_mut().zip(&res[r * cols..(r + 1) * cols]).for_each(|(x, v)| *x += v);
+        }
+        if let Some(a) = act {
+            a.apply_slice_f32(row);
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Typed access to a layer invocation for the CPU's native kernels: inputs as `&[f32]` views of
+//! arena or weight bytes (no copy), outputs written straight into their arena slot.
+
+use crate::backend::{Arg, LayerIo, OutputSlot, Produced};
+use kiln_ir::{DType, Tensor, Value};
+
+/// Input `index` as f32 elements and its shape. The slices live as long as the invocation's
+/// memory, not the borrow of `io`, so outputs can be written while they are read.
+pub(crate) fn f32_input<'a>(io: &LayerIo<'a>, index: usize) -> Result<(&'a [f32], &'a [usize]), String> {
+    match io.inputs.get(index) {
+        Some(Some(Arg::Bytes { dtype: DType::F32, shape, bytes }))
+        | Some(Some(Arg::Weight { dtype: DType::F32, shape, bytes, .. })) => {
+            let (shape, bytes): (&'a [usize], &'a [u8]) = (shape, bytes);
+            let v = bytemuck::try_cast_slice::<u8, f32>(bytes).map_err(|e| format!("input {index}: {e:?}"))?;
+            Ok((v, shape))
+        }
+        Some(Some(Arg::Value(Value::Tensor(t)))) => {
+            let t: &'a Tensor = t;
+            Ok((t.as_slice::<f32>().map_err(|e| format!("input {index}: {e}"))?, t.shape()))
+        }
+        Some(Some(_)) => Err(format!("input {index} is not an f32 tensor")),
+        _ => Err(format!("input {index} is missing")),
+    }
+}
+
+/// Optional input `index` (absent → `None`).
+pub(crate) fn opt_f32_input<'a>(io: &LayerIo<'a>, index: usize) -> Result<Option<(&'a [f32], &'a [usize])>, String> {
+    match io.inputs.get(index) {
+        Some(Some(_)) => f32_input(io, index).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Run `fill` on output `index`'s memory: its arena slot when the result fits there, a fresh
+/// buffer otherwise. Every element must be written by `fill`.
+pub(crate) fn write_f32_output(
+    io: &mut LayerIo,
+    index: usize,
+    shape: Vec<usize>,
+    fill: impl FnOnce(&mut [f32]) -> Result<(), String>,
+) -> Result<(), String> {
+    let n: usize = shape.iter().product();
+    if let Some(Some(OutputSlot::Arena { bytes })) = io.outputs.get_mut(index) {
+        if n * 4 <= bytes.len() {
+            if let Ok(out) = bytemuck::try_cast_slice_mut::<u8, f32>(&mut bytes[..n * 4]) {
+                fill(out)?;
+                io.results[index] = Some(Produced::InSlot(shape));
+                return Ok(());
+            }
+        }
+    }
+    let mut v = vec![0f32; n];
+    fill(&mut v)?;
+    let t = Tensor::from_vec(shape, v).map_err(|e| e.to_string())?;
+    if index < io.results.len() {
+        io.results[index] = Some(Produced::Value(Value::Tensor(t)));
+    }
+    Ok(())
+}

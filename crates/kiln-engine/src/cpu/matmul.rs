@@ -1,0 +1,131 @@
+//! The `gemm` tactic for MatMul and Gemm layers with a constant right-hand side (a Linear
+//! layer's weight): one packed matrix multiply over all leading dimensions, then the fused
+//! epilogue (bias, residual, activation) while the output is in cache. The weight is read in
+//! place from the engine's weight memory.
+
+use super::epilogue::{apply, Bias};
+use super::io::{f32_input, opt_f32_input, write_f32_output};
+use super::sgemm::{sgemm, Mat};
+use crate::backend::{LayerDesc, LayerIo, LayerKernel};
+use kiln_ir::{Activation, DType, ValueType};
+
+pub const TACTIC: &str = "gemm";
+
+/// Whether the tactic applies: f32, a 2-D constant right-hand side, and (Gemm) a bias the
+/// epilogue can broadcast.
+pub(crate) fn applies(desc: &LayerDesc) -> bool {
+    let l = desc.layer;
+    let f32_in = |i: usize| match desc.input_types.get(i) {
+        Some(Some(ValueType::Tensor(t))) => t.dtype == DType::F32,
+        _ => false,
+    };
+    let weight_2d = matches!(desc.weights.get(1), Some(Some(w)) if w.dtype == DType::F32 && w.shape.len() == 2);
+    match l.op.as_str() {
+        "MatMul" => {
+            f32_in(0)
+                && weight_2d
+                && desc.input_types[0].as_ref().and_then(|t| t.as_tensor()?.rank()).is_some_and(|r| r >= 2)
+        }
+        "Gemm" => f32_in(0) && weight_2d,
+        _ => false,
+    }
+}
+
+pub(crate) struct MatMulKernel {
+    gemm: bool,
+    alpha: f32,
+    beta: f32,
+    trans_a: bool,
+    trans_b: bool,
+    activation: Option<Activation>,
+}
+
+impl MatMulKernel {
+    pub fn new(desc: &LayerDesc) -> Result<Self, String> {
+        let a = &desc.layer.attrs;
+        let gemm = desc.layer.op == "Gemm";
+        Ok(MatMulKernel {
+            gemm,
+            alpha: if gemm { a.float("alpha", 1.0)? } else { 1.0 },
+            beta: if gemm { a.float("beta", 1.0)? } else { 1.0 },
+            trans_a: gemm && a.int("transA", 0)? != 0,
+            trans_b: gemm && a.int("transB", 0)? != 0,
+            activation: Activation::from_attrs(a)?,
+        })
+    }
+}
+
+impl LayerKernel for MatMulKernel {
+    fn run(&self, io: &mut LayerIo<'_>) -> Result<(), String> {
+        let (a, a_shape) = f32_input(io, 0)?;
+        let (b, b_shape) = f32_input(io, 1)?;
+        let (bias, residual) = (opt_f32_input(io, 2)?, opt_f32_input(io, 3)?);
+        if b_shape.len() != 2 || a_shape.len() < 2 {
+            return Err(format!("gemm tactic: operands of rank {} and {}", a_shape.len(), b_shape.len()));
+        }
+        let (rows, k) = if self.gemm {
+            if a_shape.len() != 2 {
+                return Err("Gemm needs a 2-D A".into());
+            }
+            if self.trans_a {
+                (a_shape[1], a_shape[0])
+            } else {
+                (a_shape[0], a_shape[1])
+            }
+        } else {
+            (a_shape[..a_shape.len() - 1].iter().product(), a_shape[a_shape.len() - 1])
+        };
+        let (kb, n) = if self.trans_b { (b_shape[1], b_shape[0]) } else { (b_shape[0], b_shape[1]) };
+        if k != kb {
+            return Err(format!("inner dimensions differ: A {a_shape:?}, B {b_shape:?}"));
+        }
+        let mut out_shape = if self.gemm { vec![rows, n] } else { a_shape.to_vec() };
+        if !self.gemm {
+            *out_shape.last_mut().expect("rank ≥ 2") = n;
+        }
+        let bias = match bias {
+            None => Bias::None,
+            Some((c, s)) => {
+                let len = c.len();
+                if len == 1 {
+                    Bias::Scalar(c[0])
+                } else if len == n && s.last() == Some(&n) && s.iter().rev().skip(1).all(|&d| d == 1) {
+                    Bias::PerColumn(c)
+                } else if self.gemm && len == rows * n && s == [rows, n] {
+                    Bias::Full(c)
+                } else {
+                    return Err(format!("bias of shape {s:?} does not broadcast to [{rows}, {n}] here"));
+                }
+            }
+        };
+        if let Some((_, s)) = residual {
+            if s != out_shape.as_slice() {
+                return Err(format!("residual of shape {s:?}, output {out_shape:?}"));
+            }
+        }
+        // Gemm's beta scales C; alpha scales the product. Fold both into the epilogue inputs.
+        let scaled_bias: Option<Vec<f32>> = match (&bias, self.beta) {
+            (_, b) if b == 1.0 => None,
+            (Bias::PerColumn(c) | Bias::Full(c), b) => Some(c.iter().map(|x| x * b).collect()),
+            _ => None,
+        };
+        let bias = match (&bias, &scaled_bias) {
+            (Bias::PerColumn(_), Some(v)) => Bias::PerColumn(v),
+            (Bias::Full(_), Some(v)) => Bias::Full(v),
+            (Bias::Scalar(s), _) => Bias::Scalar(s * self.beta),
+            _ => bias,
+        };
+        let a_mat = if self.trans_a { Mat::col_major(a, rows) } else { Mat::row_major(a, k) };
+        let b_mat = if self.trans_b { Mat::col_major(b, k) } else { Mat::row_major(b, n) };
+        let (alpha, act) = (self.alpha, self.activation);
+        let residual = residual.map(|(r, _)| r);
+        write_f32_output(io, 0, out_shape, |out| {
+            sgemm(rows, n, k, a_mat, b_mat, out, false)?;
+            if alpha != 1.0 {
+                out.iter_mut().for_each(|x| *x *= alpha);
+            }
+            apply(out, n, &bias, residual, act);
+            Ok(())
+        })
+    }
+}

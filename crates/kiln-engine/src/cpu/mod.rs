@@ -1,0 +1,81 @@
+//! The CPU backend: kiln-cpu's kernels behind the [`Backend`] trait.
+
+mod conv;
+mod epilogue;
+mod io;
+mod matmul;
+mod reference;
+mod sgemm;
+#[cfg(test)]
+mod tests;
+
+use crate::backend::{Backend, LayerDesc, LayerKernel, Tactic};
+use std::sync::Arc;
+
+pub use reference::ReferenceKernel;
+
+/// Runs layers on the host CPU.
+#[derive(Default)]
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn device(&self) -> String {
+        cpu_fingerprint()
+    }
+
+    /// Native tactics first (the default when tactics are not timed), the reference kernel
+    /// last: it runs every op and is what the native ones are timed against.
+    fn tactics(&self, layer: &LayerDesc) -> Vec<Tactic> {
+        let mut out = conv::tactics(layer);
+        if matmul::applies(layer) {
+            out.push(Tactic::new(matmul::TACTIC));
+        }
+        if kiln_cpu::kernel(&layer.layer.op).is_some() {
+            out.push(Tactic::new(reference::TACTIC));
+        }
+        out
+    }
+
+    fn instantiate(&self, layer: &LayerDesc, tactic: &str) -> Result<Arc<dyn LayerKernel>, String> {
+        match tactic {
+            reference::TACTIC => Ok(Arc::new(ReferenceKernel::new(layer.layer)?)),
+            matmul::TACTIC => Ok(Arc::new(matmul::MatMulKernel::new(layer)?)),
+            conv::ONE_BY_ONE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::ONE_BY_ONE)?)),
+            conv::IM2COL => Ok(Arc::new(conv::ConvKernel::new(layer, conv::IM2COL)?)),
+            conv::DEPTHWISE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::DEPTHWISE)?)),
+            other => Err(format!("the CPU backend has no tactic '{other}' for {}", layer.layer.op)),
+        }
+    }
+}
+
+/// The CPU a plan was built for: architecture, model name and the SIMD features kernels
+/// dispatch on. A plan whose kernels were chosen for one CPU is refused on another.
+pub fn cpu_fingerprint() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    let mut features: Vec<&str> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            features.push("avx512f");
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            features.push("avx2");
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            features.push("fma");
+        }
+    }
+    format!("{} {} [{}]", std::env::consts::ARCH, model, features.join(" "))
+}

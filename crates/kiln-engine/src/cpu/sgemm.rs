@@ -1,0 +1,105 @@
+//! Single-precision matrix multiply through the `gemm` crate (packed, SIMD-dispatched at run
+//! time, threaded through rayon), behind a checked safe wrapper.
+
+/// A row-major or transposed view of a matrix: element (r, c) is at `r * row_stride +
+/// c * col_stride`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    pub fn row_major(data: &'a [f32], cols: usize) -> Self {
+        Mat { data, row_stride: cols, col_stride: 1 }
+    }
+
+    pub fn col_major(data: &'a [f32], rows: usize) -> Self {
+        Mat { data, row_stride: 1, col_stride: rows }
+    }
+
+    /// Whether every element of a `rows × cols` matrix lies inside `data`.
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `c[m×n] = a[m×k] · b[k×n]` (+ the old `c` when `accumulate`), `c` row-major.
+pub(crate) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    accumulate: bool,
+) -> Result<(), String> {
+    if !a.covers(m, k) || !b.covers(k, n) || c.len() < m * n {
+        return Err(format!("matrix multiply {m}×{k} · {k}×{n}: operand sizes do not match"));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return Ok(());
+    }
+    let threads = rayon::current_num_threads();
+    // Small products are faster on the calling thread than split across the pool.
+    let parallelism =
+        if threads > 1 && m * n * k >= 1 << 15 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the checks above guarantee every element the product touches lies inside `a`,
+    // `b` and `c`; `c` is borrowed mutably and cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_a_float64_product_in_every_layout() {
+        let (m, n, k) = (7, 9, 13);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0).collect();
+        let want: Vec<f64> =
+            (0..m * n).map(|ij| (0..k).map(|p| a[ij / n * k + p] as f64 * b[p * n + ij % n] as f64).sum()).collect();
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect(); // b transposed, row-major n×k
+        for (bm, acc) in [(Mat::row_major(&b, n), false), (Mat::col_major(&bt, k), true)] {
+            let mut c = vec![1.0f32; m * n];
+            sgemm(m, n, k, Mat::row_major(&a, k), bm, &mut c, acc).unwrap();
+            for (got, w) in c.iter().zip(&want) {
+                let w = if acc { w + 1.0 } else { *w };
+                assert!((*got as f64 - w).abs() < 1e-4, "{got} vs {w}");
+            }
+        }
+        let mut c = vec![0.0; 3];
+        assert!(sgemm(m, n, k, Mat::row_major(&a, k), Mat::row_major(&b, n), &mut c, false).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! Every native CPU tactic against the reference kernel (kiln-cpu, itself checked against
+//! ONNX's expected outputs), on fresh random inputs, over the shapes each tactic claims.
+
+use super::CpuBackend;
+use crate::backend::{Arg, Backend, LayerDesc, LayerIo, OutputSlot, Produced, WeightView};
+use kiln_ir::{Activation, Attributes, Layer, Tensor, TensorId, Value, ValueType};
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let mut s = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let n: usize = shape.iter().product();
+    let v = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(shape.to_vec(), v).unwrap()
+}
+
+/// Run `tactic` on a layer whose inputs are `activations` (by position) and weights.
+fn run(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: &str) -> Result<Tensor, String> {
+    let layer = Layer {
+        name: "l".into(),
+        op: op.into(),
+        attrs: attrs.clone(),
+        inputs: (0..inputs.len()).map(|i| Some(TensorId(i))).collect(),
+        outputs: vec![Some(TensorId(inputs.len()))],
+        implicit_inputs: Vec::new(),
+    };
+    let bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
+    let desc = LayerDesc {
+        layer: &layer,
+        input_types: inputs.iter().map(|(t, _)| Some(ValueType::Tensor(kiln_ir::TensorType::of(t)))).collect(),
+        weights: inputs
+            .iter()
+            .zip(&bytes)
+            .map(|((t, w), b)| w.then(|| WeightView { dtype: t.dtype(), shape: t.shape(), bytes: b }))
+            .collect(),
+    };
+    let backend = CpuBackend;
+    if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
+        return Err(format!("tactic {tactic} not offered"));
+    }
+    let kernel = backend.instantiate(&desc, tactic)?;
+    let values: Vec<Value> = inputs.iter().map(|(t, _)| Value::Tensor(t.clone())).collect();
+    let args = inputs
+        .iter()
+        .zip(&values)
+        .zip(&bytes)
+        .map(|(((t, w), v), b)| {
+            Some(if *w { Arg::Bytes { dtype: t.dtype(), shape: t.shape(), bytes: b } } else { Arg::Value(v) })
+        })
+        .collect();
+    // An arena slot large enough for any result here, so native kernels write in place.
+    let mut slot = vec![0u32; 1 << 20];
+    let slot_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut slot);
+    let mut io = LayerIo {
+        inputs: args,
+        captures: Vec::new(),
+        outputs: vec![Some(OutputSlot::Arena { bytes: slot_bytes })],
+        results: vec![None],
+    };
+    kernel.run(&mut io)?;
+    match io.results.pop().flatten() {
+        Some(Produced::Value(Value::Tensor(t))) => Ok(t),
+        Some(Produced::InSlot(shape)) => {
+            let n: usize = shape.iter().product();
+            drop(io);
+            let v: &[f32] = bytemuck::cast_slice(&slot[..n]);
+            Ok(Tensor::from_vec(shape, v.to_vec()).unwrap())
+        }
+        other => Err(format!("unexpected result {other:?}")),
+    }
+}
+
+fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
+    assert_eq!(a.shape(), b.shape(), "{what}");
+    let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-6);
+    let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / scale;
+    assert!(err < 1e-5, "{what}: relative error {err}");
+}
+
+fn conv_attrs(stride: i64, pad: i64, dilation: i64, group: i64, act: Option<Activation>) -> Attributes {
+    let mut a = Attributes::new()
+        .with("strides", vec![stride, stride])
+        .with("pads", vec![pad, pad, pad, pad])
+        .with("dilations", vec![dilation, dilation])
+        .with("group", group);
+    if let Some(act) = act {
+        act.to_attrs(&mut a);
+    }
+    a
+}
+
+#[test]
+fn convolution_tactics_match_the_reference() {
+    // (input, weight, stride, pad, dilation, group, tactics expected to apply)
+    let cases: &[([usize; 4], [usize; 4], i64, i64, i64, i64, &[&str])] = &[
+        ([2, 8, 7, 7], [16, 8, 1, 1], 1, 0, 1, 1, &[super::conv::ONE_BY_ONE, super::conv::IM2COL]),
+        ([1, 6, 9, 8], [4, 6, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL]),
+        ([2, 6, 11, 11], [6, 3, 3, 3], 2, 1, 1, 2, &[super::conv::IM2COL]),
+        ([1, 4, 10, 10], [4, 4, 3, 3], 1, 2, 2, 1, &[super::conv::IM2COL]),
+        ([2, 8, 9, 9], [8, 1, 3, 3], 1, 1, 1, 8, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
+        ([1, 8, 10, 10], [8, 1, 3, 3], 2, 1, 1, 8, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
+        ([1, 3, 12, 12], [5, 3, 7, 7], 2, 3, 1, 1, &[super::conv::IM2COL]),
+    ];
+    let acts = [None, Some(Activation::Relu), Some(Activation::Clip { min: 0.0, max: 6.0 })];
+    for (i, (xs, ws, s, p, d, g, tactics)) in cases.iter().enumerate() {
+        let x = random(xs, i as u64 + 1);
+        let w = random(ws, i as u64 + 100);
+        let b = random(&[ws[0]], i as u64 + 200);
+        for (j, act) in acts.iter().enumerate() {
+            let attrs = conv_attrs(*s, *p, *d, *g, *act);
+            let base = [(x.clone(), false), (w.clone(), true), (b.clone(), true)];
+            let want = run("Conv", &attrs, &base, super::reference::TACTIC).unwrap();
+            let residual = random(want.shape(), 300 + j as u64);
+            let with_res = [(x.clone(), false), (w.clone(), true), (b.clone(), true), (residual, false)];
+            let want_res = run("Conv", &attrs, &with_res, super::reference::TACTIC).unwrap();
+            for t in *tactics {
+                assert_close(&run("Conv", &attrs, &base, t).unwrap(), &want, &format!("case {i} act {j} {t}"));
+                assert_close(
+                    &run("Conv", &attrs, &with_res, t).unwrap(),
+                    &want_res,
+                    &format!("case {i} act {j} {t} +res"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_and_gemm_tactics_match_the_reference() {
+    let a3 = random(&[2, 5, 12], 1);
+    let w = random(&[12, 7], 2);
+    let bias = random(&[7], 3);
+    let res = random(&[2, 5, 7], 4);
+    let mut gelu = Attributes::new();
+    Activation::GeluErf.to_attrs(&mut gelu);
+    for attrs in [Attributes::new(), gelu] {
+        for inputs in [
+            vec![(a3.clone(), false), (w.clone(), true)],
+            vec![(a3.clone(), false), (w.clone(), true), (bias.clone(), true)],
+            vec![(a3.clone(), false), (w.clone(), true), (bias.clone(), true), (res.clone(), false)],
+        ] {
+            let want = run("MatMul", &attrs, &inputs, super::reference::TACTIC).unwrap();
+            assert_close(&run("MatMul", &attrs, &inputs, super::matmul::TACTIC).unwrap(), &want, "MatMul");
+        }
+    }
+    let a = random(&[6, 10], 5);
+    let wt = random(&[9, 10], 6); // transB
+    let at = random(&[10, 6], 7); // transA
+    for (attrs, inputs) in [
+        (Attributes::new().with("transB", 1i64), vec![(a.clone(), false), (wt.clone(), true), (random(&[9], 8), true)]),
+        (
+            Attributes::new().with("transA", 1i64).with("transB", 1i64).with("alpha", 0.5f32).with("beta", 2.0f32),
+            vec![(at.clone(), false), (wt.clone(), true), (random(&[6, 9], 9), true)],
+        ),
+        (
+            Attributes::new().with("transB", 1i64),
+            vec![(a.clone(), false), (wt.clone(), true), (random(&[1], 10), true)],
+        ),
+    ] {
+        let want = run("Gemm", &attrs, &inputs, super::reference::TACTIC).unwrap();
+        assert_close(&run("Gemm", &attrs, &inputs, super::matmul::TACTIC).unwrap(), &want, "Gemm");
+    }
+}
+
+#[test]
+fn a_native_tactic_refuses_a_shape_it_was_not_built_for() {
+    let attrs = conv_attrs(1, 1, 1, 1, None);
+    // Not depthwise: the depthwise tactic is not offered.
+    let e = run(
+        "Conv",
+        &attrs,
+        &[(random(&[1, 4, 5, 5], 1), false), (random(&[4, 4, 3, 3], 2), true)],
+        super::conv::DEPTHWISE,
+    );
+    assert!(e.unwrap_err().contains("not offered"));
+}

@@ -1,0 +1,303 @@
+//! The built engine: optimized layers with their tactics, the weights, the memory plan and the
+//! input profile. Immutable and shared (`Send + Sync`); each [`ExecutionContext`] runs it with
+//! its own activation memory.
+//!
+//! [`ExecutionContext`]: crate::ExecutionContext
+
+use crate::backend::{Backend, LayerDesc, LayerKernel, WeightView};
+use crate::config::ShapeRange;
+use crate::memory_plan::ARENA_ALIGN;
+use crate::EngineError;
+use kiln_ir::{DType, Layer, Value, ValueType};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+/// Everything about an engine except the weight bytes: what the plan file's metadata holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EngineGraph {
+    pub name: String,
+    pub tensors: Vec<EngineTensor>,
+    pub layers: Vec<EngineLayer>,
+    pub inputs: Vec<usize>,
+    pub outputs: Vec<usize>,
+    /// Shape range of every tensor input (fixed ranges for static inputs).
+    pub profile: BTreeMap<String, ShapeRange>,
+    pub weights: Vec<WeightMeta>,
+    pub arena_bytes: usize,
+    /// The largest total of activation bytes alive at one time (the arena's lower bound).
+    pub peak_live_bytes: usize,
+    /// Facts about the build, for `kiln inspect`.
+    pub build: BuildSummary,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BuildSummary {
+    pub opt_level: u8,
+    pub source_layers: usize,
+    pub config_hash: u64,
+    pub allow_fp16: bool,
+    pub allow_bf16: bool,
+    pub workspace_bytes: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EngineTensor {
+    pub name: String,
+    pub ty: Option<ValueType>,
+    pub storage: Storage,
+}
+
+/// Where a tensor lives while the engine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Storage {
+    /// A range of the context's activation arena (sized for the profile's max shapes).
+    Arena { offset: usize, bytes: usize },
+    /// Weight `index` of the engine.
+    Weight(usize),
+    /// Kept as an object: sequences, optionals, tensors whose size depends on data.
+    Heap,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EngineLayer {
+    /// The layer; its tensor ids index [`EngineGraph::tensors`].
+    pub layer: Layer,
+    pub tactic: String,
+    /// The precision the layer computes in.
+    pub precision: DType,
+    /// The memory plan made this layer free: its output already is where it must be.
+    pub elided: Option<Elision>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Elision {
+    /// A reshape-like view: the output is the input's memory under another shape.
+    View,
+    /// A concat whose inputs were written straight into their slices of its output.
+    Concat,
+}
+
+/// Type, shape and place of one weight in the weight store.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WeightMeta {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    /// Byte offset in the weight store (a multiple of 64) and length.
+    pub offset: usize,
+    pub bytes: usize,
+}
+
+/// The bytes all weights live in: the mapped plan file, or memory the builder filled.
+pub trait WeightBytes: Send + Sync {
+    fn bytes(&self) -> &[u8];
+}
+
+/// Builder-made weight memory, 64-byte aligned like a mapped plan's weight section.
+pub(crate) struct AlignedBytes {
+    blocks: Vec<Block>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Block([u8; ARENA_ALIGN]);
+
+impl AlignedBytes {
+    pub(crate) fn zeroed(len: usize) -> Self {
+        AlignedBytes { blocks: vec![Block([0; ARENA_ALIGN]); len.div_ceil(ARENA_ALIGN)], len }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `blocks` is `len.div_ceil(64)` blocks of 64 initialized bytes, contiguous.
+        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.blocks.as_mut_ptr().cast::<u8>()
+    }
+}
+
+impl WeightBytes for AlignedBytes {
+    fn bytes(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+/// An optimized network ready to run, on one backend.
+pub struct Engine {
+    pub(crate) graph: EngineGraph,
+    pub(crate) weight_bytes: Arc<dyn WeightBytes>,
+    /// Object form of each weight, made on first use by a kernel that needs one.
+    pub(crate) weight_values: Vec<OnceLock<Value>>,
+    /// Per layer: its kernel (`None` for elided layers).
+    pub(crate) kernels: Vec<Option<Arc<dyn LayerKernel>>>,
+    pub(crate) backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("name", &self.graph.name).field("layers", &self.graph.layers.len()).finish()
+    }
+}
+
+impl Engine {
+    /// Assemble an engine: check the graph against the weight bytes (a plan file is untrusted
+    /// input) and instantiate every layer's kernel.
+    pub(crate) fn assemble(
+        graph: EngineGraph,
+        weight_bytes: Arc<dyn WeightBytes>,
+        backend: Arc<dyn Backend>,
+        source: &str,
+    ) -> Result<Engine, EngineError> {
+        validate(&graph, weight_bytes.bytes().len(), source)?;
+        let weight_values = graph.weights.iter().map(|_| OnceLock::new()).collect();
+        let mut kernels = Vec::with_capacity(graph.layers.len());
+        for el in &graph.layers {
+            if el.elided.is_some() {
+                kernels.push(None);
+                continue;
+            }
+            let desc = layer_desc(&graph, weight_bytes.bytes(), &el.layer, |_| None);
+            let kernel = backend.instantiate(&desc, &el.tactic).map_err(|message| EngineError::Layer {
+                layer: el.layer.name.clone(),
+                op: el.layer.op.clone(),
+                message,
+            })?;
+            kernels.push(Some(kernel));
+        }
+        Ok(Engine { graph, weight_bytes, weight_values, kernels, backend })
+    }
+
+    /// Write the engine as a plan file.
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<(), EngineError> {
+        crate::plan_io::save(self, path.as_ref())
+    }
+
+    /// Load a plan file for `backend`: refused when it is corrupt, truncated, of another format
+    /// version, or built for another backend or device. Weights are mapped, not copied.
+    pub fn load(path: impl AsRef<std::path::Path>, backend: Arc<dyn Backend>) -> Result<Engine, EngineError> {
+        crate::plan_io::load(path.as_ref(), backend)
+    }
+
+    pub fn graph(&self) -> &EngineGraph {
+        &self.graph
+    }
+
+    pub fn name(&self) -> &str {
+        &self.graph.name
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Input names in binding order.
+    pub fn input_names(&self) -> Vec<&str> {
+        self.graph.inputs.iter().map(|&i| self.graph.tensors[i].name.as_str()).collect()
+    }
+
+    pub fn output_names(&self) -> Vec<&str> {
+        self.graph.outputs.iter().map(|&i| self.graph.tensors[i].name.as_str()).collect()
+    }
+
+    /// Declared type of a tensor by name.
+    pub fn tensor_type(&self, name: &str) -> Option<&ValueType> {
+        self.graph.tensors.iter().find(|t| t.name == name).and_then(|t| t.ty.as_ref())
+    }
+
+    pub fn weight_bytes_total(&self) -> usize {
+        self.graph.weights.iter().map(|w| w.bytes).sum()
+    }
+
+    pub(crate) fn weight_view(&self, index: usize) -> WeightView<'_> {
+        weight_view(&self.graph, self.weight_bytes.bytes(), index)
+    }
+}
+
+pub(crate) fn weight_view<'a>(graph: &'a EngineGraph, bytes: &'a [u8], index: usize) -> WeightView<'a> {
+    let w = &graph.weights[index];
+    WeightView { dtype: w.dtype, shape: &w.shape, bytes: &bytes[w.offset..w.offset + w.bytes] }
+}
+
+/// What a backend sees of `layer`: input types from `types` (opt shapes at build time) or the
+/// declared ones, weights as views of the weight bytes.
+pub(crate) fn layer_desc<'a>(
+    graph: &'a EngineGraph,
+    weight_bytes: &'a [u8],
+    layer: &'a Layer,
+    types: impl Fn(usize) -> Option<ValueType>,
+) -> LayerDesc<'a> {
+    let input_types =
+        layer.inputs.iter().map(|i| i.and_then(|id| types(id.0).or_else(|| graph.tensors[id.0].ty.clone()))).collect();
+    let weights = layer
+        .inputs
+        .iter()
+        .map(|i| match i.map(|id| graph.tensors[id.0].storage) {
+            Some(Storage::Weight(w)) => Some(weight_view(graph, weight_bytes, w)),
+            _ => None,
+        })
+        .collect();
+    LayerDesc { layer, input_types, weights }
+}
+
+/// Every index and range of a graph checked, so that running it cannot index out of bounds:
+/// a plan file is user input.
+fn validate(graph: &EngineGraph, weight_len: usize, source: &str) -> Result<(), EngineError> {
+    let bad =
+        |message: String| EngineError::Plan(crate::plan::PlanError::Corrupt { path: source.to_string(), message });
+    let nt = graph.tensors.len();
+    for (i, w) in graph.weights.iter().enumerate() {
+        let elems = kiln_ir::checked_numel(&w.shape).map_err(|e| bad(format!("weight {i}: {e}")))?;
+        let end = w.offset.checked_add(w.bytes);
+        if end.is_none_or(|e| e > weight_len)
+            || elems.checked_mul(w.dtype.size()) != Some(w.bytes)
+            || w.offset % ARENA_ALIGN != 0
+        {
+            return Err(bad(format!("weight {i} ('{}') has an invalid range or size", w.name)));
+        }
+    }
+    for t in &graph.tensors {
+        match t.storage {
+            Storage::Arena { offset, bytes } => {
+                if offset.checked_add(bytes).is_none_or(|e| e > graph.arena_bytes) {
+                    return Err(bad(format!("tensor '{}' lies outside the arena", t.name)));
+                }
+                // Concat inputs sit at any element boundary inside the concat output; kernels
+                // may view the bytes as elements, so each tensor must be element-aligned.
+                let size = match &t.ty {
+                    Some(ValueType::Tensor(tt)) => tt.dtype.size(),
+                    _ => 1,
+                };
+                if offset % size != 0 {
+                    return Err(bad(format!("tensor '{}' is not aligned to its element size", t.name)));
+                }
+            }
+            Storage::Weight(w) if w >= graph.weights.len() => {
+                return Err(bad(format!("tensor '{}' names weight {w}, which does not exist", t.name)));
+            }
+            _ => {}
+        }
+    }
+    for el in &graph.layers {
+        let l = &el.layer;
+        if l.inputs.iter().flatten().chain(l.outputs.iter().flatten()).chain(&l.implicit_inputs).any(|id| id.0 >= nt) {
+            return Err(bad(format!("layer '{}' names a tensor that does not exist", l.name)));
+        }
+    }
+    if graph.inputs.iter().chain(&graph.outputs).any(|&i| i >= nt) {
+        return Err(bad("an input or output names a tensor that does not exist".into()));
+    }
+    // Arenas come from the plan; refuse absurd sizes rather than abort on allocation.
+    const MAX_ARENA: usize = 1 << 40;
+    if graph.arena_bytes > MAX_ARENA {
+        return Err(bad(format!("arena of {} bytes", graph.arena_bytes)));
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! Tactic selection: of a layer's candidate implementations, keep the fastest on the profile's
+//! opt shapes (kernel auto-tuning). Timings are remembered in a timing cache keyed by the
+//! layer's signature and the device, so a rebuild skips the timing and picks the same tactics.
+
+use crate::backend::{Arg, Backend, LayerDesc, LayerIo, OutputSlot, Tactic};
+use crate::config::{BuilderConfig, MAX_OPT_LEVEL};
+use crate::timing_cache::TimingCache;
+use crate::EngineError;
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_ir::{spec, Attribute, DType, Tensor, TensorData, Value, ValueType};
+use std::time::Instant;
+
+/// Runs per tactic when timing; the median is kept.
+const TIMING_RUNS: usize = 5;
+
+pub(crate) struct TacticSelector<'a> {
+    backend: &'a dyn Backend,
+    config: &'a BuilderConfig,
+    cache: TimingCache,
+    device: String,
+    progress: Option<ProgressBar>,
+    timed: usize,
+    cached: usize,
+}
+
+impl<'a> TacticSelector<'a> {
+    pub fn new(backend: &'a dyn Backend, config: &'a BuilderConfig) -> Result<Self, EngineError> {
+        let cache = match &config.timing_cache {
+            Some(path) => TimingCache::load(path)?,
+            None => TimingCache::default(),
+        };
+        let progress = (config.progress && config.opt_level >= MAX_OPT_LEVEL).then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} timing tactics: {pos} layers timed, {msg} [{elapsed}]")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar
+        });
+        Ok(TacticSelector { backend, config, cache, device: backend.device(), progress, timed: 0, cached: 0 })
+    }
+
+    /// The tactic for one layer.
+    pub fn choose(&mut self, desc: &LayerDesc, candidates: Vec<Tactic>) -> Result<String, EngineError> {
+        let layer = desc.layer;
+        let fail = |message: String| EngineError::Layer { layer: layer.name.clone(), op: layer.op.clone(), message };
+        if candidates.is_empty() {
+            return Err(fail(format!("the {} backend has no implementation of {}", self.backend.name(), layer.op)));
+        }
+        let fitting: Vec<Tactic> = candidates
+            .iter()
+            .filter(|t| {
+                let fits = t.workspace_bytes <= self.config.workspace_bytes;
+                if !fits {
+                    tracing::info!(
+                        layer = %layer.name, tactic = %t.name, needs = t.workspace_bytes, limit = self.config.workspace_bytes,
+                        "tactic skipped: needs more workspace than the limit"
+                    );
+                }
+                fits
+            })
+            .cloned()
+            .collect();
+        let Some(first) = fitting.first() else {
+            return Err(fail(format!(
+                "every tactic needs more workspace than the limit of {} bytes (smallest: {} bytes)",
+                self.config.workspace_bytes,
+                candidates.iter().map(|t| t.workspace_bytes).min().unwrap_or(0)
+            )));
+        };
+        if fitting.len() == 1 || self.config.opt_level < MAX_OPT_LEVEL {
+            return Ok(first.name.clone());
+        }
+        let key = signature(desc, &fitting, &self.device);
+        if let Some(t) = self.cache.get(&key).filter(|t| fitting.iter().any(|f| &f.name == t)) {
+            self.cached += 1;
+            return Ok(t.to_string());
+        }
+        let inputs = timing_inputs(desc).map_err(fail)?;
+        let mut best: Option<(f64, &Tactic)> = None;
+        let mut times = Vec::new();
+        for t in &fitting {
+            match time_tactic(self.backend, desc, &t.name, &inputs) {
+                Ok(us) => {
+                    times.push((t.name.clone(), us));
+                    if best.is_none_or(|(b, _)| us < b) {
+                        best = Some((us, t));
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(layer = %layer.name, tactic = %t.name, error = %e, "tactic failed while timing; skipped")
+                }
+            }
+        }
+        let (_, tactic) = best.ok_or_else(|| fail("every tactic failed while timing".into()))?;
+        tracing::debug!(layer = %layer.name, chosen = %tactic.name, ?times, "tactics timed");
+        self.cache.insert(key, tactic.name.clone(), times);
+        self.timed += 1;
+        if let Some(bar) = &self.progress {
+            bar.set_position(self.timed as u64);
+            bar.set_message(format!("{} from the cache", self.cached));
+        }
+        Ok(tactic.name.clone())
+    }
+
+    /// Write the timing cache back and close the progress bar.
+    pub fn finish(self) -> Result<(), EngineError> {
+        if let Some(bar) = &self.progress {
+            bar.finish_and_clear();
+        }
+        tracing::info!(timed = self.timed, from_cache = self.cached, "tactic selection done");
+        match &self.config.timing_cache {
+            Some(path) if self.timed > 0 => self.cache.save(path),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A layer's identity for the timing cache: op, attributes (not its name or fused-node list),
+/// input types at the opt shapes, weight shapes, the candidates and the device.
+fn signature(desc: &LayerDesc, tactics: &[Tactic], device: &str) -> String {
+    let mut text = format!("{}|{}|", desc.layer.op, device);
+    for (name, attr) in desc.layer.attrs.iter() {
+        if name != spec::FUSED_NODES_ATTR {
+            let value = match attr {
+                Attribute::Graph(_) | Attribute::Graphs(_) => "graph".to_string(),
+                other => format!("{other:?}"),
+            };
+            text.push_str(&format!("{name}={value};"));
+        }
+    }
+    for (ty, w) in desc.input_types.iter().zip(&desc.weights) {
+        match (ty, w) {
+            (_, Some(w)) => text.push_str(&format!("w:{}{:?};", w.dtype, w.shape)),
+            (Some(t), None) => text.push_str(&format!("{t};")),
+            (None, None) => text.push_str("-;"),
+        }
+    }
+    for t in tactics {
+        text.push_str(&format!("t:{};", t.name));
+    }
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
+
+/// Random activations of the opt shapes (values in [-1, 1) for floats, zeros for integers,
+/// which are valid indices), so a tactic can be timed without running the whole network.
+fn timing_inputs(desc: &LayerDesc) -> Result<Vec<Option<Value>>, String> {
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    desc.input_types
+        .iter()
+        .zip(&desc.weights)
+        .map(|(ty, w)| {
+            if w.is_some() {
+                return Ok(None);
+            }
+            let Some(ValueType::Tensor(tt)) = ty else { return Ok(None) };
+            let Some(shape) = tt.shape.as_deref().and_then(kiln_ir::concrete) else {
+                return Err("input shape unknown at the opt shapes".to_string());
+            };
+            let n = kiln_ir::checked_numel(&shape).map_err(|e| e.to_string())?;
+            let data = match tt.dtype {
+                DType::F32 => TensorData::F32(
+                    (0..n)
+                        .map(|_| {
+                            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                        })
+                        .collect(),
+                ),
+                other => TensorData::zeros(other, n),
+            };
+            Tensor::new(shape, data).map(|t| Some(Value::Tensor(t))).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Median time of one tactic over a few runs, in microseconds (after one warm-up run).
+fn time_tactic(backend: &dyn Backend, desc: &LayerDesc, tactic: &str, inputs: &[Option<Value>]) -> Result<f64, String> {
+    let kernel = backend.instantiate(desc, tactic)?;
+    let mut samples = Vec::with_capacity(TIMING_RUNS);
+    for run in 0..=TIMING_RUNS {
+        let args: Vec<Option<Arg>> = inputs
+            .iter()
+            .zip(&desc.weights)
+            .map(|(v, w)| match (v, w) {
+                (Some(v), _) => Some(Arg::Value(v)),
+                (None, Some(w)) => Some(Arg::Bytes { dtype: w.dtype, shape: w.shape, bytes: w.bytes }),
+                (None, None) => None,
+            })
+            .collect();
+        let outputs = desc.layer.outputs.iter().map(|o| o.map(|_| OutputSlot::Heap)).collect();
+        let results = desc.layer.outputs.iter().map(|_| None).collect();
+        let mut io = LayerIo { inputs: args, captures: Vec::new(), outputs, results };
+        let start = Instant::now();
+        kernel.run(&mut io)?;
+        if run > 0 {
+            samples.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}

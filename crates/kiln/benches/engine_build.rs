@@ -1,0 +1,152 @@
+//! The builder/engine benchmark on the reference models (scripts/gen_models.py writes them):
+//! per model, ONNX nodes vs engine layers, arena bytes vs peak live activation bytes, build time
+//! cold and with a warm timing cache, plan load time (file to ready-to-run context, median of
+//! 10), and the engine's largest relative error against the unoptimized network.
+//!
+//! usage: cargo bench -p kiln --bench engine_build -- [MODELS_DIR] [MODEL ...]
+//! (default target/models and all three models present there)
+
+use kiln::{BuilderConfig, Network, ShapeRange, Tensor, TensorData, Value, ValueType};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let dir = PathBuf::from(args.first().cloned().unwrap_or_else(|| "target/models".into()));
+    let wanted: Vec<String> = if args.len() > 1 {
+        args[1..].to_vec()
+    } else {
+        ["resnet50", "mobilenetv2", "bert_base"].iter().map(|s| s.to_string()).collect()
+    };
+    let scratch = std::env::temp_dir().join(format!("kiln-engine-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch directory");
+    println!(
+        "| model | ONNX nodes | engine layers | ratio | arena MB | peak live MB | arena/peak | build cold s | build warm-cache s | plan load ms | max rel err vs opt 0 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for name in wanted {
+        let path = dir.join(format!("{name}.onnx"));
+        if !path.exists() {
+            eprintln!("{}: missing (run scripts/gen_models.py)", path.display());
+            continue;
+        }
+        match bench_model(&name, &path, &scratch) {
+            Ok(row) => println!("{row}"),
+            Err(e) => println!("| {name} | error: {e} |"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+fn bench_model(name: &str, path: &Path, scratch: &Path) -> Result<String, kiln::Error> {
+    let model = kiln::load_onnx(path)?;
+    let net = &model.network;
+    let mut config = BuilderConfig::default();
+    for (input, shape) in shapes(net) {
+        config.profile.inputs.insert(input, ShapeRange::fixed(shape));
+    }
+    let cache = scratch.join(format!("{name}.timing"));
+    let _ = std::fs::remove_file(&cache);
+
+    let t = Instant::now();
+    let engine = kiln::build(net, &config)?;
+    let cold = t.elapsed().as_secs_f64();
+
+    config.timing_cache = Some(cache.clone());
+    kiln::build(net, &config)?; // fills the cache
+    let t = Instant::now();
+    let engine_warm = kiln::build(net, &config)?;
+    let warm = t.elapsed().as_secs_f64();
+    let same_tactics = engine.graph().layers.iter().zip(&engine_warm.graph().layers).all(|(a, b)| a.tactic == b.tactic);
+
+    let plan = scratch.join(format!("{name}.plan"));
+    engine.save(&plan)?;
+    let mut loads = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let loaded = Arc::new(kiln::load_plan(&plan)?);
+        let ctx = loaded.create_context();
+        loads.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(ctx);
+    }
+    loads.sort_by(f64::total_cmp);
+    let load_ms = loads[loads.len() / 2];
+
+    // Accuracy: the loaded engine against the unoptimized network on the same random inputs.
+    let loaded = Arc::new(kiln::load_plan(&plan)?);
+    let inputs = random_inputs(net);
+    let mut ctx = loaded.create_context();
+    for (n, v) in &inputs {
+        ctx.set_input(n, v)?;
+    }
+    ctx.execute()?;
+    let got = ctx.outputs()?;
+    let want = kiln::run(net, inputs)?;
+    let mut err = 0f64;
+    for ((_, g), (_, w)) in got.iter().zip(&want) {
+        err = err.max(rel_err(g, w));
+    }
+    let g = engine.graph();
+    let layers = g.layers.len();
+    let nodes = g.build.source_layers;
+    Ok(format!(
+        "| {name} | {nodes} | {layers} | {:.0} % | {:.1} | {:.1} | {:.2} | {cold:.1} | {warm:.2}{} | {load_ms:.1} | {err:.1e} |",
+        100.0 * layers as f64 / nodes as f64,
+        g.arena_bytes as f64 / 1e6,
+        g.peak_live_bytes as f64 / 1e6,
+        g.arena_bytes as f64 / g.peak_live_bytes.max(1) as f64,
+        if same_tactics { "" } else { " (tactics differ!)" },
+    ))
+}
+
+/// Concrete shapes for each input: symbolic dims become batch 1 / sequence 128.
+fn shapes(net: &Network) -> Vec<(String, Vec<usize>)> {
+    net.inputs()
+        .iter()
+        .filter_map(|&id| {
+            let info = net.tensor(id);
+            let Some(ValueType::Tensor(t)) = &info.ty else { return None };
+            let dims = t.shape.as_ref()?;
+            let shape = dims
+                .iter()
+                .enumerate()
+                .map(|(axis, d)| d.known().unwrap_or(if axis == 0 { 1 } else { 128 }))
+                .collect();
+            Some((info.name.clone(), shape))
+        })
+        .collect()
+}
+
+fn random_inputs(net: &Network) -> HashMap<String, Value> {
+    let mut seed = 0x2545f4914f6cdd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    shapes(net)
+        .into_iter()
+        .map(|(name, shape)| {
+            let dtype = net.tensor(net.tensor_by_name(&name).expect("input")).ty.as_ref().and_then(|t| t.as_tensor()).map(|t| t.dtype);
+            let n: usize = shape.iter().product();
+            let data = match dtype {
+                Some(kiln::DType::I64) => TensorData::I64((0..n).map(|_| (next() % 2) as i64).collect()),
+                _ => TensorData::F32((0..n).map(|_| (next() % 2000) as f32 / 1000.0 - 1.0).collect()),
+            };
+            (name, Value::Tensor(Tensor::new(shape, data).expect("shape")))
+        })
+        .collect()
+}
+
+fn rel_err(a: &Value, b: &Value) -> f64 {
+    let (Some(a), Some(b)) = (a.as_tensor(), b.as_tensor()) else { return f64::NAN };
+    if a.shape() != b.shape() {
+        return f64::INFINITY;
+    }
+    let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / scale
+}
