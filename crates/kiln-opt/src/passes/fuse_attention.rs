@@ -18,12 +18,18 @@
 //! time; a mask that would *grow* the scores (Add broadcasting a scores dim of 1) is rejected
 //! here when the dims say so and is an error at run time otherwise.
 //!
+//! When Q, K and V come from `Transpose(Reshape(x, [b, s, h, d]), [0, 2, 1, 3])` of 3-D tensors
+//! (K: the BERT `perm [0, 2, 3, 1]` form) and the output goes through `Transpose([0, 2, 1, 3])`
+//! and `Reshape([b, s, h·dv])`, the packed form is used instead: Attention on the 3-D tensors with
+//! `q_num_heads` / `kv_num_heads`, which splits and merges the heads itself (the same arithmetic),
+//! so those eight layers go too.
+//!
 //! One difference remains, by design: a query row whose mask is -inf for every key gives NaN in
 //! the decomposed form and zeros in Attention.
 
 use crate::passes::pattern::{self, fused_attr, only_output, same_dim, Graph, Rewrite};
 use crate::Pass;
-use kiln_ir::{spec, Attributes, Dim, IrError, Network, TensorId};
+use kiln_ir::{spec, Attributes, Dim, IrError, Layer, Network, TensorId};
 
 pub struct FuseAttention;
 
@@ -43,7 +49,10 @@ impl Pass for FuseAttention {
 fn scores(g: &Graph, t: TensorId) -> Option<(Vec<usize>, TensorId, TensorId, f64)> {
     let (i, layer) = g.producer_any(t)?;
     let (layers, s, scale) = match layer.op.as_str() {
-        "MatMul" => return Some((vec![i], pattern::two_inputs(layer)?.0, pattern::two_inputs(layer)?.1, 1.0)),
+        "MatMul" if plain_matmul(layer) => {
+            let (q, kt) = pattern::two_inputs(layer)?;
+            return Some((vec![i], q, kt, 1.0));
+        }
         "Div" => {
             let (s, c, first) = g.with_scalar(layer, false)?;
             (!first && c != 0.0).then_some((vec![i], s, 1.0 / c))?
@@ -54,14 +63,102 @@ fn scores(g: &Graph, t: TensorId) -> Option<(Vec<usize>, TensorId, TensorId, f64
         }
         _ => return None,
     };
-    let (mi, mm) = g.producer(s, "MatMul")?;
+    let (mi, mm) = g.producer(s, "MatMul").filter(|(_, l)| plain_matmul(l))?;
     let (q, kt) = pattern::two_inputs(mm)?;
     Some(([layers, vec![mi]].concat(), q, kt, scale))
 }
 
+/// A two-input MatMul without epilogue attributes.
+fn plain_matmul(layer: &Layer) -> bool {
+    layer.op == "MatMul" && layer.inputs.len() == 2 && layer.attrs.iter().all(|(k, _)| k == spec::FUSED_NODES_ATTR)
+}
+
+/// The packed (3-D) form: Q, K and V each `Transpose(Reshape(x, [b, s, h, d]), [0, 2, 1, 3])` of
+/// a 3-D x, and the output `Reshape(Transpose(y, [0, 2, 1, 3]), [b, s, h·dv])`. Attention with
+/// `q_num_heads` / `kv_num_heads` splits and merges heads itself, so all of these go.
+struct Packed {
+    xq: TensorId,
+    xk: TensorId,
+    xv: TensorId,
+    q_heads: usize,
+    kv_heads: usize,
+    layers: Vec<usize>,
+    out: TensorId,
+}
+
+/// `r = Reshape(x, target)` splitting the last dim of a 3-D x into [heads, head size] and
+/// keeping the first two dims: (x, heads, reshape layer).
+fn head_split(g: &Graph, r: TensorId) -> Option<(TensorId, usize, usize)> {
+    let (ri, reshape) = g.producer(r, "Reshape")?;
+    let x = reshape.inputs.first().copied().flatten()?;
+    let target = g.constant(reshape.inputs.get(1).copied().flatten()?)?.to_i64_vec();
+    let xs = g.shape(x)?;
+    let [t0, t1, h, d] = target[..] else { return None };
+    let keeps = |t: i64, dim: &Dim| t == 0 || (t > 0 && *dim == Dim::Known(t as usize));
+    let ok = reshape.attrs.int("allowzero", 0).ok()? == 0
+        && xs.len() == 3
+        && keeps(t0, &xs[0])
+        && keeps(t1, &xs[1])
+        && h > 0
+        && d > 0
+        && xs[2] == Dim::Known((h * d) as usize);
+    ok.then_some((x, h as usize, ri))
+}
+
+/// `t = Transpose(Reshape(x, [b, s, h, d]), [0, 2, 1, 3])`: (x, heads, layers).
+fn packed_input(g: &Graph, t: TensorId) -> Option<(TensorId, usize, Vec<usize>)> {
+    let (ti, transpose) = g.producer(t, "Transpose")?;
+    if transpose.attrs.ints_opt("perm").ok()?? != [0, 2, 1, 3] {
+        return None;
+    }
+    let (x, h, ri) = head_split(g, transpose.inputs.first().copied().flatten()?)?;
+    Some((x, h, vec![ti, ri]))
+}
+
+fn packed(g: &Graph, q: TensorId, k: (TensorId, &[i64]), v: TensorId, y: TensorId) -> Option<Packed> {
+    let (xq, q_heads, mut layers) = packed_input(g, q)?;
+    let (xv, kv_heads, v_layers) = packed_input(g, v)?;
+    if k.1 != [0, 2, 1, 3] {
+        return None;
+    }
+    let (xk, k_heads, rk) = head_split(g, k.0)?;
+    if k_heads != kv_heads {
+        return None;
+    }
+    layers.extend(v_layers);
+    layers.push(rk);
+    // The output: merge the heads back into [b, s, h·dv].
+    let [t] = g.readers(y) else { return None };
+    let transpose = g.layer(*t);
+    let merged = only_output(transpose)?;
+    let [r] = g.readers(merged) else { return None };
+    let reshape = g.layer(*r);
+    let ys = g.shape(merged)?;
+    let target = g.constant(reshape.inputs.get(1).copied().flatten()?)?.to_i64_vec();
+    let keeps = |t: i64, dim: &Dim| t == 0 || (t > 0 && *dim == Dim::Known(t as usize));
+    let ok = transpose.op == "Transpose"
+        && transpose.attrs.ints_opt("perm").ok()?? == [0, 2, 1, 3]
+        && reshape.op == "Reshape"
+        && reshape.attrs.int("allowzero", 0).ok()? == 0
+        && reshape.inputs.first().copied().flatten() == Some(merged)
+        && ys.len() == 4
+        && target.len() == 3
+        && keeps(target[0], &ys[0])
+        && keeps(target[1], &ys[1])
+        && match (&ys[2], &ys[3]) {
+            (Dim::Known(h), Dim::Known(dv)) => target[2] == -1 || target[2] == (h * dv) as i64,
+            _ => false,
+        };
+    if !ok {
+        return None;
+    }
+    layers.extend([*t, *r]);
+    Some(Packed { xq, xk, xv, q_heads, kv_heads, layers, out: only_output(reshape)? })
+}
+
 fn matched(g: &Graph, root: usize) -> Option<Rewrite> {
     let layer = g.layer(root);
-    if layer.op != "MatMul" || layer.inputs.len() != 2 {
+    if !plain_matmul(layer) {
         return None;
     }
     let (p, v) = pattern::two_inputs(layer)?;
@@ -130,13 +227,34 @@ fn matched(g: &Graph, root: usize) -> Option<Rewrite> {
     let (k_in, k_perm, k_name) = k_source.unwrap_or((kt, vec![0, 1, 3, 2], None));
 
     let out = only_output(layer)?;
-    if !g.sealed(&covered, &[out]) {
-        return None;
-    }
     let name = layer.name.clone();
     let mut attrs = Attributes::new().with("scale", scale as f32);
     if mask.is_some() {
         attrs.set(spec::ATTENTION_MASK_BROADCAST_ATTR, 1i64);
+    }
+    // The packed form when the heads are split and merged by Reshape + Transpose around it.
+    if let Some(p) = packed(g, q, (k_in, &k_perm), v, out) {
+        let all: Vec<usize> = covered.iter().chain(&p.layers).copied().collect();
+        if g.sealed(&all, &[p.out]) {
+            attrs.set("q_num_heads", p.q_heads as i64);
+            attrs.set("kv_num_heads", p.kv_heads as i64);
+            attrs.set(spec::FUSED_NODES_ATTR, fused_attr(g.net, &all));
+            let at = *all.iter().max()?;
+            let Packed { xq, xk, xv, out, .. } = p;
+            return Some(Rewrite {
+                covered: all,
+                at,
+                emit: Box::new(move |rb| {
+                    let ins =
+                        [Some(rb.map(xq)?), Some(rb.map(xk)?), Some(rb.map(xv)?), mask.map(|m| rb.map(m)).transpose()?];
+                    rb.add_layer(&name, "Attention", attrs, &ins, &[Some(out)])?;
+                    Ok(())
+                }),
+            });
+        }
+    }
+    if !g.sealed(&covered, &[out]) {
+        return None;
     }
     attrs.set(spec::FUSED_NODES_ATTR, fused_attr(g.net, &covered));
     Some(Rewrite {
@@ -281,6 +399,74 @@ mod tests {
     fn a_mask_broadcast_along_the_keys_stays_a_broadcast() {
         // ONNX Attention would pad this mask with -inf; the fused layer broadcasts it like Add.
         check(&Opts { mask: Some([B, 1, 1, 1]), ..BERT }, &["Transpose", "Attention"], 0.5);
+    }
+
+    /// BERT's whole self-attention from the 3-D projections: split heads, attention, merge.
+    fn packed_net(out_target: &[i64]) -> (Network, Vec<(&'static str, Tensor)>) {
+        let mut net = Network::new("t");
+        let (b, s) = (sym("batch"), sym("seq"));
+        let hidden = [b.clone(), s.clone(), Dim::Known(H * D)];
+        let split = |net: &mut Network, name: &str, x: TensorId, perm: Vec<i64>| {
+            let t = Tensor::from_vec(vec![4], vec![0i64, 0, H as i64, D as i64]).unwrap();
+            let t = net.add_constant(&format!("{name}_shape"), t).unwrap();
+            let r = layer(net, &format!("{name}_reshape"), "Reshape", Attributes::new(), &[x, t]);
+            layer(net, &format!("{name}_transpose"), "Transpose", Attributes::new().with("perm", perm), &[r])
+        };
+        let xq = sym_input(&mut net, "xq", &hidden);
+        let xk = sym_input(&mut net, "xk", &hidden);
+        let xv = sym_input(&mut net, "xv", &hidden);
+        let m = sym_input(&mut net, "mask", &[b.clone(), Dim::Known(1), Dim::Known(1), s.clone()]);
+        let q = split(&mut net, "q", xq, vec![0, 2, 1, 3]);
+        let kt = split(&mut net, "k", xk, vec![0, 2, 3, 1]);
+        let v = split(&mut net, "v", xv, vec![0, 2, 1, 3]);
+        let x = layer(&mut net, "qk", "MatMul", Attributes::new(), &[q, kt]);
+        let c = net.add_constant("c", Tensor::scalar(2.0f32)).unwrap();
+        let x = layer(&mut net, "scale", "Div", Attributes::new(), &[x, c]);
+        let x = layer(&mut net, "add_mask", "Add", Attributes::new(), &[x, m]);
+        let p = layer(&mut net, "softmax", "Softmax", Attributes::new().with("axis", -1i64), &[x]);
+        let y = layer(&mut net, "pv", "MatMul", Attributes::new(), &[p, v]);
+        let y = layer(&mut net, "merge", "Transpose", Attributes::new().with("perm", vec![0i64, 2, 1, 3]), &[y]);
+        let t = Tensor::from_vec(vec![out_target.len()], out_target.to_vec()).unwrap();
+        let t = net.add_constant("out_shape", t).unwrap();
+        let y = layer(&mut net, "out", "Reshape", Attributes::new(), &[y, t]);
+        net.mark_output(y).unwrap();
+        let mut mask = random(&[B, 1, 1, S], 4, 1.0).to_f64_vec();
+        mask[S - 1] = -10000.0;
+        let mask = Tensor::from_vec(vec![B, 1, 1, S], mask.iter().map(|&x| x as f32).collect()).unwrap();
+        let inputs = vec![
+            ("xq", random(&[B, S, H * D], 1, 1.0)),
+            ("xk", random(&[B, S, H * D], 2, 1.0)),
+            ("xv", random(&[B, S, H * D], 3, 1.0)),
+            ("mask", mask),
+        ];
+        (net, inputs)
+    }
+
+    #[test]
+    fn split_heads_and_merge_around_it_give_the_packed_form() {
+        for target in [vec![0i64, 0, (H * D) as i64], vec![0, 0, -1]] {
+            let (net, inputs) = packed_net(&target);
+            let out = FuseAttention.run(&net).unwrap().expect("fused");
+            let out = DeadLayerElimination.run(&out).unwrap().unwrap_or(out);
+            assert_eq!(ops(&out), vec!["Attention"]);
+            let att = &out.layers()[0];
+            assert_eq!(att.attrs.int("q_num_heads", 0).unwrap(), H as i64);
+            assert_eq!(att.attrs.int("kv_num_heads", 0).unwrap(), H as i64);
+            assert_eq!(spec::fused_nodes(att).len(), 13);
+            assert_eq!(out.tensor(out.outputs()[0]).ty.as_ref().unwrap().to_string(), "f32[batch, seq, 12]");
+            assert_close(&net, &out, &inputs, 1e-5);
+        }
+    }
+
+    #[test]
+    fn an_output_that_is_not_merged_keeps_the_4d_form() {
+        let (net, inputs) = packed_net(&[0, 0, 2, 6]);
+        let out = FuseAttention.run(&net).unwrap().expect("fused");
+        let out = DeadLayerElimination.run(&out).unwrap().unwrap_or(out);
+        let att = out.layers().iter().find(|l| l.op == "Attention").unwrap();
+        assert!(!att.attrs.contains("q_num_heads"));
+        assert_eq!(out.layers().iter().filter(|l| l.op == "Transpose").count(), 4);
+        assert_close(&net, &out, &inputs, 1e-5);
     }
 
     #[test]

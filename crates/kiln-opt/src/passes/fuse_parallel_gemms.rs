@@ -10,7 +10,9 @@
 //! Members come in three forms, and a group has one form: a plain MatMul, with or without a
 //! following constant per-column bias Add; a fused MatMul `[A, B, Bias?]` (no Residual) with the
 //! same activation attributes; a Gemm (transA = 0; transB and alpha folded into the weights,
-//! beta into the bias) without Residual and with the same activation attributes.
+//! beta into the bias) without Residual and with the same activation attributes. Plain f32/f64
+//! products with their bias Adds become one fused MatMul `[A, Bcat, BiasCat]` (the epilogue
+//! format), so the group costs two layers: the product and the Split.
 
 use crate::passes::pattern::{self, float_tensor, fused_attr, only_output, Graph, Rewrite};
 use crate::Pass;
@@ -192,11 +194,16 @@ fn rewrite(g: &Graph, sig: Signature, members: Vec<Member>) -> Option<Rewrite> {
     let first = &net.layers()[products[0]];
     let name = first.name.clone();
     let add_name = adds.first().map(|&a| net.layers()[a].name.clone());
+    // Plain products with a bias become one fused MatMul [A, Bcat, BiasCat] where its kernel adds
+    // the bias exactly as the Add did (f32, f64: one rounding of the same sum); other float types
+    // keep MatMul + Add.
+    let fuse_bias = sig.form == Form::Plain && sig.bias && matches!(sig.dtype, DType::F32 | DType::F64);
+    let form = if fuse_bias { Form::FusedMatMul } else { sig.form };
     let mut attrs = sig.attrs.clone();
-    attrs.set(spec::FUSED_NODES_ATTR, fused_attr(net, &products));
+    let fused_layers: Vec<usize> = if fuse_bias { covered.clone() } else { products.clone() };
+    attrs.set(spec::FUSED_NODES_ATTR, fused_attr(net, &fused_layers));
     let add_fused = (!adds.is_empty()).then(|| fused_attr(net, &adds));
     let a = sig.a;
-    let form = sig.form;
     Some(Rewrite {
         covered,
         at: products[0],
@@ -278,12 +285,33 @@ mod tests {
         net.mark_output(kv).unwrap();
         net.mark_output(v).unwrap();
         let out = fuse(&net);
-        assert_eq!(ops(&out), vec!["MatMul", "Add", "Split", "Relu", "Concat"]);
+        assert_eq!(ops(&out), vec!["MatMul", "Split", "Relu", "Concat"]);
         let mm = &out.layers()[0];
         assert_eq!(mm.name, "q/MatMul");
-        assert_eq!(spec::fused_nodes(mm), vec!["q/MatMul", "k/MatMul", "v/MatMul"]);
+        let nodes = ["q/MatMul", "q/Add", "k/MatMul", "k/Add", "v/MatMul", "v/Add"];
+        assert_eq!(spec::fused_nodes(mm), nodes);
         assert_eq!(out.tensor(mm.inputs[1].unwrap()).constant().unwrap().shape(), &[8, 14]);
+        assert_eq!(out.tensor(mm.inputs[2].unwrap()).constant().unwrap().shape(), &[14]);
         assert_close(&net, &out, &inputs(), 1e-6);
+    }
+
+    #[test]
+    fn f16_products_keep_their_bias_add() {
+        let mut net = Network::new("t");
+        let x = net.add_input("x", kiln_ir::ValueType::tensor(DType::F16, vec![Dim::Known(3), Dim::Known(8)])).unwrap();
+        let mut outs = Vec::new();
+        for (i, n) in [4usize, 2].into_iter().enumerate() {
+            let half = |t: Tensor| float_tensor(DType::F16, t.shape().to_vec(), &t.to_f64_vec()).unwrap();
+            let w = net.add_constant(&format!("w{i}"), half(random(&[8, n], i as u64, 1.0))).unwrap();
+            let b = net.add_constant(&format!("b{i}"), half(random(&[n], 7 + i as u64, 1.0))).unwrap();
+            let m = layer(&mut net, &format!("mm{i}"), "MatMul", Attributes::new(), &[x, w]);
+            outs.push(layer(&mut net, &format!("add{i}"), "Add", Attributes::new(), &[m, b]));
+        }
+        outs.iter().for_each(|&o| net.mark_output(o).unwrap());
+        let out = fuse(&net);
+        assert_eq!(ops(&out), vec!["MatMul", "Add", "Split"]);
+        let x = float_tensor(DType::F16, vec![3, 8], &random(&[3, 8], 5, 1.0).to_f64_vec()).unwrap();
+        assert_close(&net, &out, &[("x", x)], 1e-3);
     }
 
     #[test]
