@@ -459,6 +459,18 @@ mod tests {
     }
 
     #[test]
+    fn dead_shape_readers_do_not_block_the_packed_form() {
+        // Before dead-layer elimination runs, the exporter's Shape of the merged tensor still
+        // reads it (its Reshape target was just folded to a constant).
+        let (mut net, inputs) = packed_net(&[0, 0, (H * D) as i64]);
+        let merged = net.tensor_by_name("merge_out").unwrap();
+        layer(&mut net, "dead_shape", "Shape", Attributes::new(), &[merged]);
+        let out = FuseAttention.run(&net).unwrap().expect("fused");
+        assert_eq!(ops(&out), vec!["Attention"]);
+        assert_close(&net, &out, &inputs, 1e-5);
+    }
+
+    #[test]
     fn an_output_that_is_not_merged_keeps_the_4d_form() {
         let (net, inputs) = packed_net(&[0, 0, 2, 6]);
         let out = FuseAttention.run(&net).unwrap().expect("fused");

@@ -7,10 +7,12 @@ use kiln_ir::{
     DType, Dim, Element, IrError, Layer, Network, Shape, Tensor, TensorData, TensorId, TensorSource, ValueType,
 };
 
-/// A network with its reader lists, for matching.
+/// A network with its reader lists, for matching. Dead layers (whose outputs nothing needs,
+/// like the shape computations a folding pass just made redundant) do not count as readers:
+/// [`apply`] drops them, so they cannot block a fusion in the same round.
 pub(crate) struct Graph<'a> {
     pub net: &'a Network,
-    /// Per tensor: the layers reading it (once per read, explicit or implicit).
+    /// Per tensor: the live layers reading it (once per read, explicit or implicit).
     readers: Vec<Vec<usize>>,
     /// Per tensor: is it a network output?
     is_output: Vec<bool>,
@@ -18,8 +20,9 @@ pub(crate) struct Graph<'a> {
 
 impl<'a> Graph<'a> {
     pub fn new(net: &'a Network) -> Self {
+        let live = live_layers(net);
         let mut readers = vec![Vec::new(); net.tensors().len()];
-        for (i, layer) in net.layers().iter().enumerate() {
+        for (i, layer) in net.layers().iter().enumerate().filter(|(i, _)| live[*i]) {
             for id in layer.inputs.iter().flatten().chain(&layer.implicit_inputs) {
                 readers[id.0].push(i);
             }
@@ -119,6 +122,24 @@ impl<'a> Graph<'a> {
     }
 }
 
+/// Per layer: does anything need its outputs (a network output, through live layers)?
+pub(crate) fn live_layers(net: &Network) -> Vec<bool> {
+    let mut needed = vec![false; net.tensors().len()];
+    for id in net.outputs() {
+        needed[id.0] = true;
+    }
+    let mut live = vec![false; net.layers().len()];
+    for (i, layer) in net.layers().iter().enumerate().rev() {
+        if layer.outputs.iter().flatten().any(|o| needed[o.0]) {
+            live[i] = true;
+            for id in layer.inputs.iter().flatten().chain(&layer.implicit_inputs) {
+                needed[id.0] = true;
+            }
+        }
+    }
+    live
+}
+
 /// The two inputs of a binary layer.
 pub(crate) fn two_inputs(layer: &Layer) -> Option<(TensorId, TensorId)> {
     match layer.inputs.as_slice() {
@@ -207,14 +228,16 @@ pub(crate) struct Rewrite {
 }
 
 /// Apply non-overlapping rewrites (the first one found wins a conflict; the pass manager
-/// comes back for the others) and copy every other layer.
+/// comes back for the others) and copy every other live layer. Rewrites of dead layers are
+/// ignored.
 pub(crate) fn apply(net: &Network, rewrites: Vec<Rewrite>) -> Result<Option<Network>, IrError> {
+    let live = live_layers(net);
     let mut claimed = vec![false; net.layers().len()];
     let mut at: Vec<Option<Box<dyn FnOnce(&mut Rebuilder) -> Result<(), IrError>>>> =
         (0..net.layers().len()).map(|_| None).collect();
     let mut any = false;
     for rw in rewrites {
-        if rw.covered.iter().any(|&l| claimed[l]) || !rw.covered.contains(&rw.at) {
+        if !live[rw.at] || rw.covered.iter().any(|&l| claimed[l]) || !rw.covered.contains(&rw.at) {
             continue;
         }
         for &l in &rw.covered {
@@ -230,7 +253,7 @@ pub(crate) fn apply(net: &Network, rewrites: Vec<Rewrite>) -> Result<Option<Netw
     for (i, layer) in net.layers().iter().enumerate() {
         if let Some(emit) = at[i].take() {
             emit(&mut rb)?;
-        } else if !claimed[i] {
+        } else if live[i] && !claimed[i] {
             rb.copy_layer(layer)?;
         }
     }
