@@ -105,7 +105,7 @@ fn member(g: &Graph, i: usize) -> Option<(Signature, Member)> {
         None => None,
     };
     let (form, k, n, bias, layers, out) = if layer.op == "Gemm" {
-        if attrs.remove("transA").map_or(false, |t| t != kiln_ir::Attribute::Int(0)) {
+        if attrs.remove("transA").is_some_and(|t| t != kiln_ir::Attribute::Int(0)) {
             return None;
         }
         let trans_b = attrs.remove("transB").map_or(Ok(0), |t| match t {

@@ -224,8 +224,11 @@ pub(crate) struct Rewrite {
     /// between their layers (parallel GEMMs).
     pub at: usize,
     /// Adds the replacement to the copy.
-    pub emit: Box<dyn FnOnce(&mut Rebuilder) -> Result<(), IrError>>,
+    pub emit: Emit,
 }
+
+/// What adds a rewrite's replacement to the copy.
+pub(crate) type Emit = Box<dyn FnOnce(&mut Rebuilder) -> Result<(), IrError>>;
 
 /// Apply non-overlapping rewrites (the first one found wins a conflict; the pass manager
 /// comes back for the others) and copy every other live layer. Rewrites of dead layers are
@@ -233,8 +236,7 @@ pub(crate) struct Rewrite {
 pub(crate) fn apply(net: &Network, rewrites: Vec<Rewrite>) -> Result<Option<Network>, IrError> {
     let live = live_layers(net);
     let mut claimed = vec![false; net.layers().len()];
-    let mut at: Vec<Option<Box<dyn FnOnce(&mut Rebuilder) -> Result<(), IrError>>>> =
-        (0..net.layers().len()).map(|_| None).collect();
+    let mut at: Vec<Option<Emit>> = (0..net.layers().len()).map(|_| None).collect();
     let mut any = false;
     for rw in rewrites {
         if !live[rw.at] || rw.covered.iter().any(|&l| claimed[l]) || !rw.covered.contains(&rw.at) {
