@@ -80,7 +80,7 @@ impl<'a> TacticSelector<'a> {
         let mut best: Option<(f64, &Tactic)> = None;
         let mut times = Vec::new();
         for t in &fitting {
-            match time_tactic(self.backend, desc, &t.name, &inputs) {
+            match time_tactic(self.backend, desc, &t.name, &inputs, best.map(|(b, _)| b)) {
                 Ok(us) => {
                     times.push((t.name.clone(), us));
                     if best.is_none_or(|(b, _)| us < b) {
@@ -174,8 +174,16 @@ fn timing_inputs(desc: &LayerDesc) -> Result<Vec<Option<Value>>, String> {
         .collect()
 }
 
-/// Median time of one tactic over a few runs, in microseconds (after one warm-up run).
-fn time_tactic(backend: &dyn Backend, desc: &LayerDesc, tactic: &str, inputs: &[Option<Value>]) -> Result<f64, String> {
+/// Median time of one tactic over a few runs, in microseconds (after one warm-up run). A
+/// tactic clearly slower than `best` (the fastest so far) is given up on early: it cannot win,
+/// and timing a slow reference kernel in full would dominate the build.
+fn time_tactic(
+    backend: &dyn Backend,
+    desc: &LayerDesc,
+    tactic: &str,
+    inputs: &[Option<Value>],
+    best: Option<f64>,
+) -> Result<f64, String> {
     let kernel = backend.instantiate(desc, tactic)?;
     let mut samples = Vec::with_capacity(TIMING_RUNS);
     for run in 0..=TIMING_RUNS {
@@ -193,8 +201,12 @@ fn time_tactic(backend: &dyn Backend, desc: &LayerDesc, tactic: &str, inputs: &[
         let mut io = LayerIo { inputs: args, captures: Vec::new(), outputs, results };
         let start = Instant::now();
         kernel.run(&mut io)?;
+        let us = start.elapsed().as_secs_f64() * 1e6;
+        if best.is_some_and(|b| us > 3.0 * b) {
+            return Ok(us);
+        }
         if run > 0 {
-            samples.push(start.elapsed().as_secs_f64() * 1e6);
+            samples.push(us);
         }
     }
     samples.sort_by(f64::total_cmp);

@@ -210,3 +210,87 @@ fn a_saved_and_loaded_plan_gives_bit_identical_outputs() {
     let e = kiln_engine::Engine::load(&path, backend).unwrap_err().to_string();
     assert!(e.contains("truncated"), "{e}");
 }
+
+/// Two convolutions concatenated along channels (batch 1, static): the concat is elided and
+/// each convolution writes straight into its slice of the output.
+#[test]
+fn concat_inputs_are_written_in_place() {
+    let mut net = Network::new("concat");
+    let x = net.add_input("x", ValueType::tensor(DType::F32, kiln_ir::known_shape(&[1, 3, 6, 6]))).unwrap();
+    let mut branches = Vec::new();
+    for (i, cout) in [4usize, 2].into_iter().enumerate() {
+        let w = net.add_constant(&format!("w{i}"), weights(&[cout, 3, 3, 3], i as u32 + 1)).unwrap();
+        let attrs = Attributes::new().with("pads", vec![1i64, 1, 1, 1]);
+        let y = net.add_layer(&format!("conv{i}"), "Conv", attrs, &[Some(x), Some(w)], &[&format!("c{i}")]).unwrap()[0];
+        let y = net.add_layer(&format!("relu{i}"), "Relu", Attributes::new(), &[y], &[&format!("r{i}")]).unwrap()[0];
+        branches.push(y);
+    }
+    let cat = net.add_layer("cat", "Concat", Attributes::new().with("axis", 1i64), &branches, &["cat_out"]).unwrap()[0];
+    let out = net.add_layer("sig", "Sigmoid", Attributes::new(), &[cat], &["y"]).unwrap()[0].unwrap();
+    net.mark_output(out).unwrap();
+    let engine = Arc::new(Builder::cpu().build(&net, &BuilderConfig::default()).unwrap());
+    let concat = engine.graph().layers.iter().find(|l| l.layer.op == "Concat").unwrap();
+    assert_eq!(concat.elided, Some(kiln_engine::Elision::Concat));
+    let image = random(&[1, 3, 6, 6], 5);
+    let mut ctx = engine.create_context();
+    ctx.set_input("x", &Value::Tensor(image.clone())).unwrap();
+    ctx.execute().unwrap();
+    let got = ctx.output("y").unwrap().into_tensor().unwrap();
+    let want = kiln_cpu::execute_named(&net, [("x".to_string(), Value::Tensor(image))].into()).unwrap();
+    assert!(max_rel_err(&got, want[0].as_tensor().unwrap()) < 1e-6);
+}
+
+#[test]
+fn a_rebuild_with_the_timing_cache_picks_the_same_tactics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config((1, 2, 4));
+    cfg.timing_cache = Some(dir.path().join("timing.json"));
+    let first = Builder::cpu().build(&small_cnn(), &cfg).unwrap();
+    let cache = kiln_engine::TimingCache::load(cfg.timing_cache.as_ref().unwrap()).unwrap();
+    assert!(!cache.is_empty(), "the conv layers have several tactics, so timings were cached");
+    let second = Builder::cpu().build(&small_cnn(), &cfg).unwrap();
+    let tactics = |e: &kiln_engine::Engine| e.graph().layers.iter().map(|l| l.tactic.clone()).collect::<Vec<_>>();
+    assert_eq!(tactics(&first), tactics(&second));
+    std::fs::write(cfg.timing_cache.as_ref().unwrap(), "{ broken").unwrap();
+    let e = Builder::cpu().build(&small_cnn(), &cfg).unwrap_err().to_string();
+    assert!(e.contains("timing.json"), "{e}");
+}
+
+#[test]
+fn tactics_needing_more_workspace_than_the_limit_are_skipped() {
+    let mut cfg = config((1, 2, 4));
+    cfg.workspace_bytes = 0;
+    let engine = Builder::cpu().build(&small_cnn(), &cfg).unwrap();
+    for l in &engine.graph().layers {
+        assert_ne!(l.tactic, "conv-im2col-gemm", "{} needs scratch memory", l.layer.name);
+    }
+    // Still correct with the fallback tactics.
+    let engine = Arc::new(engine);
+    let mut ctx = engine.create_context();
+    let image = random(&[2, 4, 8, 8], 3);
+    ctx.set_input("image", &Value::Tensor(image.clone())).unwrap();
+    ctx.execute().unwrap();
+    let out = ctx.output("logits").unwrap().into_tensor().unwrap();
+    assert!(max_rel_err(&out, &reference(&small_cnn(), &image)) < 1e-5);
+}
+
+#[test]
+fn the_profiler_hears_every_layer() {
+    struct Count(Arc<std::sync::Mutex<Vec<String>>>);
+    impl kiln_engine::Profiler for Count {
+        fn layer_done(&mut self, layer: &str, _op: &str, _start: std::time::Instant, _elapsed: std::time::Duration) {
+            self.0.lock().unwrap().push(layer.to_string());
+        }
+    }
+    let engine = Arc::new(Builder::cpu().build(&small_cnn(), &config((1, 1, 1))).unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut ctx = engine.create_context();
+    ctx.set_profiler(Some(Box::new(Count(seen.clone()))));
+    ctx.set_input("image", &Value::Tensor(random(&[1, 4, 8, 8], 1))).unwrap();
+    ctx.execute().unwrap();
+    ctx.execute().unwrap(); // inputs stay bound across runs
+    let names: Vec<String> = engine.graph().layers.iter().map(|l| l.layer.name.clone()).collect();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2 * names.len());
+    assert_eq!(&seen[..names.len()], names.as_slice());
+}

@@ -43,6 +43,9 @@ fn matmul(k: &Known) -> Result<Vec<ValueType>, String> {
         return Err(format!("dtype {} is not supported", a.dtype));
     }
     let out = matmul_type(a.dtype, a.shape.as_ref(), b.shape.as_ref())?;
+    if k.has_input(2) && b.shape.as_ref().is_some_and(|s| s.len() < 2) {
+        return Err("a fused Bias needs B of rank >= 2 (it runs along B's last dim)".into());
+    }
     let rank = out.as_tensor().and_then(|t| t.rank());
     check_epilogue(k, &out, rank.map(|r| r.saturating_sub(1)), "Bias")?;
     Ok(vec![out])

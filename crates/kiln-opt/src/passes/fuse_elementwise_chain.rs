@@ -40,8 +40,8 @@ impl Pass for FuseElementwiseChain {
             }
         }
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for i in 0..n {
-            if nodes[i].is_some() {
+        for (i, nd) in nodes.iter().enumerate() {
+            if nd.is_some() {
                 let r = find(&mut parent, i);
                 groups[r].push(i);
             }
@@ -115,7 +115,8 @@ fn node(net: &Network, layer: &Layer) -> Option<Node> {
         // Two constants: constant folding's business. Pow's exponent may have another dtype
         // only as a scalar constant folded into the program.
         let both_constant = net.tensor(x).constant().is_some() && net.tensor(y).constant().is_some();
-        if both_constant || !same(y) && !(op == BinaryOp::Pow && scalar_constant(net, y, x, dtype).is_some()) {
+        let pow_exponent = op == BinaryOp::Pow && scalar_constant(net, y, x, dtype).is_some();
+        if both_constant || !(same(y) || pow_exponent) {
             return None;
         }
         return Some(Node { operands: vec![x, y], instr: Instr::Binary(op), dtype });

@@ -264,10 +264,12 @@ fn plan(net: &Network, anchor: usize, counts: &[usize], readers: &[Vec<usize>], 
                 break;
             };
             let other = if a == cur { b } else { a };
-            // The Add must not broadcast the output to a larger shape.
-            if r.inputs.len() != 2 || other == cur || !same_static_type(net, out, t0) {
+            if r.inputs.len() != 2 || other == cur {
                 break;
             }
+            // The Add must not broadcast the output to a larger shape: a bias is 1 along every
+            // axis but the (known) channel axis, where it has the channel count; a residual has
+            // provably the output's shape.
             if let Some(c) = net.tensor(other).constant() {
                 let Some(v) = channels.and_then(|m| bias_vector(c, rank, axis, m)) else { break };
                 if !bias_constant || c.dtype() != ty.dtype {
@@ -275,7 +277,11 @@ fn plan(net: &Network, anchor: usize, counts: &[usize], readers: &[Vec<usize>], 
                 }
                 p.biases.push(v);
             } else {
-                if has_residual || p.residual.is_some() || !same_static_type(net, other, t0) {
+                if has_residual
+                    || p.residual.is_some()
+                    || !same_static_type(net, other, t0)
+                    || !same_static_type(net, out, t0)
+                {
                     break;
                 }
                 p.residual = Some(other);
@@ -400,6 +406,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::passes::test_support::*;
     use kiln_ir::{Attributes, Value};
+    use kiln_ir::{DType, Dim};
     use std::collections::HashMap;
 
     /// Run both networks on the same inputs; outputs must agree within `tol` (relative).
@@ -568,6 +575,25 @@ pub(crate) mod tests {
             assert_eq!(out.layers()[0].attrs.float("beta", 0.0).unwrap(), 1.0);
             assert_close(&net, &out, &[("x", values(&[4, 6], 0.5))], 1e-5);
         }
+    }
+
+    #[test]
+    fn a_bias_fuses_into_a_product_of_unknown_rows_but_a_residual_needs_a_static_shape() {
+        // BERT before its shape subgraphs fold: [?, ?, 768]-like products.
+        let mut net = Network::new("t");
+        let x = net
+            .add_input("x", ValueType::tensor(DType::F32, vec![Dim::Unknown, Dim::Symbol("s".into()), Dim::Known(8)]))
+            .unwrap();
+        let w = constant(&mut net, "w", &[8, 8], 1.0);
+        let mm = layer(&mut net, "mm", "MatMul", Attributes::new(), &[x, w]);
+        let b = constant(&mut net, "b", &[8], 2.0);
+        let biased = layer(&mut net, "bias", "Add", Attributes::new(), &[b, mm]);
+        let y = layer(&mut net, "residual", "Add", Attributes::new(), &[biased, x]);
+        net.mark_output(y).unwrap();
+        let out = FuseEpilogue.run(&net).unwrap().expect("changed");
+        assert_eq!(ops(&out), vec!["MatMul", "Add"]);
+        assert_eq!(out.layers()[0].inputs.len(), 3);
+        assert_close(&net, &out, &[("x", values(&[2, 3, 8], 0.5))], 1e-5);
     }
 
     #[test]

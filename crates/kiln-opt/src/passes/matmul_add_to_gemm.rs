@@ -27,9 +27,9 @@ impl Pass for MatMulAddToGemm {
         let n = net.layers().len();
         let mut at_add: Vec<Option<Rewrite>> = (0..n).map(|_| None).collect();
         let mut skip = vec![false; n];
-        for i in 0..n {
+        for (i, s) in skip.iter_mut().enumerate() {
             if let Some(r) = rewrite(net, i, &counts, &readers) {
-                skip[i] = true;
+                *s = true;
                 let add = r.add;
                 at_add[add] = Some(r);
             }

@@ -50,10 +50,10 @@ pub(super) trait Real:
     }
     /// The error function, accurate to this type's precision.
     fn erf(self) -> Self {
-        Self::from_f64(erf_f64(self.to_f64(), Self::SERIES_EPS))
+        Self::from_f64(kiln_ir::activation::erf(self.to_f64(), Self::SERIES_EPS))
     }
     fn erfc(self) -> Self {
-        Self::from_f64(erfc_f64(self.to_f64(), Self::SERIES_EPS))
+        Self::from_f64(kiln_ir::activation::erfc(self.to_f64(), Self::SERIES_EPS))
     }
 }
 
@@ -286,61 +286,3 @@ impl_int!(u32);
 impl_int!(i64);
 impl_int!(u64);
 
-/// erf(x) to relative accuracy about `eps`.
-///
-/// |x| < 3: the series erf(x) = 2/√π · e^(−x²) · Σ 2ⁿ x^(2n+1) / (1·3·…·(2n+1)), whose terms are
-/// all positive (no cancellation); otherwise 1 − erfc(|x|) from the continued fraction.
-pub(super) fn erf_f64(x: f64, eps: f64) -> f64 {
-    if x.is_nan() {
-        return x;
-    }
-    let ax = x.abs();
-    let r = if ax < 3.0 { erf_series(ax, eps) } else { 1.0 - erfc_fraction(ax) };
-    if x < 0.0 {
-        -r
-    } else {
-        r
-    }
-}
-
-/// erfc(x) = 1 − erf(x), keeping its relative accuracy in the far tail (where 1 − erf(x)
-/// would cancel to 0), as Gelu needs for large negative inputs.
-pub(super) fn erfc_f64(x: f64, eps: f64) -> f64 {
-    if x.is_nan() {
-        x
-    } else if x >= 3.0 {
-        erfc_fraction(x)
-    } else if x <= -3.0 {
-        2.0 - erfc_fraction(-x)
-    } else if x >= 0.0 {
-        1.0 - erf_series(x, eps)
-    } else {
-        1.0 + erf_series(-x, eps)
-    }
-}
-
-/// erf(x) for 0 <= x < 3 by the positive-term series.
-fn erf_series(x: f64, eps: f64) -> f64 {
-    let x2 = x * x;
-    let mut term = x;
-    let mut sum = x;
-    // Terms grow while 2x² > 2n+3, then shrink geometrically; 200 covers x < 3 at eps 1e-17.
-    for n in 1..200u32 {
-        term *= 2.0 * x2 / (2 * n + 1) as f64;
-        sum += term;
-        if term <= sum * eps {
-            break;
-        }
-    }
-    std::f64::consts::FRAC_2_SQRT_PI * (-x2).exp() * sum
-}
-
-/// erfc(x) for x >= 3 from erfc(x) = e^(−x²)/√π · 1/(x + ½/(x + 1/(x + (3/2)/(x + …)))),
-/// evaluated bottom-up; 80 levels are exact to double precision for x >= 3.
-fn erfc_fraction(x: f64) -> f64 {
-    let mut f = x;
-    for k in (1..=80).rev() {
-        f = x + (k as f64 * 0.5) / f;
-    }
-    (-x * x).exp() / (std::f64::consts::PI.sqrt() * f)
-}

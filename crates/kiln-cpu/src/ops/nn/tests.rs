@@ -497,6 +497,8 @@ mod fused {
         let (a, b) = (t32(&[2, 3, 4], 1), t32(&[4, 5], 2));
         let e = err("MatMul", Attributes::new(), &[Some(a.clone()), Some(b.clone()), Some(t32(&[4], 3))]);
         assert!(e.contains("Bias"), "{e}");
+        let e = err("MatMul", Attributes::new(), &[Some(a.clone()), Some(t32(&[4], 2)), Some(t32(&[3], 3))]);
+        assert!(e.contains("rank >= 2"), "{e}");
         let e = err("MatMul", Attributes::new(), &[Some(a.clone()), Some(b.clone()), None, Some(t32(&[3, 5], 3))]);
         assert!(e.contains("Residual"), "{e}");
         let e = err("Gemm", Attributes::new(), &[Some(t32(&[2, 4], 1)), Some(b), None, Some(t32(&[5, 2], 3))]);
