@@ -247,7 +247,8 @@ fn build_engine(
         for (name, v) in inputs {
             let Some(t) = v.as_tensor() else { continue };
             let shape = t.shape().to_vec();
-            let range = config.profile.inputs.entry(name.clone()).or_insert_with(|| kiln::ShapeRange::fixed(shape.clone()));
+            let range =
+                config.profile.inputs.entry(name.clone()).or_insert_with(|| kiln::ShapeRange::fixed(shape.clone()));
             if range.min.len() == shape.len() {
                 for (axis, &d) in shape.iter().enumerate() {
                     range.min[axis] = range.min[axis].min(d);

@@ -109,11 +109,8 @@ fn shapes(net: &Network) -> Vec<(String, Vec<usize>)> {
             let info = net.tensor(id);
             let Some(ValueType::Tensor(t)) = &info.ty else { return None };
             let dims = t.shape.as_ref()?;
-            let shape = dims
-                .iter()
-                .enumerate()
-                .map(|(axis, d)| d.known().unwrap_or(if axis == 0 { 1 } else { 128 }))
-                .collect();
+            let shape =
+                dims.iter().enumerate().map(|(axis, d)| d.known().unwrap_or(if axis == 0 { 1 } else { 128 })).collect();
             Some((info.name.clone(), shape))
         })
         .collect()
@@ -130,7 +127,12 @@ fn random_inputs(net: &Network) -> HashMap<String, Value> {
     shapes(net)
         .into_iter()
         .map(|(name, shape)| {
-            let dtype = net.tensor(net.tensor_by_name(&name).expect("input")).ty.as_ref().and_then(|t| t.as_tensor()).map(|t| t.dtype);
+            let dtype = net
+                .tensor(net.tensor_by_name(&name).expect("input"))
+                .ty
+                .as_ref()
+                .and_then(|t| t.as_tensor())
+                .map(|t| t.dtype);
             let n: usize = shape.iter().product();
             let data = match dtype {
                 Some(kiln::DType::I64) => TensorData::I64((0..n).map(|_| (next() % 2) as i64).collect()),

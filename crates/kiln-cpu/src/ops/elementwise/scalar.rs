@@ -285,4 +285,3 @@ impl_int!(i32);
 impl_int!(u32);
 impl_int!(i64);
 impl_int!(u64);
-
