@@ -20,8 +20,7 @@
 use crate::passes::reader_counts;
 use crate::{Pass, Rebuilder};
 use kiln_ir::{
-    spec, Activation, Attribute, DType, Dim, Element, IrError, Layer, Network, Tensor, TensorData, TensorId,
-    TensorType, ValueType,
+    spec, Activation, Attribute, DType, Dim, IrError, Layer, Network, Tensor, TensorId, TensorType, ValueType,
 };
 
 pub struct FuseEpilogue;
@@ -376,16 +375,9 @@ pub(crate) fn gemm_c(c: Option<&Tensor>, beta: f32, bias: &[f64]) -> Option<(Vec
     Some((if cm == 1 { vec![n] } else { vec![cm, n] }, v))
 }
 
+/// An f32/f64 tensor holding `v` (the epilogue fuses only those dtypes).
 pub(crate) fn to_tensor(dtype: DType, shape: Vec<usize>, v: &[f64]) -> Option<Tensor> {
-    fn conv<T: Element>(v: &[f64]) -> TensorData {
-        T::into_data(v.iter().map(|&x| T::from_f64(x)).collect())
-    }
-    let data = match dtype {
-        DType::F32 => conv::<f32>(v),
-        DType::F64 => conv::<f64>(v),
-        _ => return None,
-    };
-    Tensor::new(shape, data).ok()
+    matches!(dtype, DType::F32 | DType::F64).then(|| super::pattern::float_tensor(dtype, shape, v)).flatten()
 }
 
 /// `base`, or `base#k`, whichever names no tensor of the source or the copy.
