@@ -11,8 +11,10 @@ pub const DEFAULT_METADATA_LIMIT: usize = 256 << 20;
 /// Serializes `value` with postcard (compact, not self-describing: the reader must decode the
 /// same types, which the kiln version check in the plan header guarantees).
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, PlanError> {
-    postcard::to_allocvec(value)
-        .map_err(|e| PlanError::Unwritable { path: "<metadata>".into(), reason: format!("cannot encode metadata: {e}") })
+    postcard::to_allocvec(value).map_err(|e| PlanError::Unwritable {
+        path: "<metadata>".into(),
+        reason: format!("cannot encode metadata: {e}"),
+    })
 }
 
 /// Deserializes a value [`encode`] wrote, refusing input over `limit` bytes and trailing bytes.

@@ -8,7 +8,6 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
-use xxhash_rust::xxh3::xxh3_64;
 
 /// What the loader requires of a plan before accepting it. `None` accepts any value (for
 /// tools that inspect plans; an engine loading a plan to run it sets all three).
@@ -68,8 +67,7 @@ impl LoadedPlan {
         }
         // SAFETY: the map is read-only and private to this process; the contract above (no
         // in-place modification while mapped) is documented for callers.
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
-            .map_err(|e| PlanError::io(&name, "mapping", e))?;
+        let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| PlanError::io(&name, "mapping", e))?;
         LoadedPlan::verify(Arc::new(Backing::mapped(name, map)), expect)
     }
 
@@ -255,11 +253,13 @@ fn parse(path: &str, b: &[u8], expect: &PlanExpectation) -> Result<Parsed, PlanE
         prev_end = end;
     }
     if prev_end != file_len {
-        return Err(corrupt(format!("the file ({file_len} bytes) continues past its last section (ending at {prev_end})")));
+        return Err(corrupt(format!(
+            "the file ({file_len} bytes) continues past its last section (ending at {prev_end})"
+        )));
     }
 
     for (i, (_, name)) in SECTIONS.iter().enumerate() {
-        if xxh3_64(&b[ranges[i].clone()]) != sections[i].checksum {
+        if section_checksum(&b[ranges[i].clone()]) != sections[i].checksum {
             return Err(PlanError::ChecksumMismatch { path: path.to_string(), section: name });
         }
     }
@@ -279,12 +279,17 @@ fn parse(path: &str, b: &[u8], expect: &PlanExpectation) -> Result<Parsed, PlanE
     for i in 0..n as usize {
         let off = le_u64(table, 8 + 16 * i);
         let len = le_u64(table, 16 + 16 * i);
-        let end = off.checked_add(len).ok_or_else(|| corrupt(format!("weight {i}: offset {off} + length {len} overflows")))?;
+        let end = off
+            .checked_add(len)
+            .ok_or_else(|| corrupt(format!("weight {i}: offset {off} + length {len} overflows")))?;
         if off % WEIGHT_ALIGN as u64 != 0 {
             return Err(corrupt(format!("weight {i} at offset {off} is not {WEIGHT_ALIGN}-byte aligned")));
         }
         if off < prev_end {
-            return Err(corrupt(format!("weight {i} at offset {off} overlaps weight {} (ending at {prev_end})", i - 1)));
+            return Err(corrupt(format!(
+                "weight {i} at offset {off} overlaps weight {} (ending at {prev_end})",
+                i - 1
+            )));
         }
         if end > weights.len() as u64 {
             return Err(corrupt(format!(
@@ -300,7 +305,11 @@ fn parse(path: &str, b: &[u8], expect: &PlanExpectation) -> Result<Parsed, PlanE
 
 fn check_expectation(path: &str, h: &PlanHeader, expect: &PlanExpectation) -> Result<(), PlanError> {
     if let Some(v) = expect.kiln_version.as_ref().filter(|v| **v != h.kiln_version) {
-        return Err(PlanError::KilnVersionMismatch { path: path.into(), plan: h.kiln_version.clone(), this: v.clone() });
+        return Err(PlanError::KilnVersionMismatch {
+            path: path.into(),
+            plan: h.kiln_version.clone(),
+            this: v.clone(),
+        });
     }
     if let Some(v) = expect.backend.as_ref().filter(|v| **v != h.backend) {
         return Err(PlanError::WrongBackend { path: path.into(), plan: h.backend.clone(), this: v.clone() });

@@ -62,7 +62,7 @@ fn section_range(bytes: &[u8], i: usize) -> std::ops::Range<usize> {
 fn reseal(bytes: &mut [u8], section: Option<usize>) {
     if let Some(i) = section {
         let r = section_range(bytes, i);
-        let sum = xxhash_rust::xxh3::xxh3_64(&bytes[r]);
+        let sum = format::section_checksum(&bytes[r]);
         let at = entry(bytes, i, 24);
         set_u64(bytes, at, sum);
     }
@@ -260,9 +260,9 @@ fn truncated_file_on_disk() {
 fn flipped_byte_in_each_section_fails_its_checksum() {
     let bytes = sample_bytes();
     let cases = [
-        ("header", FIXED_LEN + 2),               // inside the kiln version string
-        ("header", entry(&bytes, 2, 24) + 3),    // a section checksum
-        ("header", 25),                          // the header checksum itself
+        ("header", FIXED_LEN + 2),            // inside the kiln version string
+        ("header", entry(&bytes, 2, 24) + 3), // a section checksum
+        ("header", 25),                       // the header checksum itself
         ("metadata", section_range(&bytes, 0).start + 1),
         ("weight table", section_range(&bytes, 1).start + 9),
         ("weights", section_range(&bytes, 2).start),
@@ -364,18 +364,30 @@ fn section_offsets_and_lengths_that_lie_are_refused() {
     check("overlap", &|b| set_u64(b, weights_off, get_u64(&bytes, weights_off) - 64), "overlaps");
     check("offset into the header", &|b| set_u64(b, meta_off, 8), "overlaps");
     check("misplaced", &|b| set_u64(b, meta_off, get_u64(&bytes, meta_off) + 64), "expected");
-    check("wrong kind", &|b| {
-        let at = entry(b, 1, 0);
-        b[at] = 7
-    }, "section kind 7");
-    check("reserved", &|b| {
-        let at = entry(b, 1, 4);
-        b[at] = 1
-    }, "reserved");
-    check("section count", &|b| {
-        let at = entry(b, 0, 0) - 4;
-        b[at] = 4
-    }, "4 sections");
+    check(
+        "wrong kind",
+        &|b| {
+            let at = entry(b, 1, 0);
+            b[at] = 7
+        },
+        "section kind 7",
+    );
+    check(
+        "reserved",
+        &|b| {
+            let at = entry(b, 1, 4);
+            b[at] = 1
+        },
+        "reserved",
+    );
+    check(
+        "section count",
+        &|b| {
+            let at = entry(b, 0, 0) - 4;
+            b[at] = 4
+        },
+        "4 sections",
+    );
     check("string length", &|b| b[FIXED_LEN..FIXED_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes()), "limit");
     check("string past the header", &|b| b[FIXED_LEN..FIXED_LEN + 4].copy_from_slice(&4000u32.to_le_bytes()), "past");
     check("invalid utf-8", &|b| b[FIXED_LEN + 4] = 0xff, "UTF-8");
@@ -504,4 +516,39 @@ fn fuzzed_plans_never_panic() {
     }
     // Only a few damaged plans may pass (a byte set to the value it had, garbage of length 0).
     assert!(ok < 300, "{ok} damaged plans loaded");
+}
+
+#[test]
+fn chunked_checksum_streams_and_parallelizes_consistently() {
+    use format::{section_checksum, ChunkedHasher, HASH_CHUNK};
+    let mut rng = Rng(7);
+    let data: Vec<u8> = (0..3 * HASH_CHUNK + 12345).map(|_| rng.next() as u8).collect();
+    for len in [0, 1, HASH_CHUNK - 1, HASH_CHUNK, HASH_CHUNK + 1, 2 * HASH_CHUNK, data.len()] {
+        let whole = section_checksum(&data[..len]);
+        let mut h = ChunkedHasher::new();
+        let mut rest = &data[..len];
+        while !rest.is_empty() {
+            let n = (rng.below(3 * HASH_CHUNK / 2) + 1).min(rest.len());
+            h.update(&rest[..n]);
+            rest = &rest[n..];
+        }
+        assert_eq!(h.finish(), whole, "length {len}");
+    }
+    // A change in the last chunk is seen.
+    let mut changed = data.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    assert_ne!(section_checksum(&changed), section_checksum(&data));
+}
+
+#[test]
+fn large_weights_verify_across_chunks() {
+    let big: Vec<u8> = (0..9 << 20).map(|i: usize| (i * 7 % 253) as u8).collect();
+    let bytes = plan_to_bytes(&header(), b"m", &[b"small", &big, b"tail"]).unwrap();
+    let plan = load(&bytes).unwrap();
+    assert_eq!(plan.weight(1).unwrap(), &big[..]);
+    for at in [section_range(&bytes, 2).start + 5 * (1 << 20), bytes.len() - 1] {
+        let mut b = bytes.clone();
+        b[at] ^= 4;
+        assert!(matches!(load(&b), Err(PlanError::ChecksumMismatch { section: "weights", .. })), "byte {at}");
+    }
 }
