@@ -12,7 +12,7 @@
 //!                 kiln version, backend, device: each a u32 byte count + UTF-8 bytes
 //!                 config hash (u64)
 //!                 section count (u32), then per section 32 bytes:
-//!                   kind (u32), reserved (u32, zero), offset (u64), length (u64), xxh3_64 (u64)
+//!                   kind (u32), reserved (u32, zero), offset (u64), length (u64), checksum (u64)
 //! sections, in this order, each at the first 64-byte aligned offset after the previous one
 //! (the header for the first), zero bytes in the gaps, the file ending where the last ends:
 //!   metadata      caller's bytes (the engine's serialized layers, tactics, memory plan)
@@ -21,10 +21,14 @@
 //!   weights       the blobs at their offsets, zero padding between them
 //! ```
 //!
-//! The header checksum covers the section table, which holds each section's checksum, so
-//! every byte of the file is checked: the padding gaps by being required to be zero.
+//! A section's checksum is chunked: xxh3_64 of each 4 MiB piece of the section (the last one
+//! shorter), then xxh3_64 of those digests as little-endian u64s, so the loader can verify the
+//! pieces of a large weights section on several threads. The header checksum (plain xxh3_64)
+//! covers the section table, which holds each section's checksum, so every byte of the file is
+//! checked: the padding gaps by being required to be zero.
 
-use xxhash_rust::xxh3::Xxh3;
+use std::sync::OnceLock;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 pub const MAGIC: [u8; 8] = *b"KILNPLAN";
 /// The plan format this kiln writes and reads. Bump on any layout change.
@@ -55,6 +59,92 @@ pub(crate) struct Section {
     pub offset: u64,
     pub len: u64,
     pub checksum: u64,
+}
+
+/// Piece size of the chunked section checksum (part of the format).
+pub(crate) const HASH_CHUNK: usize = 4 << 20;
+/// Most threads one checksum verification uses.
+const MAX_HASH_THREADS: usize = 8;
+
+/// The chunked checksum of `data` (see the module docs), computed on up to
+/// `available_parallelism` threads (at most 8) when there are several chunks; on the calling
+/// thread alone if no thread can be started.
+pub(crate) fn section_checksum(data: &[u8]) -> u64 {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    let chunks = data.len().div_ceil(HASH_CHUNK);
+    let threads =
+        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_HASH_THREADS));
+    let mut digests = vec![0u64; chunks];
+    let hash_all = |digests: &mut [u64], data: &[u8]| {
+        for (d, c) in digests.iter_mut().zip(data.chunks(HASH_CHUNK)) {
+            *d = xxh3_64(c);
+        }
+    };
+    let threads = threads.min(chunks);
+    let parallel_ok = threads > 1
+        && std::thread::scope(|s| {
+            let per = chunks.div_ceil(threads);
+            let mut groups = digests.chunks_mut(per).zip(data.chunks(per * HASH_CHUNK));
+            let first = groups.next();
+            for (ds, cs) in groups {
+                let spawned = std::thread::Builder::new()
+                    .name("kiln-plan-verify".into())
+                    .spawn_scoped(s, move || hash_all(ds, cs));
+                if spawned.is_err() {
+                    return false;
+                }
+            }
+            if let Some((ds, cs)) = first {
+                hash_all(ds, cs);
+            }
+            true
+        });
+    if !parallel_ok {
+        hash_all(&mut digests, data);
+    }
+    combine(&digests)
+}
+
+fn combine(digests: &[u64]) -> u64 {
+    let mut h = Xxh3::new();
+    for d in digests {
+        h.update(&d.to_le_bytes());
+    }
+    h.digest()
+}
+
+/// [`section_checksum`] over data fed in pieces (the writer's padding and blobs).
+pub(crate) struct ChunkedHasher {
+    current: Xxh3,
+    filled: usize,
+    digests: Vec<u64>,
+}
+
+impl ChunkedHasher {
+    pub fn new() -> ChunkedHasher {
+        ChunkedHasher { current: Xxh3::new(), filled: 0, digests: Vec::new() }
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let n = (HASH_CHUNK - self.filled).min(data.len());
+            self.current.update(&data[..n]);
+            self.filled += n;
+            data = &data[n..];
+            if self.filled == HASH_CHUNK {
+                self.digests.push(self.current.digest());
+                self.current.reset();
+                self.filled = 0;
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> u64 {
+        if self.filled > 0 {
+            self.digests.push(self.current.digest());
+        }
+        combine(&self.digests)
+    }
 }
 
 /// Round `n` up to a multiple of [`WEIGHT_ALIGN`]; `None` on overflow.

@@ -8,7 +8,6 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
-use xxhash_rust::xxh3::xxh3_64;
 
 /// What the loader requires of a plan before accepting it. `None` accepts any value (for
 /// tools that inspect plans; an engine loading a plan to run it sets all three).
@@ -68,8 +67,7 @@ impl LoadedPlan {
         }
         // SAFETY: the map is read-only and private to this process; the contract above (no
         // in-place modification while mapped) is documented for callers.
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
-            .map_err(|e| PlanError::io(&name, "mapping", e))?;
+        let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| PlanError::io(&name, "mapping", e))?;
         LoadedPlan::verify(Arc::new(Backing::mapped(name, map)), expect)
     }
 
@@ -261,7 +259,7 @@ fn parse(path: &str, b: &[u8], expect: &PlanExpectation) -> Result<Parsed, PlanE
     }
 
     for (i, (_, name)) in SECTIONS.iter().enumerate() {
-        if xxh3_64(&b[ranges[i].clone()]) != sections[i].checksum {
+        if section_checksum(&b[ranges[i].clone()]) != sections[i].checksum {
             return Err(PlanError::ChecksumMismatch { path: path.to_string(), section: name });
         }
     }

@@ -62,7 +62,7 @@ fn section_range(bytes: &[u8], i: usize) -> std::ops::Range<usize> {
 fn reseal(bytes: &mut [u8], section: Option<usize>) {
     if let Some(i) = section {
         let r = section_range(bytes, i);
-        let sum = xxhash_rust::xxh3::xxh3_64(&bytes[r]);
+        let sum = format::section_checksum(&bytes[r]);
         let at = entry(bytes, i, 24);
         set_u64(bytes, at, sum);
     }
@@ -516,4 +516,39 @@ fn fuzzed_plans_never_panic() {
     }
     // Only a few damaged plans may pass (a byte set to the value it had, garbage of length 0).
     assert!(ok < 300, "{ok} damaged plans loaded");
+}
+
+#[test]
+fn chunked_checksum_streams_and_parallelizes_consistently() {
+    use format::{section_checksum, ChunkedHasher, HASH_CHUNK};
+    let mut rng = Rng(7);
+    let data: Vec<u8> = (0..3 * HASH_CHUNK + 12345).map(|_| rng.next() as u8).collect();
+    for len in [0, 1, HASH_CHUNK - 1, HASH_CHUNK, HASH_CHUNK + 1, 2 * HASH_CHUNK, data.len()] {
+        let whole = section_checksum(&data[..len]);
+        let mut h = ChunkedHasher::new();
+        let mut rest = &data[..len];
+        while !rest.is_empty() {
+            let n = (rng.below(3 * HASH_CHUNK / 2) + 1).min(rest.len());
+            h.update(&rest[..n]);
+            rest = &rest[n..];
+        }
+        assert_eq!(h.finish(), whole, "length {len}");
+    }
+    // A change in the last chunk is seen.
+    let mut changed = data.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    assert_ne!(section_checksum(&changed), section_checksum(&data));
+}
+
+#[test]
+fn large_weights_verify_across_chunks() {
+    let big: Vec<u8> = (0..9 << 20).map(|i: usize| (i * 7 % 253) as u8).collect();
+    let bytes = plan_to_bytes(&header(), b"m", &[b"small", &big, b"tail"]).unwrap();
+    let plan = load(&bytes).unwrap();
+    assert_eq!(plan.weight(1).unwrap(), &big[..]);
+    for at in [section_range(&bytes, 2).start + 5 * (1 << 20), bytes.len() - 1] {
+        let mut b = bytes.clone();
+        b[at] ^= 4;
+        assert!(matches!(load(&b), Err(PlanError::ChecksumMismatch { section: "weights", .. })), "byte {at}");
+    }
 }

@@ -7,7 +7,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 const ZEROS: [u8; WEIGHT_ALIGN] = [0; WEIGHT_ALIGN];
 
@@ -65,14 +64,14 @@ fn layout(path: &str, header: &PlanHeader, metadata: &[u8], weights: &[&[u8]]) -
     }
     let file_len = end;
 
-    let mut weights_hash = Xxh3::new();
+    let mut weights_hash = ChunkedHasher::new();
     let mut pos = 0u64;
     for (w, &start) in weights.iter().zip(&blob_offsets) {
         weights_hash.update(&ZEROS[..(start - pos) as usize]);
         weights_hash.update(w);
         pos = start + w.len() as u64;
     }
-    let checksums = [xxh3_64(metadata), xxh3_64(&table), weights_hash.digest()];
+    let checksums = [section_checksum(metadata), section_checksum(&table), weights_hash.finish()];
 
     let mut var = Vec::with_capacity(header_len);
     put_str(&mut var, &header.kiln_version);
