@@ -139,35 +139,15 @@ impl Activation {
     #[inline]
     pub fn apply_f32(self, x: f32) -> f32 {
         match self {
-            Activation::Relu => {
-                if x < 0.0 {
-                    0.0
-                } else {
-                    x
-                }
-            }
+            Activation::Relu => relu(x),
             Activation::Clip { min, max } => clip(x, min, max),
             Activation::Sigmoid => sigmoid_f32(x),
             Activation::Silu => x * sigmoid_f32(x),
-            Activation::GeluErf => {
-                // 0.5·x·erfc(−x/√2): accurate for large negative x, where 1 + erf cancels.
-                let u = -x * std::f32::consts::FRAC_1_SQRT_2;
-                0.5 * x * erfc(u as f64, 1e-9) as f32
-            }
-            Activation::GeluTanh => {
-                // 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), without cancellation for large negative x.
-                let two_k = (2.0 * GELU_TANH_K) as f32;
-                x * sigmoid_f32(two_k * (x + 0.044715 * x * x * x))
-            }
+            Activation::GeluErf => gelu_erf_f32(x),
+            Activation::GeluTanh => gelu_tanh_f32(x),
             Activation::HardSwish => x * clamp01(x * (1.0 / 6.0) + 0.5),
             Activation::HardSigmoid { alpha, beta } => clamp01(alpha * x + beta),
-            Activation::LeakyRelu { alpha } => {
-                if x > 0.0 {
-                    x
-                } else {
-                    x * alpha
-                }
-            }
+            Activation::LeakyRelu { alpha } => leaky_relu(x, alpha),
             Activation::Tanh => x.tanh(),
         }
     }
@@ -201,25 +181,26 @@ impl Activation {
         }
     }
 
-    /// [`Activation::apply_f32`] over a slice, the variant chosen once (so simple ones vectorize).
+    /// [`Activation::apply_f32`] over a slice, the variant chosen once so that each loop is a
+    /// straight (vectorizable) loop over one formula.
     pub fn apply_slice_f32(self, xs: &mut [f32]) {
-        macro_rules! each {
-            ($a:expr) => {{
-                let a = $a;
-                xs.iter_mut().for_each(|v| *v = a.apply_f32(*v))
-            }};
+        #[inline(always)]
+        fn each(xs: &mut [f32], f: impl Fn(f32) -> f32) {
+            for v in xs {
+                *v = f(*v);
+            }
         }
         match self {
-            Activation::Relu => each!(Activation::Relu),
-            Activation::Clip { min, max } => xs.iter_mut().for_each(|v| *v = clip(*v, min, max)),
-            Activation::Sigmoid => each!(Activation::Sigmoid),
-            Activation::Silu => each!(Activation::Silu),
-            Activation::GeluErf => each!(Activation::GeluErf),
-            Activation::GeluTanh => each!(Activation::GeluTanh),
-            Activation::HardSwish => each!(Activation::HardSwish),
-            Activation::HardSigmoid { alpha, beta } => xs.iter_mut().for_each(|v| *v = clamp01(alpha * *v + beta)),
-            Activation::LeakyRelu { alpha } => xs.iter_mut().for_each(|v| *v = if *v > 0.0 { *v } else { *v * alpha }),
-            Activation::Tanh => each!(Activation::Tanh),
+            Activation::Relu => each(xs, relu),
+            Activation::Clip { min, max } => each(xs, |x| clip(x, min, max)),
+            Activation::Sigmoid => each(xs, sigmoid_f32),
+            Activation::Silu => each(xs, |x| x * sigmoid_f32(x)),
+            Activation::GeluErf => each(xs, gelu_erf_f32),
+            Activation::GeluTanh => each(xs, gelu_tanh_f32),
+            Activation::HardSwish => each(xs, |x| x * clamp01(x * (1.0 / 6.0) + 0.5)),
+            Activation::HardSigmoid { alpha, beta } => each(xs, |x| clamp01(alpha * x + beta)),
+            Activation::LeakyRelu { alpha } => each(xs, |x| leaky_relu(x, alpha)),
+            Activation::Tanh => each(xs, f32::tanh),
         }
     }
 
@@ -231,6 +212,39 @@ impl Activation {
 
 /// √(2/π).
 const GELU_TANH_K: f64 = 0.797_884_560_802_865_4;
+
+/// `max(x, 0)`, NaN staying NaN.
+#[inline(always)]
+fn relu<T: PartialOrd + Copy + From<u8>>(x: T) -> T {
+    if x < T::from(0) {
+        T::from(0)
+    } else {
+        x
+    }
+}
+
+#[inline(always)]
+fn leaky_relu(x: f32, alpha: f32) -> f32 {
+    if x > 0.0 {
+        x
+    } else {
+        x * alpha
+    }
+}
+
+/// 0.5·x·erfc(−x/√2): accurate for large negative x, where 1 + erf cancels.
+#[inline]
+fn gelu_erf_f32(x: f32) -> f32 {
+    let u = -x * std::f32::consts::FRAC_1_SQRT_2;
+    0.5 * x * erfc(u as f64, 1e-9) as f32
+}
+
+/// 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), without cancellation for large negative x.
+#[inline(always)]
+fn gelu_tanh_f32(x: f32) -> f32 {
+    let two_k = (2.0 * GELU_TANH_K) as f32;
+    x * sigmoid_f32(two_k * (x + 0.044715 * x * x * x))
+}
 
 #[inline(always)]
 fn clip<T: PartialOrd + Copy>(x: T, min: T, max: T) -> T {
