@@ -31,6 +31,10 @@ pub struct BenchOptions {
 #[derive(Serialize)]
 struct JsonReport {
     latency_ms: Summary,
+    /// Device engines: GPU time per run from CUDA events (end-to-end latency above includes
+    /// the host copies, as trtexec reports them apart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_ms: Option<Summary>,
     /// Inferences per second: runs per second × the batch (dimension 0 of the first input).
     throughput_per_s: f64,
 }
@@ -51,6 +55,8 @@ struct Measured {
     /// Per iteration, its layer records (empty unless profiling or tracing).
     layers: Vec<Vec<LayerRecord>>,
     threads: usize,
+    /// GPU time of each timed run (device engines).
+    device_ms: Vec<f64>,
 }
 
 pub fn bench(model: &std::path::Path, opts: &BenchOptions, flags: &BuildFlags) -> Result<()> {
@@ -75,6 +81,7 @@ pub fn bench(model: &std::path::Path, opts: &BenchOptions, flags: &BuildFlags) -
     };
     let ms: Vec<f64> = measured.latencies.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     let latency = Summary::of(&ms);
+    let gpu = (!measured.device_ms.is_empty()).then(|| Summary::of(&measured.device_ms));
     let total_s: f64 = ms.iter().sum::<f64>() / 1e3;
     let runs_per_s = if total_s > 0.0 { ms.len() as f64 / total_s } else { 0.0 };
     let (batch, batch_from) = match inputs.first() {
@@ -93,7 +100,7 @@ pub fn bench(model: &std::path::Path, opts: &BenchOptions, flags: &BuildFlags) -
     )?;
     if opts.json {
         drop(out);
-        let report = JsonReport { latency_ms: latency, throughput_per_s: per_s };
+        let report = JsonReport { latency_ms: latency, gpu_ms: gpu, throughput_per_s: per_s };
         println!("{}", serde_json::to_string(&report)?);
         out = Box::new(std::io::stderr().lock());
     } else {
@@ -102,6 +109,13 @@ pub fn bench(model: &std::path::Path, opts: &BenchOptions, flags: &BuildFlags) -
             "latency (ms): min {:.3}  mean {:.3}  median {:.3}  p90 {:.3}  p99 {:.3}",
             latency.min, latency.mean, latency.median, latency.p90, latency.p99
         )?;
+        if let Some(g) = &gpu {
+            writeln!(
+                out,
+                "GPU time (ms, CUDA events): min {:.3}  mean {:.3}  median {:.3}  p90 {:.3}  p99 {:.3}",
+                g.min, g.mean, g.median, g.p90, g.p99
+            )?;
+        }
         writeln!(out, "throughput: {runs_per_s:.1} runs/s × batch {batch} ({batch_from}) = {per_s:.1} inferences/s")?;
     }
     if opts.profile {
@@ -137,16 +151,20 @@ fn measure(engine: &Arc<Engine>, inputs: &[(String, Value)], opts: &BenchOptions
     }
     let mut latencies = Vec::with_capacity(opts.iterations);
     let mut layers = Vec::new();
+    let mut device_ms = Vec::new();
     for _ in 0..opts.iterations {
         bind(&mut ctx)?;
         let t = Instant::now();
         ctx.execute()?;
         latencies.push(t.elapsed());
+        if let Some(ms) = ctx.last_device_ms() {
+            device_ms.push(ms);
+        }
         if recording {
             layers.push(std::mem::take(&mut *records.lock().unwrap_or_else(|e| e.into_inner())));
         }
     }
-    Ok(Measured { latencies, layers, threads: rayon::current_num_threads() })
+    Ok(Measured { latencies, layers, threads: rayon::current_num_threads(), device_ms })
 }
 
 /// Per layer: the median of its times over the iterations and its share of the sum of the

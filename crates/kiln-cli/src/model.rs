@@ -40,6 +40,13 @@ pub struct BuildFlags {
     /// No progress bar while timing tactics.
     #[arg(long)]
     pub quiet: bool,
+    /// Device to build for: auto (the GPU where one is found, else the CPU), cpu or cuda.
+    /// A plan always runs on the device it was built for.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: kiln::Device,
+    /// Allow TF32 (tensor-core fp32 with 10-bit mantissas) for fp32 matrix products on the GPU.
+    #[arg(long)]
+    pub tf32: bool,
 }
 
 impl BuildFlags {
@@ -48,6 +55,7 @@ impl BuildFlags {
         let p = &self.profile;
         self.fp16
             || self.bf16
+            || self.tf32
             || self.timing_cache.is_some()
             || self.workspace.is_some()
             || self.opt_level.is_some()
@@ -62,6 +70,7 @@ impl BuildFlags {
         let mut config = BuilderConfig {
             allow_fp16: self.fp16,
             allow_bf16: self.bf16,
+            allow_tf32: self.tf32,
             profile: profile_from_flags(&self.profile, &declared_inputs(net), fallback)?,
             timing_cache: self.timing_cache.clone(),
             progress: !self.quiet,
@@ -91,7 +100,7 @@ pub fn is_plan(path: &Path) -> Result<bool> {
     Ok(n == head.len() && &head == PLAN_MAGIC)
 }
 
-/// Load a plan for the CPU; errors name the file.
+/// Load a plan (on the backend it was built for); errors name the file.
 pub fn load_plan(path: &Path) -> Result<Engine> {
     kiln::load_plan(path).with_context(|| format!("loading plan {}", path.display()))
 }
@@ -130,7 +139,8 @@ pub fn build_onnx(model: &Path, flags: &BuildFlags, fallback: &HashMap<String, V
     let import_time = t0.elapsed();
     let config = flags.config(&network, fallback)?;
     let t1 = Instant::now();
-    let engine = kiln::build(&network, &config).with_context(|| format!("building {}", model.display()))?;
+    let engine =
+        kiln::build_for(&network, &config, flags.device).with_context(|| format!("building {}", model.display()))?;
     Ok(Built { engine, network, import_time, build_time: t1.elapsed() })
 }
 
@@ -182,9 +192,13 @@ impl Built {
         if g.build.allow_bf16 {
             precisions.push("bf16");
         }
+        if g.build.allow_tf32 {
+            precisions.push("tf32");
+        }
         writeln!(
             w,
-            "  config:      opt level {}, precisions {}, workspace {}",
+            "  config:      {} backend, opt level {}, precisions {}, workspace {}",
+            self.engine.backend_name(),
             g.build.opt_level,
             precisions.join("/"),
             human_bytes(g.build.workspace_bytes)

@@ -168,6 +168,7 @@ fn main() -> Result<()> {
             }
         }
     }
+    report_placements(&results)?;
     let in_scope = passed + failed;
     println!("in scope: {in_scope}; pass rate {:.1}%", 100.0 * passed as f64 / in_scope.max(1) as f64);
     if !regressions.is_empty() {
@@ -259,6 +260,7 @@ fn build_engine(
         }
     }
     let engine = kiln::build(net, &config)?;
+    record_placement(dir, &engine);
     if !plan {
         return Ok(std::sync::Arc::new(engine));
     }
@@ -269,6 +271,49 @@ fn build_engine(
     let loaded = kiln::load_plan(&path);
     let _ = std::fs::remove_file(&path);
     Ok(std::sync::Arc::new(loaded?))
+}
+
+/// Per case built for a device with its own memory: whether every layer runs there ("gpu") or
+/// some run on the CPU ("mixed"), so the run can say how much of the suite the GPU covers.
+static PLACEMENTS: std::sync::Mutex<Vec<(String, &'static str, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn record_placement(dir: &Path, engine: &kiln::Engine) {
+    let Some(places) = engine.device_placements() else { return };
+    let host: Vec<String> = places
+        .iter()
+        .zip(&engine.graph().layers)
+        .filter(|(p, _)| p.starts_with("cpu"))
+        .map(|(p, l)| format!("{} {p}", l.layer.op))
+        .collect();
+    let class = if host.is_empty() { "gpu" } else { "mixed" };
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+    PLACEMENTS.lock().unwrap_or_else(|e| e.into_inner()).push((name, class, host.join("; ")));
+}
+
+/// With `KILN_PLACEMENT_LOG=FILE`: one line per case, its class and its CPU layers.
+fn report_placements(results: &[(&CaseInfo, Outcome)]) -> Result<()> {
+    let placements = PLACEMENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if placements.is_empty() {
+        return Ok(());
+    }
+    let class: HashMap<&str, &str> = placements.iter().map(|(n, c, _)| (n.as_str(), *c)).collect();
+    let passed_on = |c: &str| {
+        results
+            .iter()
+            .filter(|(case, o)| matches!(o, Outcome::Pass) && class.get(case.name.as_str()) == Some(&c))
+            .count()
+    };
+    println!(
+        "device: {} passing cases ran entirely on the GPU, {} with some layers on the CPU ({} engines built)",
+        passed_on("gpu"),
+        passed_on("mixed"),
+        placements.len()
+    );
+    if let Ok(path) = std::env::var("KILN_PLACEMENT_LOG") {
+        let text: String = placements.iter().map(|(n, c, h)| format!("{n}\t{c}\t{h}\n")).collect();
+        std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
+    }
+    Ok(())
 }
 
 fn read_value(path: &Path, ty: Option<&ValueType>) -> Result<Value> {

@@ -2,6 +2,8 @@
 //! implementations) per layer and turns the chosen one into an executable kernel. The builder,
 //! the plan and the execution context never know which device they drive.
 
+use crate::engine::{EngineGraph, WeightBytes};
+use crate::EngineError;
 use kiln_ir::{DType, Layer, Tensor, Value, ValueType};
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
@@ -15,8 +17,76 @@ pub trait Backend: Send + Sync {
     fn device(&self) -> String;
     /// Candidate implementations of `layer`, the backend's default first.
     fn tactics(&self, layer: &LayerDesc) -> Vec<Tactic>;
-    /// The executable form of `layer` with tactic `tactic`.
+    /// The executable form of `layer` with tactic `tactic`. Device backends return the host
+    /// (CPU) form here: it is what their programs fall back to for layers without a device kernel.
     fn instantiate(&self, layer: &LayerDesc, tactic: &str) -> Result<Arc<dyn LayerKernel>, String>;
+
+    /// The precision `tactic` computes `layer` in, where it is not the output's dtype (an fp32
+    /// layer run in fp16 on a GPU).
+    fn precision(&self, _layer: &LayerDesc, _tactic: &str) -> Option<DType> {
+        None
+    }
+
+    /// Time `tactic` on the device, in microseconds, where the backend measures it itself (on
+    /// device memory, with device events); `None` times the host kernel from `instantiate`.
+    fn time_tactic(&self, _layer: &LayerDesc, _tactic: &str) -> Option<Result<f64, String>> {
+        None
+    }
+
+    /// Whether the memory plan may write a concat's inputs straight into its output. A device
+    /// that stores float tensors in a narrower type than the plan's (fp16 for fp32) cannot use
+    /// the byte offsets of such a placement.
+    fn elides_concat(&self) -> bool {
+        true
+    }
+
+    /// Device code for a whole engine, compiled at build time and stored in the plan, so that
+    /// loading compiles nothing. Empty for host backends. A device backend also records here
+    /// where each layer runs (its tactic) and in which precision.
+    fn compile(&self, _graph: &mut EngineGraph) -> Result<Vec<u8>, String> {
+        Ok(Vec::new())
+    }
+
+    /// The engine's program for a device with its own memory: weights uploaded, kernels loaded.
+    /// `None` (host backends): the execution context runs the per-layer kernels on host memory.
+    /// `host_kernels` are `instantiate`'s kernels per layer (`None` for elided layers), for the
+    /// layers the device runs on the CPU.
+    fn prepare(
+        &self,
+        _graph: &EngineGraph,
+        _weights: &Arc<dyn WeightBytes>,
+        _host_kernels: &[Option<Arc<dyn LayerKernel>>],
+    ) -> Result<Option<Arc<dyn DeviceProgram>>, String> {
+        Ok(None)
+    }
+}
+
+/// Reduced precisions the builder's configuration allows (fp32 always is).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Precisions {
+    pub fp16: bool,
+    pub bf16: bool,
+    /// fp32 matrix products on tensor cores with 10-bit mantissas.
+    pub tf32: bool,
+}
+
+/// A whole engine on a device with its own memory (CUDA): shared by every execution context.
+pub trait DeviceProgram: Send + Sync {
+    /// One context's device state: its activation arena, stream and staging buffers.
+    fn create_session(&self) -> Result<Box<dyn DeviceSession>, EngineError>;
+    /// Per layer, where it runs and why, for `kiln inspect` ("gpu", "cpu (no GPU kernel for …)").
+    fn placements(&self) -> Vec<String>;
+}
+
+/// One execution context's run on a device.
+pub trait DeviceSession: Send {
+    /// Run the engine: `inputs` are (graph tensor id, value) for every engine input; returns
+    /// (graph tensor id, value) for every engine output.
+    fn execute(&mut self, inputs: &[(usize, &Value)]) -> Result<Vec<(usize, Value)>, EngineError>;
+    /// Device time of the last run (from device events), in milliseconds.
+    fn last_device_ms(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// What a backend sees of a layer when it offers and instantiates tactics.
@@ -27,6 +97,8 @@ pub struct LayerDesc<'a> {
     /// Inputs that are weights: their bytes as the engine holds them (mapped from a plan or
     /// laid out by the builder), so a tactic can read or repack them without copying.
     pub weights: Vec<Option<WeightView<'a>>>,
+    /// Reduced precisions the build may use for this layer.
+    pub precisions: Precisions,
 }
 
 /// A weight's type, shape and little-endian bytes.

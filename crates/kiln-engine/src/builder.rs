@@ -69,12 +69,14 @@ impl Builder {
             weights,
             arena_bytes: 0,
             peak_live_bytes: 0,
+            device_code: Vec::new(),
             build: BuildSummary {
                 opt_level: config.opt_level,
                 source_layers,
                 config_hash: config.hash(),
                 allow_fp16: config.allow_fp16,
                 allow_bf16: config.allow_bf16,
+                allow_tf32: config.allow_tf32,
                 workspace_bytes: config.workspace_bytes,
             },
         };
@@ -88,18 +90,20 @@ impl Builder {
         let mut selector = TacticSelector::new(self.backend.as_ref(), config)?;
         let bytes = weight_bytes.as_slice();
         for layer in net.layers() {
-            let desc = crate::engine::layer_desc(&graph, bytes, layer, |i| opt_types[i].clone());
+            let desc = crate::engine::layer_desc(&graph, bytes, layer, |i| opt_types[i].clone(), config.precisions());
             let candidates: Vec<Tactic> = self.backend.tactics(&desc);
             let chosen = selector.choose(&desc, candidates)?;
-            let precision = layer
-                .outputs
-                .iter()
-                .flatten()
-                .find_map(|id| match &net.tensor(*id).ty {
-                    Some(ValueType::Tensor(t)) => Some(t.dtype),
-                    _ => None,
-                })
-                .unwrap_or(kiln_ir::DType::F32);
+            let precision = self.backend.precision(&desc, &chosen).unwrap_or_else(|| {
+                layer
+                    .outputs
+                    .iter()
+                    .flatten()
+                    .find_map(|id| match &net.tensor(*id).ty {
+                        Some(ValueType::Tensor(t)) => Some(t.dtype),
+                        _ => None,
+                    })
+                    .unwrap_or(kiln_ir::DType::F32)
+            });
             graph.layers.push(EngineLayer { layer: layer.clone(), tactic: chosen, precision, elided: None });
         }
         selector.finish()?;
@@ -114,13 +118,17 @@ impl Builder {
                 n.checked_mul(tt.dtype.size())
             })
             .collect();
-        crate::memory_assign::assign(&net, &mut graph, &max_bytes);
+        crate::memory_assign::assign(&net, &mut graph, &max_bytes, self.backend.elides_concat());
         tracing::info!(
             arena = graph.arena_bytes,
             peak_live = graph.peak_live_bytes,
             weights = graph.weights.iter().map(|w| w.bytes).sum::<usize>(),
             "memory planned"
         );
+        graph.device_code = self
+            .backend
+            .compile(&mut graph)
+            .map_err(|message| EngineError::Device { backend: self.backend.name().to_string(), message })?;
         Engine::assemble(graph, Arc::new(weight_bytes), self.backend.clone(), "<memory>")
     }
 }

@@ -14,6 +14,8 @@ pub struct BuilderConfig {
     /// Reduced precisions the builder may choose per layer; fp32 is always allowed.
     pub allow_fp16: bool,
     pub allow_bf16: bool,
+    /// fp32 matrix products on tensor cores (TF32: 10-bit mantissas) where the backend has them.
+    pub allow_tf32: bool,
     /// Scratch memory a single layer's tactic may use, in bytes; a tactic needing more is
     /// skipped.
     pub workspace_bytes: usize,
@@ -33,6 +35,7 @@ impl Default for BuilderConfig {
         BuilderConfig {
             allow_fp16: false,
             allow_bf16: false,
+            allow_tf32: false,
             workspace_bytes: 1 << 30,
             profile: OptimizationProfile::default(),
             timing_cache: None,
@@ -43,12 +46,16 @@ impl Default for BuilderConfig {
 }
 
 impl BuilderConfig {
+    pub fn precisions(&self) -> crate::backend::Precisions {
+        crate::backend::Precisions { fp16: self.allow_fp16, bf16: self.allow_bf16, tf32: self.allow_tf32 }
+    }
+
     /// A stable hash of everything that changes the built engine (not the timing-cache path
     /// or the progress bar), recorded in the plan.
     pub fn hash(&self) -> u64 {
         let mut text = format!(
-            "fp16={} bf16={} ws={} opt={};",
-            self.allow_fp16, self.allow_bf16, self.workspace_bytes, self.opt_level
+            "fp16={} bf16={} tf32={} ws={} opt={};",
+            self.allow_fp16, self.allow_bf16, self.allow_tf32, self.workspace_bytes, self.opt_level
         );
         for (name, r) in &self.profile.inputs {
             text.push_str(&format!("{name}:{:?}/{:?}/{:?};", r.min, r.opt, r.max));

@@ -1,7 +1,7 @@
 //! An execution context: one engine run's activation memory and bindings. Contexts of one
 //! engine are independent, so N threads with N contexts run one engine concurrently.
 
-use crate::backend::{Arg, LayerIo, OutputSlot, Produced};
+use crate::backend::{Arg, DeviceProgram, DeviceSession, LayerIo, OutputSlot, Produced};
 use crate::engine::{AlignedBytes, Elision, Engine, Storage};
 use crate::EngineError;
 use kiln_ir::{infer::InferCtx, DType, Tensor, TensorType, Value, ValueType};
@@ -24,6 +24,8 @@ pub struct ExecutionContext {
     /// Per tensor, the last layer reading it; heap values are dropped after it.
     last_use: Vec<usize>,
     profiler: Option<Box<dyn Profiler>>,
+    /// The device side of this context (made on first run), for device engines.
+    device: Option<Box<dyn DeviceSession>>,
 }
 
 impl Engine {
@@ -46,6 +48,7 @@ impl Engine {
             heap: vec![None; n],
             last_use,
             profiler: None,
+            device: None,
         }
     }
 }
@@ -133,6 +136,16 @@ impl ExecutionContext {
                 });
             }
         }
+        if let Some(program) = self.engine.device.clone() {
+            if observe.is_some() {
+                return Err(EngineError::Device {
+                    backend: self.engine.backend_name().to_string(),
+                    message: "per-layer observation is not available on a device engine; compare outputs instead"
+                        .into(),
+                });
+            }
+            return self.run_on_device(program.as_ref());
+        }
         let engine = self.engine.clone();
         for (li, el) in engine.graph.layers.iter().enumerate() {
             let start = Instant::now();
@@ -159,6 +172,41 @@ impl ExecutionContext {
             self.release_after(li);
         }
         Ok(())
+    }
+
+    /// Device engines: the inputs go to the device session, which runs every layer on its own
+    /// memory and hands back the outputs.
+    fn run_on_device(&mut self, program: &dyn DeviceProgram) -> Result<(), EngineError> {
+        if self.device.is_none() {
+            self.device = Some(program.create_session()?);
+        }
+        let graph = &self.engine.graph;
+        let mut values = Vec::with_capacity(graph.inputs.len());
+        for &i in &graph.inputs {
+            let v = self.read_value(i).ok_or_else(|| EngineError::Input {
+                name: graph.tensors[i].name.clone(),
+                message: "not bound (set_input)".into(),
+            })?;
+            values.push((i, v));
+        }
+        let inputs: Vec<(usize, &Value)> = values.iter().map(|(i, v)| (*i, v)).collect();
+        let start = Instant::now();
+        let outputs = self.device.as_mut().expect("made above").execute(&inputs)?;
+        if let Some(p) = self.profiler.as_mut() {
+            p.layer_done("(whole engine on the device)", "device", start, start.elapsed());
+        }
+        for (id, value) in outputs {
+            if id < self.heap.len() {
+                self.heap[id] = Some(value);
+                self.shapes[id] = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Device time of the last run in milliseconds (device engines; from device events).
+    pub fn last_device_ms(&self) -> Option<f64> {
+        self.device.as_ref().and_then(|d| d.last_device_ms())
     }
 
     /// Output `name` of the last run, copied out.

@@ -4,7 +4,7 @@
 //!
 //! [`ExecutionContext`]: crate::ExecutionContext
 
-use crate::backend::{Backend, LayerDesc, LayerKernel, WeightView};
+use crate::backend::{Backend, DeviceProgram, LayerDesc, LayerKernel, WeightView};
 use crate::config::ShapeRange;
 use crate::memory_plan::ARENA_ALIGN;
 use crate::EngineError;
@@ -29,6 +29,8 @@ pub struct EngineGraph {
     pub peak_live_bytes: usize,
     /// Facts about the build, for `kiln inspect`.
     pub build: BuildSummary,
+    /// The backend's compiled device code (CUDA: the kernels' module), loaded as is.
+    pub device_code: Vec<u8>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -38,7 +40,14 @@ pub struct BuildSummary {
     pub config_hash: u64,
     pub allow_fp16: bool,
     pub allow_bf16: bool,
+    pub allow_tf32: bool,
     pub workspace_bytes: usize,
+}
+
+impl BuildSummary {
+    pub fn precisions(&self) -> crate::backend::Precisions {
+        crate::backend::Precisions { fp16: self.allow_fp16, bf16: self.allow_bf16, tf32: self.allow_tf32 }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -139,6 +148,8 @@ pub struct Engine {
     /// Per layer: its kernel (`None` for elided layers).
     pub(crate) kernels: Vec<Option<Arc<dyn LayerKernel>>>,
     pub(crate) backend: Arc<dyn Backend>,
+    /// The device program, for backends with their own memory (CUDA).
+    pub(crate) device: Option<Arc<dyn DeviceProgram>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -164,7 +175,7 @@ impl Engine {
                 kernels.push(None);
                 continue;
             }
-            let desc = layer_desc(&graph, weight_bytes.bytes(), &el.layer, |_| None);
+            let desc = layer_desc(&graph, weight_bytes.bytes(), &el.layer, |_| None, graph.build.precisions());
             let kernel = backend.instantiate(&desc, &el.tactic).map_err(|message| EngineError::Layer {
                 layer: el.layer.name.clone(),
                 op: el.layer.op.clone(),
@@ -172,7 +183,10 @@ impl Engine {
             })?;
             kernels.push(Some(kernel));
         }
-        Ok(Engine { graph, weight_bytes, weight_values, kernels, backend })
+        let device = backend
+            .prepare(&graph, &weight_bytes, &kernels)
+            .map_err(|message| EngineError::Device { backend: backend.name().to_string(), message })?;
+        Ok(Engine { graph, weight_bytes, weight_values, kernels, backend, device })
     }
 
     /// Write the engine as a plan file.
@@ -196,6 +210,11 @@ impl Engine {
 
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
+    }
+
+    /// Per layer, where the device program runs it (`None` for host backends).
+    pub fn device_placements(&self) -> Option<Vec<String>> {
+        self.device.as_ref().map(|d| d.placements())
     }
 
     /// Input names in binding order.
@@ -233,6 +252,7 @@ pub(crate) fn layer_desc<'a>(
     weight_bytes: &'a [u8],
     layer: &'a Layer,
     types: impl Fn(usize) -> Option<ValueType>,
+    precisions: crate::backend::Precisions,
 ) -> LayerDesc<'a> {
     let input_types =
         layer.inputs.iter().map(|i| i.and_then(|id| types(id.0).or_else(|| graph.tensors[id.0].ty.clone()))).collect();
@@ -244,7 +264,7 @@ pub(crate) fn layer_desc<'a>(
             _ => None,
         })
         .collect();
-    LayerDesc { layer, input_types, weights }
+    LayerDesc { layer, input_types, weights, precisions }
 }
 
 /// Every index and range of a graph checked, so that running it cannot index out of bounds:

@@ -22,6 +22,9 @@ pub enum EngineError {
     Input { name: String, message: String },
     #[error("unknown output '{0}'")]
     UnknownOutput(String),
+    /// The device (GPU) could not be used: no driver, no such device, a failed CUDA call.
+    #[error("{backend} device: {message}")]
+    Device { backend: String, message: String },
     /// A layer failed while running.
     #[error("layer '{layer}' ({op}) failed: {message}")]
     Execution { layer: String, op: String, message: String },

@@ -23,10 +23,15 @@ mod specialize;
 mod tactics;
 mod timing_cache;
 
-pub use backend::{Arg, Backend, LayerDesc, LayerIo, LayerKernel, OutputSlot, Produced, Tactic, WeightView};
+pub use backend::{
+    Arg, Backend, DeviceProgram, DeviceSession, LayerDesc, LayerIo, LayerKernel, OutputSlot, Precisions, Produced,
+    Tactic, WeightView,
+};
 pub use builder::Builder;
 pub use config::{parse_bytes, BuilderConfig, OptimizationProfile, ShapeRange, MAX_OPT_LEVEL};
 pub use context::{ExecutionContext, Profiler};
-pub use engine::{BuildSummary, Elision, Engine, EngineGraph, EngineLayer, EngineTensor, Storage, WeightMeta};
+pub use engine::{
+    BuildSummary, Elision, Engine, EngineGraph, EngineLayer, EngineTensor, Storage, WeightBytes, WeightMeta,
+};
 pub use error::EngineError;
 pub use timing_cache::TimingCache;

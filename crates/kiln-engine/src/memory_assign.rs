@@ -43,7 +43,9 @@ const IN_PLACE_OPS: &[&str] = &[
 
 /// Decide every activation's storage and the elided layers, and record the arena size.
 /// `max_bytes[t]` is tensor t's size at the profile's largest shapes, where static.
-pub fn assign(net: &Network, graph: &mut EngineGraph, max_bytes: &[Option<usize>]) {
+/// `elide_concat`: whether concat inputs may be written into their slices of the output (the
+/// backend stores tensors at the plan's byte offsets).
+pub fn assign(net: &Network, graph: &mut EngineGraph, max_bytes: &[Option<usize>], elide_concat: bool) {
     let nl = net.layers().len();
     let nt = net.tensors().len();
     let is_output: Vec<bool> = {
@@ -108,7 +110,7 @@ pub fn assign(net: &Network, graph: &mut EngineGraph, max_bytes: &[Option<usize>
     // Concat inputs written into the output, where each input is a contiguous slice of it
     // (everything before the axis is 1) and all shapes are static.
     for (li, layer) in net.layers().iter().enumerate() {
-        if layer.op != "Concat" {
+        if layer.op != "Concat" || !elide_concat {
             continue;
         }
         let Some(out) = layer.outputs.first().copied().flatten() else { continue };

@@ -76,6 +76,29 @@ impl<'a> TacticSelector<'a> {
             self.cached += 1;
             return Ok(t.to_string());
         }
+        if let Some(first) = fitting.first().and_then(|t| self.backend.time_tactic(desc, &t.name)) {
+            // The backend times on its own device; each tactic once (the backend repeats).
+            let mut times = Vec::new();
+            for (k, t) in fitting.iter().enumerate() {
+                let r = if k == 0 {
+                    first.clone()
+                } else {
+                    self.backend.time_tactic(desc, &t.name).unwrap_or(Err("not timed".into()))
+                };
+                match r {
+                    Ok(us) => times.push((t.name.clone(), us)),
+                    Err(e) => {
+                        tracing::info!(layer = %layer.name, tactic = %t.name, error = %e, "tactic failed while timing; skipped")
+                    }
+                }
+            }
+            let best = times.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|t| t.0.clone());
+            let best = best.ok_or_else(|| fail("every tactic failed while timing".into()))?;
+            tracing::debug!(layer = %layer.name, chosen = %best, ?times, "tactics timed on the device");
+            self.cache.insert(key, best.clone(), times);
+            self.timed += 1;
+            return Ok(best);
+        }
         let inputs = timing_inputs(desc).map_err(fail)?;
         let mut best: Option<(f64, &Tactic)> = None;
         let mut times = Vec::new();

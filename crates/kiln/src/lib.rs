@@ -53,6 +53,7 @@ pub use kiln_opt as opt;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Any kiln failure, by stage.
 #[derive(Debug, thiserror::Error)]
@@ -81,14 +82,66 @@ pub fn run(network: &Network, inputs: HashMap<String, Value>) -> Result<Vec<(Str
     Ok(network.outputs().iter().map(|&id| network.tensor(id).name.clone()).zip(values).collect())
 }
 
-/// Build an engine for the CPU (graph optimization, tactic selection, memory planning).
+/// Build an engine (graph optimization, tactic selection, memory planning) on the default
+/// device: the GPU where one is found, else the CPU.
 pub fn build(network: &Network, config: &BuilderConfig) -> Result<Engine, Error> {
-    Ok(Builder::cpu().build(network, config)?)
+    build_for(network, config, Device::Auto)
 }
 
-/// Load a plan file built for the CPU.
+/// Build an engine for `device`.
+pub fn build_for(network: &Network, config: &BuilderConfig, device: Device) -> Result<Engine, Error> {
+    Ok(Builder::new(backend(device)?).build(network, config)?)
+}
+
+/// Load a plan file, on the backend it was built for (a CUDA plan needs the GPU it was built on).
 pub fn load_plan(path: impl AsRef<Path>) -> Result<Engine, Error> {
-    Ok(Engine::load(path, std::sync::Arc::new(kiln_engine::cpu::CpuBackend))?)
+    let path = path.as_ref();
+    match Engine::load(path, Arc::new(kiln_engine::cpu::CpuBackend)) {
+        Err(kiln_engine::EngineError::Plan(kiln_engine::plan::PlanError::WrongBackend { plan, .. }))
+            if plan == "cuda" =>
+        {
+            Ok(Engine::load(path, backend(Device::Cuda)?)?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Where an engine is built to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The GPU where one can be used, else the CPU (saying once why not the GPU).
+    #[default]
+    Auto,
+    Cpu,
+    /// The first CUDA GPU; an error where there is none.
+    Cuda,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Device, String> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            other => Err(format!("unknown device '{other}' (auto, cpu, cuda)")),
+        }
+    }
+}
+
+/// The backend for `device`.
+pub fn backend(device: Device) -> Result<Arc<dyn kiln_engine::Backend>, Error> {
+    static NO_GPU: std::sync::Once = std::sync::Once::new();
+    let cuda = || kiln_cuda::CudaBackend::new(0).map(|b| Arc::new(b) as Arc<dyn kiln_engine::Backend>);
+    match device {
+        Device::Cpu => Ok(Arc::new(kiln_engine::cpu::CpuBackend)),
+        Device::Cuda => cuda()
+            .map_err(|message| Error::Engine(kiln_engine::EngineError::Device { backend: "cuda".into(), message })),
+        Device::Auto => Ok(cuda().unwrap_or_else(|why| {
+            NO_GPU.call_once(|| tracing::warn!("no usable GPU ({why}); running on the CPU"));
+            Arc::new(kiln_engine::cpu::CpuBackend)
+        })),
+    }
 }
 
 /// Simplify a network (constant folding, no-op removal, common-subexpression merging,

@@ -38,6 +38,7 @@ fn run(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: &str) ->
             .zip(&bytes)
             .map(|((t, w), b)| w.then(|| WeightView { dtype: t.dtype(), shape: t.shape(), bytes: b }))
             .collect(),
+        precisions: Default::default(),
     };
     let backend = CpuBackend;
     if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {

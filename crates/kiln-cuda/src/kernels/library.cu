@@ -1,0 +1,306 @@
+// kiln's hand-written CUDA kernels, compiled by NVRTC at build time together with the kernels
+// generated for the engine's fused element-wise layers (elementwise.rs), for the device's own
+// architecture. Each kernel exists once per storage type of float tensors, `_f32`, `_f16` and
+// `_bf16` (the engine's precision); arithmetic is in fp32 (accumulation and statistics too).
+// No CUDA headers are needed: half and bfloat16 conversions are single PTX instructions.
+
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+typedef unsigned short u16;
+typedef long long i64;
+
+__device__ __forceinline__ float h2f(u16 x) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x)); return f; }
+__device__ __forceinline__ u16 f2h(float f) { u16 x; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(x) : "f"(f)); return x; }
+__device__ __forceinline__ float b2f(u16 x) { return __uint_as_float(((unsigned)x) << 16); }
+__device__ __forceinline__ u16 f2b(float f) { u16 x; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(x) : "f"(f)); return x; }
+
+struct F32 {
+  static __device__ __forceinline__ float ld(const void* p, i64 i) { return ((const float*)p)[i]; }
+  static __device__ __forceinline__ void st(void* p, i64 i, float v) { ((float*)p)[i] = v; }
+};
+struct F16 {
+  static __device__ __forceinline__ float ld(const void* p, i64 i) { return h2f(((const u16*)p)[i]); }
+  static __device__ __forceinline__ void st(void* p, i64 i, float v) { ((u16*)p)[i] = f2h(v); }
+};
+struct BF16 {
+  static __device__ __forceinline__ float ld(const void* p, i64 i) { return b2f(((const u16*)p)[i]); }
+  static __device__ __forceinline__ void st(void* p, i64 i, float v) { ((u16*)p)[i] = f2b(v); }
+};
+
+// One extern "C" entry point per storage type, so the host finds kernels by plain names.
+#define KILN_INSTANTIATE(NAME, PARAMS, ARGS) \
+  extern "C" __global__ void NAME##_f32 PARAMS { NAME<F32> ARGS; } \
+  extern "C" __global__ void NAME##_f16 PARAMS { NAME<F16> ARGS; } \
+  extern "C" __global__ void NAME##_bf16 PARAMS { NAME<BF16> ARGS; }
+
+#define GRID_STRIDE(i, n) for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+// ---- activations: kiln_ir::Activation, codes as in activation_code() on the Rust side --------
+__device__ __forceinline__ float apply_act(int act, float x, float p0, float p1) {
+  switch (act) {
+    case 1: return fmaxf(x, 0.0f);
+    case 2: return fminf(fmaxf(x, p0), p1);
+    case 3: return 1.0f / (1.0f + expf(-x));
+    case 4: return x / (1.0f + expf(-x));
+    case 5: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case 6: { float u = 0.7978845608028654f * (x + 0.044715f * x * x * x); return 0.5f * x * (1.0f + tanhf(u)); }
+    case 7: return x * fminf(fmaxf(x / 6.0f + 0.5f, 0.0f), 1.0f);
+    case 8: return fminf(fmaxf(p0 * x + p1, 0.0f), 1.0f);
+    case 9: return x >= 0.0f ? x : p0 * x;
+    case 10: return tanhf(x);
+    default: return x;
+  }
+}
+
+// ---- the epilogue of a convolution or matrix product, in place on its output -----------------
+// y = act(alpha * y + beta * bias + residual). bias_mode 0: none; 1: one value per column (the
+// last dim, `cols` of them); 2: one per channel of NCHW (`cols` channels of `inner` = H*W
+// elements); 3: a tensor of y's shape; 4: one scalar; 5: one per row (`cols` columns per row).
+template <class S>
+__device__ void epilogue(void* y, i64 n, float alpha, float beta, const void* bias, int bias_mode, i64 cols,
+                         i64 inner, const void* res, int act, float p0, float p1) {
+  GRID_STRIDE(i, n) {
+    float v = alpha * S::ld(y, i);
+    if (bias_mode == 1) v += beta * S::ld(bias, i % cols);
+    else if (bias_mode == 2) v += beta * S::ld(bias, (i / inner) % cols);
+    else if (bias_mode == 3) v += beta * S::ld(bias, i);
+    else if (bias_mode == 4) v += beta * S::ld(bias, 0);
+    else if (bias_mode == 5) v += beta * S::ld(bias, i / cols);
+    if (res) v += S::ld(res, i);
+    S::st(y, i, apply_act(act, v, p0, p1));
+  }
+}
+KILN_INSTANTIATE(epilogue,
+  (void* y, i64 n, float alpha, float beta, const void* bias, int bias_mode, i64 cols, i64 inner, const void* res, int act, float p0, float p1),
+  (y, n, alpha, beta, bias, bias_mode, cols, inner, res, act, p0, p1))
+
+// ---- block reductions -------------------------------------------------------------------------
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+  return v;
+}
+// Sum (or max) over the block; every thread gets the result. blockDim.x is a multiple of 32.
+__device__ float block_reduce(float v, bool is_max) {
+  __shared__ float part[32];
+  __shared__ float total;
+  v = is_max ? warp_max(v) : warp_sum(v);
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float w = lane < nw ? part[lane] : (is_max ? -INFINITY : 0.0f);
+    w = is_max ? warp_max(w) : warp_sum(w);
+    if (lane == 0) total = w;
+  }
+  __syncthreads();
+  return total;
+}
+
+// ---- LayerNormalization over the last `cols` elements of each row (fp32 statistics) ----------
+// Two passes over the row (mean, then centred variance), as the reference kernel computes it.
+template <class S>
+__device__ void layer_norm(const void* x, const void* gamma, const void* beta, void* y, i64 cols, float eps,
+                           int gamma_full, int beta_full) {
+  i64 row = blockIdx.x;
+  i64 base = row * cols;
+  float s = 0.0f;
+  for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += S::ld(x, base + c);
+  float mean = block_reduce(s, false) / (float)cols;
+  float q = 0.0f;
+  for (i64 c = threadIdx.x; c < cols; c += blockDim.x) { float d = S::ld(x, base + c) - mean; q += d * d; }
+  float inv = rsqrtf(block_reduce(q, false) / (float)cols + eps);
+  for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+    float v = (S::ld(x, base + c) - mean) * inv * S::ld(gamma, gamma_full ? base + c : c);
+    if (beta) v += S::ld(beta, beta_full ? base + c : c);
+    S::st(y, base + c, v);
+  }
+}
+KILN_INSTANTIATE(layer_norm,
+  (const void* x, const void* gamma, const void* beta, void* y, i64 cols, float eps, int gamma_full, int beta_full),
+  (x, gamma, beta, y, cols, eps, gamma_full, beta_full))
+
+// ---- Softmax over rows: y = softmax(scale * x + mask) -----------------------------------------
+// mask (optional, storage type) is read at m_off(row) + col * m_col, where row = ((b*H + h)*Sq +
+// q): strides mb, mh, mq per index of b/h/q (0 where the mask broadcasts). For a plain Softmax
+// the row is split with H = Sq = 1.
+template <class S>
+__device__ void softmax_rows(const void* x, void* y, i64 cols, float scale, const void* mask, i64 heads, i64 sq,
+                             i64 mb, i64 mh, i64 mq, i64 mcol) {
+  i64 row = blockIdx.x;
+  i64 base = row * cols;
+  i64 moff = 0;
+  if (mask) {
+    i64 q = row % sq, h = (row / sq) % heads, b = row / (sq * heads);
+    moff = b * mb + h * mh + q * mq;
+  }
+  float m = -INFINITY;
+  for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+    float v = scale * S::ld(x, base + c);
+    if (mask) v += S::ld(mask, moff + c * mcol);
+    m = fmaxf(m, v);
+  }
+  m = block_reduce(m, true);
+  float s = 0.0f;
+  for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+    float v = scale * S::ld(x, base + c);
+    if (mask) v += S::ld(mask, moff + c * mcol);
+    s += (m == -INFINITY) ? 0.0f : expf(v - m);
+  }
+  s = block_reduce(s, false);
+  for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+    float v = scale * S::ld(x, base + c);
+    if (mask) v += S::ld(mask, moff + c * mcol);
+    S::st(y, base + c, (m == -INFINITY) ? __int_as_float(0x7fc00000) : expf(v - m) / s);
+  }
+}
+KILN_INSTANTIATE(softmax_rows,
+  (const void* x, void* y, i64 cols, float scale, const void* mask, i64 heads, i64 sq, i64 mb, i64 mh, i64 mq, i64 mcol),
+  (x, y, cols, scale, mask, heads, sq, mb, mh, mq, mcol))
+
+// ---- 2-D pooling over NCHW (MaxPool, AveragePool) ----------------------------------------------
+// is_max: max over the window (padding never wins); otherwise the average, dividing by the whole
+// window when count_include_pad, else by the in-bounds elements.
+template <class S>
+__device__ void pool2d(const void* x, void* y, i64 nc, i64 h, i64 w, i64 oh, i64 ow, int kh, int kw, int sh, int sw,
+                       int ph, int pw, int dh, int dw, int is_max, int count_include_pad) {
+  i64 n = nc * oh * ow;
+  GRID_STRIDE(i, n) {
+    i64 ox = i % ow, oy = (i / ow) % oh, p = i / (ow * oh);
+    const i64 base = p * h * w;
+    float acc = is_max ? -INFINITY : 0.0f;
+    int cnt = 0;
+    for (int ky = 0; ky < kh; ++ky) {
+      i64 iy = oy * sh - ph + ky * dh;
+      if (iy < 0 || iy >= h) continue;
+      for (int kx = 0; kx < kw; ++kx) {
+        i64 ix = ox * sw - pw + kx * dw;
+        if (ix < 0 || ix >= w) continue;
+        float v = S::ld(x, base + iy * w + ix);
+        acc = is_max ? fmaxf(acc, v) : acc + v;
+        ++cnt;
+      }
+    }
+    if (!is_max) acc /= (float)(count_include_pad ? kh * kw : (cnt > 0 ? cnt : 1));
+    S::st(y, i, acc);
+  }
+}
+KILN_INSTANTIATE(pool2d,
+  (const void* x, void* y, i64 nc, i64 h, i64 w, i64 oh, i64 ow, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int is_max, int count_include_pad),
+  (x, y, nc, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, is_max, count_include_pad))
+
+// ---- GlobalAveragePool / GlobalMaxPool: one block per (n, c) -----------------------------------
+template <class S>
+__device__ void global_pool(const void* x, void* y, i64 inner, int is_max) {
+  i64 row = blockIdx.x;
+  float acc = is_max ? -INFINITY : 0.0f;
+  for (i64 i = threadIdx.x; i < inner; i += blockDim.x) {
+    float v = S::ld(x, row * inner + i);
+    acc = is_max ? fmaxf(acc, v) : acc + v;
+  }
+  acc = block_reduce(acc, is_max != 0);
+  if (threadIdx.x == 0) S::st(y, row, is_max ? acc : acc / (float)inner);
+}
+KILN_INSTANTIATE(global_pool, (const void* x, void* y, i64 inner, int is_max), (x, y, inner, is_max))
+
+// ---- Gather along one axis with int64 (or int32) indices ----------------------------------------
+// out[o, j, i] = data[o, idx[j], i]; negative indices count from the end; an index out of range
+// sets *err (checked by the host after the run) and writes zeros.
+extern "C" __global__ void gather_bytes(const unsigned char* data, const void* idx, int idx_is_i32, unsigned char* out,
+                                        i64 outer, i64 nidx, i64 axis_len, i64 inner_bytes, int* err) {
+  i64 n = outer * nidx * inner_bytes;
+  GRID_STRIDE(i, n) {
+    i64 b = i % inner_bytes, j = (i / inner_bytes) % nidx, o = i / (inner_bytes * nidx);
+    i64 k = idx_is_i32 ? (i64)((const int*)idx)[j] : ((const i64*)idx)[j];
+    if (k < 0) k += axis_len;
+    if (k < 0 || k >= axis_len) { out[i] = 0; if (err) *err = 1; continue; }
+    out[i] = data[(o * axis_len + k) * inner_bytes + b];
+  }
+}
+// The same for rows of 4-byte-aligned width (embedding tables): 4 bytes per thread.
+extern "C" __global__ void gather_words(const unsigned* data, const void* idx, int idx_is_i32, unsigned* out,
+                                        i64 outer, i64 nidx, i64 axis_len, i64 inner_words, int* err) {
+  i64 n = outer * nidx * inner_words;
+  GRID_STRIDE(i, n) {
+    i64 b = i % inner_words, j = (i / inner_words) % nidx, o = i / (inner_words * nidx);
+    i64 k = idx_is_i32 ? (i64)((const int*)idx)[j] : ((const i64*)idx)[j];
+    if (k < 0) k += axis_len;
+    if (k < 0 || k >= axis_len) { out[i] = 0; if (err) *err = 1; continue; }
+    out[i] = data[(o * axis_len + k) * inner_words + b];
+  }
+}
+
+// ---- strided copy: Transpose, Split, Concat pieces, Expand, contiguous copies (up to 8 dims) ----
+// Element i of the copied block (of shape `shape`) is read at src[sum c_k * src_stride_k] and
+// written at dst[sum c_k * dst_stride_k], c = i's coordinates in `shape`.
+struct Dims8 { i64 shape[8]; i64 src_stride[8]; i64 dst_stride[8]; };
+template <typename E>
+__device__ void copy_strided(const E* src, E* dst, i64 n, int rank, Dims8 d) {
+  GRID_STRIDE(i, n) {
+    i64 rem = i, so = 0, dof = 0;
+    for (int k = rank - 1; k >= 0; --k) {
+      i64 c = rem % d.shape[k];
+      rem /= d.shape[k];
+      so += c * d.src_stride[k];
+      dof += c * d.dst_stride[k];
+    }
+    dst[dof] = src[so];
+  }
+}
+extern "C" __global__ void copy_strided_1(const unsigned char* s, unsigned char* d, i64 n, int rank, Dims8 dims) { copy_strided(s, d, n, rank, dims); }
+extern "C" __global__ void copy_strided_2(const u16* s, u16* d, i64 n, int rank, Dims8 dims) { copy_strided(s, d, n, rank, dims); }
+extern "C" __global__ void copy_strided_4(const unsigned* s, unsigned* d, i64 n, int rank, Dims8 dims) { copy_strided(s, d, n, rank, dims); }
+extern "C" __global__ void copy_strided_8(const i64* s, i64* d, i64 n, int rank, Dims8 dims) { copy_strided(s, d, n, rank, dims); }
+
+// ---- Cast between element types (codes: kiln_cuda::kernels::dtype_code) -----------------------
+__device__ __forceinline__ double load_any(const void* p, i64 i, int t) {
+  switch (t) {
+    case 0: return ((const float*)p)[i];
+    case 1: return h2f(((const u16*)p)[i]);
+    case 2: return b2f(((const u16*)p)[i]);
+    case 3: return ((const double*)p)[i];
+    case 4: return (double)((const i64*)p)[i];
+    case 5: return (double)((const int*)p)[i];
+    case 6: return (double)((const unsigned char*)p)[i];
+    case 7: return (double)((const signed char*)p)[i];
+    default: return 0.0;
+  }
+}
+__device__ __forceinline__ void store_any(void* p, i64 i, int t, double v) {
+  switch (t) {
+    case 0: ((float*)p)[i] = (float)v; break;
+    case 1: ((u16*)p)[i] = f2h((float)v); break;
+    case 2: ((u16*)p)[i] = f2b((float)v); break;
+    case 3: ((double*)p)[i] = v; break;
+    case 4: ((i64*)p)[i] = (i64)v; break;
+    case 5: ((int*)p)[i] = (int)v; break;
+    case 6: ((unsigned char*)p)[i] = (unsigned char)(v != 0.0 ? 1 : 0); break;
+    case 7: ((signed char*)p)[i] = (signed char)v; break;
+  }
+}
+// bool (code 6) outputs are 0/1; integer outputs truncate toward zero (as ONNX Cast does).
+extern "C" __global__ void cast_any(const void* x, int xt, void* y, int yt, i64 n) {
+  GRID_STRIDE(i, n) {
+    double v = load_any(x, i, xt);
+    if (yt == 6) { ((unsigned char*)y)[i] = v != 0.0; continue; }
+    store_any(y, i, yt, v);
+  }
+}
+
+// ---- what the generated element-wise kernels share -------------------------------------------
+// Per input, its strides in elements per output dimension (0 where it broadcasts).
+struct Str8 { i64 s[8]; };
+// Offset of output element i in an input with strides t (output shape `shape`, rank `rank`).
+__device__ __forceinline__ i64 bcast_offset(i64 i, int rank, const Str8& shape, const Str8& t) {
+  i64 rem = i, off = 0;
+  for (int k = rank - 1; k >= 0; --k) { i64 c = rem % shape.s[k]; rem /= shape.s[k]; off += c * t.s[k]; }
+  return off;
+}
+__device__ __forceinline__ float nan_max(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b); }
+__device__ __forceinline__ float nan_min(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }

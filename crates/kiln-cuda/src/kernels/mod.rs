@@ -1,0 +1,110 @@
+//! The CUDA C kernels: a fixed library (library.cu) plus code generated per fused element-wise
+//! layer (elementwise.rs), compiled together by NVRTC into one module per engine.
+
+pub(crate) mod elementwise;
+
+use kiln_ir::{Activation, DType};
+
+/// The hand-written kernels.
+pub(crate) const LIBRARY: &str = include_str!("library.cu");
+
+/// How float tensors are stored on the device: the engine's precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Storage {
+    F32,
+    F16,
+    BF16,
+}
+
+impl Storage {
+    pub fn for_precisions(p: kiln_engine::Precisions) -> Storage {
+        if p.fp16 {
+            Storage::F16
+        } else if p.bf16 {
+            Storage::BF16
+        } else {
+            Storage::F32
+        }
+    }
+
+    /// Suffix of the kernel instantiated for this storage type.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Storage::F32 => "f32",
+            Storage::F16 => "f16",
+            Storage::BF16 => "bf16",
+        }
+    }
+
+    pub fn dtype(self) -> DType {
+        match self {
+            Storage::F32 => DType::F32,
+            Storage::F16 => DType::F16,
+            Storage::BF16 => DType::BF16,
+        }
+    }
+}
+
+/// The dtype a tensor of graph dtype `d` has on the device: fp32 tensors take the engine's
+/// storage type, everything else stays as it is.
+pub(crate) fn device_dtype(d: DType, storage: Storage) -> DType {
+    if d == DType::F32 {
+        storage.dtype()
+    } else {
+        d
+    }
+}
+
+/// Type codes of `cast_any` in library.cu.
+pub(crate) fn dtype_code(d: DType) -> Option<i32> {
+    Some(match d {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::BF16 => 2,
+        DType::F64 => 3,
+        DType::I64 => 4,
+        DType::I32 => 5,
+        DType::Bool => 6,
+        DType::I8 => 7,
+        _ => return None,
+    })
+}
+
+/// Activation codes of `apply_act` in library.cu, with its two parameters.
+pub(crate) fn activation_code(a: Option<Activation>) -> (i32, f32, f32) {
+    match a {
+        None => (0, 0.0, 0.0),
+        Some(Activation::Relu) => (1, 0.0, 0.0),
+        Some(Activation::Clip { min, max }) => (2, min, max),
+        Some(Activation::Sigmoid) => (3, 0.0, 0.0),
+        Some(Activation::Silu) => (4, 0.0, 0.0),
+        Some(Activation::GeluErf) => (5, 0.0, 0.0),
+        Some(Activation::GeluTanh) => (6, 0.0, 0.0),
+        Some(Activation::HardSwish) => (7, 0.0, 0.0),
+        Some(Activation::HardSigmoid { alpha, beta }) => (8, alpha, beta),
+        Some(Activation::LeakyRelu { alpha }) => (9, alpha, 0.0),
+        Some(Activation::Tanh) => (10, 0.0, 0.0),
+    }
+}
+
+/// Most dimensions a strided copy or a broadcast handles (`Dims8` in library.cu).
+pub(crate) const MAX_RANK: usize = 8;
+
+/// `Dims8` of library.cu: a block's shape and its strides (in elements) at the source and the
+/// destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Dims8 {
+    pub shape: [i64; MAX_RANK],
+    pub src_stride: [i64; MAX_RANK],
+    pub dst_stride: [i64; MAX_RANK],
+}
+
+/// Row-major strides of `shape`, in elements.
+pub(crate) fn strides(shape: &[usize]) -> Vec<i64> {
+    let mut s = vec![1i64; shape.len()];
+    for k in (0..shape.len().saturating_sub(1)).rev() {
+        s[k] = s[k + 1] * shape[k + 1] as i64;
+    }
+    s
+}

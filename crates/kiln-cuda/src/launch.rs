@@ -1,0 +1,541 @@
+//! Each GPU op of a layer as kernel launches on the session's stream: shapes come from the
+//! session (computed for this run), memory from the arena and the weights.
+
+use crate::dnn::ConvShape;
+use crate::error::CudaResult;
+use crate::kernels::{activation_code, dtype_code, elementwise, strides, Dims8, MAX_RANK};
+use crate::lower::GpuOp;
+use crate::session::CudaSession;
+use std::ffi::c_void;
+
+/// Kernel parameters: each a pointer to a live local of the kernel parameter's type.
+macro_rules! params {
+    ($($x:expr),* $(,)?) => { &mut [$( (&$x) as *const _ as *mut c_void ),*] };
+}
+
+/// `Str8` of library.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Str8([i64; MAX_RANK]);
+
+fn numel(s: &[usize]) -> usize {
+    s.iter().product()
+}
+
+impl CudaSession {
+    fn input(&self, li: usize, k: usize) -> Option<usize> {
+        self.p.graph.layers[li].layer.inputs.get(k).copied().flatten().map(|id| id.0)
+    }
+
+    fn output(&self, li: usize, k: usize) -> CudaResult<usize> {
+        self.p.graph.layers[li].layer.outputs.get(k).copied().flatten().map(|id| id.0).ok_or("missing output".into())
+    }
+
+    fn required(&self, li: usize, k: usize) -> CudaResult<usize> {
+        self.input(li, k).ok_or_else(|| format!("input {k} is missing"))
+    }
+
+    pub(crate) fn launch_op(&mut self, li: usize, op: &GpuOp) -> CudaResult<()> {
+        match op {
+            GpuOp::Conv { pads, strides, dilations, group, act } => {
+                self.conv(li, *pads, *strides, *dilations, *group, *act)
+            }
+            GpuOp::Gemm { trans_a, trans_b, alpha, beta, is_matmul, act } => {
+                self.gemm(li, *trans_a, *trans_b, *alpha, *beta, *is_matmul, *act)
+            }
+            GpuOp::Elementwise { program } => self.elementwise(li, program.num_inputs),
+            GpuOp::LayerNorm { eps } => self.layer_norm(li, *eps),
+            GpuOp::Softmax => {
+                let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+                let shape = self.shape(x)?;
+                let cols = *shape.last().unwrap_or(&1) as i64;
+                let rows = numel(&shape) / cols.max(1) as usize;
+                if rows == 0 || cols == 0 {
+                    return Ok(());
+                }
+                let f = self.p.typed("softmax_rows")?;
+                let (xp, yp, scale, mask, one, zero) = (self.ptr(x)?, self.ptr(y)?, 1.0f32, 0u64, 1i64, 0i64);
+                self.launch(f, rows as u32, 256, params!(xp, yp, cols, scale, mask, one, one, zero, zero, zero, zero))
+            }
+            GpuOp::Pool { is_max, kernel, strides, pads, dilations, count_include_pad } => {
+                let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+                let (xs, ys) = (self.shape(x)?, self.shape(y)?);
+                let n = numel(&ys);
+                if n == 0 {
+                    return Ok(());
+                }
+                let f = self.p.typed("pool2d")?;
+                let (xp, yp) = (self.ptr(x)?, self.ptr(y)?);
+                let (nc, h, w, oh, ow) =
+                    ((xs[0] * xs[1]) as i64, xs[2] as i64, xs[3] as i64, ys[2] as i64, ys[3] as i64);
+                let (im, cip) = (*is_max as i32, *count_include_pad as i32);
+                let grid = self.grid(n);
+                self.launch(
+                    f,
+                    grid,
+                    256,
+                    params!(
+                        xp,
+                        yp,
+                        nc,
+                        h,
+                        w,
+                        oh,
+                        ow,
+                        kernel[0],
+                        kernel[1],
+                        strides[0],
+                        strides[1],
+                        pads[0],
+                        pads[1],
+                        dilations[0],
+                        dilations[1],
+                        im,
+                        cip
+                    ),
+                )
+            }
+            GpuOp::GlobalPool { is_max } => {
+                let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+                let xs = self.shape(x)?;
+                let rows = xs.iter().take(2).product::<usize>();
+                let inner = numel(&xs[2.min(xs.len())..]) as i64;
+                if rows == 0 {
+                    return Ok(());
+                }
+                let f = self.p.typed("global_pool")?;
+                let (xp, yp, im) = (self.ptr(x)?, self.ptr(y)?, *is_max as i32);
+                self.launch(f, rows as u32, 256, params!(xp, yp, inner, im))
+            }
+            GpuOp::Gather { axis } => self.gather(li, *axis),
+            GpuOp::Cast => {
+                let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+                let n = numel(&self.shape(x)?) as i64;
+                let xt = dtype_code(self.device_dtype(x)?).ok_or("unsupported cast source")?;
+                let yt = dtype_code(self.device_dtype(y)?).ok_or("unsupported cast target")?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let f = self.p.func("cast_any")?;
+                let (xp, yp) = (self.ptr(x)?, self.ptr(y)?);
+                let grid = self.grid(n as usize);
+                self.launch(f, grid, 256, params!(xp, xt, yp, yt, n))
+            }
+            GpuOp::Transpose { perm } => {
+                let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+                let (xs, ys) = (self.shape(x)?, self.shape(y)?);
+                let xst = strides(&xs);
+                let src: Vec<i64> = perm.iter().map(|&p| xst.get(p).copied().unwrap_or(0)).collect();
+                self.copy_block(x, 0, y, 0, &ys, &src, &strides(&ys))
+            }
+            GpuOp::Split { axis } => {
+                let x = self.required(li, 0)?;
+                let xs = self.shape(x)?;
+                let axis = kiln_ir::spec::normalize_axis(*axis, xs.len()).map_err(|e| e.to_string())?;
+                let xst = strides(&xs);
+                let mut start = 0usize;
+                let outs: Vec<usize> = self.p.graph.layers[li].layer.outputs.iter().flatten().map(|id| id.0).collect();
+                for y in outs {
+                    let ys = self.shape(y)?;
+                    self.copy_block(x, start as i64 * xst[axis], y, 0, &ys, &xst, &strides(&ys))?;
+                    start += ys[axis];
+                }
+                Ok(())
+            }
+            GpuOp::Concat { axis } => {
+                let y = self.output(li, 0)?;
+                let ys = self.shape(y)?;
+                let axis = kiln_ir::spec::normalize_axis(*axis, ys.len()).map_err(|e| e.to_string())?;
+                let yst = strides(&ys);
+                let mut start = 0usize;
+                let ins: Vec<usize> = self.p.graph.layers[li].layer.inputs.iter().flatten().map(|id| id.0).collect();
+                for x in ins {
+                    let xs = self.shape(x)?;
+                    self.copy_block(x, 0, y, start as i64 * yst[axis], &xs, &strides(&xs), &yst)?;
+                    start += xs[axis];
+                }
+                Ok(())
+            }
+            GpuOp::Copy => {
+                let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+                let (xp, yp) = (self.ptr(x)?, self.ptr(y)?);
+                let bytes = numel(&self.shape(x)?) * self.device_dtype(x)?.size();
+                if xp == yp || bytes == 0 {
+                    return Ok(());
+                }
+                // SAFETY: both slots hold `bytes` (shapes checked against the slots).
+                unsafe { cudarc::driver::result::memcpy_dtod_async(yp, xp, bytes, self.stream) }
+                    .map_err(|e| format!("device copy: {e:?}"))
+            }
+            GpuOp::Attention { heads, scale } => self.attention(li, *heads, *scale),
+        }
+    }
+
+    /// Copy a block of shape `shape` from tensor `x` (element offset `x_off`, strides
+    /// `src`) to tensor `y` (offset `y_off`, strides `dst`).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_block(
+        &self,
+        x: usize,
+        x_off: i64,
+        y: usize,
+        y_off: i64,
+        shape: &[usize],
+        src: &[i64],
+        dst: &[i64],
+    ) -> CudaResult<()> {
+        let n = numel(shape);
+        if n == 0 {
+            return Ok(());
+        }
+        if shape.len() > MAX_RANK {
+            return Err("more than 8 dimensions".into());
+        }
+        let esize = self.device_dtype(x)?.size();
+        let f = self.p.func(&format!("copy_strided_{esize}"))?;
+        let mut d = Dims8::default();
+        for k in 0..shape.len() {
+            d.shape[k] = shape[k] as i64;
+            d.src_stride[k] = src[k];
+            d.dst_stride[k] = dst[k];
+        }
+        let (xp, yp) = (self.ptr(x)? + (x_off as u64) * esize as u64, self.ptr(y)? + (y_off as u64) * esize as u64);
+        let (n64, rank) = (n as i64, shape.len() as i32);
+        let grid = self.grid(n);
+        self.launch(f, grid, 256, params!(xp, yp, n64, rank, d))
+    }
+
+    /// y = act(y + bias + residual) over an output of `n` elements, where anything is fused.
+    #[allow(clippy::too_many_arguments)]
+    fn epilogue(
+        &self,
+        y: u64,
+        n: usize,
+        beta: f32,
+        bias: Option<(u64, i32, i64, i64)>,
+        residual: Option<u64>,
+        act: Option<kiln_ir::Activation>,
+    ) -> CudaResult<()> {
+        if bias.is_none() && residual.is_none() && act.is_none() || n == 0 {
+            return Ok(());
+        }
+        let f = self.p.typed("epilogue")?;
+        let (bp, mode, cols, inner) = bias.unwrap_or((0, 0, 1, 1));
+        let res = residual.unwrap_or(0);
+        let (code, p0, p1) = activation_code(act);
+        let (n64, alpha) = (n as i64, 1.0f32);
+        let grid = self.grid(n);
+        self.launch(f, grid, 256, params!(y, n64, alpha, beta, bp, mode, cols, inner, res, code, p0, p1))
+    }
+
+    fn conv(
+        &mut self,
+        li: usize,
+        pads: [i32; 2],
+        strides: [i32; 2],
+        dilations: [i32; 2],
+        group: i32,
+        act: Option<kiln_ir::Activation>,
+    ) -> CudaResult<()> {
+        let (x, w, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
+        let (xs, ws, ys) = (self.shape(x)?, self.shape(w)?, self.shape(y)?);
+        let four = |s: &[usize]| -> [usize; 4] {
+            match s {
+                [a, b, c] => [*a, *b, 1, *c],
+                [a, b, c, d] => [*a, *b, *c, *d],
+                _ => [0; 4],
+            }
+        };
+        let shape = ConvShape { x: four(&xs), w: four(&ws), y: four(&ys), pads, strides, dilations, group };
+        if numel(&ys) == 0 {
+            return Ok(());
+        }
+        let stale = self.conv_plans.get(&li).is_none_or(|p| p.input_shape != shape.x.to_vec());
+        if stale {
+            let dnn = self.dnn.as_ref().ok_or("cuDNN is not loaded")?;
+            let plan = dnn.plan(self.p.storage, self.p.tf32, &shape, self.p.graph.build.workspace_bytes)?;
+            self.ensure_workspace(plan.workspace_bytes)?;
+            self.conv_plans.insert(li, plan);
+        }
+        let plan = &self.conv_plans[&li];
+        let (xp, wp, yp) = (self.ptr(x)?, self.ptr(w)?, self.ptr(y)?);
+        self.dnn.as_ref().ok_or("cuDNN is not loaded")?.forward(plan, xp, wp, yp, self.workspace.ptr())?;
+        let bias = match self.input(li, 2) {
+            Some(b) => Some((self.ptr(b)?, 2, shape.y[1] as i64, (shape.y[2] * shape.y[3]) as i64)),
+            None => None,
+        };
+        let residual = self.input(li, 3).map(|r| self.ptr(r)).transpose()?;
+        self.epilogue(yp, numel(&ys), 1.0, bias, residual, act)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &mut self,
+        li: usize,
+        trans_a: bool,
+        trans_b: bool,
+        alpha: f32,
+        beta: f32,
+        is_matmul: bool,
+        act: Option<kiln_ir::Activation>,
+    ) -> CudaResult<()> {
+        let (a, b, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
+        let (as_, bs, ys) = (self.shape(a)?, self.shape(b)?, self.shape(y)?);
+        let (ap, bp, yp) = (self.ptr(a)?, self.ptr(b)?, self.ptr(y)?);
+        let (m, k, n, batch, sa, sb, sc);
+        if is_matmul {
+            let r = as_.len();
+            k = as_[r - 1];
+            n = bs[bs.len() - 1];
+            if bs.len() == 2 {
+                m = numel(&as_[..r - 1]);
+                batch = 1;
+                (sa, sb, sc) = (0, 0, 0);
+            } else {
+                if as_[..r - 2] != bs[..bs.len() - 2] {
+                    return Err("MatMul batch dimensions differ (broadcast batches run on the CPU)".into());
+                }
+                m = as_[r - 2];
+                batch = numel(&as_[..r - 2]);
+                (sa, sb, sc) = ((m * k) as i64, (k * n) as i64, (m * n) as i64);
+            }
+        } else {
+            m = if trans_a { as_[1] } else { as_[0] };
+            k = if trans_a { as_[0] } else { as_[1] };
+            n = if trans_b { bs[0] } else { bs[1] };
+            batch = 1;
+            (sa, sb, sc) = (0, 0, 0);
+        }
+        if m * n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            // An empty sum: the product is zero (cuBLAS would leave C untouched).
+            let bytes = numel(&ys) * self.device_dtype(y)?.size();
+            // SAFETY: the output slot holds `bytes`.
+            unsafe { cudarc::driver::result::memset_d8_async(yp, 0, bytes, self.stream) }
+                .map_err(|e| format!("{e:?}"))?;
+        } else {
+            let lda = *as_.last().unwrap_or(&1);
+            let ldb = *bs.last().unwrap_or(&1);
+            self.blas.gemm(
+                self.p.storage,
+                self.p.tf32,
+                (m, n, k),
+                alpha,
+                (ap, lda, trans_a, sa),
+                (bp, ldb, trans_b, sb),
+                (yp, n, sc),
+                batch,
+            )?;
+        }
+        let bias = match self.input(li, 2) {
+            None => None,
+            Some(c) => {
+                let cs = self.shape(c)?;
+                let total = numel(&ys);
+                let mode = if numel(&cs) == 1 {
+                    4
+                } else if numel(&cs) == n && cs.last() == Some(&n) {
+                    1
+                } else if numel(&cs) == total {
+                    3
+                } else if !is_matmul && cs.len() == 2 && cs[0] == m && cs[1] == 1 {
+                    5
+                } else {
+                    return Err(format!("bias of shape {cs:?} for an output of {ys:?}"));
+                };
+                Some((self.ptr(c)?, mode, n as i64, 1))
+            }
+        };
+        let residual = self.input(li, 3).map(|r| self.ptr(r)).transpose()?;
+        self.epilogue(yp, numel(&ys), if is_matmul { 1.0 } else { beta }, bias, residual, act)
+    }
+
+    fn elementwise(&mut self, li: usize, num_inputs: usize) -> CudaResult<()> {
+        let y = self.output(li, 0)?;
+        let ys = self.shape(y)?;
+        let n = numel(&ys);
+        if n == 0 {
+            return Ok(());
+        }
+        if ys.len() > MAX_RANK {
+            return Err("more than 8 dimensions".into());
+        }
+        let f = self.p.func(&format!("{}_{}", elementwise::kernel_name(li), self.p.storage.suffix()))?;
+        let mut shape = Str8::default();
+        for (k, d) in ys.iter().enumerate() {
+            shape.0[k] = *d as i64;
+        }
+        let mut full = 0u32;
+        let mut ptrs = Vec::with_capacity(num_inputs);
+        let mut strs = Vec::with_capacity(num_inputs);
+        for k in 0..num_inputs {
+            let x = self.required(li, k)?;
+            let xs = self.shape(x)?;
+            if xs == ys {
+                full |= 1 << k;
+            }
+            let st = strides(&xs);
+            let mut t = Str8::default();
+            let off = ys.len() - xs.len();
+            for (j, d) in xs.iter().enumerate() {
+                t.0[off + j] = if *d == 1 { 0 } else { st[j] };
+            }
+            ptrs.push(self.ptr(x)?);
+            strs.push(t);
+        }
+        let (yp, n64, rank) = (self.ptr(y)?, n as i64, ys.len() as i32);
+        let mut params: Vec<*mut c_void> = vec![
+            (&yp) as *const _ as *mut c_void,
+            (&n64) as *const _ as *mut c_void,
+            (&rank) as *const _ as *mut c_void,
+            (&shape) as *const _ as *mut c_void,
+            (&full) as *const _ as *mut c_void,
+        ];
+        for k in 0..num_inputs {
+            params.push((&ptrs[k]) as *const _ as *mut c_void);
+            params.push((&strs[k]) as *const _ as *mut c_void);
+        }
+        let grid = self.grid(n);
+        self.launch(f, grid, 256, &mut params)
+    }
+
+    fn layer_norm(&mut self, li: usize, eps: f32) -> CudaResult<()> {
+        let (x, g, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
+        let xs = self.shape(x)?;
+        let cols = *xs.last().unwrap_or(&1);
+        let rows = numel(&xs) / cols.max(1);
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let gamma_full = (numel(&self.shape(g)?) != cols) as i32;
+        let (beta, beta_full) = match self.input(li, 2) {
+            Some(b) => (self.ptr(b)?, (numel(&self.shape(b)?) != cols) as i32),
+            None => (0, 0),
+        };
+        let f = self.p.typed("layer_norm")?;
+        let (xp, gp, yp, cols64) = (self.ptr(x)?, self.ptr(g)?, self.ptr(y)?, cols as i64);
+        self.launch(f, rows as u32, 256, params!(xp, gp, beta, yp, cols64, eps, gamma_full, beta_full))
+    }
+
+    fn gather(&mut self, li: usize, axis: i64) -> CudaResult<()> {
+        let (d, i, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
+        let (ds, is) = (self.shape(d)?, self.shape(i)?);
+        let axis = kiln_ir::spec::normalize_axis(axis, ds.len()).map_err(|e| e.to_string())?;
+        let esize = self.device_dtype(d)?.size();
+        let outer = numel(&ds[..axis]) as i64;
+        let axis_len = ds[axis] as i64;
+        let inner_bytes = (numel(&ds[axis + 1..]) * esize) as i64;
+        let nidx = numel(&is) as i64;
+        let idx_is_i32 = match self.device_dtype(i)? {
+            kiln_ir::DType::I64 => 0i32,
+            kiln_ir::DType::I32 => 1,
+            other => return Err(format!("Gather indices of type {other}")),
+        };
+        let total = (outer * nidx * inner_bytes) as usize;
+        if total == 0 {
+            return Ok(());
+        }
+        let (dp, ip, yp, err) = (self.ptr(d)?, self.ptr(i)?, self.ptr(y)?, self.error_flag.ptr());
+        let words = inner_bytes % 4 == 0 && dp % 4 == 0 && yp % 4 == 0;
+        let (f, inner, n) = if words {
+            (self.p.func("gather_words")?, inner_bytes / 4, total / 4)
+        } else {
+            (self.p.func("gather_bytes")?, inner_bytes, total)
+        };
+        let grid = self.grid(n);
+        self.launch(f, grid, 256, params!(dp, ip, idx_is_i32, yp, outer, nidx, axis_len, inner, err))
+    }
+
+    /// Scaled dot-product attention per batch: S = Q·K^T (cuBLAS, heads batched), softmax of
+    /// scale·S + mask in place, Y = P·V (cuBLAS) written in Y's layout.
+    fn attention(&mut self, li: usize, heads_attr: usize, scale: Option<f32>) -> CudaResult<()> {
+        let (q, k, v, y) = (self.required(li, 0)?, self.required(li, 1)?, self.required(li, 2)?, self.output(li, 0)?);
+        let (qs, ks, vs) = (self.shape(q)?, self.shape(k)?, self.shape(v)?);
+        // (batch, heads, sequence, head size) and (row, head, batch) strides per tensor.
+        let (b, h, sq, sk, dk, dv, packed) = if qs.len() == 3 {
+            let h = heads_attr.max(1);
+            (qs[0], h, qs[1], ks[1], qs[2] / h, vs[2] / h, true)
+        } else {
+            if qs[1] != ks[1] || ks[1] != vs[1] {
+                return Err("grouped-query attention runs on the CPU".into());
+            }
+            (qs[0], qs[1], qs[2], ks[2], qs[3], vs[3], false)
+        };
+        let layout = |s: usize, d: usize| -> (usize, i64, i64) {
+            if packed {
+                (h * d, d as i64, (s * h * d) as i64)
+            } else {
+                (d, (s * d) as i64, (h * s * d) as i64)
+            }
+        };
+        let (q_ld, q_h, q_b) = layout(sq, dk);
+        let (k_ld, k_h, k_b) = layout(sk, dk);
+        let (v_ld, v_h, v_b) = layout(sk, dv);
+        let (y_ld, y_h, y_b) = layout(sq, dv);
+        if b * h * sq == 0 {
+            return Ok(());
+        }
+        let esize = self.p.storage.dtype().size();
+        let scores_per_batch = h * sq * sk;
+        self.ensure_workspace(b * scores_per_batch * esize)?;
+        let scores = self.workspace.ptr();
+        let (qp, kp, vp, yp) = (self.ptr(q)?, self.ptr(k)?, self.ptr(v)?, self.ptr(y)?);
+        let e = esize as u64;
+        for bi in 0..b {
+            let s_b = scores + (bi * scores_per_batch) as u64 * e;
+            self.blas.gemm(
+                self.p.storage,
+                self.p.tf32,
+                (sq, sk, dk),
+                1.0,
+                (qp + (bi as i64 * q_b) as u64 * e, q_ld, false, q_h),
+                (kp + (bi as i64 * k_b) as u64 * e, k_ld, true, k_h),
+                (s_b, sk, (sq * sk) as i64),
+                h,
+            )?;
+        }
+        // The mask, right-aligned against [batch, heads, q, k]; broadcast axes get stride 0.
+        let (mask, mst) = match self.input(li, 3) {
+            None => (0u64, [0i64; 4]),
+            Some(m) => {
+                let ms = self.shape(m)?;
+                if ms.len() > 4 || ms.last().is_some_and(|&l| l != sk && l != 1) {
+                    return Err(format!("attention mask of shape {ms:?} for {sk} keys"));
+                }
+                let st = strides(&ms);
+                let mut out = [0i64; 4];
+                let off = 4 - ms.len();
+                for (j, d) in ms.iter().enumerate() {
+                    out[off + j] = if *d == 1 { 0 } else { st[j] };
+                }
+                (self.ptr(m)?, out)
+            }
+        };
+        let scale = scale.unwrap_or(1.0 / (dk as f32).sqrt());
+        let f = self.p.typed("softmax_rows")?;
+        let rows = (b * h * sq) as u32;
+        let (cols, heads, sq64) = (sk as i64, h as i64, sq as i64);
+        self.launch(
+            f,
+            rows,
+            256,
+            params!(scores, scores, cols, scale, mask, heads, sq64, mst[0], mst[1], mst[2], mst[3]),
+        )?;
+        for bi in 0..b {
+            let s_b = scores + (bi * scores_per_batch) as u64 * e;
+            self.blas.gemm(
+                self.p.storage,
+                self.p.tf32,
+                (sq, dv, sk),
+                1.0,
+                (s_b, sk, false, (sq * sk) as i64),
+                (vp + (bi as i64 * v_b) as u64 * e, v_ld, false, v_h),
+                (yp + (bi as i64 * y_b) as u64 * e, y_ld, y_h),
+                h,
+            )?;
+        }
+        Ok(())
+    }
+}

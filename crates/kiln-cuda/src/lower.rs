@@ -1,0 +1,389 @@
+//! Which layers run on the GPU, and as what. Decided from the engine graph alone, the same way
+//! at build time (to generate and compile the kernels) and at load time (to find them), so the
+//! plan needs to store nothing more than the compiled module.
+
+use crate::kernels::{dtype_code, elementwise};
+use kiln_engine::{Elision, EngineGraph, Storage};
+use kiln_ir::elementwise_program::{Program, KILN_ELEMENTWISE};
+use kiln_ir::{spec, Activation, Attributes, DType, Layer, ValueType};
+
+/// A layer's GPU implementation and the attributes it needs.
+#[derive(Clone, Debug)]
+pub(crate) enum GpuOp {
+    /// cuDNN convolution (2-D; 1-D as 2-D with height 1), then the fused epilogue.
+    Conv {
+        pads: [i32; 2],
+        strides: [i32; 2],
+        dilations: [i32; 2],
+        group: i32,
+        act: Option<Activation>,
+    },
+    /// cuBLAS product: ONNX Gemm (2-D, transposes, alpha/beta, C) or fused MatMul
+    /// ([.., M, K] × [K, N], or equal batch dims), then the fused epilogue.
+    Gemm {
+        trans_a: bool,
+        trans_b: bool,
+        alpha: f32,
+        beta: f32,
+        is_matmul: bool,
+        act: Option<Activation>,
+    },
+    /// A generated kernel (kernels/elementwise.rs).
+    Elementwise {
+        program: Program,
+    },
+    LayerNorm {
+        eps: f32,
+    },
+    Softmax,
+    Pool {
+        is_max: bool,
+        kernel: [i32; 2],
+        strides: [i32; 2],
+        pads: [i32; 2],
+        dilations: [i32; 2],
+        count_include_pad: bool,
+    },
+    GlobalPool {
+        is_max: bool,
+    },
+    Gather {
+        axis: i64,
+    },
+    Cast,
+    Transpose {
+        perm: Vec<usize>,
+    },
+    Split {
+        axis: i64,
+    },
+    Concat {
+        axis: i64,
+    },
+    /// A reshape-like layer the memory plan did not make free: a plain copy.
+    Copy,
+    /// Scaled dot-product attention: two cuBLAS batched products around a masked softmax.
+    Attention {
+        heads: usize,
+        scale: Option<f32>,
+    },
+}
+
+/// Where a layer runs.
+#[derive(Clone, Debug)]
+pub(crate) enum Placement {
+    Gpu(GpuOp),
+    /// On the CPU, with copies to and from the device; the reason is shown by `kiln inspect`.
+    Host(String),
+    /// Free: the memory plan put its output where it must be.
+    Elided,
+}
+
+impl Placement {
+    pub fn describe(&self) -> String {
+        match self {
+            Placement::Gpu(_) => "gpu".into(),
+            Placement::Host(why) => format!("cpu ({why})"),
+            Placement::Elided => "elided".into(),
+        }
+    }
+}
+
+fn tensor_dtype(graph: &EngineGraph, id: usize) -> Option<DType> {
+    match &graph.tensors[id].ty {
+        Some(ValueType::Tensor(t)) => Some(t.dtype),
+        _ => None,
+    }
+}
+
+fn rank(graph: &EngineGraph, id: usize) -> Option<usize> {
+    match &graph.tensors[id].ty {
+        Some(ValueType::Tensor(t)) => t.shape.as_ref().map(|s| s.len()),
+        _ => None,
+    }
+}
+
+/// Every layer's placement.
+pub(crate) fn lower_all(graph: &EngineGraph) -> Vec<Placement> {
+    (0..graph.layers.len()).map(|li| lower(graph, li)).collect()
+}
+
+pub(crate) fn lower(graph: &EngineGraph, li: usize) -> Placement {
+    let el = &graph.layers[li];
+    let layer = &el.layer;
+    if let Some(kind) = el.elided {
+        // A view over device memory costs nothing; one over a host value must run on the host.
+        let data_on_device = layer
+            .inputs
+            .first()
+            .copied()
+            .flatten()
+            .is_some_and(|id| matches!(graph.tensors[id.0].storage, Storage::Arena { .. } | Storage::Weight(_)));
+        return match kind {
+            Elision::View if data_on_device => Placement::Elided,
+            _ => Placement::Host("view of a host value".into()),
+        };
+    }
+    // The device holds arena tensors and weights; values kept as host objects stay there.
+    for id in layer.inputs.iter().flatten().chain(layer.outputs.iter().flatten()) {
+        if matches!(graph.tensors[id.0].storage, Storage::Heap) {
+            return Placement::Host("a value of data-dependent size or a non-tensor".into());
+        }
+        match tensor_dtype(graph, id.0) {
+            Some(d) if dtype_code(d).is_some() => {}
+            Some(d) => return Placement::Host(format!("{d} tensors")),
+            None => return Placement::Host("untyped value".into()),
+        }
+    }
+    if !layer.implicit_inputs.is_empty() {
+        return Placement::Host("control flow".into());
+    }
+    match gpu_op(graph, layer) {
+        Ok(op) => Placement::Gpu(op),
+        Err(why) => Placement::Host(why),
+    }
+}
+
+/// Float tensors of the layer must be fp32 in the graph (they take the engine's storage type
+/// on the device); f64 and native f16 graphs run on the host.
+fn all_f32(graph: &EngineGraph, ids: impl Iterator<Item = usize>) -> Result<(), String> {
+    for id in ids {
+        if let Some(d) = tensor_dtype(graph, id) {
+            if d.is_float() && d != DType::F32 {
+                return Err(format!("{d} floats (the GPU path computes fp32 graphs)"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ints(attrs: &Attributes, name: &str) -> Result<Option<Vec<i64>>, String> {
+    attrs.ints_opt(name).map_err(|e| e.to_string())
+}
+
+fn pair(v: &[i64], what: &str) -> Result<[i32; 2], String> {
+    match v {
+        [a, b] => Ok([*a as i32, *b as i32]),
+        _ => Err(format!("{what} of rank {}", v.len())),
+    }
+}
+
+/// Symmetric pads per spatial axis ([begin.., end..] in ONNX order).
+fn symmetric_pads(pads: Option<Vec<i64>>, spatial: usize) -> Result<[i32; 2], String> {
+    let pads = pads.unwrap_or_else(|| vec![0; 2 * spatial]);
+    if pads.len() != 2 * spatial {
+        return Err("pads of the wrong length".into());
+    }
+    let (begin, end) = pads.split_at(spatial);
+    if begin != end {
+        return Err("asymmetric padding".into());
+    }
+    let mut out = [0i32; 2];
+    for (k, p) in begin.iter().enumerate() {
+        out[k] = *p as i32;
+    }
+    Ok(out)
+}
+
+/// Spatial attribute `name` as (height, width); 1-D layers get height 1 (their width is the
+/// one axis), so `kernel_shape [k]` becomes (1, k).
+fn spatial(attrs: &Attributes, name: &str, spatial: usize, default: i64) -> Result<[i32; 2], String> {
+    let v = ints(attrs, name)?.unwrap_or_else(|| vec![default; spatial]);
+    if v.len() != spatial {
+        return Err(format!("{name} of the wrong length"));
+    }
+    Ok(match spatial {
+        1 => [default as i32, v[0] as i32],
+        _ => [v[0] as i32, v[1] as i32],
+    })
+}
+
+fn pads_hw(attrs: &Attributes, sp: usize) -> Result<[i32; 2], String> {
+    let p = symmetric_pads(ints(attrs, "pads")?, sp)?;
+    Ok(if sp == 1 { [0, p[0]] } else { p })
+}
+
+fn auto_pad_ok(attrs: &Attributes) -> Result<(), String> {
+    match attrs.string("auto_pad", "NOTSET".into()).map_err(|e| e.to_string())?.as_str() {
+        "NOTSET" | "VALID" => Ok(()),
+        other => Err(format!("auto_pad {other}")),
+    }
+}
+
+fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
+    let a = &layer.attrs;
+    let inputs: Vec<usize> = layer.inputs.iter().flatten().map(|id| id.0).collect();
+    let outputs: Vec<usize> = layer.outputs.iter().flatten().map(|id| id.0).collect();
+    let input = |k: usize| layer.inputs.get(k).copied().flatten().map(|id| id.0);
+    let only_first_output = || -> Result<(), String> {
+        if layer.outputs.iter().skip(1).any(Option::is_some) {
+            Err("optional outputs".into())
+        } else {
+            Ok(())
+        }
+    };
+    let float_layer = || all_f32(graph, inputs.iter().chain(&outputs).copied());
+    let act = || Activation::from_attrs(a).map_err(|e| e.to_string());
+    let x_rank = input(0).and_then(|x| rank(graph, x));
+    match layer.op.as_str() {
+        "Conv" => {
+            float_layer()?;
+            auto_pad_ok(a)?;
+            let sp = match x_rank {
+                Some(3) => 1,
+                Some(4) => 2,
+                _ => return Err("convolutions of rank other than 1-D or 2-D".into()),
+            };
+            Ok(GpuOp::Conv {
+                pads: pads_hw(a, sp)?,
+                strides: spatial(a, "strides", sp, 1)?,
+                dilations: spatial(a, "dilations", sp, 1)?,
+                group: a.int("group", 1).map_err(|e| e.to_string())? as i32,
+                act: act()?,
+            })
+        }
+        "Gemm" => {
+            float_layer()?;
+            if x_rank != Some(2) {
+                return Err("Gemm of rank other than 2".into());
+            }
+            Ok(GpuOp::Gemm {
+                trans_a: a.int("transA", 0).map_err(|e| e.to_string())? != 0,
+                trans_b: a.int("transB", 0).map_err(|e| e.to_string())? != 0,
+                alpha: a.float("alpha", 1.0).map_err(|e| e.to_string())?,
+                beta: a.float("beta", 1.0).map_err(|e| e.to_string())?,
+                is_matmul: false,
+                act: act()?,
+            })
+        }
+        "MatMul" => {
+            float_layer()?;
+            let (Some(ra), Some(rb)) = (x_rank, input(1).and_then(|b| rank(graph, b))) else {
+                return Err("MatMul of unknown rank".into());
+            };
+            if ra < 2 || !(rb == 2 || rb == ra) {
+                return Err("MatMul with 1-D or broadcast batch operands".into());
+            }
+            Ok(GpuOp::Gemm { trans_a: false, trans_b: false, alpha: 1.0, beta: 1.0, is_matmul: true, act: act()? })
+        }
+        op if op == KILN_ELEMENTWISE => {
+            float_layer()?;
+            let program = Program::from_attrs(a, inputs.len()).map_err(|e| e.to_string())?;
+            Ok(GpuOp::Elementwise { program })
+        }
+        "LayerNormalization" => {
+            float_layer()?;
+            only_first_output()?;
+            let axis = a.int("axis", -1).map_err(|e| e.to_string())?;
+            let r = x_rank.ok_or("unknown rank")?;
+            if spec::normalize_axis(axis, r).map_err(|e| e.to_string())? != r - 1 {
+                return Err("normalization over more than the last axis".into());
+            }
+            Ok(GpuOp::LayerNorm { eps: a.float("epsilon", 1e-5).map_err(|e| e.to_string())? })
+        }
+        "Softmax" => {
+            float_layer()?;
+            let r = x_rank.ok_or("unknown rank")?;
+            let axis = a.int("axis", -1).map_err(|e| e.to_string())?;
+            if spec::normalize_axis(axis, r).map_err(|e| e.to_string())? != r - 1 {
+                return Err("softmax over an axis other than the last".into());
+            }
+            Ok(GpuOp::Softmax)
+        }
+        "MaxPool" | "AveragePool" => {
+            float_layer()?;
+            only_first_output()?;
+            auto_pad_ok(a)?;
+            if x_rank != Some(4) {
+                return Err("pooling of rank other than 2-D".into());
+            }
+            let is_max = layer.op == "MaxPool";
+            let ceil = a.int("ceil_mode", 0).map_err(|e| e.to_string())? != 0;
+            let count_include_pad = a.int("count_include_pad", 0).map_err(|e| e.to_string())? != 0;
+            if ceil && !is_max && count_include_pad {
+                return Err("ceil_mode with count_include_pad".into());
+            }
+            let kernel = ints(a, "kernel_shape")?.ok_or("no kernel_shape")?;
+            Ok(GpuOp::Pool {
+                is_max,
+                kernel: pair(&kernel, "kernel_shape")?,
+                strides: spatial(a, "strides", 2, 1)?,
+                pads: symmetric_pads(ints(a, "pads")?, 2)?,
+                dilations: spatial(a, "dilations", 2, 1)?,
+                count_include_pad,
+            })
+        }
+        "GlobalAveragePool" | "GlobalMaxPool" => {
+            float_layer()?;
+            Ok(GpuOp::GlobalPool { is_max: layer.op == "GlobalMaxPool" })
+        }
+        "Gather" => {
+            all_f32(graph, inputs.iter().chain(&outputs).copied())?;
+            Ok(GpuOp::Gather { axis: a.int("axis", 0).map_err(|e| e.to_string())? })
+        }
+        "Cast" => Ok(GpuOp::Cast),
+        "Transpose" => {
+            let r = x_rank.ok_or("unknown rank")?;
+            let perm = match ints(a, "perm")? {
+                Some(p) => p.iter().map(|&v| v as usize).collect(),
+                None => (0..r).rev().collect(),
+            };
+            if r > crate::kernels::MAX_RANK {
+                return Err("more than 8 dimensions".into());
+            }
+            Ok(GpuOp::Transpose { perm })
+        }
+        "Split" => Ok(GpuOp::Split { axis: a.int("axis", 0).map_err(|e| e.to_string())? }),
+        "Concat" => Ok(GpuOp::Concat { axis: a.int("axis", 0).map_err(|e| e.to_string())? }),
+        "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" => Ok(GpuOp::Copy),
+        "Attention" => {
+            float_layer()?;
+            only_first_output()?;
+            if layer.inputs.len() > 4 && layer.inputs[4..].iter().any(Option::is_some) {
+                return Err("a KV cache or padding lengths".into());
+            }
+            for (name, default) in [("is_causal", 0), ("qk_matmul_output_mode", 0)] {
+                if a.int(name, default).map_err(|e| e.to_string())? != default {
+                    return Err(format!("attribute {name}"));
+                }
+            }
+            if a.float("softcap", 0.0).map_err(|e| e.to_string())? != 0.0 {
+                return Err("softcap".into());
+            }
+            for name in ["left_window_size", "right_window_size"] {
+                if a.int(name, -1).map_err(|e| e.to_string())? != -1 {
+                    return Err(format!("attribute {name}"));
+                }
+            }
+            let heads = match x_rank {
+                Some(3) => {
+                    let q = a.int("q_num_heads", 0).map_err(|e| e.to_string())?;
+                    let kv = a.int("kv_num_heads", 0).map_err(|e| e.to_string())?;
+                    if q <= 0 || q != kv {
+                        return Err("grouped-query attention".into());
+                    }
+                    q as usize
+                }
+                Some(4) => 0, // read from the shapes at run time
+                _ => return Err("attention inputs of rank other than 3 or 4".into()),
+            };
+            if let Some(m) = input(3) {
+                if tensor_dtype(graph, m) != Some(DType::F32) {
+                    return Err("a boolean mask".into());
+                }
+            }
+            Ok(GpuOp::Attention { heads, scale: a.float_opt("scale").map_err(|e| e.to_string())? })
+        }
+        other => {
+            if let Some(program) = elementwise::single_op_program(other, a, inputs.len()) {
+                if all_f32(graph, inputs.iter().chain(&outputs).copied()).is_ok()
+                    && inputs.iter().chain(&outputs).all(|&t| tensor_dtype(graph, t) == Some(DType::F32))
+                {
+                    return Ok(GpuOp::Elementwise { program });
+                }
+                return Err(format!("{other} on non-fp32 tensors"));
+            }
+            Err(format!("no GPU kernel for {other}"))
+        }
+    }
+}
