@@ -66,6 +66,8 @@ if [[ " $steps " == *" bench "* ]]; then
   bench bert_b1_fp16 bert_base "$BERT_SHAPES" --fp16
   bench resnet50_b1_fp32 resnet50 input=1x3x224x224
   KILN_CUDA_GRAPH=0 bench resnet50_b1_fp16_nograph resnet50 input=1x3x224x224 --fp16
+  KILN_CUDNN_FUSED=0 bench resnet50_b1_fp16_unfused resnet50 input=1x3x224x224 --fp16
+  bench resnet50_b1_fp16_again resnet50 input=1x3x224x224 --fp16
 fi
 
 if [[ " $steps " == *" conformance "* ]]; then
@@ -75,7 +77,10 @@ if [[ " $steps " == *" conformance "* ]]; then
     >"$LOG/conformance_gpu.log" 2>&1
   row "conformance --engine (GPU)" "$(grep -E '^[0-9]+ passed' "$LOG/conformance_gpu.log" | tail -1)"
   row "  placement" "$(grep -E '^device:' "$LOG/conformance_gpu.log" | tail -1)"
-  grep -E '^FAIL' "$LOG/conformance_gpu.log" | head -30 >"$LOG/conformance_fail_head.txt"
+  grep -E '^FAIL' "$LOG/conformance_gpu.log" >"$LOG/conformance_failures.txt"
+  # Why layers ran on the CPU: cases per "op cpu (reason)", most frequent first.
+  cut -f3 "$LOG/placements.tsv" | tr ';' '\n' | sed 's/^ *//' | grep -v '^$' | sort | uniq -c | sort -rn \
+    >"$LOG/placement_reasons.txt"
 fi
 
 echo "== kiln GPU check"

@@ -1,27 +1,67 @@
-//! NVRTC: the engine's CUDA C (the kernel library plus one generated kernel per fused
-//! element-wise layer) compiled to a cubin for the device's architecture at build time. The
-//! cubin goes into the plan, so loading an engine compiles nothing.
+//! NVRTC: the engine's CUDA C compiled to cubins for the device's architecture at build time —
+//! the kernel library (the same for every engine) and one module of the kernels generated for its
+//! fused element-wise layers. Both go into the plan, so loading an engine compiles nothing.
+//! Compiled modules are cached per process by source, so building many engines (a test suite)
+//! compiles the library once.
 
 use crate::error::{cuda_err, CudaResult};
-use crate::kernels::{elementwise, LIBRARY};
+use crate::kernels::{elementwise, prelude, LIBRARY};
 use crate::lower::{GpuOp, Placement};
 use cudarc::nvrtc::sys;
+use std::collections::HashMap;
 use std::ffi::CString;
+use std::sync::{Arc, Mutex};
 
-/// The whole CUDA C source of an engine.
-pub(crate) fn engine_source(placements: &[Placement]) -> String {
-    let mut src = String::from(LIBRARY);
+/// The source of the engine's generated kernels (`None` when it has none).
+pub(crate) fn generated_source(placements: &[Placement]) -> Option<String> {
+    let mut src = String::from(prelude());
+    let mut any = false;
     for (li, p) in placements.iter().enumerate() {
         if let Placement::Gpu(GpuOp::Elementwise { program }) = p {
             src.push('\n');
             src.push_str(&elementwise::generate(li, program));
+            any = true;
         }
     }
-    src
+    any.then_some(src)
+}
+
+/// The engine's device code: the library's cubin and the generated one, as the plan stores
+/// them (`[library length: u64 LE][library][generated]`).
+pub(crate) fn engine_code(placements: &[Placement], cc: (i32, i32)) -> CudaResult<Vec<u8>> {
+    let library = compile_cached(LIBRARY, cc)?;
+    let generated = match generated_source(placements) {
+        Some(src) => compile_cached(&src, cc)?,
+        None => Arc::new(Vec::new()),
+    };
+    let mut code = Vec::with_capacity(8 + library.len() + generated.len());
+    code.extend_from_slice(&(library.len() as u64).to_le_bytes());
+    code.extend_from_slice(&library);
+    code.extend_from_slice(&generated);
+    Ok(code)
+}
+
+/// The two cubins of `engine_code`'s output; an error for a malformed blob (a plan is input).
+pub(crate) fn split_code(code: &[u8]) -> CudaResult<(&[u8], &[u8])> {
+    let bad = || "the plan's CUDA code section is malformed".to_string();
+    let len = u64::from_le_bytes(code.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
+    let library = code.get(8..8usize.checked_add(len).ok_or_else(bad)?).ok_or_else(bad)?;
+    Ok((library, &code[8 + len..]))
+}
+
+fn compile_cached(source: &str, cc: (i32, i32)) -> CudaResult<Arc<Vec<u8>>> {
+    static CACHE: Mutex<Option<HashMap<(u64, (i32, i32)), Arc<Vec<u8>>>>> = Mutex::new(None);
+    let key = (xxhash_rust::xxh3::xxh3_64(source.as_bytes()), cc);
+    if let Some(hit) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).get(&key) {
+        return Ok(hit.clone());
+    }
+    let cubin = Arc::new(compile_cubin(source, cc)?);
+    CACHE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(key, cubin.clone());
+    Ok(cubin)
 }
 
 /// Compile `source` for compute capability `cc` to a cubin (the device's own machine code).
-pub(crate) fn compile_cubin(source: &str, cc: (i32, i32)) -> CudaResult<Vec<u8>> {
+fn compile_cubin(source: &str, cc: (i32, i32)) -> CudaResult<Vec<u8>> {
     // SAFETY: probes whether the shared library can be loaded.
     if !unsafe { sys::is_culib_present() } {
         return Err("NVRTC (libnvrtc.so) could not be loaded: kiln compiles its CUDA kernels with it".into());

@@ -89,8 +89,7 @@ impl Backend for CudaBackend {
                 lower::Placement::Elided => {}
             }
         }
-        let source = compile::engine_source(&placements);
-        compile::compile_cubin(&source, self.device.compute_capability)
+        compile::engine_code(&placements, self.device.compute_capability)
     }
 
     fn prepare(

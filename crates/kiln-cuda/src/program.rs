@@ -25,6 +25,13 @@ struct Module(sys::CUmodule);
 unsafe impl Send for Module {}
 unsafe impl Sync for Module {}
 
+impl Drop for Module {
+    fn drop(&mut self) {
+        // SAFETY: loaded once, unloaded once; CudaProgram's Drop bound the context.
+        let _ = unsafe { result::module::unload(self.0) };
+    }
+}
+
 /// Library kernels instantiated per storage type.
 const TYPED_KERNELS: [&str; 5] = ["epilogue", "layer_norm", "softmax_rows", "pool2d", "global_pool"];
 /// Library kernels that move bytes whatever their type.
@@ -44,7 +51,7 @@ pub struct CudaProgram {
     pub(crate) placements: Vec<Placement>,
     pub(crate) storage: Storage,
     pub(crate) tf32: bool,
-    _module: Module,
+    _modules: (Module, Option<Module>),
     functions: HashMap<String, Func>,
     _weights: DeviceBuffer,
     /// Device address of each weight.
@@ -72,22 +79,34 @@ impl CudaProgram {
         }
         device.bind()?;
         let storage = Storage::for_precisions(graph.build.precisions());
-        // SAFETY: the cubin came out of NVRTC for this architecture (the plan's device
-        // fingerprint matched); the driver validates the image and reports a bad one.
-        let module = unsafe { result::module::load_data(graph.device_code.as_ptr().cast()) }
-            .map_err(cuda_err("loading the plan's CUDA kernels"))?;
-        let module = Module(module);
-        let mut names: Vec<String> = UNTYPED_KERNELS.iter().map(|s| s.to_string()).collect();
+        let (library, generated) = crate::compile::split_code(&graph.device_code)?;
+        let load = |image: &[u8]| -> CudaResult<Module> {
+            // The driver reads the image from an aligned copy (a plan's bytes carry no alignment).
+            let owned: Vec<u64> = image.chunks(8).map(|c| {
+                let mut b = [0u8; 8];
+                b[..c.len()].copy_from_slice(c);
+                u64::from_le_bytes(b)
+            }).collect();
+            // SAFETY: the cubin came out of NVRTC for this architecture (the plan's device
+            // fingerprint matched); the driver validates the image and reports a bad one.
+            let m = unsafe { result::module::load_data(owned.as_ptr().cast()) }
+                .map_err(cuda_err("loading the plan's CUDA kernels"))?;
+            Ok(Module(m))
+        };
+        let library = load(library)?;
+        let generated = if generated.is_empty() { None } else { Some(load(generated)?) };
+        let mut names: Vec<(String, &Module)> = UNTYPED_KERNELS.iter().map(|s| (s.to_string(), &library)).collect();
         for k in TYPED_KERNELS {
-            names.push(format!("{k}_{}", storage.suffix()));
+            names.push((format!("{k}_{}", storage.suffix()), &library));
         }
         for (li, p) in placements.iter().enumerate() {
             if let Placement::Gpu(GpuOp::Elementwise { .. }) = p {
-                names.push(format!("{}_{}", elementwise::kernel_name(li), storage.suffix()));
+                let m = generated.as_ref().ok_or("the plan lacks its generated CUDA kernels")?;
+                names.push((format!("{}_{}", elementwise::kernel_name(li), storage.suffix()), m));
             }
         }
         let mut functions = HashMap::new();
-        for name in names {
+        for (name, module) in names {
             let c = std::ffi::CString::new(name.clone()).expect("no NUL");
             // SAFETY: a loaded module and a NUL-terminated name.
             let f = unsafe { result::module::get_function(module.0, c) }
@@ -136,7 +155,7 @@ impl CudaProgram {
             placements,
             storage,
             tf32: graph.build.allow_tf32,
-            _module: module,
+            _modules: (library, generated),
             functions,
             _weights: buffer,
             weight_ptrs,
@@ -155,6 +174,13 @@ impl CudaProgram {
 
     pub(crate) fn typed(&self, name: &str) -> CudaResult<Func> {
         self.func(&format!("{name}_{}", self.storage.suffix()))
+    }
+}
+
+impl Drop for CudaProgram {
+    fn drop(&mut self) {
+        // The modules and the weight buffer are released in this context.
+        let _ = self.device.bind();
     }
 }
 

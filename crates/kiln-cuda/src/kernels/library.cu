@@ -54,6 +54,20 @@ __device__ __forceinline__ float apply_act(int act, float x, float p0, float p1)
   }
 }
 
+// ---- what the generated element-wise kernels share -------------------------------------------
+// Per input, its strides in elements per output dimension (0 where it broadcasts).
+struct Str8 { i64 s[8]; };
+// Offset of output element i in an input with strides t (output shape `shape`, rank `rank`).
+__device__ __forceinline__ i64 bcast_offset(i64 i, int rank, const Str8& shape, const Str8& t) {
+  i64 rem = i, off = 0;
+  for (int k = rank - 1; k >= 0; --k) { i64 c = rem % shape.s[k]; rem /= shape.s[k]; off += c * t.s[k]; }
+  return off;
+}
+__device__ __forceinline__ float nan_max(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b); }
+__device__ __forceinline__ float nan_min(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }
+
+// ==== kernels (above: the prelude generated kernels share) ====
+
 // ---- the epilogue of a convolution or matrix product, in place on its output -----------------
 // y = act(alpha * y + beta * bias + residual). bias_mode 0: none; 1: one value per column (the
 // last dim, `cols` of them); 2: one per channel of NCHW (`cols` channels of `inner` = H*W
@@ -292,15 +306,3 @@ extern "C" __global__ void cast_any(const void* x, int xt, void* y, int yt, i64 
     store_any(y, i, yt, v);
   }
 }
-
-// ---- what the generated element-wise kernels share -------------------------------------------
-// Per input, its strides in elements per output dimension (0 where it broadcasts).
-struct Str8 { i64 s[8]; };
-// Offset of output element i in an input with strides t (output shape `shape`, rank `rank`).
-__device__ __forceinline__ i64 bcast_offset(i64 i, int rank, const Str8& shape, const Str8& t) {
-  i64 rem = i, off = 0;
-  for (int k = rank - 1; k >= 0; --k) { i64 c = rem % shape.s[k]; rem /= shape.s[k]; off += c * t.s[k]; }
-  return off;
-}
-__device__ __forceinline__ float nan_max(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b); }
-__device__ __forceinline__ float nan_min(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }

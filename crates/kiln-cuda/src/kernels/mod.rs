@@ -8,6 +8,13 @@ use kiln_ir::{Activation, DType};
 /// The hand-written kernels.
 pub(crate) const LIBRARY: &str = include_str!("library.cu");
 
+/// The part of the library generated kernels build on: load/store types, macros, activations
+/// and broadcast indexing (no kernels).
+pub(crate) fn prelude() -> &'static str {
+    let end = LIBRARY.find("// ==== kernels").unwrap_or(LIBRARY.len());
+    &LIBRARY[..end]
+}
+
 /// How float tensors are stored on the device: the engine's precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Storage {
