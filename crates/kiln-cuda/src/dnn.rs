@@ -23,18 +23,6 @@ pub(crate) struct ConvPlan {
     pub workspace_bytes: usize,
     /// The input shape the plan is for.
     pub input_shape: Vec<usize>,
-    /// Bias and activation descriptors of the fused form (made on its first use).
-    fused: Option<(sys::cudnnTensorDescriptor_t, sys::cudnnActivationDescriptor_t)>,
-    /// cuDNN refused the fused form for this convolution: run the separate epilogue.
-    pub fused_refused: bool,
-}
-
-/// The activations cuDNN fuses into a convolution with its bias (and a residual).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum FusedAct {
-    Relu,
-    /// min(max(x, 0), ceiling): ReLU6 and the like.
-    ClippedRelu(f32),
 }
 
 // SAFETY: descriptors are host objects owned by the plan.
@@ -48,10 +36,6 @@ impl Drop for ConvPlan {
             let _ = sys::cudnnDestroyTensorDescriptor(self.y);
             let _ = sys::cudnnDestroyFilterDescriptor(self.w);
             let _ = sys::cudnnDestroyConvolutionDescriptor(self.conv);
-            if let Some((bias, act)) = self.fused {
-                let _ = sys::cudnnDestroyTensorDescriptor(bias);
-                let _ = sys::cudnnDestroyActivationDescriptor(act);
-            }
         }
     }
 }
@@ -116,8 +100,6 @@ impl Dnn {
                 algo: sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
                 workspace_bytes: 0,
                 input_shape: shape.x.to_vec(),
-                fused: None,
-                fused_refused: false,
             };
             sys::cudnnCreateTensorDescriptor(&mut plan.x).result().map_err(cuda_err("cudnnCreateTensorDescriptor"))?;
             sys::cudnnCreateTensorDescriptor(&mut plan.y).result().map_err(cuda_err("cudnnCreateTensorDescriptor"))?;
@@ -198,75 +180,6 @@ impl Dnn {
             )
             .result()
             .map_err(cuda_err("cudnnConvolutionForward"))
-        }
-    }
-}
-
-impl Dnn {
-    /// y = act(conv(x, w) + bias + z) in one cuDNN call (`z` the residual, or none). Fails where
-    /// cuDNN has no fused kernel for the plan's algorithm; the caller then runs the epilogue.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_fused(
-        &self,
-        storage: Storage,
-        plan: &mut ConvPlan,
-        (x, w, y, workspace): (u64, u64, u64, u64),
-        bias: u64,
-        z: Option<u64>,
-        act: FusedAct,
-        channels: usize,
-    ) -> CudaResult<()> {
-        let dt = match storage {
-            Storage::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
-            Storage::F16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
-            Storage::BF16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
-        };
-        // SAFETY: descriptors created here are owned by the plan (destroyed with it); the
-        // buffers hold the plan's shapes and the bias `channels` values.
-        unsafe {
-            if plan.fused.is_none() {
-                let mut bias_desc = std::ptr::null_mut();
-                let mut act_desc = std::ptr::null_mut();
-                sys::cudnnCreateTensorDescriptor(&mut bias_desc).result().map_err(cuda_err("bias descriptor"))?;
-                sys::cudnnCreateActivationDescriptor(&mut act_desc).result().map_err(cuda_err("activation descriptor"))?;
-                plan.fused = Some((bias_desc, act_desc));
-                let c = i32::try_from(channels).map_err(|_| "too many channels".to_string())?;
-                sys::cudnnSetTensor4dDescriptor(bias_desc, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, dt, 1, c, 1, 1)
-                    .result()
-                    .map_err(cuda_err("bias descriptor"))?;
-                let (mode, coef) = match act {
-                    FusedAct::Relu => (sys::cudnnActivationMode_t::CUDNN_ACTIVATION_RELU, 0.0),
-                    FusedAct::ClippedRelu(c) => (sys::cudnnActivationMode_t::CUDNN_ACTIVATION_CLIPPED_RELU, c as f64),
-                };
-                sys::cudnnSetActivationDescriptor(act_desc, mode, sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN, coef)
-                    .result()
-                    .map_err(cuda_err("activation descriptor"))?;
-            }
-            let (bias_desc, act_desc) = plan.fused.expect("made above");
-            let alpha1 = 1.0f32;
-            let alpha2 = if z.is_some() { 1.0f32 } else { 0.0 };
-            sys::cudnnConvolutionBiasActivationForward(
-                self.handle,
-                (&alpha1 as *const f32).cast(),
-                plan.x,
-                x as *const c_void,
-                plan.w,
-                w as *const c_void,
-                plan.conv,
-                plan.algo,
-                workspace as *mut c_void,
-                plan.workspace_bytes,
-                (&alpha2 as *const f32).cast(),
-                plan.y,
-                z.unwrap_or(y) as *const c_void,
-                bias_desc,
-                bias as *const c_void,
-                act_desc,
-                plan.y,
-                y as *mut c_void,
-            )
-            .result()
-            .map_err(cuda_err("cudnnConvolutionBiasActivationForward"))
         }
     }
 }

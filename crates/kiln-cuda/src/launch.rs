@@ -1,7 +1,7 @@
 //! Each GPU op of a layer as kernel launches on the session's stream: shapes come from the
 //! session (computed for this run), memory from the arena and the weights.
 
-use crate::dnn::{ConvShape, FusedAct};
+use crate::dnn::ConvShape;
 use crate::error::CudaResult;
 use crate::kernels::{activation_code, dtype_code, elementwise, strides, Dims8, MAX_RANK};
 use crate::lower::GpuOp;
@@ -17,11 +17,6 @@ macro_rules! params {
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct Str8([i64; MAX_RANK]);
-
-/// `KILN_CUDNN_FUSED=0` runs every convolution's epilogue as its own kernel (for comparisons).
-fn fused_enabled() -> bool {
-    std::env::var("KILN_CUDNN_FUSED").map_or(true, |v| v != "0")
-}
 
 fn numel(s: &[usize]) -> usize {
     s.iter().product()
@@ -264,29 +259,6 @@ impl CudaSession {
         }
         let (xp, wp, yp) = (self.ptr(x)?, self.ptr(w)?, self.ptr(y)?);
         let residual = self.input(li, 3).map(|r| self.ptr(r)).transpose()?;
-        // ReLU-like activations with a bias go through cuDNN's fused kernel: one launch.
-        let fused_act = match act {
-            Some(kiln_ir::Activation::Relu) => Some(FusedAct::Relu),
-            Some(kiln_ir::Activation::Clip { min, max }) if min == 0.0 && max > 0.0 && max.is_finite() => {
-                Some(FusedAct::ClippedRelu(max))
-            }
-            _ => None,
-        };
-        if let (Some(fa), Some(b)) = (fused_act, self.input(li, 2)) {
-            let bias = self.ptr(b)?;
-            let dnn = self.dnn.as_ref().ok_or("cuDNN is not loaded")?;
-            let plan = self.conv_plans.get_mut(&li).expect("planned above");
-            if !plan.fused_refused && fused_enabled() {
-                let ws = self.workspace.ptr();
-                match dnn.forward_fused(self.p.storage, plan, (xp, wp, yp, ws), bias, residual, fa, shape.y[1]) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => {
-                        tracing::debug!(layer = li, error = %e, "fused convolution refused; separate epilogue");
-                        plan.fused_refused = true;
-                    }
-                }
-            }
-        }
         let plan = &self.conv_plans[&li];
         self.dnn.as_ref().ok_or("cuDNN is not loaded")?.forward(plan, xp, wp, yp, self.workspace.ptr())?;
         let bias = match self.input(li, 2) {
