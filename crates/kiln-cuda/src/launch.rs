@@ -35,6 +35,35 @@ impl CudaSession {
         self.input(li, k).ok_or_else(|| format!("input {k} is missing"))
     }
 
+    /// Whether the GPU op handles this run's shapes; where not (broadcast MatMul batches,
+    /// grouped-query attention, a mask padded along the keys) the layer runs on the CPU.
+    pub(crate) fn handles_shapes(&self, li: usize, op: &GpuOp) -> CudaResult<bool> {
+        Ok(match op {
+            GpuOp::Gemm { is_matmul: true, .. } => {
+                let (a, b) = (self.shape(self.required(li, 0)?)?, self.shape(self.required(li, 1)?)?);
+                b.len() == 2 || (a.len() == b.len() && a[..a.len() - 2] == b[..b.len() - 2])
+            }
+            GpuOp::Attention { .. } => {
+                let (q, k, v) = (
+                    self.shape(self.required(li, 0)?)?,
+                    self.shape(self.required(li, 1)?)?,
+                    self.shape(self.required(li, 2)?)?,
+                );
+                let keys = if k.len() == 4 { k[2] } else { k[1] };
+                let heads_match = q.len() != 4 || (q[1] == k[1] && k[1] == v[1]);
+                let mask_ok = match self.input(li, 3) {
+                    Some(m) => {
+                        let ms = self.shape(m)?;
+                        ms.len() <= 4 && ms.last().is_none_or(|&l| l == keys || l == 1)
+                    }
+                    None => true,
+                };
+                heads_match && mask_ok
+            }
+            _ => true,
+        })
+    }
+
     pub(crate) fn launch_op(&mut self, li: usize, op: &GpuOp) -> CudaResult<()> {
         match op {
             GpuOp::Conv { pads, strides, dilations, group, act } => {
@@ -292,9 +321,6 @@ impl CudaSession {
                 batch = 1;
                 (sa, sb, sc) = (0, 0, 0);
             } else {
-                if as_[..r - 2] != bs[..bs.len() - 2] {
-                    return Err("MatMul batch dimensions differ (broadcast batches run on the CPU)".into());
-                }
                 m = as_[r - 2];
                 batch = numel(&as_[..r - 2]);
                 (sa, sb, sc) = ((m * k) as i64, (k * n) as i64, (m * n) as i64);
@@ -458,9 +484,6 @@ impl CudaSession {
             let h = heads_attr.max(1);
             (qs[0], h, qs[1], ks[1], qs[2] / h, vs[2] / h, true)
         } else {
-            if qs[1] != ks[1] || ks[1] != vs[1] {
-                return Err("grouped-query attention runs on the CPU".into());
-            }
             (qs[0], qs[1], qs[2], ks[2], qs[3], vs[3], false)
         };
         let layout = |s: usize, d: usize| -> (usize, i64, i64) {

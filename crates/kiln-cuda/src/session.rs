@@ -65,6 +65,8 @@ pub(crate) struct CudaSession {
     host_values: Vec<Option<Value>>,
     /// Input shapes of the previous run, and whether the graph was captured at them.
     last_input_shapes: Option<Vec<Vec<usize>>>,
+    /// A layer of the last run went to the CPU (its shapes are beyond the GPU op): no capture.
+    ran_on_host: bool,
     events: Events,
     last_ms: Option<f64>,
     pub(crate) stream: sys::CUstream,
@@ -101,6 +103,7 @@ impl CudaSession {
             shapes: vec![None; n],
             host_values: vec![None; n],
             last_input_shapes: None,
+            ran_on_host: false,
             graph_exec: None,
             blas,
             dnn,
@@ -234,10 +237,18 @@ impl CudaSession {
                         }
                     }
                     if let Placement::Gpu(op) = placement {
-                        self.launch_op(li, op).map_err(|m| layer_error(layer, m))?;
+                        if self.handles_shapes(li, op).map_err(|m| layer_error(layer, m))? {
+                            self.launch_op(li, op).map_err(|m| layer_error(layer, m))?;
+                        } else {
+                            self.ran_on_host = true;
+                            self.run_host(li)?;
+                        }
                     }
                 }
-                Placement::Host(_) => self.run_host(li)?,
+                Placement::Host(_) => {
+                    self.ran_on_host = true;
+                    self.run_host(li)?
+                }
             }
         }
         Ok(())
@@ -379,7 +390,8 @@ impl CudaSession {
         }
         // The first run at a shape plans every convolution and sizes the scratch memory; the
         // second, at the same shapes, is captured and replayed from then on.
-        if !(self.p.graph_capturable && same_shapes && graph_enabled()) {
+        if !(self.p.graph_capturable && same_shapes && !self.ran_on_host && graph_enabled()) {
+            self.ran_on_host = false;
             return self.run_layers();
         }
         // SAFETY: the session's stream; nothing else records on it while capturing.
