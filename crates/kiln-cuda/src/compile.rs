@@ -5,7 +5,7 @@
 //! compiles the library once.
 
 use crate::error::{cuda_err, CudaResult};
-use crate::kernels::{elementwise, prelude, LIBRARY};
+use crate::kernels::{elementwise, prelude, typed, Storage, LIBRARY};
 use crate::lower::{GpuOp, Placement};
 use cudarc::nvrtc::sys;
 use std::collections::HashMap;
@@ -13,24 +13,27 @@ use std::ffi::CString;
 use std::sync::{Arc, Mutex};
 
 /// The source of the engine's generated kernels (`None` when it has none).
-pub(crate) fn generated_source(placements: &[Placement]) -> Option<String> {
+pub(crate) fn generated_source(placements: &[Placement], storage: Storage) -> Option<String> {
     let mut src = String::from(prelude());
     let mut any = false;
     for (li, p) in placements.iter().enumerate() {
-        if let Placement::Gpu(GpuOp::Elementwise { program }) = p {
-            src.push('\n');
-            src.push_str(&elementwise::generate(li, program));
-            any = true;
-        }
+        let code = match p {
+            Placement::Gpu(GpuOp::Elementwise { program }) => elementwise::generate(li, program),
+            Placement::Gpu(GpuOp::Typed { op, inputs, out }) => typed::generate(li, op, inputs, *out, storage.struct_name()),
+            _ => continue,
+        };
+        src.push('\n');
+        src.push_str(&code);
+        any = true;
     }
     any.then_some(src)
 }
 
 /// The engine's device code: the library's cubin and the generated one, as the plan stores
 /// them (`[library length: u64 LE][library][generated]`).
-pub(crate) fn engine_code(placements: &[Placement], cc: (i32, i32)) -> CudaResult<Vec<u8>> {
+pub(crate) fn engine_code(placements: &[Placement], storage: Storage, cc: (i32, i32)) -> CudaResult<Vec<u8>> {
     let library = compile_cached(LIBRARY, cc)?;
-    let generated = match generated_source(placements) {
+    let generated = match generated_source(placements, storage) {
         Some(src) => compile_cached(&src, cc)?,
         None => Arc::new(Vec::new()),
     };

@@ -197,7 +197,169 @@ impl CudaSession {
                     .map_err(|e| format!("device copy: {e:?}"))
             }
             GpuOp::Attention { heads, scale } => self.attention(li, *heads, *scale),
+            GpuOp::Typed { .. } => self.typed_elementwise(li),
+            GpuOp::Reduce { kind } => self.reduce(li, *kind),
+            GpuOp::LogSoftmax => {
+                let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+                let shape = self.shape(x)?;
+                let cols = *shape.last().unwrap_or(&1) as i64;
+                let rows = numel(&shape) / cols.max(1) as usize;
+                if rows == 0 || cols == 0 {
+                    return Ok(());
+                }
+                let f = self.p.typed("log_softmax_rows")?;
+                let (xp, yp) = (self.ptr(x)?, self.ptr(y)?);
+                self.launch(f, rows as u32, 256, params!(xp, yp, cols))
+            }
+            GpuOp::Expand => {
+                let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+                let (xs, ys) = (self.shape(x)?, self.shape(y)?);
+                let st = strides(&xs);
+                let off = ys.len() - xs.len();
+                let mut src = vec![0i64; ys.len()];
+                for (j, d) in xs.iter().enumerate() {
+                    src[off + j] = if *d == 1 { 0 } else { st[j] };
+                }
+                self.copy_block(x, 0, y, 0, &ys, &src, &strides(&ys))
+            }
+            GpuOp::Slice => self.slice(li),
         }
+    }
+
+    /// A small constant input (axes, starts, ...) as integers.
+    fn const_ints(&self, li: usize, k: usize) -> CudaResult<Option<Vec<i64>>> {
+        let Some(id) = self.input(li, k) else { return Ok(None) };
+        match self.p.graph.tensors[id].storage {
+            kiln_engine::Storage::Weight(w) => match &self.p.small_weights[w] {
+                Some(t) => Ok(Some(t.to_i64_vec())),
+                None => Err(format!("input {k} is too large to be a parameter")),
+            },
+            _ => Err(format!("input {k} is not a constant")),
+        }
+    }
+
+    fn slice(&mut self, li: usize) -> CudaResult<()> {
+        let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+        let (xs, ys) = (self.shape(x)?, self.shape(y)?);
+        let starts = self.const_ints(li, 1)?.ok_or("Slice without starts")?;
+        let ends = self.const_ints(li, 2)?.ok_or("Slice without ends")?;
+        let axes = self.const_ints(li, 3)?.unwrap_or_else(|| (0..starts.len() as i64).collect());
+        let steps = self.const_ints(li, 4)?.unwrap_or_else(|| vec![1; starts.len()]);
+        let xst = strides(&xs);
+        let mut offset = 0i64;
+        let mut src = xst.clone();
+        for (k, &a) in axes.iter().enumerate() {
+            let ax = kiln_ir::spec::normalize_axis(a, xs.len()).map_err(|e| e.to_string())?;
+            let (first, step, _) = kiln_ir::spec::slice_axis(starts[k], ends[k], steps[k], xs[ax])?;
+            offset += first * xst[ax];
+            src[ax] = step * xst[ax];
+        }
+        self.copy_block(x, offset, y, 0, &ys, &src, &strides(&ys))
+    }
+
+    fn typed_elementwise(&mut self, li: usize) -> CudaResult<()> {
+        let y = self.output(li, 0)?;
+        let ys = self.shape(y)?;
+        let n = numel(&ys);
+        if n == 0 {
+            return Ok(());
+        }
+        if ys.len() > MAX_RANK {
+            return Err("more than 8 dimensions".into());
+        }
+        let f = self.p.func(&crate::kernels::typed::kernel_name(li))?;
+        let inputs: Vec<usize> = self.p.graph.layers[li].layer.inputs.iter().flatten().map(|id| id.0).collect();
+        self.broadcast_launch(f, y, &ys, &inputs)
+    }
+
+    /// Launch a generated kernel `(y, n, rank, shape, full, a0, t0, ...)` over `inputs`
+    /// broadcast to `ys`.
+    fn broadcast_launch(&self, f: crate::program::Func, y: usize, ys: &[usize], inputs: &[usize]) -> CudaResult<()> {
+        let n = numel(ys);
+        let mut shape = Str8::default();
+        for (k, d) in ys.iter().enumerate() {
+            shape.0[k] = *d as i64;
+        }
+        let mut full = 0u32;
+        let mut ptrs = Vec::with_capacity(inputs.len());
+        let mut strs = Vec::with_capacity(inputs.len());
+        for (k, &x) in inputs.iter().enumerate() {
+            let xs = self.shape(x)?;
+            if xs == ys {
+                full |= 1 << k;
+            }
+            let st = strides(&xs);
+            let mut t = Str8::default();
+            let off = ys.len().checked_sub(xs.len()).ok_or("an input of higher rank than the output")?;
+            for (j, d) in xs.iter().enumerate() {
+                t.0[off + j] = if *d == 1 { 0 } else { st[j] };
+            }
+            ptrs.push(self.ptr(x)?);
+            strs.push(t);
+        }
+        let (yp, n64, rank) = (self.ptr(y)?, n as i64, ys.len() as i32);
+        let mut params: Vec<*mut c_void> = vec![
+            (&yp) as *const _ as *mut c_void,
+            (&n64) as *const _ as *mut c_void,
+            (&rank) as *const _ as *mut c_void,
+            (&shape) as *const _ as *mut c_void,
+            (&full) as *const _ as *mut c_void,
+        ];
+        for k in 0..inputs.len() {
+            params.push((&ptrs[k]) as *const _ as *mut c_void);
+            params.push((&strs[k]) as *const _ as *mut c_void);
+        }
+        let grid = self.grid(n);
+        self.launch(f, grid, 256, &mut params)
+    }
+
+    fn reduce(&mut self, li: usize, kind: i32) -> CudaResult<()> {
+        let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+        let xs = self.shape(x)?;
+        let attrs = &self.p.graph.layers[li].layer.attrs;
+        let arg = kind >= 10;
+        let reduced: Vec<bool> = if arg {
+            let axis = attrs.int("axis", 0)?;
+            let ax = kiln_ir::spec::normalize_axis(axis, xs.len())?;
+            (0..xs.len()).map(|k| k == ax).collect()
+        } else {
+            let axes = match self.const_ints(li, 1)? {
+                Some(a) => a,
+                None => attrs.ints_opt("axes")?.unwrap_or_default(),
+            };
+            let noop = attrs.int("noop_with_empty_axes", 0)? != 0;
+            kiln_ir::spec::reduction_mask(&axes, xs.len(), noop)?
+        };
+        let select_last = if arg { attrs.int("select_last_index", 0)? as i32 } else { 0 };
+        let xst = strides(&xs);
+        let (mut kept_shape, mut kept_stride, mut red_shape, mut red_stride) =
+            (Str8::default(), Str8::default(), Str8::default(), Str8::default());
+        let (mut kr, mut rr) = (0usize, 0usize);
+        for (k, &d) in xs.iter().enumerate() {
+            if reduced[k] {
+                red_shape.0[rr] = d as i64;
+                red_stride.0[rr] = xst[k];
+                rr += 1;
+            } else {
+                kept_shape.0[kr] = d as i64;
+                kept_stride.0[kr] = xst[k];
+                kr += 1;
+            }
+        }
+        let n_out = numel(&self.shape(y)?) as i64;
+        let n_red: i64 = red_shape.0[..rr].iter().product();
+        if n_out == 0 {
+            return Ok(());
+        }
+        let f = self.p.typed("reduce_axes")?;
+        let (xp, yp, kr, rr) = (self.ptr(x)?, self.ptr(y)?, kr as i32, rr as i32);
+        let grid = self.grid(n_out as usize);
+        self.launch(
+            f,
+            grid,
+            256,
+            params!(xp, yp, n_out, kr, kept_shape, kept_stride, rr, red_shape, red_stride, n_red, kind, select_last),
+        )
     }
 
     /// Copy a block of shape `shape` from tensor `x` (element offset `x_off`, strides
@@ -381,50 +543,15 @@ impl CudaSession {
     fn elementwise(&mut self, li: usize, num_inputs: usize) -> CudaResult<()> {
         let y = self.output(li, 0)?;
         let ys = self.shape(y)?;
-        let n = numel(&ys);
-        if n == 0 {
+        if numel(&ys) == 0 {
             return Ok(());
         }
         if ys.len() > MAX_RANK {
             return Err("more than 8 dimensions".into());
         }
         let f = self.p.func(&format!("{}_{}", elementwise::kernel_name(li), self.p.storage.suffix()))?;
-        let mut shape = Str8::default();
-        for (k, d) in ys.iter().enumerate() {
-            shape.0[k] = *d as i64;
-        }
-        let mut full = 0u32;
-        let mut ptrs = Vec::with_capacity(num_inputs);
-        let mut strs = Vec::with_capacity(num_inputs);
-        for k in 0..num_inputs {
-            let x = self.required(li, k)?;
-            let xs = self.shape(x)?;
-            if xs == ys {
-                full |= 1 << k;
-            }
-            let st = strides(&xs);
-            let mut t = Str8::default();
-            let off = ys.len() - xs.len();
-            for (j, d) in xs.iter().enumerate() {
-                t.0[off + j] = if *d == 1 { 0 } else { st[j] };
-            }
-            ptrs.push(self.ptr(x)?);
-            strs.push(t);
-        }
-        let (yp, n64, rank) = (self.ptr(y)?, n as i64, ys.len() as i32);
-        let mut params: Vec<*mut c_void> = vec![
-            (&yp) as *const _ as *mut c_void,
-            (&n64) as *const _ as *mut c_void,
-            (&rank) as *const _ as *mut c_void,
-            (&shape) as *const _ as *mut c_void,
-            (&full) as *const _ as *mut c_void,
-        ];
-        for k in 0..num_inputs {
-            params.push((&ptrs[k]) as *const _ as *mut c_void);
-            params.push((&strs[k]) as *const _ as *mut c_void);
-        }
-        let grid = self.grid(n);
-        self.launch(f, grid, 256, &mut params)
+        let inputs = (0..num_inputs).map(|k| self.required(li, k)).collect::<CudaResult<Vec<_>>>()?;
+        self.broadcast_launch(f, y, &ys, &inputs)
     }
 
     fn layer_norm(&mut self, li: usize, eps: f32) -> CudaResult<()> {

@@ -89,7 +89,7 @@ impl Backend for CudaBackend {
                 lower::Placement::Elided => {}
             }
         }
-        compile::engine_code(&placements, self.device.compute_capability)
+        compile::engine_code(&placements, storage, self.device.compute_capability)
     }
 
     fn prepare(

@@ -2,7 +2,7 @@
 //! at build time (to generate and compile the kernels) and at load time (to find them), so the
 //! plan needs to store nothing more than the compiled module.
 
-use crate::kernels::{dtype_code, elementwise};
+use crate::kernels::{dtype_code, elementwise, typed};
 use kiln_engine::{Elision, EngineGraph, Storage};
 use kiln_ir::elementwise_program::{Program, KILN_ELEMENTWISE};
 use kiln_ir::{spec, Activation, Attributes, DType, Layer, ValueType};
@@ -66,7 +66,15 @@ pub(crate) enum GpuOp {
     Attention {
         heads: usize,
         scale: Option<f32>,
-    },
+    },    /// A generated kernel with its operand types spelled out (kernels/typed.rs).
+    Typed { op: String, inputs: Vec<Option<DType>>, out: DType },
+    /// Reduce* (kind codes of `reduce_axes` in library.cu) and ArgMax/ArgMin.
+    Reduce { kind: i32 },
+    LogSoftmax,
+    /// Broadcast to the output's shape (Expand).
+    Expand,
+    /// Slice with constant starts/ends/axes/steps.
+    Slice,
 }
 
 /// Where a layer runs.
@@ -374,7 +382,61 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
             }
             Ok(GpuOp::Attention { heads, scale: a.float_opt("scale").map_err(|e| e.to_string())? })
         }
+        "CastLike" => Ok(GpuOp::Cast),
+        "LogSoftmax" => {
+            float_layer()?;
+            let r = x_rank.ok_or("unknown rank")?;
+            let axis = a.int("axis", -1).map_err(|e| e.to_string())?;
+            if spec::normalize_axis(axis, r).map_err(|e| e.to_string())? != r - 1 || a.contains(spec::COERCE_2D_ATTR) {
+                return Err("log-softmax over an axis other than the last".into());
+            }
+            Ok(GpuOp::LogSoftmax)
+        }
+        "Expand" | "Slice" => {
+            if layer.inputs.iter().skip(1).flatten().any(|id| !matches!(graph.tensors[id.0].storage, Storage::Weight(_))) {
+                return Err(format!("{} with run-time parameters", layer.op));
+            }
+            Ok(if layer.op == "Expand" { GpuOp::Expand } else { GpuOp::Slice })
+        }
+        op @ ("ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceSumSquare" | "ReduceL1"
+        | "ReduceL2" | "ReduceLogSumExp" | "ReduceLogSum" | "ArgMax" | "ArgMin") => {
+            let kind = match op {
+                "ReduceSum" => 0,
+                "ReduceMean" => 1,
+                "ReduceMax" => 2,
+                "ReduceMin" => 3,
+                "ReduceProd" => 4,
+                "ReduceSumSquare" => 5,
+                "ReduceL1" => 6,
+                "ReduceL2" => 7,
+                "ReduceLogSumExp" => 8,
+                "ReduceLogSum" => 9,
+                "ArgMax" => 10,
+                _ => 11,
+            };
+            all_f32(graph, inputs[..1].iter().copied())?;
+            if input(0).and_then(|x| tensor_dtype(graph, x)) != Some(DType::F32) {
+                return Err(format!("{op} over non-float tensors"));
+            }
+            if input(1).is_some_and(|id| !matches!(graph.tensors[id].storage, Storage::Weight(_))) {
+                return Err(format!("{op} with run-time axes"));
+            }
+            Ok(GpuOp::Reduce { kind })
+        }
         other => {
+            if let Some((lo, hi)) = typed::arity(other) {
+                let dtypes: Vec<Option<DType>> =
+                    layer.inputs.iter().map(|i| i.and_then(|id| tensor_dtype(graph, id.0))).collect();
+                let present = dtypes.iter().flatten().count();
+                let out = typed::output_dtype(other, &dtypes);
+                if (lo..=hi).contains(&dtypes.len()) && present >= lo {
+                    if let Some(out) = out {
+                        if outputs.first().and_then(|&o| tensor_dtype(graph, o)) == Some(out) {
+                            return Ok(GpuOp::Typed { op: other.to_string(), inputs: dtypes, out });
+                        }
+                    }
+                }
+            }
             if let Some(program) = elementwise::single_op_program(other, a, inputs.len()) {
                 if all_f32(graph, inputs.iter().chain(&outputs).copied()).is_ok()
                     && inputs.iter().chain(&outputs).all(|&t| tensor_dtype(graph, t) == Some(DType::F32))

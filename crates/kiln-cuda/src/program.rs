@@ -33,7 +33,8 @@ impl Drop for Module {
 }
 
 /// Library kernels instantiated per storage type.
-const TYPED_KERNELS: [&str; 5] = ["epilogue", "layer_norm", "softmax_rows", "pool2d", "global_pool"];
+const TYPED_KERNELS: [&str; 7] =
+    ["epilogue", "layer_norm", "softmax_rows", "log_softmax_rows", "pool2d", "global_pool", "reduce_axes"];
 /// Library kernels that move bytes whatever their type.
 const UNTYPED_KERNELS: [&str; 7] = [
     "gather_bytes",
@@ -100,10 +101,15 @@ impl CudaProgram {
             names.push((format!("{k}_{}", storage.suffix()), &library));
         }
         for (li, p) in placements.iter().enumerate() {
-            if let Placement::Gpu(GpuOp::Elementwise { .. }) = p {
-                let m = generated.as_ref().ok_or("the plan lacks its generated CUDA kernels")?;
-                names.push((format!("{}_{}", elementwise::kernel_name(li), storage.suffix()), m));
-            }
+            let name = match p {
+                Placement::Gpu(GpuOp::Elementwise { .. }) => {
+                    format!("{}_{}", elementwise::kernel_name(li), storage.suffix())
+                }
+                Placement::Gpu(GpuOp::Typed { .. }) => crate::kernels::typed::kernel_name(li),
+                _ => continue,
+            };
+            let m = generated.as_ref().ok_or("the plan lacks its generated CUDA kernels")?;
+            names.push((name, m));
         }
         let mut functions = HashMap::new();
         for (name, module) in names {

@@ -306,3 +306,64 @@ extern "C" __global__ void cast_any(const void* x, int xt, void* y, int yt, i64 
     store_any(y, i, yt, v);
   }
 }
+
+// ---- LogSoftmax over rows --------------------------------------------------------------------
+template <class S>
+__device__ void log_softmax_rows(const void* x, void* y, i64 cols) {
+  i64 base = blockIdx.x * cols;
+  float m = -INFINITY;
+  for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, S::ld(x, base + c));
+  m = block_reduce(m, true);
+  float s = 0.0f;
+  for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += expf(S::ld(x, base + c) - m);
+  float lse = m + logf(block_reduce(s, false));
+  for (i64 c = threadIdx.x; c < cols; c += blockDim.x) S::st(y, base + c, S::ld(x, base + c) - lse);
+}
+KILN_INSTANTIATE(log_softmax_rows, (const void* x, void* y, i64 cols), (x, y, cols))
+
+// ---- Reduce* and ArgMax/ArgMin over any set of axes (one thread per output element) ----------
+// The output's coordinates walk the kept axes (kept_shape, input strides kept_stride); each
+// output reduces n_red elements over the reduced axes (red_shape, red_stride). kind: 0 sum,
+// 1 mean, 2 max, 3 min, 4 prod, 5 sum of squares, 6 L1, 7 L2, 8 log-sum-exp, 9 log-sum,
+// 10 argmax, 11 argmin (int64 output; select_last picks the last of equal extremes).
+template <class S>
+__device__ void reduce_axes(const void* x, void* y, i64 n_out, int kept_rank, Str8 kept_shape, Str8 kept_stride,
+                            int red_rank, Str8 red_shape, Str8 red_stride, i64 n_red, int kind, int select_last) {
+  GRID_STRIDE(o, n_out) {
+    i64 base = bcast_offset(o, kept_rank, kept_shape, kept_stride);
+    double acc = (kind == 2 || kind == 10) ? -INFINITY : (kind == 3 || kind == 11) ? INFINITY : (kind == 4 ? 1.0 : 0.0);
+    double m = -INFINITY;
+    if (kind == 8) {
+      for (i64 r = 0; r < n_red; ++r) m = fmax(m, (double)S::ld(x, base + bcast_offset(r, red_rank, red_shape, red_stride)));
+      if (m == -INFINITY) m = 0.0;  // all -inf (or empty): log(sum exp) is -inf either way
+    }
+    i64 best = 0;
+    for (i64 r = 0; r < n_red; ++r) {
+      double v = S::ld(x, base + bcast_offset(r, red_rank, red_shape, red_stride));
+      switch (kind) {
+        case 0: case 1: case 9: acc += v; break;
+        case 2: acc = (v != v || acc != acc) ? __longlong_as_double(0x7ff8000000000000LL) : fmax(acc, v); break;
+        case 3: acc = (v != v || acc != acc) ? __longlong_as_double(0x7ff8000000000000LL) : fmin(acc, v); break;
+        case 4: acc *= v; break;
+        case 5: case 7: acc += v * v; break;
+        case 6: acc += fabs(v); break;
+        case 8: acc += exp(v - m); break;
+        case 10: if (r == 0 || v > acc || (select_last && v == acc)) { acc = v; best = r; } break;
+        case 11: if (r == 0 || v < acc || (select_last && v == acc)) { acc = v; best = r; } break;
+      }
+    }
+    if (kind == 10 || kind == 11) {
+      // The index along the reduced axis (ArgMax/ArgMin reduce exactly one axis).
+      ((i64*)y)[o] = best;
+      continue;
+    }
+    if (kind == 1) acc /= (double)n_red;
+    else if (kind == 7) acc = sqrt(acc);
+    else if (kind == 8) acc = m + log(acc);
+    else if (kind == 9) acc = log(acc);
+    S::st(y, o, (float)acc);
+  }
+}
+KILN_INSTANTIATE(reduce_axes,
+  (const void* x, void* y, i64 n_out, int kept_rank, Str8 kept_shape, Str8 kept_stride, int red_rank, Str8 red_shape, Str8 red_stride, i64 n_red, int kind, int select_last),
+  (x, y, n_out, kept_rank, kept_shape, kept_stride, red_rank, red_shape, red_stride, n_red, kind, select_last))

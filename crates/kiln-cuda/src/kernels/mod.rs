@@ -2,6 +2,7 @@
 //! layer (elementwise.rs), compiled together by NVRTC into one module per engine.
 
 pub(crate) mod elementwise;
+pub(crate) mod typed;
 
 use kiln_ir::{Activation, DType};
 
@@ -40,6 +41,15 @@ impl Storage {
             Storage::F32 => "f32",
             Storage::F16 => "f16",
             Storage::BF16 => "bf16",
+        }
+    }
+
+    /// The struct library.cu loads and stores this type with.
+    pub fn struct_name(self) -> &'static str {
+        match self {
+            Storage::F32 => "F32",
+            Storage::F16 => "F16",
+            Storage::BF16 => "BF16",
         }
     }
 
