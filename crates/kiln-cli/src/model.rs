@@ -40,6 +40,10 @@ pub struct BuildFlags {
     /// No progress bar while timing tactics.
     #[arg(long)]
     pub quiet: bool,
+    /// Keep structured zeros: do not remove pruned channels, attention heads or provably
+    /// constant layers.
+    #[arg(long)]
+    pub no_prune: bool,
 }
 
 impl BuildFlags {
@@ -51,6 +55,7 @@ impl BuildFlags {
             || self.timing_cache.is_some()
             || self.workspace.is_some()
             || self.opt_level.is_some()
+            || self.no_prune
             || !(p.fixed.is_empty() && p.min.is_empty() && p.opt.is_empty() && p.max.is_empty())
     }
 
@@ -65,6 +70,7 @@ impl BuildFlags {
             profile: profile_from_flags(&self.profile, &declared_inputs(net), fallback)?,
             timing_cache: self.timing_cache.clone(),
             progress: !self.quiet,
+            prune: !self.no_prune,
             ..BuilderConfig::default()
         };
         if let Some(bytes) = workspace {

@@ -26,6 +26,9 @@ pub struct BuilderConfig {
     pub opt_level: u8,
     /// Show a progress bar while timing tactics.
     pub progress: bool,
+    /// Remove structured zeros (pruned channels, attention heads, provably constant layers) and
+    /// everything that only fed them (opt level 1 and up; see `kiln_opt::optimize_with`).
+    pub prune: bool,
 }
 
 impl Default for BuilderConfig {
@@ -38,6 +41,7 @@ impl Default for BuilderConfig {
             timing_cache: None,
             opt_level: MAX_OPT_LEVEL,
             progress: false,
+            prune: true,
         }
     }
 }
@@ -50,6 +54,11 @@ impl BuilderConfig {
             "fp16={} bf16={} ws={} opt={};",
             self.allow_fp16, self.allow_bf16, self.workspace_bytes, self.opt_level
         );
+        // Pruning on is the default; only turning it off changes the text, so hashes of plans
+        // built before the switch existed stay valid.
+        if !self.prune {
+            text.push_str("noprune;");
+        }
         for (name, r) in &self.profile.inputs {
             text.push_str(&format!("{name}:{:?}/{:?}/{:?};", r.min, r.opt, r.max));
         }
@@ -152,5 +161,8 @@ mod tests {
         assert_eq!(a.hash(), b.hash());
         b.allow_fp16 = true;
         assert_ne!(a.hash(), b.hash());
+        let mut c = BuilderConfig::default();
+        c.prune = false;
+        assert_ne!(a.hash(), c.hash());
     }
 }
