@@ -153,12 +153,16 @@ pub(crate) fn apply_edits(net: &Network, mut edits: Vec<Option<Replace>>) -> Res
                 }
             }
             Some(Replace::Edit(e)) => {
-                let mut inputs = rb.map_inputs(&layer.inputs)?;
-                for (k, (slot, t)) in inputs.iter_mut().zip(e.inputs).enumerate() {
-                    if let Some(t) = t {
-                        let name = fresh_name(&rb, &format!("{}::pruned_{k}", layer.name));
-                        *slot = Some(rb.constant_named(&name, t)?);
-                    }
+                // Replaced inputs are not mapped: the old constants must not be copied.
+                let mut inputs = Vec::with_capacity(layer.inputs.len());
+                for (k, (&old, t)) in layer.inputs.iter().zip(e.inputs).enumerate() {
+                    inputs.push(match t {
+                        Some(t) => {
+                            let name = fresh_name(&rb, &format!("{}::pruned_{k}", layer.name));
+                            Some(rb.constant_named(&name, t)?)
+                        }
+                        None => old.map(|id| rb.map(id)).transpose()?,
+                    });
                 }
                 for (k, t) in e.extra.into_iter().enumerate() {
                     let name = fresh_name(&rb, &format!("{}::pruned_extra_{k}", layer.name));

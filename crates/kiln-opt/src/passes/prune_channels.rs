@@ -747,7 +747,9 @@ pub(crate) fn prune_channels(net: &Network) -> Result<Option<(Network, Vec<Layer
                     }
                 }
                 rb.add_layer(&layer.name, &layer.op, attrs, &inputs, &layer.outputs)?;
-                changes.push(LayerChange::new(&layer.name, "output channels", p.m, outs.len()));
+                if outs.len() != p.m {
+                    changes.push(LayerChange::new(&layer.name, "output channels", p.m, outs.len()));
+                }
                 if ins.len() != p.c {
                     changes.push(LayerChange::new(&layer.name, "input channels", p.c, ins.len()));
                 }
@@ -793,8 +795,9 @@ pub(crate) fn prune_channels(net: &Network) -> Result<Option<(Network, Vec<Layer
                 let data = ct.data().gather(&ks);
                 let cn = fresh_name(&rb, &format!("{}::pruned_constant", layer.name));
                 let c_id = rb.constant_named(&cn, Tensor::new(shape, data)?)?;
-                let mut inputs = rb.map_inputs(&layer.inputs)?;
+                let mut inputs = vec![None, None];
                 inputs[ci] = Some(c_id);
+                inputs[*member] = rb.map_inputs(&layer.inputs[*member..*member + 1])?[0];
                 rb.add_layer(&layer.name, &layer.op, layer.attrs.clone(), &inputs, &layer.outputs)?;
             }
             Some(Role::Split(sizes)) => {
