@@ -220,6 +220,7 @@ fn print_text(engine: &Engine, r: &Report) {
     println!("cost: {} params, {:.3} GFLOPs per run at the opt shapes", r.params, r.flops as f64 / 1e9);
     match &r.pruned {
         Some(p) => println!("{}", prune_summary(p)),
+        None if r.opt_level == 0 => println!("pruned: not at opt level 0"),
         None if r.prune => println!("pruned: nothing (no structured zeros found)"),
         None => println!("pruned: off (--no-prune)"),
     }

@@ -168,6 +168,23 @@ impl Built {
             }
         )?;
         writeln!(w, "  weights:     {} in {} tensors", human_bytes(self.engine.weight_bytes_total()), g.weights.len())?;
+        writeln!(
+            w,
+            "  cost:        {} params, {:.3} GFLOPs per run",
+            g.build.cost.params,
+            g.build.cost.flops as f64 / 1e9
+        )?;
+        match &g.build.pruned {
+            Some(p) => writeln!(
+                w,
+                "  pruned:      {} layer counts changed; params {:.1} %, FLOPs {:.1} % of the unpruned graph (kiln inspect lists them)",
+                p.changes.len(),
+                100.0 * p.after.params as f64 / p.before.params.max(1) as f64,
+                100.0 * p.after.flops as f64 / p.before.flops.max(1) as f64
+            )?,
+            None if !g.build.prune => writeln!(w, "  pruned:      off (--no-prune)")?,
+            None => {}
+        }
         for (name, r) in &g.profile {
             if r.min == r.max {
                 writeln!(w, "  input:       {name} {}", format_dims(&r.opt))?;

@@ -33,7 +33,8 @@ pub fn layer_flops(net: &Network, layer: &Layer) -> Option<u64> {
         }
         "MatMul" | "Gemm" => {
             let a = input(0)?;
-            let k = if layer.op == "Gemm" && layer.attrs.int("transA", 0).unwrap_or(0) != 0 { a[0] } else { *a.last()? };
+            let k =
+                if layer.op == "Gemm" && layer.attrs.int("transA", 0).unwrap_or(0) != 0 { a[0] } else { *a.last()? };
             2 * numel * k
         }
         "Attention" => {
@@ -69,7 +70,8 @@ mod tests {
         let mut net = Network::new("t");
         let x = input(&mut net, "x", &[1, 4, 8, 8]);
         let w = net.add_constant("w", values(&[6, 2, 3, 3], 1.0)).unwrap();
-        let y = layer(&mut net, "conv", "Conv", Attributes::new().with("group", 2i64).with("pads", vec![1i64; 4]), &[x, w]);
+        let y =
+            layer(&mut net, "conv", "Conv", Attributes::new().with("group", 2i64).with("pads", vec![1i64; 4]), &[x, w]);
         let f = layer(&mut net, "flat", "Flatten", Attributes::new(), &[y]);
         let b = net.add_constant("b", values(&[384, 10], 2.0)).unwrap();
         let z = layer(&mut net, "mm", "MatMul", Attributes::new(), &[f, b]);

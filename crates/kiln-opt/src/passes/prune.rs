@@ -69,8 +69,7 @@ const PASSES: [(&str, Detailed); 3] = [
 /// Run the pruning passes (with constant folding and dead-layer elimination in between) until
 /// none changes anything. `None` when nothing was pruned: the caller keeps its network.
 pub fn prune(net: &Network) -> Result<Option<(Network, PruneReport)>, OptError> {
-    let mut report =
-        PruneReport { layers_before: net.layers().len(), before: cost(net), ..Default::default() };
+    let mut report = PruneReport { layers_before: net.layers().len(), before: cost(net), ..Default::default() };
     let mut cur: Option<Network> = None;
     for _round in 0..16 {
         let mut changed = false;

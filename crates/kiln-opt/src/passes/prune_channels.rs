@@ -574,8 +574,7 @@ fn analyze(net: &Network) -> Option<Analysis<'_>> {
                         continue;
                     }
                     for c in 0..x.channels {
-                        let ok = p.in_channel_zero(c)
-                            || constant[x.base + c].is_some_and(|k| k == 0.0 || !p.padded);
+                        let ok = p.in_channel_zero(c) || constant[x.base + c].is_some_and(|k| k == 0.0 || !p.padded);
                         if !ok {
                             bad[x.base + c] = true;
                         }

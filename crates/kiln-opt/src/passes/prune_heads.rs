@@ -111,7 +111,8 @@ struct Match {
 
 fn matched(g: &Graph, ai: usize) -> Option<Match> {
     let att = g.layer(ai);
-    if att.op != "Attention" || att.outputs.iter().skip(1).any(Option::is_some) {
+    // Q, K, V and an optional mask; past keys/values (inputs 4, 5) would carry the old head count.
+    if att.op != "Attention" || att.inputs.len() > 4 || att.outputs.iter().skip(1).any(Option::is_some) {
         return None;
     }
     let heads = att.attrs.int("q_num_heads", 0).ok()? as usize;

@@ -15,8 +15,8 @@
 //! non-positive; Mul of opposite signs is non-positive, of equal signs non-negative; Add of two
 //! non-positives is non-positive; Min with a non-positive operand is non-positive.
 
-use crate::passes::prune::{apply_edits, LayerChange, Replace};
 use crate::passes::pattern::{float_tensor, live_layers};
+use crate::passes::prune::{apply_edits, LayerChange, Replace};
 use crate::Pass;
 use kiln_ir::{Activation, Dim, IrError, Layer, Network, TensorId, TensorSource, ValueType};
 
@@ -122,7 +122,8 @@ fn constant_output(net: &Network, layer: &Layer) -> Option<kiln_ir::Tensor> {
     let zeros = || float_tensor(dtype, shape.clone(), &vec![0.0; n]);
     match layer.op.as_str() {
         "Mul" if layer.inputs.len() == 2 => {
-            let zero = |i| const_in(i).is_some_and(|c| c.dtype().is_float() && c.to_f64_vec().iter().all(|&x| x == 0.0));
+            let zero =
+                |i| const_in(i).is_some_and(|c| c.dtype().is_float() && c.to_f64_vec().iter().all(|&x| x == 0.0));
             // Both operands constant is constant folding's job.
             (zero(0) != zero(1) && (const_in(0).is_none() || const_in(1).is_none())).then(zeros)?
         }
