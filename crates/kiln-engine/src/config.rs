@@ -156,13 +156,11 @@ mod tests {
     #[test]
     fn config_hash_tracks_what_changes_the_engine() {
         let a = BuilderConfig::default();
-        let mut b = BuilderConfig::default();
-        b.timing_cache = Some("x".into());
+        let mut b = BuilderConfig { timing_cache: Some("x".into()), ..BuilderConfig::default() };
         assert_eq!(a.hash(), b.hash());
         b.allow_fp16 = true;
         assert_ne!(a.hash(), b.hash());
-        let mut c = BuilderConfig::default();
-        c.prune = false;
+        let c = BuilderConfig { prune: false, ..BuilderConfig::default() };
         assert_ne!(a.hash(), c.hash());
     }
 }

@@ -664,11 +664,9 @@ fn analyze(net: &Network) -> Option<Analysis<'_>> {
     }
     // A class goes only if no channel of it is held.
     let mut class_bad = vec![false; total];
-    for e in 0..total {
-        if bad[e] {
-            let r = uf.find(e);
-            class_bad[r] = true;
-        }
+    for (e, _) in bad.iter().enumerate().filter(|(_, &b)| b) {
+        let r = uf.find(e);
+        class_bad[r] = true;
     }
     // No tensor loses every channel: keep the class of its first channel, until stable.
     loop {

@@ -171,7 +171,8 @@ fn matched(g: &Graph, ai: usize) -> Option<Match> {
     let layers = [qkv[0].layer, qkv[1].layer, qkv[2].layer];
     let one = layers.iter().all(|&l| l == layers[0]);
     let distinct = layers[0] != layers[1] && layers[1] != layers[2] && layers[0] != layers[2];
-    if !(one && splits.len() == 3 && splits.iter().all(|&s| s == splits[0])) && !(distinct && splits.is_empty()) {
+    let packed = one && splits.len() == 3 && splits.iter().all(|&s| s == splits[0]);
+    if !(packed || distinct && splits.is_empty()) {
         return None;
     }
     splits.dedup();
@@ -206,9 +207,7 @@ pub(crate) fn prune_heads(net: &Network) -> Result<Option<(Network, Vec<LayerCha
             let (b, bias, n) = const_matmul(net, layer).expect("matched");
             let mut drop = vec![false; n];
             for c in &ranges {
-                for col in c.offset..c.offset + c.width {
-                    drop[col] = true;
-                }
+                drop[c.offset..c.offset + c.width].iter_mut().for_each(|d| *d = true);
                 for col in kept_in(c.offset) {
                     drop[col] = false;
                 }
