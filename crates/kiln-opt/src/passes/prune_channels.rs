@@ -345,6 +345,9 @@ enum Role<'a> {
     /// Pooling or Flatten: output channel `c` is an aggregate of input channel `c`; a constant
     /// channel stays that constant.
     Carry,
+    /// Inference BatchNormalization not folded into a conv: `y = s·x + t` per channel; a
+    /// channel with scale 0 is the constant `t`.
+    Affine { s: Vec<f64>, t: Vec<f64> },
     /// Concat along the channel axis.
     Concat,
     /// Split along the channel axis into these sizes.
@@ -418,6 +421,24 @@ fn role<'a>(net: &'a Network, layer: &'a Layer, members: &[Option<Member>]) -> O
                 }
                 _ => None,
             }
+        }
+        "BatchNormalization" => {
+            let m = member(0)?;
+            let training = layer.attrs.int("training_mode", 0).ok()? != 0;
+            if m.axis != 1 || training || layer.outputs.iter().skip(1).any(Option::is_some) {
+                return None;
+            }
+            let p: Option<Vec<Vec<f64>>> = (1..5)
+                .map(|i| {
+                    let t = net.tensor(layer.inputs.get(i).copied().flatten()?).constant()?;
+                    (t.dtype() == DType::F32 && t.len() == m.channels).then(|| t.to_f64_vec())
+                })
+                .collect();
+            let p = p?;
+            let eps = layer.attrs.float("epsilon", 1e-5).ok()? as f64;
+            let s: Vec<f64> = (0..m.channels).map(|c| p[0][c] / (p[3][c] + eps).sqrt()).collect();
+            let t: Vec<f64> = (0..m.channels).map(|c| p[1][c] - p[2][c] * s[c]).collect();
+            Some((Role::Affine { s, t }, 1))
         }
         "MaxPool" | "GlobalAveragePool" | "GlobalMaxPool" | "AveragePool" if single => {
             let m = member(0)?;
@@ -621,7 +642,26 @@ fn analyze(net: &Network) -> Option<Analysis<'_>> {
                 for c in 0..x.channels {
                     uf.union(x.base + c, out.base + c);
                     let v = values[if *per_channel { c } else { 0 }];
-                    constant[out.base + c] = constant[x.base + c].map(|a| f(a, v)).filter(|v| v.is_finite());
+                    constant[out.base + c] = if v == 0.0 && [-1.0, 1.0, 2.0].iter().all(|&a| f(a, 0.0) == 0.0) {
+                        // Mul by 0 (activations are taken to be finite, as everywhere here).
+                        Some(0.0)
+                    } else {
+                        constant[x.base + c].map(|a| f(a, v)).filter(|v| v.is_finite())
+                    };
+                }
+            }
+            Role::Affine { s, t } => {
+                let x = inputs[0].expect("member");
+                for c in 0..x.channels {
+                    uf.union(x.base + c, out.base + c);
+                    constant[out.base + c] = if s[c] == 0.0 {
+                        Some(t[c])
+                    } else {
+                        constant[x.base + c].map(|k| s[c] * k + t[c]).filter(|v| v.is_finite())
+                    };
+                }
+                for m in inputs.iter().skip(1).flatten() {
+                    pin(&mut bad, *m);
                 }
             }
             Role::Carry => {
@@ -796,6 +836,22 @@ pub(crate) fn prune_channels(net: &Network) -> Result<Option<(Network, Vec<Layer
                 inputs[ci] = Some(c_id);
                 inputs[*member] = rb.map_inputs(&layer.inputs[*member..*member + 1])?[0];
                 rb.add_layer(&layer.name, &layer.op, layer.attrs.clone(), &inputs, &layer.outputs)?;
+            }
+            Some(Role::Affine { .. }) => {
+                let x = member_of(0).expect("member");
+                let ks = kept(x);
+                if ks.len() == x.channels {
+                    rb.copy_layer(layer)?;
+                    continue;
+                }
+                let mut inputs = rb.map_inputs(&layer.inputs[..1])?;
+                for (i, id) in layer.inputs.iter().enumerate().skip(1) {
+                    let t = net.tensor(id.expect("parameter")).constant().expect("constant");
+                    let name = fresh_name(&rb, &format!("{}::pruned_{i}", layer.name));
+                    inputs.push(Some(rb.constant_named(&name, Tensor::new(vec![ks.len()], t.data().gather(&ks))?)?));
+                }
+                rb.add_layer(&layer.name, &layer.op, layer.attrs.clone(), &inputs, &layer.outputs)?;
+                changes.push(LayerChange::new(&layer.name, "channels", x.channels, ks.len()));
             }
             Some(Role::Split(sizes)) => {
                 let outs: Vec<Member> =

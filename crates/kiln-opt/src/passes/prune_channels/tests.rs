@@ -264,3 +264,31 @@ fn dense_networks_are_left_alone() {
     net.mark_output(z).unwrap();
     assert!(prune_channels(&net).unwrap().is_none());
 }
+
+/// A BatchNormalization that could not fold into a conv (it follows a residual Add): a channel
+/// with scale 0 is its shift, a constant, and goes from the BN and from the conv reading it
+/// (its shift folds into that conv's bias). A per-channel Mul by 0 is 0 whatever its input.
+#[test]
+fn zero_scale_batch_norm_and_zero_mul_channels_go() {
+    let mut net = Network::new("t");
+    let x = input(&mut net, "x", &[1, 4, 5, 5]);
+    let ya = conv(&mut net, "conv_a", x, weights(&[4, 4, 1, 1], 1, &[]), None, 0);
+    let yb = conv(&mut net, "conv_b", x, weights(&[4, 4, 1, 1], 2, &[]), None, 0);
+    let s = layer(&mut net, "add", "Add", Attributes::new(), &[ya, yb]);
+    let p: Vec<TensorId> =
+        [vec![0.0f32, 1.5, 0.7, 1.1], vec![0.3, -0.2, 0.1, 0.4], vec![0.05, 0.1, -0.1, 0.2], vec![1.0, 0.5, 2.0, 1.5]]
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| bias(&mut net, &format!("bn{i}"), v))
+            .collect();
+    let y = layer(&mut net, "bn", "BatchNormalization", Attributes::new(), &[s, p[0], p[1], p[2], p[3]]);
+    let gate = net.add_constant("gate", Tensor::from_vec(vec![4, 1, 1], vec![1.0f32, 1.0, 0.0, 2.0]).unwrap()).unwrap();
+    let y = layer(&mut net, "gate_mul", "Mul", Attributes::new(), &[y, gate]);
+    let z = conv(&mut net, "conv_c", y, weights(&[3, 4, 1, 1], 3, &[]), None, 0);
+    net.mark_output(z).unwrap();
+    let out = check(&net, &[("x", random(&[1, 4, 5, 5], 9, 1.0))]);
+    assert_eq!(w_shape(&out, "conv_a"), vec![2, 4, 1, 1]);
+    assert_eq!(w_shape(&out, "conv_c"), vec![3, 2, 1, 1]);
+    let bn = out.layer_by_name("bn").unwrap();
+    assert_eq!(out.tensor(bn.inputs[1].unwrap()).constant().unwrap().len(), 2);
+}
