@@ -158,6 +158,12 @@ pub fn prune_summary(p: &kiln::opt::PruneReport) -> String {
         p.after.flops as f64 / 1e9,
         percent(p.after.flops, p.before.flops),
     );
+    if p.before.unknown_layers > 0 {
+        s.push_str(&format!(
+            " (FLOPs only of layers with static shapes: {} had symbolic ones)",
+            p.before.unknown_layers
+        ));
+    }
     for c in &p.changes {
         s.push_str(&format!("\n  {}: {} {} → {}", c.layer, c.what, c.before, c.after));
     }
