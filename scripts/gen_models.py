@@ -16,7 +16,12 @@ down), BN weights ~N(1, 0.1), running_mean ~N(0, 0.1), running_var ~U(0.5, 1.5);
 
 The files are too big to commit; they go to a cache directory.
 
-usage: gen_models.py [--out DIR] [--force] [MODEL ...]   (default DIR: target/models;
+With --pruned, structurally pruned variants are written too (MODEL_p30/_p50/_p70.onnx): the dense
+model with 30/50/70 % of the channels of every prunable layer zeroed, lowest L1 norm first, the
+way a structured-pruning tool leaves a model before it is compacted (see prune_model). The dense
+files stay byte-identical (the same seeds; pruning edits a copy).
+
+usage: gen_models.py [--out DIR] [--force] [--pruned] [MODEL ...]   (default DIR: target/models;
        MODEL is resnet50, mobilenetv2 or bert_base; default all three)
 """
 import argparse
@@ -296,6 +301,110 @@ def bert_base():
     return g.model("main_graph", ins, outs, "HuggingFace BertModel (bert-base-uncased config), random weights")
 
 
+# --- structured pruning ------------------------------------------------------------------------
+SPARSITIES = (30, 50, 70)
+
+
+def _lowest_l1(scores, frac):
+    """Indices of the round(frac * n) smallest scores (ties by index), at least one kept."""
+    n = len(scores)
+    k = min(int(round(frac * n)), n - 1)
+    return np.sort(np.argsort(scores, kind="stable")[:k])
+
+
+def prune_model(model, name, percent):
+    """Zero `percent` % of the channels of every prunable layer of a copy of `model`, by L1 norm.
+
+    ResNet-50 / MobileNetV2: every Conv whose BatchNormalization feeds a Relu/Clip (not a residual
+    Add: the residual stream's channels are shared by a whole stage and pruned per layer they
+    would never be dead on every path) loses its lowest-L1 filters: filter, BN scale and BN shift
+    zeroed, so the channel is exactly 0 after the activation. BERT-base: per layer, the heads with
+    the lowest L1 norm over their Q/K/V columns and output-projection rows lose all four slices
+    and their biases; the FFN neurons with the lowest L1 norm over their intermediate column and
+    output row lose both and the intermediate bias.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    arrays = {}
+
+    def arr(n):
+        if n not in arrays:
+            arrays[n] = numpy_helper.to_array(inits[n]).copy()
+        return arrays[n]
+
+    consumers = collections.defaultdict(list)
+    for node in g.node:
+        for i in node.input:
+            consumers[i].append(node)
+    frac = percent / 100.0
+    if name in ("resnet50", "mobilenetv2"):
+        for node in g.node:
+            if node.op_type != "Conv" or node.input[1] not in inits:
+                continue
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            bn = consumers[node.output[0]]
+            if group != 1 or len(bn) != 1 or bn[0].op_type != "BatchNormalization":
+                continue
+            act = consumers[bn[0].output[0]]
+            if len(act) != 1 or act[0].op_type not in ("Relu", "Clip"):
+                continue
+            w = arr(node.input[1])
+            drop = _lowest_l1(np.abs(w).reshape(w.shape[0], -1).sum(1), frac)
+            w[drop] = 0
+            arr(bn[0].input[1])[drop] = 0  # scale
+            arr(bn[0].input[2])[drop] = 0  # shift
+    elif name == "bert_base":
+        by_name = {n.name: n for n in g.node}
+
+        def linear(scope):
+            """(weight [in, out], bias [out]) initializer names of the Linear at `scope`."""
+            mm = by_name[f"{scope}/MatMul"]
+            add = by_name[f"{scope}/Add"]
+            return mm.input[1], next(i for i in add.input if i in inits)
+
+        for li in range(LAYERS):
+            sc = f"/encoder/layer.{li}"
+            qkv = [linear(f"{sc}/attention/self/{p}") for p in ("query", "key", "value")]
+            wo, _ = linear(f"{sc}/attention/output/dense")
+            score = np.zeros(HEADS)
+            for h in range(HEADS):
+                cols = slice(h * HEAD_DIM, (h + 1) * HEAD_DIM)
+                score[h] = sum(np.abs(arr(w)[:, cols]).sum() for w, _ in qkv) + np.abs(arr(wo)[cols]).sum()
+            for h in _lowest_l1(score, frac):
+                cols = slice(h * HEAD_DIM, (h + 1) * HEAD_DIM)
+                for w, b in qkv:
+                    arr(w)[:, cols] = 0
+                    arr(b)[cols] = 0
+                arr(wo)[cols] = 0
+            w1, b1 = linear(f"{sc}/intermediate/dense")
+            w2, _ = linear(f"{sc}/output/dense")
+            score = np.abs(arr(w1)).sum(0) + np.abs(arr(w2)).sum(1)
+            drop = _lowest_l1(score, frac)
+            arr(w1)[:, drop] = 0
+            arr(b1)[drop] = 0
+            arr(w2)[drop] = 0
+    else:
+        raise ValueError(f"no pruning recipe for {name}")
+    for n, a in arrays.items():
+        inits[n].CopyFrom(numpy_helper.from_array(a, n))
+    m.doc_string = f"{model.doc_string}; {percent} % of channels structurally zeroed (L1)"
+    return m
+
+
+def save(model, path, t0):
+    assert model.ByteSize() < 2**31, "model over 2 GB: would need external data"
+    tmp = path + ".tmp"
+    onnx.save(model, tmp)
+    onnx.checker.check_model(tmp, full_check=True)
+    os.replace(tmp, path)
+    n_nodes, params, ops = summary(model)
+    ops_s = ", ".join(f"{op} {n}" for op, n in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))
+    print(f"{path}: {n_nodes} nodes, {params / 1e6:.2f}M params, {os.path.getsize(path) / 2**20:.0f} MiB, "
+          f"{time.perf_counter() - t0:.1f}s\n  {ops_s}")
+
+
 MODELS = {"resnet50": resnet50, "mobilenetv2": mobilenetv2, "bert_base": bert_base}
 
 # Buffers, not trainable parameters (excluded from the parameter count).
@@ -313,6 +422,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="target/models", help="output directory (default: target/models)")
     ap.add_argument("--force", action="store_true", help="regenerate models whose file exists")
+    ap.add_argument("--pruned", action="store_true",
+                    help=f"also write structurally pruned variants (MODEL_p{{{','.join(map(str, SPARSITIES))}}}.onnx)")
     ap.add_argument("models", nargs="*", metavar="MODEL", help=f"one of {', '.join(MODELS)} (default: all)")
     args = ap.parse_args()
     for name in args.models:
@@ -321,20 +432,18 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     for name in args.models or MODELS:
         path = os.path.join(args.out, f"{name}.onnx")
-        if os.path.exists(path) and not args.force:
+        variants = [(p, os.path.join(args.out, f"{name}_p{p}.onnx")) for p in SPARSITIES] if args.pruned else []
+        todo = [(p, v) for p, v in variants if args.force or not os.path.exists(v)]
+        dense_todo = args.force or not os.path.exists(path)
+        if not dense_todo and not todo:
             print(f"{path}: exists, skipped (--force to regenerate)")
             continue
         t0 = time.perf_counter()
         model = MODELS[name]()
-        assert model.ByteSize() < 2**31, "model over 2 GB: would need external data"
-        tmp = path + ".tmp"
-        onnx.save(model, tmp)
-        onnx.checker.check_model(tmp, full_check=True)
-        os.replace(tmp, path)
-        n_nodes, params, ops = summary(model)
-        ops_s = ", ".join(f"{op} {n}" for op, n in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))
-        print(f"{path}: {n_nodes} nodes, {params / 1e6:.2f}M params, {os.path.getsize(path) / 2**20:.0f} MiB, "
-              f"{time.perf_counter() - t0:.1f}s\n  {ops_s}")
+        if dense_todo:
+            save(model, path, t0)
+        for p, v in todo:
+            save(prune_model(model, name, p), v, time.perf_counter())
 
 
 if __name__ == "__main__":

@@ -26,6 +26,14 @@ struct Report {
     source_layers: usize,
     inputs: Vec<IoReport>,
     outputs: Vec<IoReport>,
+    /// Parameters and FLOPs of the engine's network at the opt shapes.
+    params: u64,
+    flops: u64,
+    /// Whether pruning was enabled for the build.
+    prune: bool,
+    /// What pruning removed: per-layer changes, parameters and FLOPs before and after (`null`
+    /// when off or nothing was removed).
+    pruned: Option<kiln::opt::PruneReport>,
 }
 
 #[derive(Serialize)]
@@ -120,7 +128,46 @@ fn report(engine: &Engine) -> Report {
         source_layers: g.build.source_layers,
         inputs,
         outputs,
+        params: g.build.cost.params,
+        flops: g.build.cost.flops,
+        prune: g.build.prune,
+        pruned: g.build.pruned.clone(),
     }
+}
+
+/// A percentage of `before` (100 % when before is 0).
+fn percent(after: u64, before: u64) -> f64 {
+    if before == 0 {
+        100.0
+    } else {
+        100.0 * after as f64 / before as f64
+    }
+}
+
+/// The pruning summary in words: totals, then the changed layers.
+pub fn prune_summary(p: &kiln::opt::PruneReport) -> String {
+    let mut s = format!(
+        "pruned: {} layer counts changed, {} → {} layers; params {} → {} ({:.1} %), FLOPs {:.3} G → {:.3} G ({:.1} %)",
+        p.changes.len(),
+        p.layers_before,
+        p.layers_after,
+        p.before.params,
+        p.after.params,
+        percent(p.after.params, p.before.params),
+        p.before.flops as f64 / 1e9,
+        p.after.flops as f64 / 1e9,
+        percent(p.after.flops, p.before.flops),
+    );
+    if p.before.unknown_layers > 0 {
+        s.push_str(&format!(
+            " (FLOPs only of layers with static shapes: {} had symbolic ones)",
+            p.before.unknown_layers
+        ));
+    }
+    for c in &p.changes {
+        s.push_str(&format!("\n  {}: {} {} → {}", c.layer, c.what, c.before, c.after));
+    }
+    s
 }
 
 fn print_text(engine: &Engine, r: &Report) {
@@ -176,4 +223,11 @@ fn print_text(engine: &Engine, r: &Report) {
     }
     println!("activations: arena {}, peak live {}", human_bytes(r.activation_bytes), human_bytes(r.peak_live_bytes));
     println!("weights: {} in {} tensors", human_bytes(r.weight_bytes), r.weight_count);
+    println!("cost: {} params, {:.3} GFLOPs per run at the opt shapes", r.params, r.flops as f64 / 1e9);
+    match &r.pruned {
+        Some(p) => println!("{}", prune_summary(p)),
+        None if r.opt_level == 0 => println!("pruned: not at opt level 0"),
+        None if r.prune => println!("pruned: nothing (no structured zeros found)"),
+        None => println!("pruned: off (--no-prune)"),
+    }
 }

@@ -21,6 +21,7 @@ pub fn run(
     output_dir: &Path,
     seed: u64,
     opt_level: u8,
+    prune: bool,
 ) -> Result<()> {
     if is_plan(model)? {
         if opt_level > 0 {
@@ -35,7 +36,10 @@ pub fn run(
     let m = kiln::load_onnx(model)?;
     tracing::info!(layers = m.network.layers().len(), ms = t0.elapsed().as_millis() as u64, "imported");
     let net = if opt_level > 0 {
-        let (net, report) = kiln::optimize(m.network)?;
+        let (net, report, pruned) = kiln::opt::optimize_with(m.network, kiln::opt::OptOptions { prune })?;
+        if let Some(p) = &pruned {
+            println!("{}", crate::cmd_inspect::prune_summary(p));
+        }
         println!(
             "optimized: {} → {} layers in {} rounds ({})",
             report.layers_before,

@@ -53,6 +53,9 @@ enum Command {
         /// common-subexpression merging, dead-layer elimination). Ignored for a plan.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
         opt_level: u8,
+        /// With --opt-level 1: keep structured zeros (no channel, head or constant pruning).
+        #[arg(long)]
+        no_prune: bool,
     },
     /// Build an optimized engine from an ONNX model and save it as a plan file.
     Build {
@@ -138,8 +141,8 @@ fn main() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
         Command::Info { model } => cmd_info::info(&model),
-        Command::Run { model, inputs, shapes, output_dir, seed, opt_level } => {
-            cmd_run::run(&model, &inputs, &shapes, &output_dir, seed, opt_level)
+        Command::Run { model, inputs, shapes, output_dir, seed, opt_level, no_prune } => {
+            cmd_run::run(&model, &inputs, &shapes, &output_dir, seed, opt_level, !no_prune)
         }
         Command::Build { model, output, build } => cmd_build::build(&model, &output, &build),
         Command::Bench { model, iterations, warmup, threads, shapes, json, profile, trace, seed, build } => {

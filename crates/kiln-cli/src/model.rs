@@ -47,6 +47,10 @@ pub struct BuildFlags {
     /// Allow TF32 (tensor-core fp32 with 10-bit mantissas) for fp32 matrix products on the GPU.
     #[arg(long)]
     pub tf32: bool,
+    /// Keep structured zeros: do not remove pruned channels, attention heads or provably
+    /// constant layers.
+    #[arg(long)]
+    pub no_prune: bool,
 }
 
 impl BuildFlags {
@@ -59,6 +63,7 @@ impl BuildFlags {
             || self.timing_cache.is_some()
             || self.workspace.is_some()
             || self.opt_level.is_some()
+            || self.no_prune
             || !(p.fixed.is_empty() && p.min.is_empty() && p.opt.is_empty() && p.max.is_empty())
     }
 
@@ -74,6 +79,7 @@ impl BuildFlags {
             profile: profile_from_flags(&self.profile, &declared_inputs(net), fallback)?,
             timing_cache: self.timing_cache.clone(),
             progress: !self.quiet,
+            prune: !self.no_prune,
             ..BuilderConfig::default()
         };
         if let Some(bytes) = workspace {
@@ -172,6 +178,23 @@ impl Built {
             }
         )?;
         writeln!(w, "  weights:     {} in {} tensors", human_bytes(self.engine.weight_bytes_total()), g.weights.len())?;
+        writeln!(
+            w,
+            "  cost:        {} params, {:.3} GFLOPs per run",
+            g.build.cost.params,
+            g.build.cost.flops as f64 / 1e9
+        )?;
+        match &g.build.pruned {
+            Some(p) => writeln!(
+                w,
+                "  pruned:      {} layer counts changed; params {:.1} %, FLOPs {:.1} % of the unpruned graph (kiln inspect lists them)",
+                p.changes.len(),
+                100.0 * p.after.params as f64 / p.before.params.max(1) as f64,
+                100.0 * p.after.flops as f64 / p.before.flops.max(1) as f64
+            )?,
+            None if !g.build.prune => writeln!(w, "  pruned:      off (--no-prune)")?,
+            None => {}
+        }
         for (name, r) in &g.profile {
             if r.min == r.max {
                 writeln!(w, "  input:       {name} {}", format_dims(&r.opt))?;

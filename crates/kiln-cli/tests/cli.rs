@@ -163,6 +163,41 @@ fn inspect_json_describes_an_engine_built_from_onnx() {
     }
 }
 
+/// `--no-prune` reaches the builder (the JSON says so) and, for a model without structured
+/// zeros, changes nothing else: the same layers, tactics and cost.
+#[test]
+fn no_prune_is_a_build_flag_and_a_dense_model_builds_the_same() {
+    let inspect = |extra: &[&str]| {
+        let out = kiln()
+            .args(["inspect", "--json", "--quiet", "--opt-level", "1", "--shapes", "input=1x3x32x32"])
+            .args(extra)
+            .arg(example("cnn.onnx"))
+            .output()
+            .unwrap();
+        check_inspect_json(&ok(out, "inspect --json cnn.onnx"), "inspect --json cnn.onnx")
+    };
+    let (on, off) = (inspect(&[]), inspect(&["--no-prune"]));
+    assert_eq!(on["prune"], Value::Bool(true));
+    assert_eq!(off["prune"], Value::Bool(false));
+    assert!(on["pruned"].is_null() && off["pruned"].is_null(), "no structured zeros in cnn.onnx: {on}");
+    assert!(on["flops"].as_u64().is_some_and(|f| f > 0), "{on}");
+    for key in ["layers", "params", "flops", "activation_bytes", "weight_bytes"] {
+        assert_eq!(on[key], off[key], "{key}");
+    }
+    let dir = temp_dir("no-prune");
+    let text = ok(
+        kiln()
+            .args(["build", "--quiet", "--no-prune", "--shapes", "input=1x3x32x32", "-o"])
+            .arg(dir.join("cnn.plan"))
+            .arg(example("cnn.onnx"))
+            .output()
+            .unwrap(),
+        "build --no-prune cnn.onnx",
+    );
+    assert!(text.contains("pruned:      off (--no-prune)") && text.contains("GFLOPs"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bench_reports_latency_throughput_profile_and_trace() {
     let out = kiln()

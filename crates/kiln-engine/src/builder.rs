@@ -34,22 +34,24 @@ impl Builder {
     pub fn build(&self, network: &Network, config: &BuilderConfig) -> Result<Engine, EngineError> {
         let profile = resolve_profile(network, &config.profile.inputs)?;
         let source_layers = network.layers().len();
-        let net = if config.opt_level == 0 {
-            network.clone()
+        let (net, pruned) = if config.opt_level == 0 {
+            (network.clone(), None)
         } else {
             let fixed = specialize(network, &profile, Pick::Fixed)?;
-            let (net, report) = kiln_opt::optimize(fixed)?;
+            let options = kiln_opt::OptOptions { prune: config.prune };
+            let (net, report, pruned) = kiln_opt::optimize_with(fixed, options)?;
             tracing::info!(
                 before = source_layers,
                 after = net.layers().len(),
                 rounds = report.rounds,
                 "graph optimized"
             );
-            net
+            (net, pruned)
         };
         // Concrete types at the opt shapes (tactic timing) and the max shapes (memory).
         let at_opt = specialize(&net, &profile, Pick::Opt)?;
         let at_max = specialize(&net, &profile, Pick::Max)?;
+        let cost = kiln_opt::cost::cost(&at_opt);
         let concrete_type = |at: &Network, name: &str| -> Option<TensorType> {
             let ty = at.tensor(at.tensor_by_name(name)?).ty.clone()?;
             match ty {
@@ -78,6 +80,9 @@ impl Builder {
                 allow_bf16: config.allow_bf16,
                 allow_tf32: config.allow_tf32,
                 workspace_bytes: config.workspace_bytes,
+                prune: config.prune,
+                pruned,
+                cost,
             },
         };
 

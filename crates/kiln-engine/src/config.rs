@@ -28,6 +28,9 @@ pub struct BuilderConfig {
     pub opt_level: u8,
     /// Show a progress bar while timing tactics.
     pub progress: bool,
+    /// Remove structured zeros (pruned channels, attention heads, provably constant layers) and
+    /// everything that only fed them (opt level 1 and up; see `kiln_opt::optimize_with`).
+    pub prune: bool,
 }
 
 impl Default for BuilderConfig {
@@ -41,6 +44,7 @@ impl Default for BuilderConfig {
             timing_cache: None,
             opt_level: MAX_OPT_LEVEL,
             progress: false,
+            prune: true,
         }
     }
 }
@@ -57,6 +61,11 @@ impl BuilderConfig {
             "fp16={} bf16={} tf32={} ws={} opt={};",
             self.allow_fp16, self.allow_bf16, self.allow_tf32, self.workspace_bytes, self.opt_level
         );
+        // Pruning on is the default; only turning it off changes the text, so hashes of plans
+        // built before the switch existed stay valid.
+        if !self.prune {
+            text.push_str("noprune;");
+        }
         for (name, r) in &self.profile.inputs {
             text.push_str(&format!("{name}:{:?}/{:?}/{:?};", r.min, r.opt, r.max));
         }
@@ -154,10 +163,11 @@ mod tests {
     #[test]
     fn config_hash_tracks_what_changes_the_engine() {
         let a = BuilderConfig::default();
-        let mut b = BuilderConfig::default();
-        b.timing_cache = Some("x".into());
+        let mut b = BuilderConfig { timing_cache: Some("x".into()), ..BuilderConfig::default() };
         assert_eq!(a.hash(), b.hash());
         b.allow_fp16 = true;
         assert_ne!(a.hash(), b.hash());
+        let c = BuilderConfig { prune: false, ..BuilderConfig::default() };
+        assert_ne!(a.hash(), c.hash());
     }
 }

@@ -42,6 +42,12 @@ pub struct BuildSummary {
     pub allow_bf16: bool,
     pub allow_tf32: bool,
     pub workspace_bytes: usize,
+    /// Whether the pruning stage was enabled.
+    pub prune: bool,
+    /// What pruning removed (`None`: off, opt level 0, or nothing to remove).
+    pub pruned: Option<kiln_opt::PruneReport>,
+    /// Parameters and FLOPs of the engine's network at the profile's opt shapes.
+    pub cost: kiln_opt::cost::Cost,
 }
 
 impl BuildSummary {

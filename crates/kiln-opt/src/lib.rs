@@ -5,11 +5,13 @@
 //! next through a [`Rebuilder`], so every rewritten layer goes through type/shape inference again
 //! and a broken rewrite fails loudly, naming the layer, instead of producing a subtly wrong graph.
 
+pub mod cost;
 mod manager;
 pub mod passes;
 mod rebuild;
 
-pub use manager::{optimize, Pass, PassManager, PassReport};
+pub use manager::{optimize, optimize_with, OptOptions, Pass, PassManager, PassReport};
+pub use passes::prune::{LayerChange, PruneReport};
 pub use rebuild::Rebuilder;
 
 /// Why a pass failed.

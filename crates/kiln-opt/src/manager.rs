@@ -34,7 +34,19 @@ impl PassManager {
     /// duplicates, BatchNormalization folds into the Conv before it, and all of them leave dead
     /// layers behind.
     pub fn simplify() -> Self {
-        PassManager::new(vec![
+        PassManager::new(Self::simplify_passes())
+    }
+
+    /// [`PassManager::simplify`] without the fusions that hide per-channel structure (bias and
+    /// activation epilogues, residual Adds, element-wise chains): the network the pruning stage
+    /// reads (see [`optimize_with`]).
+    pub fn before_pruning() -> Self {
+        let fusions = ["matmul-add-to-gemm", "fuse-epilogue", "fuse-elementwise-chain"];
+        PassManager::new(Self::simplify_passes().into_iter().filter(|p| !fusions.contains(&p.name())).collect())
+    }
+
+    fn simplify_passes() -> Vec<Box<dyn Pass>> {
+        vec![
             Box::new(passes::constant_folding::ConstantFolding::default()),
             Box::new(passes::fold_shape_subgraphs::FoldShapeSubgraphs),
             Box::new(passes::noop_removal::NoopRemoval),
@@ -49,7 +61,7 @@ impl PassManager {
             Box::new(passes::fuse_epilogue::FuseEpilogue),
             Box::new(passes::fuse_elementwise_chain::FuseElementwiseChain),
             Box::new(passes::dead_layers::DeadLayerElimination),
-        ])
+        ]
     }
 
     /// Run every pass until a whole round changes nothing (or `max_rounds`, against a pair of
@@ -82,4 +94,33 @@ impl PassManager {
 /// Simplify a network with the standard passes.
 pub fn optimize(net: Network) -> Result<(Network, PassReport), OptError> {
     PassManager::simplify().run(net)
+}
+
+/// What [`optimize_with`] does besides the standard passes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OptOptions {
+    /// Remove structured zeros (channels, heads, constant values) and what only fed them.
+    pub prune: bool,
+}
+
+/// [`optimize`], with pruning when asked: the network is simplified up to the fusions
+/// ([`PassManager::before_pruning`]), pruned ([`passes::prune::prune`]), then simplified fully.
+/// When pruning finds nothing, the result is exactly [`optimize`]'s (the standard passes run on
+/// the original network), so a model without structured zeros builds to the same engine with
+/// pruning on or off.
+pub fn optimize_with(
+    net: Network,
+    options: OptOptions,
+) -> Result<(Network, PassReport, Option<passes::prune::PruneReport>), OptError> {
+    if options.prune {
+        let (pre, _) = PassManager::before_pruning().run(net.clone())?;
+        if let Some((pruned, report)) = passes::prune::prune(&pre)? {
+            let layers_before = net.layers().len();
+            let (out, mut passes) = PassManager::simplify().run(pruned)?;
+            passes.layers_before = layers_before;
+            return Ok((out, passes, Some(report)));
+        }
+    }
+    let (out, report) = optimize(net)?;
+    Ok((out, report, None))
 }
