@@ -3,7 +3,8 @@
 #   cargo build --release -p kiln-cli -p kiln-conformance
 #   mkdir -p gpu-bin && strip -o gpu-bin/kiln target/release/kiln \
 #       && strip -o gpu-bin/kiln-conformance target/release/kiln-conformance
-#   scripts/gpu-check.sh [compare] [bench] [conformance]     (default: all three)
+#   cargo test --release -p kiln-cuda --no-run   # then strip the tests/gpu.rs executable to gpu-bin/kiln-gpu-tests
+#   scripts/gpu-check.sh [tests] [compare] [bench] [conformance] [profile]   (default: all but profile)
 # It generates the reference models and the ONNX conformance cases with the machine's python3
 # (numpy + onnx), then: `kiln compare --device cuda` (fp32 and fp16) against the CPU reference,
 # `kiln bench --device cuda` (fp16, CUDA graph), and the conformance suite through the GPU engine.
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-gpu-bin}
 LOG=${OUT:-target/gpu-check}
 mkdir -p "$LOG" target/models
-steps=${*:-compare bench conformance}
+steps=${*:-tests compare bench conformance}
 
 # cuBLAS/NVRTC live with the toolkit; cuDNN may come only inside a Python wheel.
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
@@ -28,7 +29,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 table=()
 row() { table+=("$(printf '%-44s %s' "$1" "$2")"); }
 
-if [[ " $steps " == *" compare "* || " $steps " == *" bench "* ]]; then
+if [[ " $steps " == *" tests "* ]]; then
+  "$BIN/kiln-gpu-tests" --test-threads 1 >"$LOG/gpu_tests.log" 2>&1
+  row "kiln-cuda tests (GPU vs CPU reference)" "$(grep -E '^test result' "$LOG/gpu_tests.log" | tail -1)"
+  grep -q 'skipping' "$LOG/gpu_tests.log" && row "  WARNING" "tests skipped: $(grep -m1 skipping "$LOG/gpu_tests.log")"
+fi
+
+if [[ " $steps " == *" compare "* || " $steps " == *" bench "* || " $steps " == *" profile "* ]]; then
   python3 scripts/gen_models.py --out target/models resnet50 mobilenetv2 bert_base >"$LOG/models.log" 2>&1 \
     || { echo "model generation failed"; tail -5 "$LOG/models.log"; }
 fi
@@ -67,6 +74,13 @@ if [[ " $steps " == *" bench "* ]]; then
   bench resnet50_b1_fp32 resnet50 input=1x3x224x224
   KILN_CUDA_GRAPH=0 bench resnet50_b1_fp16_nograph resnet50 input=1x3x224x224 --fp16
   bench resnet50_b1_fp16_again resnet50 input=1x3x224x224 --fp16
+fi
+
+if [[ " $steps " == *" profile "* ]]; then
+  KILN_CUDA_PROFILE=1 "$BIN/kiln" bench target/models/resnet50.onnx --device cuda --fp16 --shapes input=1x3x224x224 \
+    --iterations 3 --warmup 2 --quiet >"$LOG/profile_resnet50.log" 2>&1
+  row "profile resnet50 fp16 b1" "see $LOG/profile_resnet50.log"
+  tail -12 "$LOG/profile_resnet50.log"
 fi
 
 if [[ " $steps " == *" conformance "* ]]; then

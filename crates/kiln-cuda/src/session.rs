@@ -222,7 +222,11 @@ impl CudaSession {
 
     fn run_layers(&mut self) -> Result<(), EngineError> {
         let p = self.p.clone();
+        let mut profile = LayerProfile::new(p.placements.len());
         for (li, placement) in p.placements.iter().enumerate() {
+            if let Some(prof) = profile.as_mut() {
+                prof.mark(li, self.stream);
+            }
             let layer = &p.graph.layers[li].layer;
             match placement {
                 Placement::Elided | Placement::Gpu(_) => {
@@ -250,6 +254,9 @@ impl CudaSession {
                     self.run_host(li)?
                 }
             }
+        }
+        if let Some(prof) = profile {
+            prof.report(&p, self.stream);
         }
         Ok(())
     }
@@ -390,7 +397,8 @@ impl CudaSession {
         }
         // The first run at a shape plans every convolution and sizes the scratch memory; the
         // second, at the same shapes, is captured and replayed from then on.
-        if !(self.p.graph_capturable && same_shapes && !self.ran_on_host && graph_enabled()) {
+        let profiling = std::env::var("KILN_CUDA_PROFILE").is_ok_and(|v| v == "1");
+        if !(self.p.graph_capturable && same_shapes && !self.ran_on_host && graph_enabled() && !profiling) {
             self.ran_on_host = false;
             return self.run_layers();
         }
@@ -418,6 +426,57 @@ impl CudaSession {
             .map_err(|e| crate::error::device_error(format!("launching the CUDA graph: {e:?}")))?;
         self.graph_exec = Some(exec);
         Ok(())
+    }
+}
+
+/// `KILN_CUDA_PROFILE=1`: GPU time per layer from events around each one (no graph capture),
+/// summed by op and placement and printed to stderr after each run — where the time goes.
+struct LayerProfile {
+    events: Vec<sys::CUevent>,
+}
+
+impl LayerProfile {
+    fn new(layers: usize) -> Option<LayerProfile> {
+        if std::env::var("KILN_CUDA_PROFILE").map_or(true, |v| v != "1") {
+            return None;
+        }
+        let events = (0..=layers)
+            .map(|_| result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        Some(LayerProfile { events })
+    }
+
+    fn mark(&self, li: usize, stream: sys::CUstream) {
+        // SAFETY: an event of this profile on the session's stream.
+        let _ = unsafe { result::event::record(self.events[li], stream) };
+    }
+
+    fn report(self, p: &CudaProgram, stream: sys::CUstream) {
+        let n = self.events.len() - 1;
+        self.mark(n, stream);
+        // SAFETY: the stream and events are live.
+        let _ = unsafe { result::stream::synchronize(stream) };
+        let mut by_op: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+        for li in 0..n {
+            // SAFETY: both events were recorded and the stream has finished.
+            let ms = unsafe { result::event::elapsed(self.events[li], self.events[li + 1]) }.unwrap_or(0.0) as f64;
+            let key = format!("{} [{}]", p.graph.layers[li].layer.op, p.placements[li].describe());
+            let e = by_op.entry(key).or_default();
+            e.0 += ms;
+            e.1 += 1;
+        }
+        let mut rows: Vec<_> = by_op.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        let total: f64 = rows.iter().map(|r| r.1 .0).sum();
+        eprintln!("GPU time by op (ms, {total:.3} total):");
+        for (op, (ms, count)) in rows {
+            eprintln!("  {ms:8.3}  {count:4}×  {op}");
+        }
+        for e in self.events {
+            // SAFETY: created in `new`, destroyed once.
+            let _ = unsafe { result::event::destroy(e) };
+        }
     }
 }
 

@@ -1,0 +1,233 @@
+//! The CUDA backend against the CPU reference (kiln-cpu on the unoptimized network), on fresh
+//! random inputs. Where no GPU can be used (CI), every test says why and passes without
+//! running; on a GPU machine they run (scripts/gpu-check.sh runs this binary there).
+
+use kiln_cuda::CudaBackend;
+use kiln_engine::{Builder, BuilderConfig, Engine, ShapeRange};
+use kiln_ir::{Attributes, DType, Dim, Network, Tensor, TensorId, Value, ValueType};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The GPU backend, or `None` with the reason printed (the test then has nothing to check).
+fn gpu() -> Option<Arc<CudaBackend>> {
+    match CudaBackend::new(0) {
+        Ok(b) => Some(Arc::new(b)),
+        Err(why) => {
+            eprintln!("skipping: no usable CUDA GPU ({why})");
+            None
+        }
+    }
+}
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let mut s = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let n: usize = shape.iter().product();
+    let v = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(shape.to_vec(), v).unwrap()
+}
+
+fn dyn_input(net: &mut Network, name: &str, dims: &[usize]) -> TensorId {
+    let mut shape: Vec<Dim> = vec![Dim::Symbol("batch".into())];
+    shape.extend(dims.iter().map(|&d| Dim::from(d)));
+    net.add_input(name, ValueType::tensor(DType::F32, shape)).unwrap()
+}
+
+fn layer(net: &mut Network, name: &str, op: &str, attrs: Attributes, inputs: &[Option<TensorId>]) -> TensorId {
+    net.add_layer(name, op, attrs, inputs, &[&format!("{name}_out")]).unwrap()[0].unwrap()
+}
+
+fn constant(net: &mut Network, name: &str, shape: &[usize], seed: u64) -> TensorId {
+    net.add_constant(name, random(shape, seed)).unwrap()
+}
+
+/// Build for the GPU with a batch range, run at each batch, compare every output with the CPU
+/// reference; returns the largest relative error.
+fn check(backend: Arc<CudaBackend>, net: &Network, inputs: &[(&str, Vec<usize>)], fp16: bool, batches: &[usize]) -> f64 {
+    let mut config = BuilderConfig { allow_fp16: fp16, ..BuilderConfig::default() };
+    let max_b = *batches.iter().max().unwrap();
+    let min_b = *batches.iter().min().unwrap();
+    for (name, dims) in inputs {
+        let with = |b: usize| [vec![b], dims.clone()].concat();
+        config.profile.inputs.insert(name.to_string(), ShapeRange { min: with(min_b), opt: with(max_b), max: with(max_b) });
+    }
+    let engine = Arc::new(Builder::new(backend).build(net, &config).expect("GPU build"));
+    let mut worst = 0.0f64;
+    for (k, &b) in batches.iter().enumerate() {
+        let values: HashMap<String, Value> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, (name, dims))| {
+                (name.to_string(), Value::Tensor(random(&[vec![b], dims.clone()].concat(), (k * 10 + i) as u64 + 7)))
+            })
+            .collect();
+        worst = worst.max(compare(&engine, net, &values));
+    }
+    worst
+}
+
+fn compare(engine: &Arc<Engine>, net: &Network, values: &HashMap<String, Value>) -> f64 {
+    let want = kiln_cpu::execute_named(net, values.clone()).expect("CPU reference");
+    let mut ctx = engine.create_context();
+    for (name, v) in values {
+        ctx.set_input(name, v).unwrap();
+    }
+    ctx.execute().expect("GPU run");
+    let mut worst = 0.0f64;
+    for (k, &id) in net.outputs().iter().enumerate() {
+        let got = ctx.output(&net.tensor(id).name).unwrap();
+        let (g, w) = (got.as_tensor().unwrap(), want[k].as_tensor().unwrap());
+        assert_eq!(g.shape(), w.shape(), "output {k} shape");
+        let (g, w) = (g.to_f64_vec(), w.to_f64_vec());
+        let scale = w.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+        let diff = g.iter().zip(&w).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(g.iter().all(|v| v.is_finite()), "output {k} has non-finite values");
+        worst = worst.max(diff / scale);
+    }
+    worst
+}
+
+/// conv(+bias, relu) → conv with a residual → relu → max pool → global pool → flatten → gemm.
+fn cnn() -> Network {
+    let mut net = Network::new("cnn");
+    let x = dyn_input(&mut net, "image", &[3, 12, 12]);
+    let conv_attrs = || Attributes::new().with("kernel_shape", vec![3i64, 3]).with("pads", vec![1i64, 1, 1, 1]);
+    let w1 = constant(&mut net, "w1", &[8, 3, 3, 3], 1);
+    let b1 = constant(&mut net, "b1", &[8], 2);
+    let c1 = layer(&mut net, "conv1", "Conv", conv_attrs(), &[Some(x), Some(w1), Some(b1)]);
+    let r1 = layer(&mut net, "relu1", "Relu", Attributes::new(), &[Some(c1)]);
+    let w2 = constant(&mut net, "w2", &[8, 8, 3, 3], 3);
+    let c2 = layer(&mut net, "conv2", "Conv", conv_attrs(), &[Some(r1), Some(w2)]);
+    let add = layer(&mut net, "add", "Add", Attributes::new(), &[Some(c2), Some(r1)]);
+    let r2 = layer(&mut net, "relu2", "Relu", Attributes::new(), &[Some(add)]);
+    let pool = Attributes::new().with("kernel_shape", vec![2i64, 2]).with("strides", vec![2i64, 2]);
+    let p = layer(&mut net, "pool", "MaxPool", pool, &[Some(r2)]);
+    let dw = constant(&mut net, "dw", &[8, 1, 3, 3], 4);
+    let dwc = layer(&mut net, "dwconv", "Conv", conv_attrs().with("group", 8i64), &[Some(p), Some(dw)]);
+    let clip = layer(&mut net, "hs", "HardSwish", Attributes::new(), &[Some(dwc)]);
+    let g = layer(&mut net, "gap", "GlobalAveragePool", Attributes::new(), &[Some(clip)]);
+    let f = layer(&mut net, "flat", "Flatten", Attributes::new(), &[Some(g)]);
+    let fw = constant(&mut net, "fw", &[5, 8], 5);
+    let fb = constant(&mut net, "fb", &[5], 6);
+    let y = layer(&mut net, "fc", "Gemm", Attributes::new().with("transB", 1i64), &[Some(f), Some(fw), Some(fb)]);
+    net.mark_output(y).unwrap();
+    net
+}
+
+/// MatMul + bias → GELU → MatMul + residual → LayerNorm; attention over 2 heads; softmax,
+/// log-softmax, reductions, comparisons, Where, slices, transposes, concat and split.
+fn transformer_bits() -> Network {
+    let mut net = Network::new("bits");
+    let x = dyn_input(&mut net, "x", &[6, 16]);
+    let w = constant(&mut net, "w", &[16, 32], 1);
+    let b = constant(&mut net, "b", &[32], 2);
+    let h = layer(&mut net, "mm1", "MatMul", Attributes::new(), &[Some(x), Some(w)]);
+    let h = layer(&mut net, "bias1", "Add", Attributes::new(), &[Some(h), Some(b)]);
+    let h = layer(&mut net, "gelu", "Gelu", Attributes::new(), &[Some(h)]);
+    let w2 = constant(&mut net, "w2", &[32, 16], 3);
+    let h = layer(&mut net, "mm2", "MatMul", Attributes::new(), &[Some(h), Some(w2)]);
+    let h = layer(&mut net, "res", "Add", Attributes::new(), &[Some(h), Some(x)]);
+    let g = constant(&mut net, "gamma", &[16], 4);
+    let be = constant(&mut net, "beta", &[16], 5);
+    let ln = layer(&mut net, "ln", "LayerNormalization", Attributes::new().with("axis", -1i64), &[Some(h), Some(g), Some(be)]);
+    let heads = Attributes::new().with("q_num_heads", 2i64).with("kv_num_heads", 2i64);
+    let att = layer(&mut net, "att", "Attention", heads, &[Some(ln), Some(h), Some(x)]);
+    let sm = layer(&mut net, "sm", "Softmax", Attributes::new(), &[Some(att)]);
+    let lsm = layer(&mut net, "lsm", "LogSoftmax", Attributes::new(), &[Some(att)]);
+    let mean = layer(&mut net, "mean", "ReduceMean", Attributes::new().with("axes", vec![2i64]), &[Some(att)]);
+    let less = layer(&mut net, "less", "Less", Attributes::new(), &[Some(att), Some(mean)]);
+    let wh = layer(&mut net, "where", "Where", Attributes::new(), &[Some(less), Some(sm), Some(lsm)]);
+    let starts = net.add_constant("starts", Tensor::from_vec(vec![1], vec![1i64]).unwrap()).unwrap();
+    let ends = net.add_constant("ends", Tensor::from_vec(vec![1], vec![5i64]).unwrap()).unwrap();
+    let axes = net.add_constant("axes", Tensor::from_vec(vec![1], vec![1i64]).unwrap()).unwrap();
+    let sl = layer(&mut net, "slice", "Slice", Attributes::new(), &[Some(wh), Some(starts), Some(ends), Some(axes)]);
+    let tr = layer(&mut net, "tr", "Transpose", Attributes::new().with("perm", vec![0i64, 2, 1]), &[Some(sl)]);
+    let mx = layer(&mut net, "max", "ReduceMax", Attributes::new().with("axes", vec![1i64]).with("keepdims", 0i64), &[Some(tr)]);
+    let am = layer(&mut net, "argmax", "ArgMax", Attributes::new().with("axis", 1i64), &[Some(tr)]);
+    let amf = layer(&mut net, "argmax_f", "Cast", Attributes::new().with("to", 1i64), &[Some(am)]);
+    let cat = layer(&mut net, "cat", "Concat", Attributes::new().with("axis", 1i64), &[Some(tr), Some(amf)]);
+    net.mark_output(cat).unwrap();
+    net.mark_output(mx).unwrap();
+    net
+}
+
+#[test]
+fn convolutions_pools_and_products_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let err = check(gpu.clone(), &cnn(), &[("image", vec![3, 12, 12])], false, &[1, 3]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+    let err = check(gpu, &cnn(), &[("image", vec![3, 12, 12])], true, &[2]);
+    assert!(err < 1e-2, "fp16 relative error {err}");
+}
+
+#[test]
+fn transformer_layers_and_generated_kernels_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let err = check(gpu.clone(), &transformer_bits(), &[("x", vec![6, 16])], false, &[1, 2]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+    let err = check(gpu, &transformer_bits(), &[("x", vec![6, 16])], true, &[2]);
+    assert!(err < 2e-2, "fp16 relative error {err}");
+}
+
+#[test]
+fn a_plan_round_trip_runs_the_same_and_static_engines_replay_a_cuda_graph() {
+    let Some(gpu) = gpu() else { return };
+    let net = cnn();
+    let mut config = BuilderConfig::default();
+    config.profile.inputs.insert("image".into(), ShapeRange::fixed(vec![2, 3, 12, 12]));
+    let engine = Builder::new(gpu.clone()).build(&net, &config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cnn.plan");
+    engine.save(&path).unwrap();
+    let loaded = Arc::new(Engine::load(&path, gpu).unwrap());
+    let engine = Arc::new(engine);
+    let placements = loaded.device_placements().unwrap();
+    assert!(placements.iter().all(|p| p == "gpu" || p == "elided"), "{placements:?}");
+    let values: HashMap<String, Value> = [("image".to_string(), Value::Tensor(random(&[2, 3, 12, 12], 99)))].into();
+    // Runs 1-2 plan and capture; later runs replay the graph: all must agree with the CPU.
+    for _ in 0..4 {
+        assert!(compare(&loaded, &net, &values) < 1e-4);
+    }
+    assert!(compare(&engine, &net, &values) < 1e-4);
+}
+
+#[test]
+fn contexts_run_concurrently_on_threads() {
+    let Some(gpu) = gpu() else { return };
+    let net = Arc::new(cnn());
+    let mut config = BuilderConfig::default();
+    config.profile.inputs.insert("image".into(), ShapeRange::fixed(vec![1, 3, 12, 12]));
+    let engine = Arc::new(Builder::new(gpu).build(&net, &config).unwrap());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (engine, net) = (engine.clone(), net.clone());
+            std::thread::spawn(move || {
+                for r in 0..3 {
+                    let values: HashMap<String, Value> =
+                        [("image".to_string(), Value::Tensor(random(&[1, 3, 12, 12], t * 10 + r)))].into();
+                    assert!(compare(&engine, &net, &values) < 1e-4);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn shapes_outside_the_profile_are_refused() {
+    let Some(gpu) = gpu() else { return };
+    let mut config = BuilderConfig::default();
+    config.profile.inputs.insert("image".into(), ShapeRange::fixed(vec![1, 3, 12, 12]));
+    let engine = Arc::new(Builder::new(gpu).build(&cnn(), &config).unwrap());
+    let mut ctx = engine.create_context();
+    let err = ctx.set_input("image", &Value::Tensor(random(&[2, 3, 12, 12], 1))).unwrap_err();
+    assert!(err.to_string().contains("outside the engine's profile"), "{err}");
+}
