@@ -323,10 +323,9 @@ impl CudaSession {
             let ax = kiln_ir::spec::normalize_axis(axis, xs.len())?;
             (0..xs.len()).map(|k| k == ax).collect()
         } else {
-            let axes = match self.const_ints(li, 1)? {
-                Some(a) => a,
-                None => attrs.ints_opt("axes")?.unwrap_or_default(),
-            };
+            // kiln's layers have the latest opset's semantics: axes are input 1 (the importer
+            // moves older opsets' attribute there).
+            let axes = self.const_ints(li, 1)?.unwrap_or_default();
             let noop = attrs.int("noop_with_empty_axes", 0)? != 0;
             kiln_ir::spec::reduction_mask(&axes, xs.len(), noop)?
         };

@@ -88,6 +88,9 @@ fn compare(engine: &Arc<Engine>, net: &Network, values: &HashMap<String, Value>)
         let scale = w.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
         let diff = g.iter().zip(&w).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
         assert!(g.iter().all(|v| v.is_finite()), "output {k} has non-finite values");
+        if std::env::var("KILN_GPU_TEST_ALL_OUTPUTS").is_ok() {
+            eprintln!("  {:<12} rel err {:.3e}", net.tensor(id).name, diff / scale);
+        }
         worst = worst.max(diff / scale);
     }
     worst
@@ -140,7 +143,8 @@ fn transformer_bits() -> Network {
     let att = layer(&mut net, "att", "Attention", heads, &[Some(ln), Some(h), Some(x)]);
     let sm = layer(&mut net, "sm", "Softmax", Attributes::new(), &[Some(att)]);
     let lsm = layer(&mut net, "lsm", "LogSoftmax", Attributes::new(), &[Some(att)]);
-    let mean = layer(&mut net, "mean", "ReduceMean", Attributes::new().with("axes", vec![2i64]), &[Some(att)]);
+    let axis2 = net.add_constant("axis2", Tensor::from_vec(vec![1], vec![2i64]).unwrap()).unwrap();
+    let mean = layer(&mut net, "mean", "ReduceMean", Attributes::new(), &[Some(att), Some(axis2)]);
     let less = layer(&mut net, "less", "Less", Attributes::new(), &[Some(att), Some(mean)]);
     let wh = layer(&mut net, "where", "Where", Attributes::new(), &[Some(less), Some(sm), Some(lsm)]);
     let starts = net.add_constant("starts", Tensor::from_vec(vec![1], vec![1i64]).unwrap()).unwrap();
@@ -148,12 +152,19 @@ fn transformer_bits() -> Network {
     let axes = net.add_constant("axes", Tensor::from_vec(vec![1], vec![1i64]).unwrap()).unwrap();
     let sl = layer(&mut net, "slice", "Slice", Attributes::new(), &[Some(wh), Some(starts), Some(ends), Some(axes)]);
     let tr = layer(&mut net, "tr", "Transpose", Attributes::new().with("perm", vec![0i64, 2, 1]), &[Some(sl)]);
-    let mx = layer(&mut net, "max", "ReduceMax", Attributes::new().with("axes", vec![1i64]).with("keepdims", 0i64), &[Some(tr)]);
+    let axis1 = net.add_constant("axis1", Tensor::from_vec(vec![1], vec![1i64]).unwrap()).unwrap();
+    let mx = layer(&mut net, "max", "ReduceMax", Attributes::new().with("keepdims", 0i64), &[Some(tr), Some(axis1)]);
     let am = layer(&mut net, "argmax", "ArgMax", Attributes::new().with("axis", 1i64), &[Some(tr)]);
     let amf = layer(&mut net, "argmax_f", "Cast", Attributes::new().with("to", 1i64), &[Some(am)]);
     let cat = layer(&mut net, "cat", "Concat", Attributes::new().with("axis", 1i64), &[Some(tr), Some(amf)]);
     net.mark_output(cat).unwrap();
     net.mark_output(mx).unwrap();
+    // Every intermediate as an output too (per-output errors say which kernel is off).
+    if std::env::var("KILN_GPU_TEST_ALL_OUTPUTS").is_ok() {
+        for t in [h, ln, att, sm, lsm, mean, less, wh, sl, tr, am] {
+            net.mark_output(t).unwrap();
+        }
+    }
     net
 }
 
