@@ -4,7 +4,8 @@
 #   mkdir -p gpu-bin && strip -o gpu-bin/kiln target/release/kiln \
 #       && strip -o gpu-bin/kiln-conformance target/release/kiln-conformance
 #   cargo test --release -p kiln-cuda --no-run   # then strip the tests/gpu.rs executable to gpu-bin/kiln-gpu-tests
-#   scripts/gpu-check.sh [tests] [compare] [bench] [conformance] [profile]   (default: all but profile)
+#   scripts/gpu-check.sh [tests] [compare] [bench] [conformance] [prune] [profile]
+#   (default: tests compare bench conformance)
 # It generates the reference models and the ONNX conformance cases with the machine's python3
 # (numpy + onnx), then: `kiln compare --device cuda` (fp32 and fp16) against the CPU reference,
 # `kiln bench --device cuda` (fp16, CUDA graph), and the conformance suite through the GPU engine.
@@ -74,6 +75,29 @@ if [[ " $steps " == *" bench "* ]]; then
   bench resnet50_b1_fp32 resnet50 input=1x3x224x224
   KILN_CUDA_GRAPH=0 bench resnet50_b1_fp16_nograph resnet50 input=1x3x224x224 --fp16
   bench resnet50_b1_fp16_again resnet50 input=1x3x224x224 --fp16
+fi
+
+if [[ " $steps " == *" prune "* ]]; then
+  # Issue 6 on the GPU: dense vs structurally pruned models, fp32 accuracy against the zeroed
+  # model at opt level 0 (kiln compare) and fp16 GPU latency, dense and pruned alternating.
+  python3 scripts/gen_models.py --out target/models --pruned resnet50 mobilenetv2 bert_base >>"$LOG/models.log" 2>&1
+  for m in resnet50 mobilenetv2 bert_base; do
+    shapes="input=1x3x224x224"; [ "$m" = bert_base ] && shapes="$BERT_SHAPES"
+    for p in p30 p50 p70; do
+      "$BIN/kiln" compare "target/models/${m}_$p.onnx" --device cuda --shapes "$shapes" --quiet >"$LOG/prune_compare.log" 2>&1
+      err=$(grep -oE 'largest relative error [0-9.e+-]+' "$LOG/prune_compare.log" | awk '{print $NF}')
+      row "prune compare ${m}_$p fp32" "${err:-FAIL}"
+    done
+    for round in 1 2; do
+      for p in dense p30 p50 p70; do
+        f="target/models/${m}_$p.onnx"; [ $p = dense ] && f="target/models/$m.onnx"
+        "$BIN/kiln" bench "$f" --device cuda --fp16 --shapes "$shapes" --iterations 200 --warmup 20 --quiet \
+          >"$LOG/prune_bench.log" 2>&1
+        gpu=$(grep -oE 'GPU time \(ms, CUDA events\): min [0-9.]+  mean [0-9.]+  median [0-9.]+' "$LOG/prune_bench.log" | awk '{print $NF}')
+        row "prune bench ${m} $p fp16 round $round" "GPU median ${gpu:-?} ms"
+      done
+    done
+  done
 fi
 
 if [[ " $steps " == *" profile "* ]]; then
