@@ -23,6 +23,8 @@ pub(crate) struct ConvPlan {
     pub workspace_bytes: usize,
     /// The input shape the plan is for.
     pub input_shape: Vec<usize>,
+    /// A 1×1 convolution measured faster as a cuBLAS product than through cuDNN.
+    pub use_gemm: bool,
 }
 
 // SAFETY: descriptors are host objects owned by the plan.
@@ -41,6 +43,7 @@ impl Drop for ConvPlan {
 }
 
 /// A 2-D convolution's geometry (1-D ones come with height 1).
+#[derive(Clone)]
 pub(crate) struct ConvShape {
     pub x: [usize; 4],
     pub w: [usize; 4],
@@ -49,6 +52,19 @@ pub(crate) struct ConvShape {
     pub strides: [i32; 2],
     pub dilations: [i32; 2],
     pub group: i32,
+}
+
+impl ConvShape {
+    /// A 1×1 convolution with unit strides, no padding and one group: per image, the product
+    /// Y[K, H·W] = W[K, C] · X[C, H·W].
+    pub fn is_pointwise(&self) -> bool {
+        self.w[2] == 1
+            && self.w[3] == 1
+            && self.strides == [1, 1]
+            && self.pads == [0, 0]
+            && self.dilations == [1, 1]
+            && self.group == 1
+    }
 }
 
 fn dims(v: [usize; 4]) -> CudaResult<[i32; 4]> {
@@ -100,6 +116,7 @@ impl Dnn {
                 algo: sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
                 workspace_bytes: 0,
                 input_shape: shape.x.to_vec(),
+                use_gemm: false,
             };
             sys::cudnnCreateTensorDescriptor(&mut plan.x).result().map_err(cuda_err("cudnnCreateTensorDescriptor"))?;
             sys::cudnnCreateTensorDescriptor(&mut plan.y).result().map_err(cuda_err("cudnnCreateTensorDescriptor"))?;

@@ -440,22 +440,76 @@ impl CudaSession {
         if numel(&ys) == 0 {
             return Ok(());
         }
+        let (xp, wp, yp) = (self.ptr(x)?, self.ptr(w)?, self.ptr(y)?);
         let stale = self.conv_plans.get(&li).is_none_or(|p| p.input_shape != shape.x.to_vec());
         if stale {
             let dnn = self.dnn.as_ref().ok_or("cuDNN is not loaded")?;
-            let plan = dnn.plan(self.p.storage, self.p.tf32, &shape, self.p.graph.build.workspace_bytes)?;
+            let mut plan = dnn.plan(self.p.storage, self.p.tf32, &shape, self.p.graph.build.workspace_bytes)?;
             self.ensure_workspace(plan.workspace_bytes)?;
+            // Two tactics for 1×1 convolutions, measured here on the first run at this shape
+            // (never inside a capture): cuDNN, and one cuBLAS product per image.
+            if shape.is_pointwise() {
+                let ws = self.workspace.ptr();
+                let via_dnn = self.time_ms(|s| s.dnn.as_ref().ok_or("cuDNN is not loaded")?.forward(&plan, xp, wp, yp, ws))?;
+                let via_gemm = self.time_ms(|s| s.pointwise_gemm(&shape, xp, wp, yp))?;
+                plan.use_gemm = via_gemm < via_dnn;
+                tracing::debug!(layer = li, via_dnn, via_gemm, "1x1 convolution tactics timed (ms)");
+            }
             self.conv_plans.insert(li, plan);
         }
-        let (xp, wp, yp) = (self.ptr(x)?, self.ptr(w)?, self.ptr(y)?);
         let residual = self.input(li, 3).map(|r| self.ptr(r)).transpose()?;
         let plan = &self.conv_plans[&li];
-        self.dnn.as_ref().ok_or("cuDNN is not loaded")?.forward(plan, xp, wp, yp, self.workspace.ptr())?;
+        if plan.use_gemm {
+            self.pointwise_gemm(&shape, xp, wp, yp)?;
+        } else {
+            self.dnn.as_ref().ok_or("cuDNN is not loaded")?.forward(plan, xp, wp, yp, self.workspace.ptr())?;
+        }
         let bias = match self.input(li, 2) {
             Some(b) => Some((self.ptr(b)?, 2, shape.y[1] as i64, (shape.y[2] * shape.y[3]) as i64)),
             None => None,
         };
         self.epilogue(yp, numel(&ys), 1.0, bias, residual, act)
+    }
+
+    /// A 1×1 convolution as products: per image n, Y_n[K, H·W] = W[K, C] · X_n[C, H·W].
+    fn pointwise_gemm(&self, shape: &ConvShape, x: u64, w: u64, y: u64) -> CudaResult<()> {
+        let (n, c, hw, k) = (shape.x[0], shape.x[1], shape.x[2] * shape.x[3], shape.w[0]);
+        self.blas.gemm(
+            self.p.storage,
+            self.p.tf32,
+            (k, hw, c),
+            1.0,
+            (w, c, false, 0),
+            (x, hw, false, (c * hw) as i64),
+            (y, hw, (k * hw) as i64),
+            n,
+        )
+    }
+
+    /// Mean device time of `run` over a few repetitions, in milliseconds (after one warm-up).
+    fn time_ms(&self, mut run: impl FnMut(&Self) -> CudaResult<()>) -> CudaResult<f64> {
+        use cudarc::driver::{result, sys};
+        const REPEATS: usize = 5;
+        run(self)?;
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let start = result::event::create(flags).map_err(|e| format!("{e:?}"))?;
+        let end = result::event::create(flags).map_err(|e| format!("{e:?}"))?;
+        // SAFETY: events of this context recorded on the session's stream, destroyed below.
+        let ms = unsafe {
+            let timed = (|| {
+                result::event::record(start, self.stream).map_err(|e| format!("{e:?}"))?;
+                for _ in 0..REPEATS {
+                    run(self)?;
+                }
+                result::event::record(end, self.stream).map_err(|e| format!("{e:?}"))?;
+                result::event::synchronize(end).map_err(|e| format!("{e:?}"))?;
+                result::event::elapsed(start, end).map_err(|e| format!("{e:?}"))
+            })();
+            let _ = result::event::destroy(start);
+            let _ = result::event::destroy(end);
+            timed?
+        };
+        Ok(ms as f64 / REPEATS as f64)
     }
 
     #[allow(clippy::too_many_arguments)]
