@@ -396,9 +396,15 @@ impl CudaSession {
                 .map_err(|e| crate::error::device_error(format!("replaying the CUDA graph: {e:?}")));
         }
         // The first run at a shape plans every convolution and sizes the scratch memory; the
-        // second, at the same shapes, is captured and replayed from then on.
+        // second, at the same shapes, is captured and replayed from then on. Both happen one
+        // context at a time: cuDNN's algorithm search allocates and synchronizes while it
+        // measures, which raced with other contexts' setup (seen as
+        // CUDNN_STATUS_EXECUTION_FAILED with four threads on the H100).
+        static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let profiling = std::env::var("KILN_CUDA_PROFILE").is_ok_and(|v| v == "1");
-        if !(self.p.graph_capturable && same_shapes && !self.ran_on_host && graph_enabled() && !profiling) {
+        let capture = self.p.graph_capturable && same_shapes && !self.ran_on_host && graph_enabled() && !profiling;
+        let _setup = (!same_shapes || capture).then(|| SETUP.lock().unwrap_or_else(|e| e.into_inner()));
+        if !capture {
             self.ran_on_host = false;
             return self.run_layers();
         }
