@@ -52,8 +52,11 @@ pub(crate) fn split_code(code: &[u8]) -> CudaResult<(&[u8], &[u8])> {
     Ok((library, &code[8 + len..]))
 }
 
+/// Compiled modules by (source hash, architecture).
+type ModuleCache = HashMap<(u64, (i32, i32)), Arc<Vec<u8>>>;
+
 fn compile_cached(source: &str, cc: (i32, i32)) -> CudaResult<Arc<Vec<u8>>> {
-    static CACHE: Mutex<Option<HashMap<(u64, (i32, i32)), Arc<Vec<u8>>>>> = Mutex::new(None);
+    static CACHE: Mutex<Option<ModuleCache>> = Mutex::new(None);
     let key = (xxhash_rust::xxh3::xxh3_64(source.as_bytes()), cc);
     if let Some(hit) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).get(&key) {
         return Ok(hit.clone());

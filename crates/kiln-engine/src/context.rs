@@ -14,6 +14,9 @@ pub trait Profiler: Send {
     fn layer_done(&mut self, layer: &str, op: &str, start: Instant, elapsed: Duration);
 }
 
+/// Receives every layer's outputs (by tensor name) right after the layer ran.
+pub type LayerObserver<'a> = dyn FnMut(&crate::EngineLayer, Vec<(String, Value)>) + 'a;
+
 pub struct ExecutionContext {
     engine: Arc<Engine>,
     arena: AlignedBytes,
@@ -119,14 +122,14 @@ impl ExecutionContext {
     /// unoptimized network's values of the same names.
     pub fn execute_observed(
         &mut self,
-        observe: &mut dyn FnMut(&crate::EngineLayer, Vec<(String, Value)>),
+        observe: &mut LayerObserver<'_>,
     ) -> Result<(), EngineError> {
         self.run(Some(observe))
     }
 
     fn run(
         &mut self,
-        mut observe: Option<&mut dyn FnMut(&crate::EngineLayer, Vec<(String, Value)>)>,
+        mut observe: Option<&mut LayerObserver<'_>>,
     ) -> Result<(), EngineError> {
         for &i in &self.engine.graph.inputs {
             if self.heap[i].is_none() && self.shapes[i].is_none() {
