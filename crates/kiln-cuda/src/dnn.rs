@@ -67,6 +67,25 @@ impl ConvShape {
     }
 }
 
+/// cuDNN's forward algorithm number `n` (`CUDNN_CONVOLUTION_FWD_ALGO_*`).
+pub(crate) fn algorithm(n: u32) -> Option<sys::cudnnConvolutionFwdAlgo_t> {
+    use sys::cudnnConvolutionFwdAlgo_t as A;
+    Some(match n {
+        0 => A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+        1 => A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+        2 => A::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+        3 => A::CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+        4 => A::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+        5 => A::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+        6 => A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+        7 => A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+        _ => return None,
+    })
+}
+
+/// The number of cuDNN forward algorithms (`CUDNN_CONVOLUTION_FWD_ALGO_COUNT`).
+pub(crate) const ALGORITHMS: u32 = 8;
+
 fn dims(v: [usize; 4]) -> CudaResult<[i32; 4]> {
     let mut out = [0i32; 4];
     for (o, d) in out.iter_mut().zip(v) {
@@ -93,6 +112,52 @@ impl Dnn {
     /// Descriptors for `shape`, and the fastest algorithm whose workspace fits `max_workspace`
     /// (cuDNN runs each candidate once on scratch memory it allocates: never inside a capture).
     pub fn plan(&self, storage: Storage, tf32: bool, shape: &ConvShape, max_workspace: usize) -> CudaResult<ConvPlan> {
+        let mut plan = self.describe(storage, tf32, shape)?;
+        // SAFETY: descriptors of a live plan; out-pointers are valid locals.
+        unsafe {
+            let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; 8] = std::mem::zeroed();
+            let mut found = 0i32;
+            sys::cudnnFindConvolutionForwardAlgorithm(
+                self.handle,
+                plan.x,
+                plan.w,
+                plan.conv,
+                plan.y,
+                perf.len() as i32,
+                &mut found,
+                perf.as_mut_ptr(),
+            )
+            .result()
+            .map_err(cuda_err("cudnnFindConvolutionForwardAlgorithm"))?;
+            let best = perf[..found.max(0) as usize]
+                .iter()
+                .filter(|p| p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && p.memory <= max_workspace)
+                .min_by(|a, b| a.time.total_cmp(&b.time))
+                .ok_or("cuDNN has no algorithm for this convolution within the workspace limit")?;
+            plan.algo = best.algo;
+            plan.workspace_bytes = best.memory;
+            tracing::debug!(algo = ?best.algo, ms = best.time, workspace = best.memory, "cuDNN convolution algorithm");
+        }
+        Ok(plan)
+    }
+
+    /// Descriptors for `shape` with algorithm number `algo` (a builder tactic), and the
+    /// workspace it needs; an error where cuDNN does not support it for this convolution.
+    pub fn plan_with(&self, storage: Storage, tf32: bool, shape: &ConvShape, algo: u32) -> CudaResult<ConvPlan> {
+        let mut plan = self.describe(storage, tf32, shape)?;
+        plan.algo = algorithm(algo).ok_or_else(|| format!("cuDNN has no forward algorithm {algo}"))?;
+        let mut bytes = 0usize;
+        // SAFETY: descriptors of a live plan; out-pointer to a local.
+        unsafe {
+            sys::cudnnGetConvolutionForwardWorkspaceSize(self.handle, plan.x, plan.w, plan.conv, plan.y, plan.algo, &mut bytes)
+                .result()
+                .map_err(cuda_err("cudnnGetConvolutionForwardWorkspaceSize"))?;
+        }
+        plan.workspace_bytes = bytes;
+        Ok(plan)
+    }
+
+    fn describe(&self, storage: Storage, tf32: bool, shape: &ConvShape) -> CudaResult<ConvPlan> {
         let dt = match storage {
             Storage::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
             Storage::F16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
@@ -148,28 +213,6 @@ impl Dnn {
             .map_err(cuda_err("convolution descriptor"))?;
             sys::cudnnSetConvolutionGroupCount(plan.conv, shape.group).result().map_err(cuda_err("group count"))?;
             sys::cudnnSetConvolutionMathType(plan.conv, math).result().map_err(cuda_err("math type"))?;
-            let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; 8] = std::mem::zeroed();
-            let mut found = 0i32;
-            sys::cudnnFindConvolutionForwardAlgorithm(
-                self.handle,
-                plan.x,
-                plan.w,
-                plan.conv,
-                plan.y,
-                perf.len() as i32,
-                &mut found,
-                perf.as_mut_ptr(),
-            )
-            .result()
-            .map_err(cuda_err("cudnnFindConvolutionForwardAlgorithm"))?;
-            let best = perf[..found.max(0) as usize]
-                .iter()
-                .filter(|p| p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && p.memory <= max_workspace)
-                .min_by(|a, b| a.time.total_cmp(&b.time))
-                .ok_or("cuDNN has no algorithm for this convolution within the workspace limit")?;
-            plan.algo = best.algo;
-            plan.workspace_bytes = best.memory;
-            tracing::debug!(algo = ?best.algo, ms = best.time, workspace = best.memory, "cuDNN convolution algorithm");
             Ok(plan)
         }
     }

@@ -2,6 +2,7 @@
 //! session (computed for this run), memory from the arena and the weights.
 
 use crate::dnn::ConvShape;
+use crate::tuning;
 use crate::error::CudaResult;
 use crate::kernels::{activation_code, dtype_code, elementwise, strides, Dims8, MAX_RANK};
 use crate::lower::GpuOp;
@@ -11,6 +12,18 @@ use std::ffi::c_void;
 /// Kernel parameters: each a pointer to a live local of the kernel parameter's type.
 macro_rules! params {
     ($($x:expr),* $(,)?) => { &mut [$( (&$x) as *const _ as *mut c_void ),*] };
+}
+
+/// A 1×1 convolution as products: per image n, Y_n[K, H·W] = W[K, C] · X_n[C, H·W].
+pub(crate) fn pointwise_gemm(
+    blas: &crate::blas::Blas,
+    storage: crate::kernels::Storage,
+    tf32: bool,
+    shape: &ConvShape,
+    (x, w, y): (u64, u64, u64),
+) -> CudaResult<()> {
+    let (n, c, hw, k) = (shape.x[0], shape.x[1], shape.x[2] * shape.x[3], shape.w[0]);
+    blas.gemm(storage, tf32, (k, hw, c), 1.0, (w, c, false, 0), (x, hw, false, (c * hw) as i64), (y, hw, (k * hw) as i64), n)
 }
 
 /// `Str8` of library.cu.
@@ -443,24 +456,24 @@ impl CudaSession {
         let (xp, wp, yp) = (self.ptr(x)?, self.ptr(w)?, self.ptr(y)?);
         let stale = self.conv_plans.get(&li).is_none_or(|p| p.input_shape != shape.x.to_vec());
         if stale {
+            let (storage, tf32) = (self.p.storage, self.p.tf32);
             let dnn = self.dnn.as_ref().ok_or("cuDNN is not loaded")?;
-            let mut plan = dnn.plan(self.p.storage, self.p.tf32, &shape, self.p.graph.build.workspace_bytes)?;
+            let tactic = self.p.graph.layers[li].tactic.as_str();
+            let mut plan = match tuning::tactic_algo(tactic) {
+                // The builder timed the tactics: its algorithm, at any batch of the profile.
+                Some(algo) => dnn.plan_with(storage, tf32, &shape, algo)?,
+                // Untimed (opt level 1) or a product: cuDNN's own search, on this first run
+                // at the shape (never inside a capture).
+                None => dnn.plan(storage, tf32, &shape, self.p.graph.build.workspace_bytes)?,
+            };
+            plan.use_gemm = tactic == tuning::POINTWISE_GEMM_TACTIC && shape.is_pointwise();
             self.ensure_workspace(plan.workspace_bytes)?;
-            // Two tactics for 1×1 convolutions, measured here on the first run at this shape
-            // (never inside a capture): cuDNN, and one cuBLAS product per image.
-            if shape.is_pointwise() {
-                let ws = self.workspace.ptr();
-                let via_dnn = self.time_ms(|s| s.dnn.as_ref().ok_or("cuDNN is not loaded")?.forward(&plan, xp, wp, yp, ws))?;
-                let via_gemm = self.time_ms(|s| s.pointwise_gemm(&shape, xp, wp, yp))?;
-                plan.use_gemm = via_gemm < via_dnn;
-                tracing::debug!(layer = li, via_dnn, via_gemm, "1x1 convolution tactics timed (ms)");
-            }
             self.conv_plans.insert(li, plan);
         }
         let residual = self.input(li, 3).map(|r| self.ptr(r)).transpose()?;
         let plan = &self.conv_plans[&li];
         if plan.use_gemm {
-            self.pointwise_gemm(&shape, xp, wp, yp)?;
+            pointwise_gemm(&self.blas, self.p.storage, self.p.tf32, &shape, (xp, wp, yp))?;
         } else {
             self.dnn.as_ref().ok_or("cuDNN is not loaded")?.forward(plan, xp, wp, yp, self.workspace.ptr())?;
         }
@@ -469,47 +482,6 @@ impl CudaSession {
             None => None,
         };
         self.epilogue(yp, numel(&ys), 1.0, bias, residual, act)
-    }
-
-    /// A 1×1 convolution as products: per image n, Y_n[K, H·W] = W[K, C] · X_n[C, H·W].
-    fn pointwise_gemm(&self, shape: &ConvShape, x: u64, w: u64, y: u64) -> CudaResult<()> {
-        let (n, c, hw, k) = (shape.x[0], shape.x[1], shape.x[2] * shape.x[3], shape.w[0]);
-        self.blas.gemm(
-            self.p.storage,
-            self.p.tf32,
-            (k, hw, c),
-            1.0,
-            (w, c, false, 0),
-            (x, hw, false, (c * hw) as i64),
-            (y, hw, (k * hw) as i64),
-            n,
-        )
-    }
-
-    /// Mean device time of `run` over a few repetitions, in milliseconds (after one warm-up).
-    fn time_ms(&self, mut run: impl FnMut(&Self) -> CudaResult<()>) -> CudaResult<f64> {
-        use cudarc::driver::{result, sys};
-        const REPEATS: usize = 5;
-        run(self)?;
-        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
-        let start = result::event::create(flags).map_err(|e| format!("{e:?}"))?;
-        let end = result::event::create(flags).map_err(|e| format!("{e:?}"))?;
-        // SAFETY: events of this context recorded on the session's stream, destroyed below.
-        let ms = unsafe {
-            let timed = (|| {
-                result::event::record(start, self.stream).map_err(|e| format!("{e:?}"))?;
-                for _ in 0..REPEATS {
-                    run(self)?;
-                }
-                result::event::record(end, self.stream).map_err(|e| format!("{e:?}"))?;
-                result::event::synchronize(end).map_err(|e| format!("{e:?}"))?;
-                result::event::elapsed(start, end).map_err(|e| format!("{e:?}"))
-            })();
-            let _ = result::event::destroy(start);
-            let _ = result::event::destroy(end);
-            timed?
-        };
-        Ok(ms as f64 / REPEATS as f64)
     }
 
     #[allow(clippy::too_many_arguments)]

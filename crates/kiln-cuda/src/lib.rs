@@ -19,6 +19,7 @@ mod lower;
 mod memory;
 mod program;
 mod session;
+mod tuning;
 
 pub use device::Device;
 
@@ -32,12 +33,43 @@ pub const HOST_TACTIC: &str = "cpu-fallback";
 /// The CUDA backend on one GPU.
 pub struct CudaBackend {
     device: Arc<Device>,
+    /// Handles for timing tactics at build time (made on first use).
+    tuner: std::sync::Mutex<Option<tuning::Tuner>>,
 }
 
 impl CudaBackend {
     /// Open GPU `ordinal`; the error says why it cannot be used (no driver, no GPU, ...).
     pub fn new(ordinal: usize) -> Result<CudaBackend, String> {
-        Ok(CudaBackend { device: Arc::new(Device::open(ordinal)?) })
+        Ok(CudaBackend { device: Arc::new(Device::open(ordinal)?), tuner: std::sync::Mutex::new(None) })
+    }
+
+    /// `f` with the tuner (made on first use); `None` where it cannot be made.
+    fn with_tuner<T>(&self, f: impl FnOnce(&tuning::Tuner) -> T) -> Option<T> {
+        let mut guard = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            match tuning::Tuner::new(self.device.clone()) {
+                Ok(t) => *guard = Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot time CUDA tactics; cuDNN will choose at run time");
+                    return None;
+                }
+            }
+        }
+        guard.as_ref().map(f)
+    }
+
+    /// A Conv layer's geometry at the opt shapes, where the GPU runs it.
+    fn conv_geometry(layer: &LayerDesc) -> Option<dnn::ConvShape> {
+        if layer.layer.op != "Conv" {
+            return None;
+        }
+        let shape = |k: usize| -> Option<Vec<usize>> {
+            match layer.input_types.get(k)?.as_ref()? {
+                kiln_ir::ValueType::Tensor(t) => kiln_ir::concrete(t.shape.as_deref()?),
+                _ => None,
+            }
+        };
+        lower::conv_shape(layer.layer, &shape(0)?, &shape(1)?)
     }
 
     pub fn device_info(&self) -> &Device {
@@ -54,10 +86,25 @@ impl Backend for CudaBackend {
         self.device.fingerprint()
     }
 
-    fn tactics(&self, _layer: &LayerDesc) -> Vec<Tactic> {
-        // Placement is decided on the whole graph (compile); cuDNN measures its algorithms on
-        // the first run.
-        vec![Tactic::new(GPU_TACTIC)]
+    fn tactics(&self, layer: &LayerDesc) -> Vec<Tactic> {
+        // The default first: placement is decided on the whole graph (compile), and an untimed
+        // convolution lets cuDNN search on its first run. Convolutions add their algorithms.
+        let mut out = vec![Tactic::new(GPU_TACTIC)];
+        if let Some(shape) = Self::conv_geometry(layer) {
+            let storage = kernels::Storage::for_precisions(layer.precisions);
+            let tf32 = layer.precisions.tf32;
+            out.extend(self.with_tuner(|t| t.conv_tactics(storage, tf32, &shape)).unwrap_or_default());
+        }
+        out
+    }
+
+    fn time_tactic(&self, layer: &LayerDesc, tactic: &str) -> Option<Result<f64, String>> {
+        let shape = Self::conv_geometry(layer)?;
+        if tactic == GPU_TACTIC {
+            return Some(Err("the run-time search is not timed".into()));
+        }
+        let storage = kernels::Storage::for_precisions(layer.precisions);
+        self.with_tuner(|t| t.time_conv(storage, layer.precisions.tf32, &shape, tactic))
     }
 
     fn instantiate(&self, layer: &LayerDesc, _tactic: &str) -> Result<Arc<dyn LayerKernel>, String> {
@@ -76,8 +123,11 @@ impl Backend for CudaBackend {
         let storage = kernels::Storage::for_precisions(graph.build.precisions());
         for (el, p) in graph.layers.iter_mut().zip(&placements) {
             match p {
-                lower::Placement::Gpu(_) => {
-                    el.tactic = GPU_TACTIC.into();
+                lower::Placement::Gpu(op) => {
+                    // A convolution keeps the tactic the builder timed; the rest run "gpu".
+                    if !matches!(op, lower::GpuOp::Conv { .. }) {
+                        el.tactic = GPU_TACTIC.into();
+                    }
                     if el.precision == kiln_ir::DType::F32 {
                         el.precision = storage.dtype();
                     }

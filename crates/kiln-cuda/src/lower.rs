@@ -218,6 +218,36 @@ fn auto_pad_ok(attrs: &Attributes) -> Result<(), String> {
     }
 }
 
+/// A convolution's pads, strides, dilations (as 2-D) and group count.
+fn conv_params(a: &Attributes, sp: usize) -> Result<([i32; 2], [i32; 2], [i32; 2], i32), String> {
+    Ok((
+        pads_hw(a, sp)?,
+        spatial(a, "strides", sp, 1)?,
+        spatial(a, "dilations", sp, 1)?,
+        a.int("group", 1).map_err(|e| e.to_string())? as i32,
+    ))
+}
+
+/// The geometry of Conv layer `layer` at input shape `x` and weight shape `w` (for timing its
+/// tactics at the profile's opt shapes); `None` where the GPU does not run it.
+pub(crate) fn conv_shape(layer: &Layer, x: &[usize], w: &[usize]) -> Option<crate::dnn::ConvShape> {
+    let a = &layer.attrs;
+    if auto_pad_ok(a).is_err() || x.len() != w.len() {
+        return None;
+    }
+    let sp = x.len().checked_sub(2).filter(|s| (1..=2).contains(s))?;
+    let (pads, strides, dilations, group) = conv_params(a, sp).ok()?;
+    let four = |s: &[usize]| if s.len() == 3 { [s[0], s[1], 1, s[2]] } else { [s[0], s[1], s[2], s[3]] };
+    let (x4, w4) = (four(x), four(w));
+    let out = |k: usize| -> Option<usize> {
+        let span = dilations[k] as usize * (w4[2 + k] - 1) + 1;
+        let padded = x4[2 + k] + 2 * pads[k] as usize;
+        Some(padded.checked_sub(span)? / strides[k].max(1) as usize + 1)
+    };
+    let y = [x4[0], w4[0], out(0)?, out(1)?];
+    Some(crate::dnn::ConvShape { x: x4, w: w4, y, pads, strides, dilations, group })
+}
+
 fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
     let a = &layer.attrs;
     let inputs: Vec<usize> = layer.inputs.iter().flatten().map(|id| id.0).collect();
@@ -242,13 +272,8 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
                 Some(4) => 2,
                 _ => return Err("convolutions of rank other than 1-D or 2-D".into()),
             };
-            Ok(GpuOp::Conv {
-                pads: pads_hw(a, sp)?,
-                strides: spatial(a, "strides", sp, 1)?,
-                dilations: spatial(a, "dilations", sp, 1)?,
-                group: a.int("group", 1).map_err(|e| e.to_string())? as i32,
-                act: act()?,
-            })
+            let (pads, strides, dilations, group) = conv_params(a, sp)?;
+            Ok(GpuOp::Conv { pads, strides, dilations, group, act: act()? })
         }
         "Gemm" => {
             float_layer()?;

@@ -19,7 +19,8 @@ use std::sync::Arc;
 /// cuBLAS's fixed workspace (enough for its Hopper kernels).
 const BLAS_WORKSPACE: usize = 32 << 20;
 
-struct Stream(sys::CUstream);
+/// A stream, destroyed when dropped.
+pub(crate) struct Stream(pub sys::CUstream);
 impl Drop for Stream {
     fn drop(&mut self) {
         // SAFETY: created by the session, destroyed once, after everything using it.
