@@ -28,13 +28,15 @@ impl Drop for Stream {
     }
 }
 
-struct Events(sys::CUevent, sys::CUevent);
+/// Start and end of a run (its GPU time), and the point a caller's stream had reached.
+struct Events(sys::CUevent, sys::CUevent, sys::CUevent);
 impl Drop for Events {
     fn drop(&mut self) {
         // SAFETY: created by the session, destroyed once.
         unsafe {
             let _ = result::event::destroy(self.0);
             let _ = result::event::destroy(self.1);
+            let _ = result::event::destroy(self.2);
         }
     }
 }
@@ -68,6 +70,8 @@ pub(crate) struct CudaSession {
     last_input_shapes: Option<Vec<Vec<usize>>>,
     /// A layer of the last run went to the CPU (its shapes are beyond the GPU op): no capture.
     ran_on_host: bool,
+    /// A run was enqueued and its outputs not yet collected.
+    pending: bool,
     events: Events,
     last_ms: Option<f64>,
     pub(crate) stream: sys::CUstream,
@@ -90,10 +94,8 @@ impl CudaSession {
         let needs_dnn = p.placements.iter().any(|pl| matches!(pl, Placement::Gpu(crate::lower::GpuOp::Conv { .. })));
         let dnn = if needs_dnn { Some(Dnn::new(stream)?) } else { None };
         let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
-        let events = Events(
-            result::event::create(flags).map_err(cuda_err("creating an event"))?,
-            result::event::create(flags).map_err(cuda_err("creating an event"))?,
-        );
+        let event = || result::event::create(flags).map_err(cuda_err("creating an event"));
+        let events = Events(event()?, event()?, event()?);
         let n = p.graph.tensors.len();
         Ok(CudaSession {
             arena: DeviceBuffer::new(&device, p.graph.arena_bytes)?,
@@ -105,6 +107,7 @@ impl CudaSession {
             host_values: vec![None; n],
             last_input_shapes: None,
             ran_on_host: false,
+            pending: false,
             graph_exec: None,
             blas,
             dnn,
@@ -498,10 +501,24 @@ fn value_of(dtype: DType, shape: &[usize], bytes: &[u8]) -> CudaResult<Value> {
 }
 
 impl DeviceSession for CudaSession {
-    fn execute(&mut self, inputs: &[(usize, &Value)]) -> Result<Vec<(usize, Value)>, EngineError> {
+    fn enqueue(&mut self, inputs: &[(usize, &Value)], stream: Option<u64>) -> Result<(), EngineError> {
         let dev = |m: String| crate::error::device_error(m);
         self.p.device.bind().map_err(dev)?;
+        // The staging memory of a run still in flight is reused below.
+        if self.pending {
+            self.sync().map_err(dev)?;
+        }
         let p = self.p.clone();
+        // On a caller's stream: this run starts after the work already queued there.
+        let caller = stream.map(|s| s as sys::CUstream);
+        if let Some(s) = caller {
+            // SAFETY: the caller's stream (their responsibility to keep alive) and our event.
+            unsafe {
+                result::event::record(self.events.2, s).map_err(|e| dev(format!("{e:?}")))?;
+                result::stream::wait_event(self.stream, self.events.2, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT)
+                    .map_err(|e| dev(format!("{e:?}")))?;
+            }
+        }
         // Inputs: converted into the storage type in pinned memory, then copied to their slots.
         let mut input_shapes = Vec::with_capacity(inputs.len());
         let mut staged: Vec<(u64, usize, usize)> = Vec::new(); // (device address, staging offset, bytes)
@@ -547,7 +564,21 @@ impl DeviceSession for CudaSession {
         // SAFETY: as above.
         unsafe { result::event::record(self.events.1, self.stream) }.map_err(|e| dev(format!("{e:?}")))?;
         self.last_input_shapes = Some(input_shapes);
+        if let Some(s) = caller {
+            // SAFETY: as above; the caller's stream continues once the run is done.
+            unsafe { result::stream::wait_event(s, self.events.1, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT) }
+                .map_err(|e| dev(format!("{e:?}")))?;
+        }
+        self.pending = true;
+        Ok(())
+    }
+
+    fn collect(&mut self) -> Result<Vec<(usize, Value)>, EngineError> {
+        let dev = |m: String| crate::error::device_error(m);
+        let p = self.p.clone();
+        self.p.device.bind().map_err(dev)?;
         self.sync().map_err(dev)?;
+        self.pending = false;
         // SAFETY: both events were recorded on the stream, which has finished.
         self.last_ms = unsafe { result::event::elapsed(self.events.0, self.events.1) }.ok().map(|ms| ms as f64);
         let mut flag = [0u8; 4];

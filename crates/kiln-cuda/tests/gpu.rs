@@ -242,3 +242,28 @@ fn shapes_outside_the_profile_are_refused() {
     let err = ctx.set_input("image", &Value::Tensor(random(&[2, 3, 12, 12], 1))).unwrap_err();
     assert!(err.to_string().contains("outside the engine's profile"), "{err}");
 }
+
+#[test]
+fn enqueue_on_a_callers_stream_then_synchronize() {
+    let Some(gpu) = gpu() else { return };
+    let net = cnn();
+    let mut config = BuilderConfig::default();
+    config.profile.inputs.insert("image".into(), ShapeRange::fixed(vec![1, 3, 12, 12]));
+    let engine = Arc::new(Builder::new(gpu).build(&net, &config).unwrap());
+    let stream = cudarc::driver::result::stream::create(cudarc::driver::result::stream::StreamKind::NonBlocking).unwrap();
+    let mut ctx = engine.create_context();
+    for seed in 0..3 {
+        let values: HashMap<String, Value> = [("image".to_string(), Value::Tensor(random(&[1, 3, 12, 12], seed)))].into();
+        let want = kiln_cpu::execute_named(&net, values.clone()).unwrap();
+        ctx.set_input("image", &values["image"]).unwrap();
+        ctx.enqueue(stream as u64).unwrap();
+        ctx.synchronize().unwrap();
+        let got = ctx.output(&net.tensor(net.outputs()[0]).name).unwrap();
+        let (g, w) = (got.as_tensor().unwrap().to_f64_vec(), want[0].as_tensor().unwrap().to_f64_vec());
+        let scale = w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let diff = g.iter().zip(&w).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff / scale < 1e-4, "run {seed}: relative error {}", diff / scale);
+    }
+    // SAFETY: created above; every run on it has been collected.
+    unsafe { cudarc::driver::result::stream::destroy(stream) }.unwrap();
+}

@@ -80,9 +80,12 @@ pub trait DeviceProgram: Send + Sync {
 
 /// One execution context's run on a device.
 pub trait DeviceSession: Send {
-    /// Run the engine: `inputs` are (graph tensor id, value) for every engine input; returns
-    /// (graph tensor id, value) for every engine output.
-    fn execute(&mut self, inputs: &[(usize, &Value)]) -> Result<Vec<(usize, Value)>, EngineError>;
+    /// Queue a run of the engine: `inputs` are (graph tensor id, value) for every engine input.
+    /// With `stream` (a CUDA stream handle) the run starts after the work queued there so far,
+    /// and work queued there later waits for it; the call returns once the run is queued.
+    fn enqueue(&mut self, inputs: &[(usize, &Value)], stream: Option<u64>) -> Result<(), EngineError>;
+    /// Wait for the queued run; returns (graph tensor id, value) for every engine output.
+    fn collect(&mut self) -> Result<Vec<(usize, Value)>, EngineError>;
     /// Device time of the last run (from device events), in milliseconds.
     fn last_device_ms(&self) -> Option<f64> {
         None

@@ -147,7 +147,8 @@ impl ExecutionContext {
                         .into(),
                 });
             }
-            return self.run_on_device(program.as_ref());
+            self.enqueue_on_device(program.as_ref(), None)?;
+            return self.collect_from_device();
         }
         let engine = self.engine.clone();
         for (li, el) in engine.graph.layers.iter().enumerate() {
@@ -177,9 +178,29 @@ impl ExecutionContext {
         Ok(())
     }
 
+    /// Device engines (CUDA): queue a run on the caller's stream `stream` (a `CUstream`
+    /// handle) and return at once; [`ExecutionContext::synchronize`] waits for it and makes the
+    /// outputs readable. The run starts after the work already queued on `stream`, and work
+    /// queued there afterwards sees its results on the device.
+    pub fn enqueue(&mut self, stream: u64) -> Result<(), EngineError> {
+        let program = self.engine.device.clone().ok_or_else(|| EngineError::Device {
+            backend: self.engine.backend_name().to_string(),
+            message: "enqueue needs a device engine (CUDA); use execute".into(),
+        })?;
+        self.enqueue_on_device(program.as_ref(), Some(stream))
+    }
+
+    /// Wait for the run queued by [`ExecutionContext::enqueue`]; its outputs become readable.
+    pub fn synchronize(&mut self) -> Result<(), EngineError> {
+        if self.device.is_some() {
+            self.collect_from_device()?;
+        }
+        Ok(())
+    }
+
     /// Device engines: the inputs go to the device session, which runs every layer on its own
-    /// memory and hands back the outputs.
-    fn run_on_device(&mut self, program: &dyn DeviceProgram) -> Result<(), EngineError> {
+    /// memory.
+    fn enqueue_on_device(&mut self, program: &dyn DeviceProgram, stream: Option<u64>) -> Result<(), EngineError> {
         if self.device.is_none() {
             self.device = Some(program.create_session()?);
         }
@@ -193,8 +214,13 @@ impl ExecutionContext {
             values.push((i, v));
         }
         let inputs: Vec<(usize, &Value)> = values.iter().map(|(i, v)| (*i, v)).collect();
+        self.device.as_mut().expect("made above").enqueue(&inputs, stream)
+    }
+
+    /// The outputs of the queued device run, kept as this context's values.
+    fn collect_from_device(&mut self) -> Result<(), EngineError> {
         let start = Instant::now();
-        let outputs = self.device.as_mut().expect("made above").execute(&inputs)?;
+        let outputs = self.device.as_mut().expect("a run was queued").collect()?;
         if let Some(p) = self.profiler.as_mut() {
             p.layer_done("(whole engine on the device)", "device", start, start.elapsed());
         }
