@@ -73,6 +73,20 @@ impl CudaSession {
                 };
                 heads_match && mask_ok
             }
+            GpuOp::LayerNorm { .. } => {
+                let (rows, cols) = self.norm_rows(li)?;
+                let total = rows * cols;
+                let fits = |k: usize| -> CudaResult<bool> {
+                    Ok(match self.input(li, k) {
+                        Some(t) => {
+                            let n = numel(&self.shape(t)?);
+                            n == cols || n == total
+                        }
+                        None => true,
+                    })
+                };
+                fits(1)? && fits(2)?
+            }
             _ => true,
         })
     }
@@ -86,7 +100,22 @@ impl CudaSession {
                 self.gemm(li, *trans_a, *trans_b, *alpha, *beta, *is_matmul, *act)
             }
             GpuOp::Elementwise { program } => self.elementwise(li, program.num_inputs),
-            GpuOp::LayerNorm { eps } => self.layer_norm(li, *eps),
+            GpuOp::LayerNorm { eps, rms } => self.layer_norm(li, *eps, *rms),
+            GpuOp::Trilu { upper } => {
+                let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+                let xs = self.shape(x)?;
+                let n = numel(&xs);
+                if n == 0 {
+                    return Ok(());
+                }
+                let k = self.const_ints(li, 1)?.and_then(|v| v.first().copied()).unwrap_or(0);
+                let (rows, cols) = (xs[xs.len() - 2] as i64, xs[xs.len() - 1] as i64);
+                let f = self.p.typed("trilu")?;
+                let (xp, yp, n64, up) = (self.ptr(x)?, self.ptr(y)?, n as i64, *upper as i32);
+                let grid = self.grid(n);
+                self.launch(f, grid, 256, params!(xp, yp, n64, rows, cols, k, up))
+            }
+            GpuOp::Pad => self.pad(li),
             GpuOp::Softmax => {
                 let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
                 let shape = self.shape(x)?;
@@ -579,22 +608,83 @@ impl CudaSession {
         self.broadcast_launch(f, y, &ys, &inputs)
     }
 
-    fn layer_norm(&mut self, li: usize, eps: f32) -> CudaResult<()> {
+    /// The normalized trailing axes of a LayerNormalization/RMSNormalization: (rows, cols).
+    fn norm_rows(&self, li: usize) -> CudaResult<(usize, usize)> {
+        let xs = self.shape(self.required(li, 0)?)?;
+        let axis = self.p.graph.layers[li].layer.attrs.int("axis", -1)?;
+        let axis = kiln_ir::spec::normalize_axis(axis, xs.len())?;
+        Ok((numel(&xs[..axis]), numel(&xs[axis..])))
+    }
+
+    fn layer_norm(&mut self, li: usize, eps: f32, rms: bool) -> CudaResult<()> {
         let (x, g, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
-        let xs = self.shape(x)?;
-        let cols = *xs.last().unwrap_or(&1);
-        let rows = numel(&xs) / cols.max(1);
+        let (rows, cols) = self.norm_rows(li)?;
         if rows == 0 || cols == 0 {
             return Ok(());
         }
         let gamma_full = (numel(&self.shape(g)?) != cols) as i32;
-        let (beta, beta_full) = match self.input(li, 2) {
+        let (beta, beta_full) = match self.input(li, 2).filter(|_| !rms) {
             Some(b) => (self.ptr(b)?, (numel(&self.shape(b)?) != cols) as i32),
             None => (0, 0),
         };
+        let stat = |k: usize| -> CudaResult<u64> {
+            match self.p.graph.layers[li].layer.outputs.get(k).copied().flatten() {
+                Some(id) => self.ptr(id.0),
+                None => Ok(0),
+            }
+        };
+        let (mean_out, inv_out) = (stat(1)?, stat(2)?);
         let f = self.p.typed("layer_norm")?;
-        let (xp, gp, yp, cols64) = (self.ptr(x)?, self.ptr(g)?, self.ptr(y)?, cols as i64);
-        self.launch(f, rows as u32, 256, params!(xp, gp, beta, yp, cols64, eps, gamma_full, beta_full))
+        let (xp, gp, yp, cols64, rms) = (self.ptr(x)?, self.ptr(g)?, self.ptr(y)?, cols as i64, rms as i32);
+        self.launch(
+            f,
+            rows as u32,
+            256,
+            params!(xp, gp, beta, yp, cols64, eps, gamma_full, beta_full, mean_out, inv_out, rms),
+        )
+    }
+
+    /// Constant-mode Pad: the output filled with the value, the input copied into its interior
+    /// (negative pads crop).
+    fn pad(&mut self, li: usize) -> CudaResult<()> {
+        let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+        let (xs, ys) = (self.shape(x)?, self.shape(y)?);
+        let pads = self.const_ints(li, 1)?.ok_or("Pad without pads")?;
+        let value = match self.input(li, 2) {
+            Some(v) => match self.p.graph.tensors[v].storage {
+                kiln_engine::Storage::Weight(w) => {
+                    self.p.small_weights[w].as_ref().and_then(|t| t.to_f64_vec().first().copied()).unwrap_or(0.0) as f32
+                }
+                _ => return Err("Pad value is not a constant".into()),
+            },
+            None => 0.0,
+        };
+        let rank = xs.len();
+        let axes: Vec<usize> = match self.const_ints(li, 3)? {
+            Some(a) => a.iter().map(|&v| kiln_ir::spec::normalize_axis(v, rank)).collect::<Result<_, _>>()?,
+            None => (0..rank).collect(),
+        };
+        let n = numel(&ys);
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.p.typed("fill")?;
+        let (yp, n64) = (self.ptr(y)?, n as i64);
+        let grid = self.grid(n);
+        self.launch(f, grid, 256, params!(yp, n64, value))?;
+        // The kept block: per axis, where it starts in x (crop) and in y (pad).
+        let (xst, yst) = (strides(&xs), strides(&ys));
+        let (mut x_off, mut y_off) = (0i64, 0i64);
+        let mut block = xs.clone();
+        for (k, &ax) in axes.iter().enumerate() {
+            let (begin, end) = (pads[k], pads[k + axes.len()]);
+            let crop_begin = (-begin).max(0) as usize;
+            let crop_end = (-end).max(0) as usize;
+            block[ax] = xs[ax].saturating_sub(crop_begin + crop_end);
+            x_off += crop_begin as i64 * xst[ax];
+            y_off += begin.max(0) * yst[ax];
+        }
+        self.copy_block(x, x_off, y, y_off, &block, &xst, &yst)
     }
 
     fn gather(&mut self, li: usize, axis: i64) -> CudaResult<()> {

@@ -32,8 +32,10 @@ pub(crate) enum GpuOp {
     Elementwise {
         program: Program,
     },
+    /// LayerNormalization (its optional Mean/InvStdDev outputs too) and RMSNormalization.
     LayerNorm {
         eps: f32,
+        rms: bool,
     },
     Softmax,
     Pool {
@@ -75,6 +77,11 @@ pub(crate) enum GpuOp {
     Expand,
     /// Slice with constant starts/ends/axes/steps.
     Slice,
+    /// Constant-mode Pad with constant pads (value and axes).
+    Pad,
+    Trilu {
+        upper: bool,
+    },
 }
 
 /// Where a layer runs.
@@ -304,15 +311,29 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
             let program = Program::from_attrs(a, inputs.len()).map_err(|e| e.to_string())?;
             Ok(GpuOp::Elementwise { program })
         }
-        "LayerNormalization" => {
+        "LayerNormalization" | "RMSNormalization" => {
             float_layer()?;
-            only_first_output()?;
-            let axis = a.int("axis", -1).map_err(|e| e.to_string())?;
-            let r = x_rank.ok_or("unknown rank")?;
-            if spec::normalize_axis(axis, r).map_err(|e| e.to_string())? != r - 1 {
-                return Err("normalization over more than the last axis".into());
+            Ok(GpuOp::LayerNorm {
+                eps: a.float("epsilon", 1e-5).map_err(|e| e.to_string())?,
+                rms: layer.op == "RMSNormalization",
+            })
+        }
+        "Trilu" => {
+            float_layer()?;
+            if layer.inputs.get(1).copied().flatten().is_some_and(|id| !matches!(graph.tensors[id.0].storage, Storage::Weight(_))) {
+                return Err("Trilu with a run-time diagonal".into());
             }
-            Ok(GpuOp::LayerNorm { eps: a.float("epsilon", 1e-5).map_err(|e| e.to_string())? })
+            Ok(GpuOp::Trilu { upper: a.int("upper", 1).map_err(|e| e.to_string())? != 0 })
+        }
+        "Pad" => {
+            float_layer()?;
+            if a.string("mode", "constant".into()).map_err(|e| e.to_string())? != "constant" {
+                return Err("Pad modes other than constant".into());
+            }
+            if layer.inputs.iter().skip(1).flatten().any(|id| !matches!(graph.tensors[id.0].storage, Storage::Weight(_))) {
+                return Err("Pad with run-time pads".into());
+            }
+            Ok(GpuOp::Pad)
         }
         "Softmax" => {
             float_layer()?;

@@ -33,8 +33,17 @@ impl Drop for Module {
 }
 
 /// Library kernels instantiated per storage type.
-const TYPED_KERNELS: [&str; 7] =
-    ["epilogue", "layer_norm", "softmax_rows", "log_softmax_rows", "pool2d", "global_pool", "reduce_axes"];
+const TYPED_KERNELS: [&str; 9] = [
+    "epilogue",
+    "layer_norm",
+    "softmax_rows",
+    "log_softmax_rows",
+    "pool2d",
+    "global_pool",
+    "reduce_axes",
+    "fill",
+    "trilu",
+];
 /// Library kernels that move bytes whatever their type.
 const UNTYPED_KERNELS: [&str; 7] = [
     "gather_bytes",

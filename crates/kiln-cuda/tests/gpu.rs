@@ -267,3 +267,32 @@ fn enqueue_on_a_callers_stream_then_synchronize() {
     // SAFETY: created above; every run on it has been collected.
     unsafe { cudarc::driver::result::stream::destroy(stream) }.unwrap();
 }
+
+/// RMSNormalization → constant Pad → Trilu → variadic Sum → LayerNormalization with its
+/// Mean and InvStdDev outputs.
+fn norms_and_pads() -> Network {
+    let mut net = Network::new("norms");
+    let x = dyn_input(&mut net, "x", &[6, 16]);
+    let s = constant(&mut net, "scale", &[16], 1);
+    let rms = layer(&mut net, "rms", "RMSNormalization", Attributes::new(), &[Some(x), Some(s)]);
+    let pads = net.add_constant("pads", Tensor::from_vec(vec![6], vec![0i64, 1, 0, 0, 0, 2]).unwrap()).unwrap();
+    let value = net.add_constant("value", Tensor::from_vec(vec![], vec![0.5f32]).unwrap()).unwrap();
+    let pad = layer(&mut net, "pad", "Pad", Attributes::new(), &[Some(rms), Some(pads), Some(value)]);
+    let tri = layer(&mut net, "tri", "Trilu", Attributes::new().with("upper", 1i64), &[Some(pad)]);
+    let sum = layer(&mut net, "sum", "Sum", Attributes::new(), &[Some(tri), Some(pad), Some(tri)]);
+    let g = constant(&mut net, "gamma", &[18], 2);
+    let outs = net
+        .add_layer("ln", "LayerNormalization", Attributes::new(), &[Some(sum), Some(g)], &["ln_y", "ln_mean", "ln_inv"])
+        .unwrap();
+    for o in outs.into_iter().flatten() {
+        net.mark_output(o).unwrap();
+    }
+    net
+}
+
+#[test]
+fn normalizations_pads_and_triangles_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let err = check(gpu, &norms_and_pads(), &[("x", vec![6, 16])], false, &[1, 3]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+}

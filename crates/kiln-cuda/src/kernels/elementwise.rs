@@ -13,6 +13,24 @@ pub(crate) fn kernel_name(layer_index: usize) -> String {
 /// The program of a single ONNX element-wise layer, where kiln's GPU path has it.
 pub(crate) fn single_op_program(op: &str, attrs: &kiln_ir::Attributes, inputs: usize) -> Option<Program> {
     let f = |name: &str, default: f32| attrs.float(name, default).ok().map(|v| v as f64);
+    // Variadic Sum/Mean/Max/Min: a chain of binary ops (Mean scaled by 1/n).
+    if matches!(op, "Sum" | "Mean" | "Max" | "Min") && inputs >= 1 && !(matches!(op, "Max" | "Min") && inputs == 2) {
+        let bin = match op {
+            "Max" => BinaryOp::Max,
+            "Min" => BinaryOp::Min,
+            _ => BinaryOp::Add,
+        };
+        let mut instrs = vec![Instr::Input(0)];
+        for k in 1..inputs {
+            instrs.push(Instr::Input(k));
+            instrs.push(Instr::Binary(bin));
+        }
+        if op == "Mean" {
+            instrs.push(Instr::Const(inputs as f64));
+            instrs.push(Instr::Binary(BinaryOp::Div));
+        }
+        return Program::new(instrs).ok();
+    }
     let instr = match op {
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" if inputs == 2 => Instr::Binary(BinaryOp::parse(op)?),
         _ if inputs != 1 => return None,

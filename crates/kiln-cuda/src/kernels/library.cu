@@ -117,16 +117,21 @@ __device__ float block_reduce(float v, bool is_max) {
   return total;
 }
 
-// ---- LayerNormalization over the last `cols` elements of each row (fp32 statistics) ----------
-// Two passes over the row (mean, then centred variance), as the reference kernel computes it.
+// ---- LayerNormalization / RMSNormalization over the trailing `cols` elements of each row ------
+// Two passes over the row (mean, then centred variance; RMS: no mean), fp32 statistics, as the
+// reference kernels compute them. gamma/beta hold `cols` values (or, with *_full, x's shape);
+// mean_out/inv_out (optional) receive each row's mean and 1/sqrt(var + eps).
 template <class S>
 __device__ void layer_norm(const void* x, const void* gamma, const void* beta, void* y, i64 cols, float eps,
-                           int gamma_full, int beta_full) {
+                           int gamma_full, int beta_full, void* mean_out, void* inv_out, int rms) {
   i64 row = blockIdx.x;
   i64 base = row * cols;
-  float s = 0.0f;
-  for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += S::ld(x, base + c);
-  float mean = block_reduce(s, false) / (float)cols;
+  float mean = 0.0f;
+  if (!rms) {
+    float s = 0.0f;
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += S::ld(x, base + c);
+    mean = block_reduce(s, false) / (float)cols;
+  }
   float q = 0.0f;
   for (i64 c = threadIdx.x; c < cols; c += blockDim.x) { float d = S::ld(x, base + c) - mean; q += d * d; }
   float inv = rsqrtf(block_reduce(q, false) / (float)cols + eps);
@@ -135,10 +140,30 @@ __device__ void layer_norm(const void* x, const void* gamma, const void* beta, v
     if (beta) v += S::ld(beta, beta_full ? base + c : c);
     S::st(y, base + c, v);
   }
+  if (threadIdx.x == 0) {
+    if (mean_out) S::st(mean_out, row, mean);
+    if (inv_out) S::st(inv_out, row, inv);
+  }
 }
 KILN_INSTANTIATE(layer_norm,
-  (const void* x, const void* gamma, const void* beta, void* y, i64 cols, float eps, int gamma_full, int beta_full),
-  (x, gamma, beta, y, cols, eps, gamma_full, beta_full))
+  (const void* x, const void* gamma, const void* beta, void* y, i64 cols, float eps, int gamma_full, int beta_full, void* mean_out, void* inv_out, int rms),
+  (x, gamma, beta, y, cols, eps, gamma_full, beta_full, mean_out, inv_out, rms))
+
+// ---- fill: every element of y set to one value (Pad's border) ---------------------------------
+template <class S>
+__device__ void fill(void* y, i64 n, float v) { GRID_STRIDE(i, n) S::st(y, i, v); }
+KILN_INSTANTIATE(fill, (void* y, i64 n, float v), (y, n, v))
+
+// ---- Trilu: keep the upper (j - i >= k) or lower (j - i <= k) triangle of each matrix ---------
+template <class S>
+__device__ void trilu(const void* x, void* y, i64 n, i64 rows, i64 cols, i64 k, int upper) {
+  GRID_STRIDE(e, n) {
+    i64 j = e % cols, i = (e / cols) % rows;
+    bool keep = upper ? (j - i >= k) : (j - i <= k);
+    S::st(y, e, keep ? S::ld(x, e) : 0.0f);
+  }
+}
+KILN_INSTANTIATE(trilu, (const void* x, void* y, i64 n, i64 rows, i64 cols, i64 k, int upper), (x, y, n, rows, cols, k, upper))
 
 // ---- Softmax over rows: y = softmax(scale * x + mask) -----------------------------------------
 // mask (optional, storage type) is read at m_off(row) + col * m_col, where row = ((b*H + h)*Sq +
