@@ -267,7 +267,16 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
             Ok(())
         }
     };
-    let float_layer = || all_f32(graph, inputs.iter().chain(&outputs).copied());
+    // Layers computing on floats: their data (input 0) is fp32 in the graph, as is every other
+    // float tensor they touch (integer inputs are indices, shapes or pads).
+    let float_layer = || {
+        all_f32(graph, inputs.iter().chain(&outputs).copied())?;
+        match input(0).and_then(|x| tensor_dtype(graph, x)) {
+            Some(DType::F32) => Ok(()),
+            Some(other) => Err(format!("{} on {other} tensors", layer.op)),
+            None => Err("untyped input".to_string()),
+        }
+    };
     let act = || Activation::from_attrs(a).map_err(|e| e.to_string());
     let x_rank = input(0).and_then(|x| rank(graph, x));
     match layer.op.as_str() {
