@@ -211,14 +211,15 @@ fn concrete_dims(name: &str, declared: Option<&[Dim]>, given: Option<&Vec<usize>
         .collect())
 }
 
-/// Seeded random values: floats in [-1, 1), integers in [0, 10), random bools.
+/// Seeded random values: floats in [-1, 1), integers in [0, 2) (0 and 1 are valid for every
+/// index-like input: token ids, BERT's token types with a 2-row table, masks), random bools.
 pub fn random_tensor(dtype: DType, shape: Vec<usize>, rng: &mut StdRng) -> Result<Tensor> {
     let n = kiln::ir::checked_numel(&shape)?;
     let floats: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
     let data = match dtype {
         DType::Bool => TensorData::Bool((0..n).map(|_| rng.random_bool(0.5)).collect()),
         d if d.is_float() => cast_from_f64(d, &floats),
-        d => cast_from_f64(d, &floats.iter().map(|x| ((x + 1.0) * 5.0).floor()).collect::<Vec<_>>()),
+        d => cast_from_f64(d, &floats.iter().map(|x| (x + 1.0).floor()).collect::<Vec<_>>()),
     };
     Ok(Tensor::new(shape, data)?)
 }

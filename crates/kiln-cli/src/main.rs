@@ -46,7 +46,7 @@ enum Command {
         /// Directory for the outputs (<name>.npy each).
         #[arg(long, default_value = "kiln-out")]
         output_dir: PathBuf,
-        /// Seed for random inputs.
+        /// Seed for random inputs (floats in [-1, 1), integers in [0, 2)).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// 0: run the graph as imported; 1: simplify it first (constant folding, no-op removal,
@@ -90,7 +90,8 @@ enum Command {
         /// Write a Chrome trace-event file of every timed run's layers (opens in Perfetto).
         #[arg(long, value_name = "FILE.json")]
         trace: Option<PathBuf>,
-        /// Seed for the random inputs.
+        /// Seed for the random inputs (floats in [-1, 1), integers in [0, 2), so index inputs
+        /// such as token ids and token types stay in range).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[command(flatten)]
@@ -121,7 +122,8 @@ enum Command {
         /// Largest allowed max|engine − reference| / max|reference| per output.
         #[arg(long, default_value_t = 1e-4)]
         rtol: f64,
-        /// Seed for the random inputs.
+        /// Seed for the random inputs (floats in [-1, 1), integers in [0, 2), so index inputs
+        /// such as token ids and token types stay in range).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[command(flatten)]
