@@ -36,7 +36,17 @@ pub(crate) fn apply(out: &mut [f32], cols: usize, bias: &Bias, residual: Option<
             row.iter_mut().zip(&res[r * cols..(r + 1) * cols]).for_each(|(x, v)| *x += v);
         }
         if let Some(a) = act {
-            a.apply_slice_f32(row);
+            activate(row, a);
         }
+    }
+}
+
+/// `a` over `xs`: the vectorized polynomial forms for the transcendental activations, kiln-ir's
+/// loops (already vectorizable) for the rest.
+pub(crate) fn activate(xs: &mut [f32], a: Activation) {
+    match a {
+        Activation::GeluErf => super::vecmath::gelu_erf(xs),
+        Activation::Tanh => super::vecmath::tanh(xs),
+        other => other.apply_slice_f32(xs),
     }
 }

@@ -1,11 +1,14 @@
 //! The CPU backend: kiln-cpu's kernels behind the [`Backend`] trait.
 
+mod attention;
 mod conv;
 mod epilogue;
 mod io;
 mod matmul;
+mod norm;
 mod reference;
 mod sgemm;
+mod vecmath;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +37,12 @@ impl Backend for CpuBackend {
         if matmul::applies(layer) {
             out.push(Tactic::new(matmul::TACTIC));
         }
+        if attention::applies(layer) {
+            out.push(Tactic::new(attention::TACTIC));
+        }
+        if norm::applies(layer) {
+            out.push(Tactic::new(norm::TACTIC));
+        }
         if kiln_cpu::kernel(&layer.layer.op).is_some() {
             out.push(Tactic::new(reference::TACTIC));
         }
@@ -44,6 +53,8 @@ impl Backend for CpuBackend {
         match tactic {
             reference::TACTIC => Ok(Arc::new(ReferenceKernel::new(layer.layer)?)),
             matmul::TACTIC => Ok(Arc::new(matmul::MatMulKernel::new(layer)?)),
+            attention::TACTIC => Ok(Arc::new(attention::AttentionKernel::new(layer)?)),
+            norm::TACTIC => Ok(Arc::new(norm::LayerNormKernel::new(layer)?)),
             conv::ONE_BY_ONE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::ONE_BY_ONE)?)),
             conv::IM2COL => Ok(Arc::new(conv::ConvKernel::new(layer, conv::IM2COL)?)),
             conv::DEPTHWISE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::DEPTHWISE)?)),

@@ -25,7 +25,8 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `c[m×n] = a[m×k] · b[k×n]` (+ the old `c` when `accumulate`), `c` row-major.
+/// `c[m×n] = a[m×k] · b[k×n]` (+ the old `c` when `accumulate`), `c` row-major; split over
+/// the current rayon pool when the product is large enough.
 pub(crate) fn sgemm(
     m: usize,
     n: usize,
@@ -35,7 +36,32 @@ pub(crate) fn sgemm(
     c: &mut [f32],
     accumulate: bool,
 ) -> Result<(), String> {
-    if !a.covers(m, k) || !b.covers(k, n) || c.len() < m * n {
+    if c.len() < m * n {
+        return Err(format!("matrix multiply {m}×{k} · {k}×{n}: output of {} elements", c.len()));
+    }
+    // SAFETY: `c` holds the m×n row-major output and is borrowed mutably for the call.
+    unsafe { sgemm_strided(m, n, k, a, b, c.as_mut_ptr(), n, accumulate, true) }
+}
+
+/// [`sgemm`] into rows of `c` that are `c_row_stride` apart (a column block of a wider matrix,
+/// e.g. one attention head of a packed output), on the calling thread unless `parallel`.
+///
+/// # Safety
+/// `c` must be valid for writes of every `c[r * c_row_stride + j]`, r < m, j < n, and no other
+/// thread may touch those elements during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: *mut f32,
+    c_row_stride: usize,
+    accumulate: bool,
+    parallel: bool,
+) -> Result<(), String> {
+    if !a.covers(m, k) || !b.covers(k, n) {
         return Err(format!("matrix multiply {m}×{k} · {k}×{n}: operand sizes do not match"));
     }
     if m == 0 || n == 0 {
@@ -43,24 +69,30 @@ pub(crate) fn sgemm(
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            for r in 0..m {
+                // SAFETY: the caller guarantees row r's n elements are writable.
+                unsafe { std::slice::from_raw_parts_mut(c.add(r * c_row_stride), n) }.fill(0.0);
+            }
         }
         return Ok(());
     }
     let threads = rayon::current_num_threads();
     // Small products are faster on the calling thread than split across the pool.
-    let parallelism =
-        if threads > 1 && m * n * k >= 1 << 15 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the checks above guarantee every element the product touches lies inside `a`,
-    // `b` and `c`; `c` is borrowed mutably and cannot alias `a` or `b`.
+    let parallelism = if parallel && threads > 1 && m * n * k >= 1 << 15 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the checks above guarantee every element the product reads lies inside `a` and
+    // `b`; the caller guarantees the elements of `c` it writes.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
-            n as isize,
+            c_row_stride as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,

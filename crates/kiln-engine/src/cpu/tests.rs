@@ -4,6 +4,7 @@
 use super::CpuBackend;
 use crate::backend::{Arg, Backend, LayerDesc, LayerIo, OutputSlot, Produced, WeightView};
 use kiln_ir::{Activation, Attributes, Layer, Tensor, TensorId, Value, ValueType};
+use std::sync::atomic::Ordering::Relaxed;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let mut s = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
@@ -179,4 +180,101 @@ fn a_native_tactic_refuses_a_shape_it_was_not_built_for() {
         super::conv::DEPTHWISE,
     );
     assert!(e.unwrap_err().contains("not offered"));
+}
+
+#[test]
+fn attention_tactic_matches_the_reference() {
+    use kiln_ir::spec::ATTENTION_MASK_BROADCAST_ATTR;
+    let t = super::attention::TACTIC;
+    // Packed 3-D (BERT's form after fusion), with GQA, odd sequence lengths and head sizes.
+    for (i, &(b, sq, skv, hq, hkv, d, dv)) in
+        [(1usize, 5usize, 5usize, 2usize, 2usize, 8usize, 8usize), (2, 7, 9, 4, 2, 5, 3), (3, 17, 17, 3, 1, 16, 16)]
+            .iter()
+            .enumerate()
+    {
+        let seed = 10 * i as u64;
+        let q = random(&[b, sq, hq * d], seed + 1);
+        let k = random(&[b, skv, hkv * d], seed + 2);
+        let v = random(&[b, skv, hkv * dv], seed + 3);
+        let heads = Attributes::new().with("q_num_heads", hq as i64).with("kv_num_heads", hkv as i64);
+        let mask_bcast = random(&[b, 1, 1, skv], seed + 4);
+        let mask_full = random(&[b, hq, sq, skv], seed + 5);
+        let mask_row = random(&[sq, skv], seed + 6);
+        let last_one = random(&[b, 1, sq, 1], seed + 7);
+        let cases: Vec<(Attributes, Vec<(Tensor, bool)>)> = vec![
+            (heads.clone(), vec![(q.clone(), false), (k.clone(), false), (v.clone(), false)]),
+            (
+                heads.clone().with("scale", 0.3f32),
+                vec![(q.clone(), false), (k.clone(), false), (v.clone(), false), (mask_bcast, false)],
+            ),
+            (heads.clone(), vec![(q.clone(), false), (k.clone(), false), (v.clone(), false), (mask_full, false)]),
+            (heads.clone(), vec![(q.clone(), false), (k.clone(), false), (v.clone(), false), (mask_row, true)]),
+            (
+                heads.clone().with(ATTENTION_MASK_BROADCAST_ATTR, 1i64),
+                vec![(q.clone(), false), (k.clone(), false), (v.clone(), false), (last_one, false)],
+            ),
+            // Causal: the tactic hands the call to the reference kernel.
+            (heads.clone().with("is_causal", 1i64), vec![(q.clone(), false), (k.clone(), false), (v.clone(), false)]),
+        ];
+        for (j, (attrs, inputs)) in cases.iter().enumerate() {
+            let want = run("Attention", attrs, inputs, super::reference::TACTIC).unwrap();
+            let fast_before = super::attention::FAST_RUNS.load(Relaxed);
+            assert_close(&run("Attention", attrs, inputs, t).unwrap(), &want, &format!("3-D case {i}.{j}"));
+            let fast = super::attention::FAST_RUNS.load(Relaxed) > fast_before;
+            assert_eq!(fast, j < 5, "3-D case {i}.{j}: fast path taken {fast}");
+        }
+    }
+    // 4-D per-head inputs.
+    let (q, k, v) = (random(&[2, 3, 6, 4], 51), random(&[2, 3, 11, 4], 52), random(&[2, 3, 11, 5], 53));
+    let mask = random(&[2, 1, 6, 11], 54);
+    for inputs in [
+        vec![(q.clone(), false), (k.clone(), false), (v.clone(), false)],
+        vec![(q.clone(), false), (k.clone(), false), (v.clone(), false), (mask, false)],
+    ] {
+        let want = run("Attention", &Attributes::new(), &inputs, super::reference::TACTIC).unwrap();
+        let fast_before = super::attention::FAST_RUNS.load(Relaxed);
+        assert_close(&run("Attention", &Attributes::new(), &inputs, t).unwrap(), &want, "4-D");
+        assert!(super::attention::FAST_RUNS.load(Relaxed) > fast_before, "4-D: fast path not taken");
+    }
+}
+
+#[test]
+fn layer_norm_tactic_matches_the_reference() {
+    let t = super::norm::TACTIC;
+    for (i, (shape, axis)) in [(vec![2usize, 5, 33], -1i64), (vec![3, 4, 6], 1), (vec![700, 48], -1), (vec![1, 1, 768], 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let x = random(&shape, i as u64 + 1);
+        let cols: Vec<usize> = shape[(if axis < 0 { axis + shape.len() as i64 } else { axis }) as usize..].to_vec();
+        let scale = random(&cols, i as u64 + 2);
+        let bias = random(&cols, i as u64 + 3);
+        let attrs = Attributes::new().with("axis", axis).with("epsilon", 1e-3f32);
+        for inputs in [vec![(x.clone(), false), (scale.clone(), true)], vec![(x.clone(), false), (scale.clone(), true), (bias.clone(), true)]]
+        {
+            let want = run("LayerNormalization", &attrs, &inputs, super::reference::TACTIC).unwrap();
+            let fast_before = super::norm::FAST_RUNS.load(Relaxed);
+            assert_close(&run("LayerNormalization", &attrs, &inputs, t).unwrap(), &want, &format!("case {i}"));
+            assert!(super::norm::FAST_RUNS.load(Relaxed) > fast_before, "case {i}: fast path not taken");
+        }
+    }
+    // A scale broadcast over the normalized shape goes to the reference kernel.
+    let x = random(&[2, 3, 4], 9);
+    let attrs = Attributes::new().with("axis", 1i64);
+    let inputs = vec![(x, false), (random(&[1, 4], 10), true)];
+    let want = run("LayerNormalization", &attrs, &inputs, super::reference::TACTIC).unwrap();
+    assert_close(&run("LayerNormalization", &attrs, &inputs, t).unwrap(), &want, "broadcast scale");
+}
+
+#[test]
+fn fused_gelu_and_tanh_epilogues_match_the_reference() {
+    let a = random(&[3, 9, 20], 1);
+    let w = random(&[20, 11], 2);
+    for act in [Activation::GeluErf, Activation::Tanh] {
+        let mut attrs = Attributes::new();
+        act.to_attrs(&mut attrs);
+        let inputs = vec![(a.clone(), false), (w.clone(), true), (random(&[11], 3), true)];
+        let want = run("MatMul", &attrs, &inputs, super::reference::TACTIC).unwrap();
+        assert_close(&run("MatMul", &attrs, &inputs, super::matmul::TACTIC).unwrap(), &want, &format!("{act:?}"));
+    }
 }
