@@ -10,6 +10,7 @@
 use super::epilogue::{apply, Bias};
 use super::io::{f32_input, opt_f32_input, write_f32_output};
 use super::sgemm::{sgemm, Mat};
+use super::vecmath::multiversion;
 use crate::backend::{LayerDesc, LayerIo, LayerKernel, Tactic};
 use kiln_ir::{Activation, Attributes, DType, ValueType};
 use rayon::prelude::*;
@@ -83,8 +84,7 @@ impl LayerKernel for ConvKernel {
         let (tactic, act) = (self.tactic, self.activation);
         write_f32_output(io, 0, out_shape, |out| match tactic {
             DEPTHWISE if g.is_depthwise() => {
-                depthwise(&g, x, w, out);
-                epilogue_all(&g, out, bias, residual, act);
+                depthwise(&g, x, w, out, bias, residual, act);
                 Ok(())
             }
             ONE_BY_ONE if g.is_pointwise() => gemm_conv(&g, x, w, out, bias, residual, act, false),
@@ -106,15 +106,40 @@ fn gemm_conv(
     act: Option<Activation>,
     unroll: bool,
 ) -> Result<(), String> {
+    if !unroll {
+        return gemm_conv_with(g, x, w, out, bias, residual, act, None);
+    }
+    let (k, cols) = (g.cin_g * g.kh * g.kw, g.oh * g.ow);
+    COL.with(|buf| {
+        let mut col = buf.borrow_mut();
+        if col.len() < k * cols {
+            col.resize(k * cols, 0.0);
+        }
+        gemm_conv_with(g, x, w, out, bias, residual, act, Some(&mut col[..k * cols]))
+    })
+}
+
+/// [`gemm_conv`] with the im2col scratch `col` (none for a 1×1 convolution, which multiplies
+/// the input in place).
+#[allow(clippy::too_many_arguments)]
+fn gemm_conv_with(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    out: &mut [f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    act: Option<Activation>,
+    mut col: Option<&mut [f32]>,
+) -> Result<(), String> {
     let (m, k, cols) = (g.cout_g, g.cin_g * g.kh * g.kw, g.oh * g.ow);
-    let mut col = if unroll { vec![0f32; k * cols] } else { Vec::new() };
     let in_plane = g.h * g.w;
     for n in 0..g.n {
         for grp in 0..g.group {
             let xg = &x[(n * g.cin + grp * g.cin_g) * in_plane..][..g.cin_g * in_plane];
-            let rhs = if unroll {
-                im2col(g, xg, &mut col);
-                Mat::row_major(&col, cols)
+            let rhs = if let Some(col) = col.as_deref_mut() {
+                im2col(g, xg, col);
+                Mat::row_major(col, cols)
             } else {
                 Mat::row_major(xg, cols)
             };
@@ -129,23 +154,9 @@ fn gemm_conv(
     Ok(())
 }
 
-fn epilogue_all(
-    g: &Geometry,
-    out: &mut [f32],
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    act: Option<Activation>,
-) {
-    let cols = g.oh * g.ow;
-    let per_image = g.cout * cols;
-    for n in 0..g.n {
-        let at = n * per_image;
-        let b = bias.map_or(Bias::None, Bias::PerRow);
-        apply(&mut out[at..at + per_image], cols, &b, residual.map(|r| &r[at..at + per_image]), act);
-    }
-}
-
 /// Unroll one image-group's patches: row (c, kh, kw), column (oh, ow); padding reads as 0.
+/// Each output row segment is a zero-filled border around one contiguous (stride 1) or strided
+/// copy, so there is no bounds test per element.
 fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
     let cols = g.oh * g.ow;
     let rows_per_channel = g.kh * g.kw;
@@ -154,17 +165,25 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
         for kh in 0..g.kh {
             for kw in 0..g.kw {
                 let row = &mut block[(kh * g.kw + kw) * cols..][..cols];
+                let offset = (kw * g.dilation[1]) as isize - g.pad_begin[1] as isize;
+                let (lo, hi) = valid_columns(offset, g.stride[1], g.w, g.ow);
                 for oh in 0..g.oh {
                     let ih = (oh * g.stride[0] + kh * g.dilation[0]) as isize - g.pad_begin[0] as isize;
                     let dst = &mut row[oh * g.ow..(oh + 1) * g.ow];
-                    if ih < 0 || ih >= g.h as isize {
+                    if ih < 0 || ih >= g.h as isize || lo >= hi {
                         dst.fill(0.0);
                         continue;
                     }
                     let src = &plane[ih as usize * g.w..(ih as usize + 1) * g.w];
-                    for (ow, d) in dst.iter_mut().enumerate() {
-                        let iw = (ow * g.stride[1] + kw * g.dilation[1]) as isize - g.pad_begin[1] as isize;
-                        *d = if iw < 0 || iw >= g.w as isize { 0.0 } else { src[iw as usize] };
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    let first = (lo * g.stride[1]) as isize + offset;
+                    if g.stride[1] == 1 {
+                        dst[lo..hi].copy_from_slice(&src[first as usize..first as usize + (hi - lo)]);
+                    } else {
+                        for (d, &v) in dst[lo..hi].iter_mut().zip(src[first as usize..].iter().step_by(g.stride[1])) {
+                            *d = v;
+                        }
                     }
                 }
             }
@@ -172,33 +191,87 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
     });
 }
 
-/// One filter per channel, computed directly; channels in parallel.
-fn depthwise(g: &Geometry, x: &[f32], w: &[f32], out: &mut [f32]) {
+thread_local! {
+    /// The im2col matrix, kept between runs: allocating it fresh each time costs a page fault
+    /// per 4 KiB (megabytes per layer), more than filling it.
+    static COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One filter per channel, computed directly: per output row, each tap is one contiguous
+/// (stride 1) or strided multiply-add over the output columns whose input column lies inside
+/// the image, so there is no bounds test per element and the inner loop vectorizes; the
+/// epilogue follows per plane while it is in cache. Channels in parallel, in groups of enough
+/// work to amortize a task.
+fn depthwise(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    out: &mut [f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    act: Option<Activation>,
+) {
     let (in_plane, out_plane, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
-    out.par_chunks_mut(out_plane).enumerate().for_each(|(nc, dst)| {
-        let c = nc % g.cout;
-        let src = &x[nc * in_plane..(nc + 1) * in_plane];
-        let filt = &w[c * taps..(c + 1) * taps];
+    if out_plane == 0 {
+        return;
+    }
+    let planes_per_task = (8192 / out_plane).max(1);
+    out.par_chunks_mut(out_plane * planes_per_task).enumerate().for_each(|(task, dsts)| {
+        for (i, dst) in dsts.chunks_mut(out_plane).enumerate() {
+            let nc = task * planes_per_task + i;
+            let c = nc % g.cout;
+            depthwise_plane(g, &x[nc * in_plane..(nc + 1) * in_plane], &w[c * taps..(c + 1) * taps], dst);
+            let b = bias.map_or(Bias::None, |b| Bias::PerRow(&b[c..c + 1]));
+            apply(dst, out_plane, &b, residual.map(|r| &r[nc * out_plane..(nc + 1) * out_plane]), act);
+        }
+    });
+}
+
+/// The output columns `[lo, hi)` whose input column `ow·stride + offset` lies in `[0, width)`.
+pub(super) fn valid_columns(offset: isize, stride: usize, width: usize, out_width: usize) -> (usize, usize) {
+    let s = stride as isize;
+    let lo = if offset >= 0 { 0 } else { ((-offset + s - 1) / s) as usize };
+    let last = width as isize - 1 - offset; // ow·s ≤ last
+    let hi = if last < 0 { 0 } else { (last / s + 1) as usize };
+    (lo.min(out_width), hi.min(out_width).max(lo.min(out_width)))
+}
+
+multiversion! {
+    /// One channel: `dst[oh, ow] = Σ filt[kh, kw] · src[oh·s + kh·d − p, ow·s + kw·d − p]`.
+    fn depthwise_plane(g: &Geometry, src: &[f32], filt: &[f32], dst: &mut [f32]) {
         for oh in 0..g.oh {
-            for ow in 0..g.ow {
-                let mut acc = 0f32;
-                for kh in 0..g.kh {
-                    let ih = (oh * g.stride[0] + kh * g.dilation[0]) as isize - g.pad_begin[0] as isize;
-                    if ih < 0 || ih >= g.h as isize {
+            let row_out = &mut dst[oh * g.ow..(oh + 1) * g.ow];
+            row_out.fill(0.0);
+            for kh in 0..g.kh {
+                let ih = (oh * g.stride[0] + kh * g.dilation[0]) as isize - g.pad_begin[0] as isize;
+                if ih < 0 || ih >= g.h as isize {
+                    continue;
+                }
+                let row = &src[ih as usize * g.w..(ih as usize + 1) * g.w];
+                for kw in 0..g.kw {
+                    let wv = filt[kh * g.kw + kw];
+                    let offset = (kw * g.dilation[1]) as isize - g.pad_begin[1] as isize;
+                    let (lo, hi) = valid_columns(offset, g.stride[1], g.w, g.ow);
+                    if lo >= hi {
                         continue;
                     }
-                    let row = &src[ih as usize * g.w..][..g.w];
-                    for kw in 0..g.kw {
-                        let iw = (ow * g.stride[1] + kw * g.dilation[1]) as isize - g.pad_begin[1] as isize;
-                        if iw >= 0 && iw < g.w as isize {
-                            acc += filt[kh * g.kw + kw] * row[iw as usize];
+                    let first = (lo * g.stride[1]) as isize + offset;
+                    let out = &mut row_out[lo..hi];
+                    if g.stride[1] == 1 {
+                        let inp = &row[first as usize..first as usize + (hi - lo)];
+                        for (o, &v) in out.iter_mut().zip(inp) {
+                            *o += wv * v;
+                        }
+                    } else {
+                        let inp = &row[first as usize..];
+                        for (o, &v) in out.iter_mut().zip(inp.iter().step_by(g.stride[1])) {
+                            *o += wv * v;
                         }
                     }
                 }
-                dst[oh * g.ow + ow] = acc;
             }
         }
-    });
+    }
 }
 
 /// A 2-D convolution's sizes, from ONNX attributes and the input/weight shapes.

@@ -6,6 +6,7 @@ mod epilogue;
 mod io;
 mod matmul;
 mod norm;
+mod pool;
 mod reference;
 mod sgemm;
 mod vecmath;
@@ -43,6 +44,9 @@ impl Backend for CpuBackend {
         if norm::applies(layer) {
             out.push(Tactic::new(norm::TACTIC));
         }
+        if pool::applies(layer) {
+            out.push(Tactic::new(pool::TACTIC));
+        }
         if kiln_cpu::kernel(&layer.layer.op).is_some() {
             out.push(Tactic::new(reference::TACTIC));
         }
@@ -55,6 +59,7 @@ impl Backend for CpuBackend {
             matmul::TACTIC => Ok(Arc::new(matmul::MatMulKernel::new(layer)?)),
             attention::TACTIC => Ok(Arc::new(attention::AttentionKernel::new(layer)?)),
             norm::TACTIC => Ok(Arc::new(norm::LayerNormKernel::new(layer)?)),
+            pool::TACTIC => Ok(Arc::new(pool::MaxPoolKernel::new(layer)?)),
             conv::ONE_BY_ONE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::ONE_BY_ONE)?)),
             conv::IM2COL => Ok(Arc::new(conv::ConvKernel::new(layer, conv::IM2COL)?)),
             conv::DEPTHWISE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::DEPTHWISE)?)),

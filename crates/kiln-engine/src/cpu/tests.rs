@@ -107,6 +107,10 @@ fn convolution_tactics_match_the_reference() {
         ([2, 8, 9, 9], [8, 1, 3, 3], 1, 1, 1, 8, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
         ([1, 8, 10, 10], [8, 1, 3, 3], 2, 1, 1, 8, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
         ([1, 3, 12, 12], [5, 3, 7, 7], 2, 3, 1, 1, &[super::conv::IM2COL]),
+        ([2, 5, 13, 6], [5, 1, 3, 3], 2, 0, 1, 5, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
+        ([1, 3, 11, 17], [3, 1, 5, 5], 1, 2, 2, 3, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
+        ([1, 4, 7, 7], [4, 1, 3, 3], 3, 2, 1, 4, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
+        ([1, 2, 9, 10], [3, 2, 3, 3], 3, 2, 2, 1, &[super::conv::IM2COL]),
     ];
     let acts = [None, Some(Activation::Relu), Some(Activation::Clip { min: 0.0, max: 6.0 })];
     for (i, (xs, ws, s, p, d, g, tactics)) in cases.iter().enumerate() {
@@ -277,4 +281,36 @@ fn fused_gelu_and_tanh_epilogues_match_the_reference() {
         let want = run("MatMul", &attrs, &inputs, super::reference::TACTIC).unwrap();
         assert_close(&run("MatMul", &attrs, &inputs, super::matmul::TACTIC).unwrap(), &want, &format!("{act:?}"));
     }
+}
+
+#[test]
+fn max_pool_tactic_matches_the_reference() {
+    let t = super::pool::TACTIC;
+    // (input, kernel, stride, pads, dilation, ceil_mode, fast path expected)
+    let cases: &[([usize; 4], [i64; 2], [i64; 2], [i64; 4], [i64; 2], i64, bool)] = &[
+        ([1, 4, 112, 112], [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 0, true), // ResNet's
+        ([2, 3, 9, 11], [2, 3], [1, 2], [0, 1, 1, 0], [1, 1], 0, true),
+        ([1, 2, 10, 7], [3, 3], [2, 2], [0, 0, 0, 0], [1, 1], 1, true),
+        ([1, 2, 13, 13], [3, 2], [3, 1], [1, 0, 1, 1], [2, 3], 1, true),
+        ([1, 1, 5, 5], [2, 2], [2, 2], [0, 0, 0, 0], [1, 1], 0, true),
+    ];
+    for (i, (xs, k, s, p, d, ceil, fast)) in cases.iter().enumerate() {
+        let x = random(xs, i as u64 + 1);
+        let attrs = Attributes::new()
+            .with("kernel_shape", k.to_vec())
+            .with("strides", s.to_vec())
+            .with("pads", p.to_vec())
+            .with("dilations", d.to_vec())
+            .with("ceil_mode", *ceil);
+        let inputs = vec![(x, false)];
+        let want = run("MaxPool", &attrs, &inputs, super::reference::TACTIC).unwrap();
+        let before = super::pool::FAST_RUNS.load(Relaxed);
+        assert_close(&run("MaxPool", &attrs, &inputs, t).unwrap(), &want, &format!("case {i}"));
+        assert_eq!(super::pool::FAST_RUNS.load(Relaxed) > before, *fast, "case {i}: fast path");
+    }
+    // SAME_UPPER padding is left to the reference kernel.
+    let attrs = Attributes::new().with("kernel_shape", vec![3i64, 3]).with("auto_pad", "SAME_UPPER".to_string());
+    let inputs = vec![(random(&[1, 2, 6, 6], 9), false)];
+    let want = run("MaxPool", &attrs, &inputs, super::reference::TACTIC).unwrap();
+    assert_close(&run("MaxPool", &attrs, &inputs, t).unwrap(), &want, "SAME_UPPER");
 }

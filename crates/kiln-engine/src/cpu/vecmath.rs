@@ -36,16 +36,17 @@ pub(crate) fn level() -> Level {
     })
 }
 
-/// `pub(crate) fn $name(args) -> ret` dispatching to an AVX-512, an AVX2+FMA or the portable
-/// build of the same body.
+/// `fn $name(args) -> ret` dispatching to an AVX-512, an AVX2+FMA or the portable build of the
+/// same body.
 macro_rules! multiversion {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident : $ty:ty),*) $(-> $ret:ty)? $body:block) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),*) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
-        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                use $crate::cpu::vecmath::{level, Level};
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
@@ -61,6 +62,7 @@ macro_rules! multiversion {
         }
     };
 }
+pub(crate) use multiversion;
 
 const LANES: usize = 16;
 
@@ -102,7 +104,7 @@ fn exp(x: f32) -> f32 {
 
 multiversion! {
     /// `x ← 0.5·x·(1 + erf(x/√2))` in place.
-    fn gelu_erf(xs: &mut [f32]) {
+    pub(crate) fn gelu_erf(xs: &mut [f32]) {
         for v in xs.iter_mut() {
             let x = *v;
             *v = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
@@ -112,7 +114,7 @@ multiversion! {
 
 multiversion! {
     /// `x ← tanh(x)` in place, as 1 − 2/(e^{2x} + 1).
-    fn tanh(xs: &mut [f32]) {
+    pub(crate) fn tanh(xs: &mut [f32]) {
         for v in xs.iter_mut() {
             *v = 1.0 - 2.0 / (exp(2.0 * *v) + 1.0);
         }
@@ -122,7 +124,7 @@ multiversion! {
 multiversion! {
     /// `row ← softmax(row · scale + mask)` in place; `mask` (when given) has the row's length.
     /// A row that is −∞ everywhere gives zeros, as ONNX Attention does.
-    fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
+    pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
         match mask {
             Some(m) => row.iter_mut().zip(m).for_each(|(x, m)| *x = *x * scale + m),
             None if scale != 1.0 => row.iter_mut().for_each(|x| *x *= scale),
@@ -166,7 +168,7 @@ multiversion! {
 multiversion! {
     /// `out ← (x − mean) / √(var + eps) · scale + bias` over one row (population variance,
     /// two passes in f32 with lane-wise partial sums).
-    fn layer_norm_row(x: &[f32], out: &mut [f32], scale: &[f32], bias: Option<&[f32]>, eps: f32) {
+    pub(crate) fn layer_norm_row(x: &[f32], out: &mut [f32], scale: &[f32], bias: Option<&[f32]>, eps: f32) {
         let n = x.len();
         let sum = |f: &dyn Fn(f32) -> f32| -> f32 {
             let mut acc = [0f32; LANES];
