@@ -9,7 +9,7 @@
 
 use super::epilogue::{apply, Bias};
 use super::io::{f32_input, opt_f32_input, write_f32_output};
-use super::sgemm::{sgemm, Mat};
+use super::sgemm::{sgemm, sgemm_serial, Mat};
 use super::vecmath::multiversion;
 use crate::backend::{LayerDesc, LayerIo, LayerKernel, Tactic};
 use kiln_ir::{Activation, Attributes, DType, ValueType};
@@ -94,7 +94,13 @@ impl LayerKernel for ConvKernel {
     }
 }
 
+/// Products smaller than this (multiply-adds) are not split across threads; when a layer has
+/// several of them (images × groups) they run side by side instead.
+const SMALL_PRODUCT: usize = 1 << 22;
+
 /// Per image and group: (im2col or the input itself) then one product, then the epilogue.
+/// Large products are split across the pool one after the other; small ones (grouped or
+/// depthwise convolutions, late layers at batch > 1) run whole, one per task, in parallel.
 #[allow(clippy::too_many_arguments)]
 fn gemm_conv(
     g: &Geometry,
@@ -106,61 +112,58 @@ fn gemm_conv(
     act: Option<Activation>,
     unroll: bool,
 ) -> Result<(), String> {
-    if !unroll {
-        return gemm_conv_with(g, x, w, out, bias, residual, act, None);
-    }
-    let (k, cols) = (g.cin_g * g.kh * g.kw, g.oh * g.ow);
-    COL.with(|buf| {
-        let mut col = buf.borrow_mut();
-        if col.len() < k * cols {
-            col.resize(k * cols, 0.0);
-        }
-        gemm_conv_with(g, x, w, out, bias, residual, act, Some(&mut col[..k * cols]))
-    })
-}
-
-/// [`gemm_conv`] with the im2col scratch `col` (none for a 1×1 convolution, which multiplies
-/// the input in place).
-#[allow(clippy::too_many_arguments)]
-fn gemm_conv_with(
-    g: &Geometry,
-    x: &[f32],
-    w: &[f32],
-    out: &mut [f32],
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    act: Option<Activation>,
-    mut col: Option<&mut [f32]>,
-) -> Result<(), String> {
     let (m, k, cols) = (g.cout_g, g.cin_g * g.kh * g.kw, g.oh * g.ow);
-    let in_plane = g.h * g.w;
-    for n in 0..g.n {
-        for grp in 0..g.group {
-            let xg = &x[(n * g.cin + grp * g.cin_g) * in_plane..][..g.cin_g * in_plane];
-            let rhs = if let Some(col) = col.as_deref_mut() {
-                im2col(g, xg, col);
-                Mat::row_major(col, cols)
-            } else {
-                Mat::row_major(xg, cols)
-            };
-            let lhs = Mat::row_major(&w[grp * m * k..(grp + 1) * m * k], k);
-            let at = (n * g.cout + grp * m) * cols;
-            let dst = &mut out[at..at + m * cols];
-            sgemm(m, cols, k, lhs, rhs, dst, false)?;
-            let b = bias.map_or(Bias::None, |b| Bias::PerRow(&b[grp * m..(grp + 1) * m]));
-            apply(dst, cols, &b, residual.map(|r| &r[at..at + m * cols]), act);
-        }
+    let units = g.n * g.group;
+    if units == 0 || m * cols == 0 {
+        return Ok(());
     }
-    Ok(())
+    let side_by_side = units > 1 && m * cols * k < SMALL_PRODUCT && rayon::current_num_threads() > 1;
+    let one = |u: usize, dst: &mut [f32]| -> Result<(), String> {
+        let (n, grp) = (u / g.group, u % g.group);
+        let in_plane = g.h * g.w;
+        let xg = &x[(n * g.cin + grp * g.cin_g) * in_plane..][..g.cin_g * in_plane];
+        let lhs = Mat::row_major(&w[grp * m * k..(grp + 1) * m * k], k);
+        let serial = side_by_side;
+        let product = |rhs: Mat, dst: &mut [f32]| {
+            if serial {
+                sgemm_serial(m, cols, k, lhs, rhs, dst)
+            } else {
+                sgemm(m, cols, k, lhs, rhs, dst, false)
+            }
+        };
+        if unroll {
+            COL.with(|buf| {
+                let mut col = buf.borrow_mut();
+                if col.len() < k * cols {
+                    col.resize(k * cols, 0.0);
+                }
+                let col = &mut col[..k * cols];
+                im2col(g, xg, col, !serial);
+                product(Mat::row_major(col, cols), dst)
+            })?;
+        } else {
+            product(Mat::row_major(xg, cols), dst)?;
+        }
+        let at = u * m * cols;
+        let b = bias.map_or(Bias::None, |b| Bias::PerRow(&b[grp * m..(grp + 1) * m]));
+        apply(dst, cols, &b, residual.map(|r| &r[at..at + m * cols]), act);
+        Ok(())
+    };
+    let out = &mut out[..units * m * cols];
+    if side_by_side {
+        out.par_chunks_mut(m * cols).enumerate().try_for_each(|(u, dst)| one(u, dst))
+    } else {
+        out.chunks_mut(m * cols).enumerate().try_for_each(|(u, dst)| one(u, dst))
+    }
 }
 
 /// Unroll one image-group's patches: row (c, kh, kw), column (oh, ow); padding reads as 0.
 /// Each output row segment is a zero-filled border around one contiguous (stride 1) or strided
 /// copy, so there is no bounds test per element.
-fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
+fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], parallel: bool) {
     let cols = g.oh * g.ow;
     let rows_per_channel = g.kh * g.kw;
-    col.par_chunks_mut(rows_per_channel * cols).enumerate().for_each(|(c, block)| {
+    let channel = |(c, block): (usize, &mut [f32])| {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for kh in 0..g.kh {
             for kw in 0..g.kw {
@@ -188,7 +191,12 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
                 }
             }
         }
-    });
+    };
+    if parallel {
+        col.par_chunks_mut(rows_per_channel * cols).enumerate().for_each(channel);
+    } else {
+        col.chunks_mut(rows_per_channel * cols).enumerate().for_each(channel);
+    }
 }
 
 thread_local! {
@@ -254,7 +262,10 @@ fn depthwise_plane(g: &Geometry, src: &[f32], filt: &[f32], dst: &mut [f32]) {
     // Padded extent the taps reach, and the input's place in it.
     let rows = ((g.oh - 1) * sh + (g.kh - 1) * g.dilation[0] + 1).max(pt + g.h);
     let width = ((g.ow - 1) * sw + (g.kw - 1) * g.dilation[1] + 1).max(pl + g.w);
-    let phase_len = width.div_ceil(sw);
+    // Room for whole 16-column blocks past the last output column (zeros, results dropped),
+    // so the arithmetic has no partial block: a masked tail is slow on AMD's AVX-512.
+    let reach = (g.kw - 1) * g.dilation[1] / sw;
+    let phase_len = width.div_ceil(sw).max(g.ow.next_multiple_of(DW_BLOCK) + reach);
     let row_len = sw * phase_len;
     PADDED.with(|buf| {
         let mut padded = buf.borrow_mut();
@@ -282,11 +293,15 @@ fn depthwise_plane(g: &Geometry, src: &[f32], filt: &[f32], dst: &mut [f32]) {
     })
 }
 
+/// Output columns computed together (one AVX-512 register).
+const DW_BLOCK: usize = 16;
+
 multiversion! {
     /// [`depthwise_plane`]'s arithmetic on the padded, phased plane.
     fn depthwise_rows(g: &Geometry, padded: &[f32], filt: &[f32], dst: &mut [f32], row_len: usize, phase_len: usize) {
-        const W: usize = 16;
+        const W: usize = DW_BLOCK;
         let sw = g.stride[1];
+        let blocks = g.ow.div_ceil(W);
         let mut taps: Vec<(f32, &[f32])> = Vec::with_capacity(g.kh * g.kw);
         for (oh, row_out) in dst.chunks_mut(g.ow).enumerate() {
             taps.clear();
@@ -296,29 +311,25 @@ multiversion! {
                 for kw in 0..g.kw {
                     let c = kw * g.dilation[1];
                     let start = (c % sw) * phase_len + c / sw;
-                    taps.push((filt[kh * g.kw + kw], &row[start..start + g.ow]));
+                    taps.push((filt[kh * g.kw + kw], &row[start..start + blocks * W]));
                 }
             }
-            let full = g.ow / W * W;
-            for j in (0..full).step_by(W) {
+            for (b, out) in row_out.chunks_mut(W).enumerate() {
                 let mut acc = [0f32; W];
                 for &(wv, src) in &taps {
-                    let src = &src[j..j + W];
+                    let src: &[f32; W] = src[b * W..(b + 1) * W].try_into().expect("W elements");
                     for i in 0..W {
                         acc[i] += wv * src[i];
                     }
                 }
-                row_out[j..j + W].copy_from_slice(&acc);
-            }
-            if full < g.ow {
-                let n = g.ow - full;
-                let mut acc = [0f32; W];
-                for &(wv, src) in &taps {
-                    for (a, &v) in acc[..n].iter_mut().zip(&src[full..]) {
-                        *a += wv * v;
+                // A whole block as one fixed-size store (a variable-length copy is a memcpy call).
+                match <&mut [f32; W]>::try_from(&mut *out) {
+                    Ok(whole) => *whole = acc,
+                    Err(_) => {
+                        let n = out.len();
+                        out.copy_from_slice(&acc[..n]);
                     }
                 }
-                row_out[full..].copy_from_slice(&acc[..n]);
             }
         }
     }

@@ -9,6 +9,7 @@ mod norm;
 mod pool;
 mod reference;
 mod sgemm;
+mod split;
 mod vecmath;
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,9 @@ impl Backend for CpuBackend {
         if pool::applies(layer) {
             out.push(Tactic::new(pool::TACTIC));
         }
+        if split::applies(layer) {
+            out.push(Tactic::new(split::TACTIC));
+        }
         if kiln_cpu::kernel(&layer.layer.op).is_some() {
             out.push(Tactic::new(reference::TACTIC));
         }
@@ -60,6 +64,7 @@ impl Backend for CpuBackend {
             attention::TACTIC => Ok(Arc::new(attention::AttentionKernel::new(layer)?)),
             norm::TACTIC => Ok(Arc::new(norm::LayerNormKernel::new(layer)?)),
             pool::TACTIC => Ok(Arc::new(pool::MaxPoolKernel::new(layer)?)),
+            split::TACTIC => Ok(Arc::new(split::SplitKernel::new(layer)?)),
             conv::ONE_BY_ONE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::ONE_BY_ONE)?)),
             conv::IM2COL => Ok(Arc::new(conv::ConvKernel::new(layer, conv::IM2COL)?)),
             conv::DEPTHWISE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::DEPTHWISE)?)),

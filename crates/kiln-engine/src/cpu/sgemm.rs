@@ -43,6 +43,15 @@ pub(crate) fn sgemm(
     unsafe { sgemm_strided(m, n, k, a, b, c.as_mut_ptr(), n, accumulate, true) }
 }
 
+/// [`sgemm`] on the calling thread only (for callers that already split work across the pool).
+pub(crate) fn sgemm_serial(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32]) -> Result<(), String> {
+    if c.len() < m * n {
+        return Err(format!("matrix multiply {m}×{k} · {k}×{n}: output of {} elements", c.len()));
+    }
+    // SAFETY: `c` holds the m×n row-major output and is borrowed mutably for the call.
+    unsafe { sgemm_strided(m, n, k, a, b, c.as_mut_ptr(), n, false, false) }
+}
+
 /// [`sgemm`] into rows of `c` that are `c_row_stride` apart (a column block of a wider matrix,
 /// e.g. one attention head of a packed output), on the calling thread unless `parallel`.
 ///
@@ -133,5 +142,36 @@ mod tests {
         }
         let mut c = vec![0.0; 3];
         assert!(sgemm(m, n, k, Mat::row_major(&a, k), Mat::row_major(&b, n), &mut c, false).is_err());
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    /// Not a test: GFLOP/s of the gemm crate on ResNet/BERT shapes, both output layouts
+    /// (`cargo test --release -p kiln-engine gemm_rates -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn gemm_rates() {
+        for (m, n, k) in [(64usize, 3136usize, 576usize), (256, 3136, 64), (128, 3072, 768), (128, 768, 3072)] {
+            let a = vec![0.5f32; m * k];
+            let b = vec![0.25f32; k * n];
+            let mut c = vec![0f32; m * n];
+            for col_major_out in [false, true] {
+                let mut best = f64::MAX;
+                for _ in 0..8 {
+                    let t = std::time::Instant::now();
+                    // SAFETY: all three buffers hold the full matrices.
+                    unsafe {
+                        let (cs, rs) = if col_major_out { (m as isize, 1) } else { (1, n as isize) };
+                        gemm::gemm(
+                            m, n, k, c.as_mut_ptr(), cs, rs, false, a.as_ptr(), 1, k as isize, b.as_ptr(), 1,
+                            n as isize, 1.0, 1.0, false, false, false, gemm::Parallelism::None,
+                        );
+                    }
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                println!("{m}x{n}x{k} col_major_out={col_major_out}: {:.1} GFLOP/s", 2.0 * (m * n * k) as f64 / best / 1e9);
+            }
+        }
     }
 }

@@ -314,3 +314,179 @@ fn max_pool_tactic_matches_the_reference() {
     let want = run("MaxPool", &attrs, &inputs, super::reference::TACTIC).unwrap();
     assert_close(&run("MaxPool", &attrs, &inputs, t).unwrap(), &want, "SAME_UPPER");
 }
+
+/// Median microseconds of `tactic` on these inputs, the kernel and its memory made once.
+fn time_tactic(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: &str, iters: usize) -> Option<f64> {
+    let layer = Layer {
+        name: "l".into(),
+        op: op.into(),
+        attrs: attrs.clone(),
+        inputs: (0..inputs.len()).map(|i| Some(TensorId(i))).collect(),
+        outputs: vec![Some(TensorId(inputs.len()))],
+        implicit_inputs: Vec::new(),
+    };
+    let bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
+    let desc = LayerDesc {
+        layer: &layer,
+        input_types: inputs.iter().map(|(t, _)| Some(ValueType::Tensor(kiln_ir::TensorType::of(t)))).collect(),
+        weights: inputs
+            .iter()
+            .zip(&bytes)
+            .map(|((t, w), b)| w.then(|| WeightView { dtype: t.dtype(), shape: t.shape(), bytes: b }))
+            .collect(),
+    };
+    let backend = CpuBackend;
+    if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
+        return None;
+    }
+    let kernel = backend.instantiate(&desc, tactic).ok()?;
+    let mut slot = vec![0u32; 1 << 22];
+    let mut times = Vec::new();
+    for i in 0..iters + 3 {
+        let args = inputs
+            .iter()
+            .zip(&bytes)
+            .map(|((t, _), b)| Some(Arg::Bytes { dtype: t.dtype(), shape: t.shape(), bytes: b }))
+            .collect();
+        let slot_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut slot);
+        let mut io = LayerIo {
+            inputs: args,
+            captures: Vec::new(),
+            outputs: vec![Some(OutputSlot::Arena { bytes: slot_bytes })],
+            results: vec![None],
+        };
+        let start = std::time::Instant::now();
+        kernel.run(&mut io).ok()?;
+        if i >= 3 {
+            times.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Some(times[times.len() / 2])
+}
+
+/// Not a test: prints each convolution tactic's median time on MobileNetV2-like depthwise and
+/// 1×1 layers (`cargo test --release -p kiln-engine tactic_timings -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn tactic_timings() {
+    let cases: &[([usize; 4], [usize; 4], i64, i64, i64)] = &[
+        ([1, 144, 56, 56], [144, 1, 3, 3], 1, 1, 144),
+        ([1, 96, 112, 112], [96, 1, 3, 3], 2, 1, 96),
+        ([1, 960, 7, 7], [960, 1, 3, 3], 1, 1, 960),
+        ([1, 144, 56, 56], [24, 144, 1, 1], 1, 0, 1),
+        ([1, 160, 7, 7], [960, 160, 1, 1], 1, 0, 1),
+        ([1, 64, 56, 56], [64, 64, 3, 3], 1, 1, 1),
+    ];
+    // KILN_TIMING_CASE=i times only case i (for a profiler).
+    let only: Option<usize> = std::env::var("KILN_TIMING_CASE").ok().and_then(|v| v.parse().ok());
+    for (i, (xs, ws, s, p, g)) in cases.iter().enumerate() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
+        let attrs = conv_attrs(*s, *p, 1, *g, Some(Activation::Clip { min: 0.0, max: 6.0 }));
+        let inputs = [(random(xs, 1), false), (random(ws, 2), true), (random(&[ws[0]], 3), true)];
+        for t in [super::conv::DEPTHWISE, super::conv::ONE_BY_ONE, super::conv::IM2COL, super::reference::TACTIC] {
+            if let Some(us) = time_tactic("Conv", &attrs, &inputs, t, if only.is_some() { 300 } else { 15 }) {
+                println!("{xs:?} {ws:?} s{s}: {t} {us:.1} us");
+            }
+        }
+    }
+}
+
+/// [`run`] for a layer with `outputs` outputs (each its own arena slot).
+fn run_multi(
+    op: &str,
+    attrs: &Attributes,
+    inputs: &[(Tensor, bool)],
+    outputs: usize,
+    tactic: &str,
+) -> Result<Vec<Tensor>, String> {
+    let layer = Layer {
+        name: "l".into(),
+        op: op.into(),
+        attrs: attrs.clone(),
+        inputs: (0..inputs.len()).map(|i| Some(TensorId(i))).collect(),
+        outputs: (0..outputs).map(|i| Some(TensorId(inputs.len() + i))).collect(),
+        implicit_inputs: Vec::new(),
+    };
+    let bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
+    let desc = LayerDesc {
+        layer: &layer,
+        input_types: inputs.iter().map(|(t, _)| Some(ValueType::Tensor(kiln_ir::TensorType::of(t)))).collect(),
+        weights: inputs
+            .iter()
+            .zip(&bytes)
+            .map(|((t, w), b)| w.then(|| WeightView { dtype: t.dtype(), shape: t.shape(), bytes: b }))
+            .collect(),
+    };
+    let backend = CpuBackend;
+    if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
+        return Err(format!("tactic {tactic} not offered"));
+    }
+    let kernel = backend.instantiate(&desc, tactic)?;
+    let args = inputs
+        .iter()
+        .zip(&bytes)
+        .map(|((t, _), b)| Some(Arg::Bytes { dtype: t.dtype(), shape: t.shape(), bytes: b }))
+        .collect();
+    let mut slots: Vec<Vec<u32>> = (0..outputs).map(|_| vec![0u32; 1 << 16]).collect();
+    let mut io = LayerIo {
+        inputs: args,
+        captures: Vec::new(),
+        outputs: slots.iter_mut().map(|s| Some(OutputSlot::Arena { bytes: bytemuck::cast_slice_mut(s) })).collect(),
+        results: (0..outputs).map(|_| None).collect(),
+    };
+    kernel.run(&mut io)?;
+    let results: Vec<Option<Produced>> = std::mem::take(&mut io.results);
+    drop(io);
+    results
+        .into_iter()
+        .zip(&slots)
+        .map(|(r, slot)| match r {
+            Some(Produced::Value(Value::Tensor(t))) => Ok(t),
+            Some(Produced::InSlot(shape)) => {
+                let n: usize = shape.iter().product();
+                Ok(Tensor::from_vec(shape, bytemuck::cast_slice::<u32, f32>(&slot[..n]).to_vec()).unwrap())
+            }
+            other => Err(format!("unexpected result {other:?}")),
+        })
+        .collect()
+}
+
+#[test]
+fn split_tactic_matches_the_reference() {
+    let t = super::split::TACTIC;
+    let x = random(&[2, 9, 12], 1);
+    let sizes = |v: Vec<i64>| Tensor::from_vec(vec![v.len()], v).unwrap();
+    // (attributes, split sizes input, outputs, fast path expected)
+    let cases: Vec<(Attributes, Option<Tensor>, usize, bool)> = vec![
+        (Attributes::new().with("axis", 2i64), None, 3, true),
+        (Attributes::new().with("axis", -1i64), Some(sizes(vec![5, 0, 7])), 3, true),
+        (Attributes::new().with("axis", 1i64).with("num_outputs", 4i64), None, 4, true),
+        (Attributes::new(), Some(sizes(vec![1, 1])), 2, true),
+        // Sizes that do not add up: the reference kernel's error.
+        (Attributes::new().with("axis", 1i64), Some(sizes(vec![4, 4])), 2, false),
+    ];
+    for (i, (attrs, split, outputs, fast)) in cases.into_iter().enumerate() {
+        let mut inputs = vec![(x.clone(), false)];
+        if let Some(s) = split {
+            inputs.push((s, true));
+        }
+        let want = run_multi("Split", &attrs, &inputs, outputs, super::reference::TACTIC);
+        let before = super::split::FAST_RUNS.load(Relaxed);
+        let got = run_multi("Split", &attrs, &inputs, outputs, t);
+        assert_eq!(super::split::FAST_RUNS.load(Relaxed) > before, fast, "case {i}: fast path");
+        match (got, want) {
+            (Ok(got), Ok(want)) => {
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g.shape(), w.shape(), "case {i}");
+                    assert_eq!(g.to_f64_vec(), w.to_f64_vec(), "case {i}");
+                }
+            }
+            (Err(_), Err(_)) => {}
+            (got, want) => panic!("case {i}: {got:?} vs {want:?}"),
+        }
+    }
+}

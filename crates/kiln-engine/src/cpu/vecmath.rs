@@ -170,19 +170,27 @@ multiversion! {
     /// two passes in f32 with lane-wise partial sums).
     pub(crate) fn layer_norm_row(x: &[f32], out: &mut [f32], scale: &[f32], bias: Option<&[f32]>, eps: f32) {
         let n = x.len();
-        let sum = |f: &dyn Fn(f32) -> f32| -> f32 {
-            let mut acc = [0f32; LANES];
-            let chunks = x.chunks_exact(LANES);
-            let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
-            for c in chunks {
-                for i in 0..LANES {
-                    acc[i] += f(c[i]);
-                }
+        // Lane-wise partial sums (a plain f32 sum does not vectorize: it would reorder adds).
+        let mut acc = [0f32; LANES];
+        let chunks = x.chunks_exact(LANES);
+        let mut total: f32 = chunks.remainder().iter().sum();
+        for c in chunks {
+            for i in 0..LANES {
+                acc[i] += c[i];
             }
-            acc.iter().sum::<f32>() + tail
-        };
-        let mean = sum(&|v| v) / n as f32;
-        let var = sum(&|v| (v - mean) * (v - mean)) / n as f32;
+        }
+        total += acc.iter().sum::<f32>();
+        let mean = total / n as f32;
+        let mut acc = [0f32; LANES];
+        let chunks = x.chunks_exact(LANES);
+        let mut total: f32 = chunks.remainder().iter().map(|&v| (v - mean) * (v - mean)).sum();
+        for c in chunks {
+            for i in 0..LANES {
+                acc[i] += (c[i] - mean) * (c[i] - mean);
+            }
+        }
+        total += acc.iter().sum::<f32>();
+        let var = total / n as f32;
         let inv = 1.0 / (var + eps).sqrt();
         match bias {
             Some(b) => {
