@@ -15,8 +15,16 @@ pub const TACTIC: &str = "split-copy";
 #[cfg(test)]
 pub(crate) static FAST_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Offered for f32 Split whose sizes are constant (or implied): sizes computed at run time
+/// cannot be timed (the builder's timing inputs would split into zeros), and the reference
+/// kernel alone then needs no timing.
 pub(crate) fn applies(desc: &LayerDesc) -> bool {
+    let sizes_known = match desc.layer.inputs.get(1) {
+        Some(Some(_)) => matches!(desc.weights.get(1), Some(Some(_))),
+        _ => true,
+    };
     desc.layer.op == "Split"
+        && sizes_known
         && matches!(desc.input_types.first(), Some(Some(ValueType::Tensor(t))) if t.dtype == DType::F32)
 }
 

@@ -489,4 +489,8 @@ fn split_tactic_matches_the_reference() {
             (got, want) => panic!("case {i}: {got:?} vs {want:?}"),
         }
     }
+    // Sizes computed at run time: not offered (the builder could not time it).
+    let inputs = vec![(x.clone(), false), (sizes(vec![4, 5]), false)];
+    let e = run_multi("Split", &Attributes::new().with("axis", 1i64), &inputs, 2, t).unwrap_err();
+    assert!(e.contains("not offered"), "{e}");
 }
