@@ -9,7 +9,7 @@
 
 use super::epilogue::{apply, Bias};
 use super::io::{f32_input, opt_f32_input, write_f32_output};
-use super::sgemm::{sgemm, sgemm_serial, Mat};
+use super::sgemm::{sgemm, sgemm_serial, sgemm_strided, Mat};
 use super::vecmath::multiversion;
 use crate::backend::{LayerDesc, LayerIo, LayerKernel, Tactic};
 use kiln_ir::{Activation, Attributes, DType, ValueType};
@@ -123,12 +123,17 @@ fn gemm_conv(
         let in_plane = g.h * g.w;
         let xg = &x[(n * g.cin + grp * g.cin_g) * in_plane..][..g.cin_g * in_plane];
         let lhs = Mat::row_major(&w[grp * m * k..(grp + 1) * m * k], k);
-        let serial = side_by_side;
+        let at = u * m * cols;
+        let bias = bias.map(|b| &b[grp * m..(grp + 1) * m]);
+        let residual = residual.map(|r| &r[at..at + m * cols]);
         let product = |rhs: Mat, dst: &mut [f32]| {
-            if serial {
-                sgemm_serial(m, cols, k, lhs, rhs, dst)
+            if side_by_side {
+                sgemm_serial(m, cols, k, lhs, rhs, dst)?;
+                let b = bias.map_or(Bias::None, Bias::PerRow);
+                apply(dst, cols, &b, residual, act);
+                Ok(())
             } else {
-                sgemm(m, cols, k, lhs, rhs, dst, false)
+                product_in_column_blocks(m, cols, k, lhs, rhs, dst, bias, residual, act)
             }
         };
         if unroll {
@@ -138,16 +143,12 @@ fn gemm_conv(
                     col.resize(k * cols, 0.0);
                 }
                 let col = &mut col[..k * cols];
-                im2col(g, xg, col, !serial);
+                im2col(g, xg, col, !side_by_side);
                 product(Mat::row_major(col, cols), dst)
-            })?;
+            })
         } else {
-            product(Mat::row_major(xg, cols), dst)?;
+            product(Mat::row_major(xg, cols), dst)
         }
-        let at = u * m * cols;
-        let b = bias.map_or(Bias::None, |b| Bias::PerRow(&b[grp * m..(grp + 1) * m]));
-        apply(dst, cols, &b, residual.map(|r| &r[at..at + m * cols]), act);
-        Ok(())
     };
     let out = &mut out[..units * m * cols];
     if side_by_side {
@@ -155,6 +156,62 @@ fn gemm_conv(
     } else {
         out.chunks_mut(m * cols).enumerate().try_for_each(|(u, dst)| one(u, dst))
     }
+}
+
+/// Output elements of one column block: small enough that the block stays in L2 between the
+/// product and the epilogue.
+const BLOCK_ELEMENTS: usize = 1 << 15;
+
+/// The shared output of [`product_in_column_blocks`]'s tasks, which write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint column blocks (see `product_in_column_blocks`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `dst[m×cols] = act(lhs · rhs + bias + residual)`, in blocks of columns across the pool: each
+/// task multiplies one block on its own thread and applies the epilogue while the block is
+/// still in cache (one pass over the output where a whole product then an epilogue takes two
+/// — these layers are bound by memory traffic, not arithmetic).
+#[allow(clippy::too_many_arguments)]
+fn product_in_column_blocks(
+    m: usize,
+    cols: usize,
+    k: usize,
+    lhs: Mat,
+    rhs: Mat,
+    dst: &mut [f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    act: Option<Activation>,
+) -> Result<(), String> {
+    let threads = rayon::current_num_threads();
+    // At least 4 blocks per thread for balance, at most BLOCK_ELEMENTS outputs per block.
+    let width = (BLOCK_ELEMENTS / m.max(1)).min(cols.div_ceil(4 * threads)).next_multiple_of(16).max(64);
+    if width >= cols || threads == 1 && m * cols <= BLOCK_ELEMENTS {
+        sgemm(m, cols, k, lhs, rhs, dst, false)?;
+        apply(dst, cols, &bias.map_or(Bias::None, Bias::PerRow), residual, act);
+        return Ok(());
+    }
+    if dst.len() < m * cols || rhs.row_stride != cols || rhs.col_stride != 1 {
+        return Err("column-blocked product: operand layout".into());
+    }
+    let out = OutPtr(dst.as_mut_ptr());
+    (0..cols.div_ceil(width)).into_par_iter().try_for_each(|blk| {
+        let out = out;
+        let (j0, nb) = (blk * width, width.min(cols - blk * width));
+        let b = Mat { data: &rhs.data[j0..], row_stride: cols, col_stride: 1 };
+        // SAFETY: this task writes only columns [j0, j0 + nb) of the m×cols output `dst`
+        // (rows `cols` apart), disjoint from every other task's block and inside `dst`.
+        unsafe { sgemm_strided(m, nb, k, lhs, b, out.0.add(j0), cols, false, false)? };
+        for r in 0..m {
+            // SAFETY: row r's segment of this task's block, as above.
+            let seg = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * cols + j0), nb) };
+            let b = bias.map_or(Bias::None, |b| Bias::PerRow(&b[r..r + 1]));
+            apply(seg, nb, &b, residual.map(|res| &res[r * cols + j0..r * cols + j0 + nb]), act);
+        }
+        Ok(())
+    })
 }
 
 /// Unroll one image-group's patches: row (c, kh, kw), column (oh, ow); padding reads as 0.
