@@ -152,25 +152,63 @@ mod timing {
     #[test]
     #[ignore]
     fn gemm_rates() {
-        for (m, n, k) in [(64usize, 3136usize, 576usize), (256, 3136, 64), (128, 3072, 768), (128, 768, 3072)] {
+        for (m, n, k) in [(64usize, 3136usize, 576usize), (256, 3136, 64), (128, 3072, 768), (128, 768, 3072), (197, 2304, 768), (1576, 2304, 768)] {
             let a = vec![0.5f32; m * k];
             let b = vec![0.25f32; k * n];
             let mut c = vec![0f32; m * n];
-            for col_major_out in [false, true] {
+            for (col_major_out, b_transposed) in [(false, false), (true, false), (false, true)] {
                 let mut best = f64::MAX;
                 for _ in 0..8 {
                     let t = std::time::Instant::now();
                     // SAFETY: all three buffers hold the full matrices.
                     unsafe {
                         let (cs, rs) = if col_major_out { (m as isize, 1) } else { (1, n as isize) };
+                        let (bcs, brs) = if b_transposed { (k as isize, 1) } else { (1, n as isize) };
                         gemm::gemm(
-                            m, n, k, c.as_mut_ptr(), cs, rs, false, a.as_ptr(), 1, k as isize, b.as_ptr(), 1,
-                            n as isize, 1.0, 1.0, false, false, false, gemm::Parallelism::None,
+                            m, n, k, c.as_mut_ptr(), cs, rs, false, a.as_ptr(), 1, k as isize, b.as_ptr(), bcs,
+                            brs, 1.0, 1.0, false, false, false, gemm::Parallelism::None,
                         );
                     }
                     best = best.min(t.elapsed().as_secs_f64());
                 }
-                println!("{m}x{n}x{k} col_major_out={col_major_out}: {:.1} GFLOP/s", 2.0 * (m * n * k) as f64 / best / 1e9);
+                println!(
+                    "{m}x{n}x{k} col_major_out={col_major_out} b_transposed={b_transposed}: {:.1} GFLOP/s",
+                    2.0 * (m * n * k) as f64 / best / 1e9
+                );
+            }
+            // Two threads: the crate's own split, and column blocks of serial products.
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+            for split_columns in [false, true] {
+                let mut best = f64::MAX;
+                for _ in 0..8 {
+                    let t = std::time::Instant::now();
+                    pool.install(|| {
+                        if split_columns {
+                            let width = n.div_ceil(8).next_multiple_of(16);
+                            let ptr = c.as_mut_ptr() as usize;
+                            rayon::prelude::ParallelIterator::for_each(
+                                rayon::prelude::IntoParallelIterator::into_par_iter(0..n.div_ceil(width)),
+                                |blk| {
+                                    let (j0, nb) = (blk * width, width.min(n - blk * width));
+                                    let bm = super::Mat { data: &b[j0..], row_stride: n, col_stride: 1 };
+                                    // SAFETY: disjoint column blocks of c.
+                                    unsafe {
+                                        super::sgemm_strided(
+                                            m, nb, k, super::Mat::row_major(&a, k), bm, (ptr as *mut f32).add(j0), n,
+                                            false, false,
+                                        )
+                                        .unwrap()
+                                    };
+                                },
+                            );
+                        } else {
+                            super::sgemm(m, n, k, super::Mat::row_major(&a, k), super::Mat::row_major(&b, n), &mut c, false)
+                                .unwrap();
+                        }
+                    });
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                println!("{m}x{n}x{k} 2 threads split_columns={split_columns}: {:.1} GFLOP/s", 2.0 * (m * n * k) as f64 / best / 1e9);
             }
         }
     }
