@@ -126,15 +126,14 @@ fn gemm_conv(
         let at = u * m * cols;
         let bias = bias.map(|b| &b[grp * m..(grp + 1) * m]);
         let residual = residual.map(|r| &r[at..at + m * cols]);
+        if !side_by_side {
+            let rhs = if unroll { Rhs::Unroll { g, image: xg } } else { Rhs::Matrix(Mat::row_major(xg, cols)) };
+            return product_in_column_blocks(m, cols, k, lhs, rhs, dst, bias, residual, act);
+        }
         let product = |rhs: Mat, dst: &mut [f32]| {
-            if side_by_side {
-                sgemm_serial(m, cols, k, lhs, rhs, dst)?;
-                let b = bias.map_or(Bias::None, Bias::PerRow);
-                apply(dst, cols, &b, residual, act);
-                Ok(())
-            } else {
-                product_in_column_blocks(m, cols, k, lhs, rhs, dst, bias, residual, act)
-            }
+            sgemm_serial(m, cols, k, lhs, rhs, dst)?;
+            apply(dst, cols, &bias.map_or(Bias::None, Bias::PerRow), residual, act);
+            Ok(())
         };
         if unroll {
             COL.with(|buf| {
@@ -143,7 +142,7 @@ fn gemm_conv(
                     col.resize(k * cols, 0.0);
                 }
                 let col = &mut col[..k * cols];
-                im2col(g, xg, col, !side_by_side);
+                im2col_columns(g, xg, col, 0, cols);
                 product(Mat::row_major(col, cols), dst)
             })
         } else {
@@ -169,41 +168,76 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// The right-hand side of a convolution's product: the input itself (1×1), or an image whose
+/// patches are unrolled (im2col) one column block at a time.
+enum Rhs<'a> {
+    Matrix(Mat<'a>),
+    Unroll { g: &'a Geometry, image: &'a [f32] },
+}
+
+/// Unrolled patch elements per column block: the block's im2col matrix stays in L2 while
+/// the product reads it (unrolling the whole image first wrote and re-read megabytes).
+const UNROLL_BLOCK_ELEMENTS: usize = 1 << 16;
+
 /// `dst[m×cols] = act(lhs · rhs + bias + residual)`, in blocks of columns across the pool: each
-/// task multiplies one block on its own thread and applies the epilogue while the block is
-/// still in cache (one pass over the output where a whole product then an epilogue takes two
-/// — these layers are bound by memory traffic, not arithmetic).
+/// task (unrolls its block's patches and) multiplies one block on its own thread and applies
+/// the epilogue while the block is still in cache (one pass over the output where a whole
+/// product then an epilogue takes two — these layers are bound by memory traffic).
 #[allow(clippy::too_many_arguments)]
 fn product_in_column_blocks(
     m: usize,
     cols: usize,
     k: usize,
     lhs: Mat,
-    rhs: Mat,
+    rhs: Rhs,
     dst: &mut [f32],
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
     act: Option<Activation>,
 ) -> Result<(), String> {
     let threads = rayon::current_num_threads();
-    // At least 4 blocks per thread for balance, at most BLOCK_ELEMENTS outputs per block.
-    let width = (BLOCK_ELEMENTS / m.max(1)).min(cols.div_ceil(4 * threads)).next_multiple_of(16).max(64);
-    if width >= cols || threads == 1 && m * cols <= BLOCK_ELEMENTS {
-        sgemm(m, cols, k, lhs, rhs, dst, false)?;
-        apply(dst, cols, &bias.map_or(Bias::None, Bias::PerRow), residual, act);
-        return Ok(());
+    // At least 4 blocks per thread for balance, at most BLOCK_ELEMENTS outputs (and
+    // UNROLL_BLOCK_ELEMENTS unrolled inputs) per block.
+    let mut width = (BLOCK_ELEMENTS / m.max(1)).min(cols.div_ceil(4 * threads));
+    if matches!(rhs, Rhs::Unroll { .. }) {
+        width = width.min(UNROLL_BLOCK_ELEMENTS / k.max(1));
     }
-    if dst.len() < m * cols || rhs.row_stride != cols || rhs.col_stride != 1 {
-        return Err("column-blocked product: operand layout".into());
+    let width = width.next_multiple_of(16).max(64);
+    if dst.len() < m * cols {
+        return Err("column-blocked product: output too small".into());
     }
+    if let Rhs::Matrix(rhs) = &rhs {
+        if width >= cols || threads == 1 && m * cols <= BLOCK_ELEMENTS {
+            sgemm(m, cols, k, lhs, *rhs, dst, false)?;
+            apply(dst, cols, &bias.map_or(Bias::None, Bias::PerRow), residual, act);
+            return Ok(());
+        }
+        if rhs.row_stride != cols || rhs.col_stride != 1 {
+            return Err("column-blocked product: operand layout".into());
+        }
+    }
+    let width = width.min(cols);
     let out = OutPtr(dst.as_mut_ptr());
     (0..cols.div_ceil(width)).into_par_iter().try_for_each(|blk| {
         let out = out;
         let (j0, nb) = (blk * width, width.min(cols - blk * width));
-        let b = Mat { data: &rhs.data[j0..], row_stride: cols, col_stride: 1 };
-        // SAFETY: this task writes only columns [j0, j0 + nb) of the m×cols output `dst`
-        // (rows `cols` apart), disjoint from every other task's block and inside `dst`.
-        unsafe { sgemm_strided(m, nb, k, lhs, b, out.0.add(j0), cols, false, false)? };
+        let product = |b: Mat| {
+            // SAFETY: this task writes only columns [j0, j0 + nb) of the m×cols output `dst`
+            // (rows `cols` apart), disjoint from every other task's block and inside `dst`.
+            unsafe { sgemm_strided(m, nb, k, lhs, b, out.0.add(j0), cols, false, false) }
+        };
+        match &rhs {
+            Rhs::Matrix(rhs) => product(Mat { data: &rhs.data[j0..], row_stride: cols, col_stride: 1 })?,
+            Rhs::Unroll { g, image } => COL.with(|buf| {
+                let mut col = buf.borrow_mut();
+                if col.len() < k * nb {
+                    col.resize(k * nb, 0.0);
+                }
+                let col = &mut col[..k * nb];
+                im2col_columns(g, image, col, j0, nb);
+                product(Mat::row_major(col, nb))
+            })?,
+        }
         for r in 0..m {
             // SAFETY: row r's segment of this task's block, as above.
             let seg = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * cols + j0), nb) };
@@ -214,45 +248,42 @@ fn product_in_column_blocks(
     })
 }
 
-/// Unroll one image-group's patches: row (c, kh, kw), column (oh, ow); padding reads as 0.
-/// Each output row segment is a zero-filled border around one contiguous (stride 1) or strided
-/// copy, so there is no bounds test per element.
-fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], parallel: bool) {
-    let cols = g.oh * g.ow;
-    let rows_per_channel = g.kh * g.kw;
-    let channel = |(c, block): (usize, &mut [f32])| {
+/// Unroll output columns `[j0, j0 + nb)` of one image-group's patches into `col` (row-major
+/// K × nb): row (c, kh, kw), column j = output pixel j0 + j; padding reads as 0. Each run of
+/// columns within one output row is a zero-filled border around one contiguous (stride 1) or
+/// strided copy, so there is no bounds test per element.
+fn im2col_columns(g: &Geometry, x: &[f32], col: &mut [f32], j0: usize, nb: usize) {
+    let taps = g.kh * g.kw;
+    for (r, row) in col.chunks_mut(nb).enumerate() {
+        let (c, kh, kw) = (r / taps, r % taps / g.kw, r % g.kw);
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for kh in 0..g.kh {
-            for kw in 0..g.kw {
-                let row = &mut block[(kh * g.kw + kw) * cols..][..cols];
-                let offset = (kw * g.dilation[1]) as isize - g.pad_begin[1] as isize;
-                let (lo, hi) = valid_columns(offset, g.stride[1], g.w, g.ow);
-                for oh in 0..g.oh {
-                    let ih = (oh * g.stride[0] + kh * g.dilation[0]) as isize - g.pad_begin[0] as isize;
-                    let dst = &mut row[oh * g.ow..(oh + 1) * g.ow];
-                    if ih < 0 || ih >= g.h as isize || lo >= hi {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[ih as usize * g.w..(ih as usize + 1) * g.w];
-                    dst[..lo].fill(0.0);
-                    dst[hi..].fill(0.0);
-                    let first = (lo * g.stride[1]) as isize + offset;
-                    if g.stride[1] == 1 {
-                        dst[lo..hi].copy_from_slice(&src[first as usize..first as usize + (hi - lo)]);
-                    } else {
-                        for (d, &v) in dst[lo..hi].iter_mut().zip(src[first as usize..].iter().step_by(g.stride[1])) {
-                            *d = v;
-                        }
-                    }
+        let offset = (kw * g.dilation[1]) as isize - g.pad_begin[1] as isize;
+        let (lo, hi) = valid_columns(offset, g.stride[1], g.w, g.ow);
+        let mut p = j0;
+        while p < j0 + nb {
+            let (oh, ow0) = (p / g.ow, p % g.ow);
+            let ow1 = g.ow.min(ow0 + (j0 + nb - p));
+            let dst = &mut row[p - j0..p - j0 + (ow1 - ow0)];
+            p += ow1 - ow0;
+            let ih = (oh * g.stride[0] + kh * g.dilation[0]) as isize - g.pad_begin[0] as isize;
+            let (a, b) = (lo.clamp(ow0, ow1), hi.clamp(ow0, ow1));
+            if ih < 0 || ih >= g.h as isize || a >= b {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &plane[ih as usize * g.w..(ih as usize + 1) * g.w];
+            dst[..a - ow0].fill(0.0);
+            dst[b - ow0..].fill(0.0);
+            let first = (a * g.stride[1]) as isize + offset;
+            let seg = &mut dst[a - ow0..b - ow0];
+            if g.stride[1] == 1 {
+                seg.copy_from_slice(&src[first as usize..first as usize + (b - a)]);
+            } else {
+                for (d, &v) in seg.iter_mut().zip(src[first as usize..].iter().step_by(g.stride[1])) {
+                    *d = v;
                 }
             }
         }
-    };
-    if parallel {
-        col.par_chunks_mut(rows_per_channel * cols).enumerate().for_each(channel);
-    } else {
-        col.chunks_mut(rows_per_channel * cols).enumerate().for_each(channel);
     }
 }
 

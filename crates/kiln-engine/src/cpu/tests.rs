@@ -114,6 +114,8 @@ fn convolution_tactics_match_the_reference() {
         // Wide enough for the column-blocked product (blocks of 64+ columns, ragged last one).
         ([1, 8, 20, 21], [12, 8, 1, 1], 1, 0, 1, 1, &[super::conv::ONE_BY_ONE, super::conv::IM2COL]),
         ([2, 5, 15, 15], [7, 5, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL]),
+        ([1, 3, 30, 29], [4, 3, 3, 3], 2, 1, 1, 1, &[super::conv::IM2COL]),
+        ([1, 2, 25, 27], [3, 2, 5, 3], 1, 2, 2, 1, &[super::conv::IM2COL]),
     ];
     let acts = [None, Some(Activation::Relu), Some(Activation::Clip { min: 0.0, max: 6.0 })];
     for (i, (xs, ws, s, p, d, g, tactics)) in cases.iter().enumerate() {
