@@ -229,7 +229,9 @@ fn time_tactic(
                 .results
                 .iter()
                 .map(|r| match r {
-                    Some(Produced::Value(Value::Tensor(t))) => Some(vec![0u64; (t.len() * t.dtype().size()).div_ceil(8)]),
+                    Some(Produced::Value(Value::Tensor(t))) => {
+                        Some(vec![0u64; (t.len() * t.dtype().size()).div_ceil(8)])
+                    }
                     _ => None,
                 })
                 .collect();

@@ -22,9 +22,8 @@ pub(crate) static FAST_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic:
 /// Offered for f32 Attention with one output; the input shapes are checked per run.
 pub(crate) fn applies(desc: &LayerDesc) -> bool {
     let l = desc.layer;
-    let f32_at = |i: usize| {
-        matches!(desc.input_types.get(i), Some(Some(ValueType::Tensor(t))) if t.dtype == DType::F32)
-    };
+    let f32_at =
+        |i: usize| matches!(desc.input_types.get(i), Some(Some(ValueType::Tensor(t))) if t.dtype == DType::F32);
     l.op == "Attention"
         && (0..3).all(f32_at)
         && l.outputs.iter().skip(1).all(Option::is_none)
@@ -96,10 +95,20 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The element `offset` past the start (a method, so closures capture the whole `Sync`
+    /// wrapper rather than its raw-pointer field).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 impl AttentionKernel {
     /// The fast path's sizes, or `None` when this call needs the reference kernel.
     fn plan(&self, io: &LayerIo) -> Option<Plan> {
-        if !self.plain || io.inputs.iter().skip(4).any(Option::is_some) || io.outputs.iter().skip(1).any(Option::is_some)
+        if !self.plain
+            || io.inputs.iter().skip(4).any(Option::is_some)
+            || io.outputs.iter().skip(1).any(Option::is_some)
         {
             return None;
         }
@@ -152,8 +161,7 @@ impl AttentionKernel {
                 let full = [batch, q.heads, q.seq, k.seq];
                 let mut dims = [1usize; 4];
                 dims[4 - ms.len()..].copy_from_slice(ms);
-                if dims.iter().zip(&full).any(|(&d, &f)| d != 1 && d != f)
-                    || (dims[3] != k.seq && !self.mask_broadcast)
+                if dims.iter().zip(&full).any(|(&d, &f)| d != 1 && d != f) || (dims[3] != k.seq && !self.mask_broadcast)
                 {
                     return None;
                 }
@@ -205,7 +213,6 @@ impl LayerKernel for AttentionKernel {
             (0..p.batch * p.q.heads).into_par_iter().try_for_each_init(
                 || (vec![0f32; sq * skv], vec![0f32; skv]),
                 |(scores, mask_row), bh| -> Result<(), String> {
-                    let ptr = ptr;
                     let (b, h) = (bh / p.q.heads, bh % p.q.heads);
                     let kh = h / group;
                     let qm = Mat { data: &q[p.q.offset(b, h)..], row_stride: p.q.row_stride(), col_stride: 1 };
@@ -239,7 +246,7 @@ impl LayerKernel for AttentionKernel {
                             skv,
                             Mat::row_major(scores, skv),
                             vm,
-                            ptr.0.add(p.y.offset(b, h)),
+                            ptr.at(p.y.offset(b, h)),
                             p.y.row_stride(),
                             false,
                             false,

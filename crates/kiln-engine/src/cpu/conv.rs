@@ -168,6 +168,14 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The element `offset` past the start (a method, so closures capture the whole `Sync`
+    /// wrapper rather than its raw-pointer field).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// The right-hand side of a convolution's product: the input itself (1×1), or an image whose
 /// patches are unrolled (im2col) one column block at a time.
 enum Rhs<'a> {
@@ -219,12 +227,11 @@ fn product_in_column_blocks(
     let width = width.min(cols);
     let out = OutPtr(dst.as_mut_ptr());
     (0..cols.div_ceil(width)).into_par_iter().try_for_each(|blk| {
-        let out = out;
         let (j0, nb) = (blk * width, width.min(cols - blk * width));
         let product = |b: Mat| {
             // SAFETY: this task writes only columns [j0, j0 + nb) of the m×cols output `dst`
             // (rows `cols` apart), disjoint from every other task's block and inside `dst`.
-            unsafe { sgemm_strided(m, nb, k, lhs, b, out.0.add(j0), cols, false, false) }
+            unsafe { sgemm_strided(m, nb, k, lhs, b, out.at(j0), cols, false, false) }
         };
         match &rhs {
             Rhs::Matrix(rhs) => product(Mat { data: &rhs.data[j0..], row_stride: cols, col_stride: 1 })?,
@@ -240,7 +247,7 @@ fn product_in_column_blocks(
         }
         for r in 0..m {
             // SAFETY: row r's segment of this task's block, as above.
-            let seg = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * cols + j0), nb) };
+            let seg = unsafe { std::slice::from_raw_parts_mut(out.at(r * cols + j0), nb) };
             let b = bias.map_or(Bias::None, |b| Bias::PerRow(&b[r..r + 1]));
             apply(seg, nb, &b, residual.map(|res| &res[r * cols + j0..r * cols + j0 + nb]), act);
         }

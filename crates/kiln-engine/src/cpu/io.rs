@@ -23,8 +23,11 @@ pub(crate) fn f32_input<'a>(io: &LayerIo<'a>, index: usize) -> Result<(&'a [f32]
     }
 }
 
+/// An f32 input's elements and shape.
+pub(crate) type F32View<'a> = (&'a [f32], &'a [usize]);
+
 /// Optional input `index` (absent → `None`).
-pub(crate) fn opt_f32_input<'a>(io: &LayerIo<'a>, index: usize) -> Result<Option<(&'a [f32], &'a [usize])>, String> {
+pub(crate) fn opt_f32_input<'a>(io: &LayerIo<'a>, index: usize) -> Result<Option<F32View<'a>>, String> {
     match io.inputs.get(index) {
         Some(Some(_)) => f32_input(io, index).map(Some),
         _ => Ok(None),

@@ -10,9 +10,9 @@ mod pool;
 mod reference;
 mod sgemm;
 mod split;
-mod vecmath;
 #[cfg(test)]
 mod tests;
+mod vecmath;
 
 use crate::backend::{Backend, LayerDesc, LayerKernel, Tactic};
 use std::sync::Arc;

@@ -54,7 +54,8 @@ fn window(a: &Attributes) -> Result<Option<Window>, String> {
         }
     };
     let Some(kernel) = pair(&a.ints("kernel_shape", vec![])?) else { return Ok(None) };
-    let (Some(stride), Some(dilation)) = (pair(&a.ints("strides", vec![1, 1])?), pair(&a.ints("dilations", vec![1, 1])?))
+    let (Some(stride), Some(dilation)) =
+        (pair(&a.ints("strides", vec![1, 1])?), pair(&a.ints("dilations", vec![1, 1])?))
     else {
         return Ok(None);
     };

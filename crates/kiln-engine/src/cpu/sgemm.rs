@@ -152,7 +152,14 @@ mod timing {
     #[test]
     #[ignore]
     fn gemm_rates() {
-        for (m, n, k) in [(64usize, 3136usize, 576usize), (256, 3136, 64), (128, 3072, 768), (128, 768, 3072), (197, 2304, 768), (1576, 2304, 768)] {
+        for (m, n, k) in [
+            (64usize, 3136usize, 576usize),
+            (256, 3136, 64),
+            (128, 3072, 768),
+            (128, 768, 3072),
+            (197, 2304, 768),
+            (1576, 2304, 768),
+        ] {
             let a = vec![0.5f32; m * k];
             let b = vec![0.25f32; k * n];
             let mut c = vec![0f32; m * n];
@@ -165,8 +172,25 @@ mod timing {
                         let (cs, rs) = if col_major_out { (m as isize, 1) } else { (1, n as isize) };
                         let (bcs, brs) = if b_transposed { (k as isize, 1) } else { (1, n as isize) };
                         gemm::gemm(
-                            m, n, k, c.as_mut_ptr(), cs, rs, false, a.as_ptr(), 1, k as isize, b.as_ptr(), bcs,
-                            brs, 1.0, 1.0, false, false, false, gemm::Parallelism::None,
+                            m,
+                            n,
+                            k,
+                            c.as_mut_ptr(),
+                            cs,
+                            rs,
+                            false,
+                            a.as_ptr(),
+                            1,
+                            k as isize,
+                            b.as_ptr(),
+                            bcs,
+                            brs,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
                         );
                     }
                     best = best.min(t.elapsed().as_secs_f64());
@@ -194,21 +218,39 @@ mod timing {
                                     // SAFETY: disjoint column blocks of c.
                                     unsafe {
                                         super::sgemm_strided(
-                                            m, nb, k, super::Mat::row_major(&a, k), bm, (ptr as *mut f32).add(j0), n,
-                                            false, false,
+                                            m,
+                                            nb,
+                                            k,
+                                            super::Mat::row_major(&a, k),
+                                            bm,
+                                            (ptr as *mut f32).add(j0),
+                                            n,
+                                            false,
+                                            false,
                                         )
                                         .unwrap()
                                     };
                                 },
                             );
                         } else {
-                            super::sgemm(m, n, k, super::Mat::row_major(&a, k), super::Mat::row_major(&b, n), &mut c, false)
-                                .unwrap();
+                            super::sgemm(
+                                m,
+                                n,
+                                k,
+                                super::Mat::row_major(&a, k),
+                                super::Mat::row_major(&b, n),
+                                &mut c,
+                                false,
+                            )
+                            .unwrap();
                         }
                     });
                     best = best.min(t.elapsed().as_secs_f64());
                 }
-                println!("{m}x{n}x{k} 2 threads split_columns={split_columns}: {:.1} GFLOP/s", 2.0 * (m * n * k) as f64 / best / 1e9);
+                println!(
+                    "{m}x{n}x{k} 2 threads split_columns={split_columns}: {:.1} GFLOP/s",
+                    2.0 * (m * n * k) as f64 / best / 1e9
+                );
             }
         }
     }

@@ -250,17 +250,20 @@ fn attention_tactic_matches_the_reference() {
 #[test]
 fn layer_norm_tactic_matches_the_reference() {
     let t = super::norm::TACTIC;
-    for (i, (shape, axis)) in [(vec![2usize, 5, 33], -1i64), (vec![3, 4, 6], 1), (vec![700, 48], -1), (vec![1, 1, 768], 2)]
-        .into_iter()
-        .enumerate()
+    for (i, (shape, axis)) in
+        [(vec![2usize, 5, 33], -1i64), (vec![3, 4, 6], 1), (vec![700, 48], -1), (vec![1, 1, 768], 2)]
+            .into_iter()
+            .enumerate()
     {
         let x = random(&shape, i as u64 + 1);
         let cols: Vec<usize> = shape[(if axis < 0 { axis + shape.len() as i64 } else { axis }) as usize..].to_vec();
         let scale = random(&cols, i as u64 + 2);
         let bias = random(&cols, i as u64 + 3);
         let attrs = Attributes::new().with("axis", axis).with("epsilon", 1e-3f32);
-        for inputs in [vec![(x.clone(), false), (scale.clone(), true)], vec![(x.clone(), false), (scale.clone(), true), (bias.clone(), true)]]
-        {
+        for inputs in [
+            vec![(x.clone(), false), (scale.clone(), true)],
+            vec![(x.clone(), false), (scale.clone(), true), (bias.clone(), true)],
+        ] {
             let want = run("LayerNormalization", &attrs, &inputs, super::reference::TACTIC).unwrap();
             let fast_before = super::norm::FAST_RUNS.load(Relaxed);
             assert_close(&run("LayerNormalization", &attrs, &inputs, t).unwrap(), &want, &format!("case {i}"));
