@@ -31,11 +31,14 @@ pub(crate) fn tactics(desc: &LayerDesc) -> Vec<Tactic> {
     }
     let col_bytes = geo.cin_g * geo.kh * geo.kw * geo.oh * geo.ow * 4;
     out.push(Tactic { name: IM2COL.to_string(), workspace_bytes: col_bytes });
+    if super::winograd::fits(&geo) {
+        out.push(Tactic { name: super::winograd::TACTIC.to_string(), workspace_bytes: super::winograd::workspace(&geo) });
+    }
     out
 }
 
 /// Geometry at the opt shapes, when the layer is a 2-D f32 convolution with constant weights.
-fn geometry_for(desc: &LayerDesc) -> Option<Geometry> {
+pub(super) fn geometry_for(desc: &LayerDesc) -> Option<Geometry> {
     if desc.layer.op != "Conv" {
         return None;
     }
@@ -432,26 +435,26 @@ multiversion! {
 
 /// A 2-D convolution's sizes, from ONNX attributes and the input/weight shapes.
 #[derive(Clone, Debug)]
-struct Geometry {
-    n: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    group: usize,
-    cin_g: usize,
-    cout_g: usize,
-    kh: usize,
-    kw: usize,
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    pad_begin: [usize; 2],
-    oh: usize,
-    ow: usize,
+pub(super) struct Geometry {
+    pub(super) n: usize,
+    pub(super) cin: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) cout: usize,
+    pub(super) group: usize,
+    pub(super) cin_g: usize,
+    pub(super) cout_g: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) stride: [usize; 2],
+    pub(super) dilation: [usize; 2],
+    pub(super) pad_begin: [usize; 2],
+    pub(super) oh: usize,
+    pub(super) ow: usize,
 }
 
 impl Geometry {
-    fn new(attrs: &Attributes, x: &[usize], w: &[usize]) -> Result<Geometry, String> {
+    pub(super) fn new(attrs: &Attributes, x: &[usize], w: &[usize]) -> Result<Geometry, String> {
         if x.len() != 4 || w.len() != 4 {
             return Err(format!("native convolution is 2-D: input {x:?}, weight {w:?}"));
         }

@@ -13,6 +13,7 @@ mod split;
 #[cfg(test)]
 mod tests;
 mod vecmath;
+mod winograd;
 
 use crate::backend::{Backend, LayerDesc, LayerKernel, Tactic};
 use std::sync::Arc;
@@ -68,6 +69,7 @@ impl Backend for CpuBackend {
             conv::ONE_BY_ONE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::ONE_BY_ONE)?)),
             conv::IM2COL => Ok(Arc::new(conv::ConvKernel::new(layer, conv::IM2COL)?)),
             conv::DEPTHWISE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::DEPTHWISE)?)),
+            winograd::TACTIC => Ok(Arc::new(winograd::WinogradKernel::new(layer)?)),
             other => Err(format!("the CPU backend has no tactic '{other}' for {}", layer.layer.op)),
         }
     }

@@ -101,7 +101,9 @@ fn convolution_tactics_match_the_reference() {
     // (input, weight, stride, pad, dilation, group, tactics expected to apply)
     let cases: &[([usize; 4], [usize; 4], i64, i64, i64, i64, &[&str])] = &[
         ([2, 8, 7, 7], [16, 8, 1, 1], 1, 0, 1, 1, &[super::conv::ONE_BY_ONE, super::conv::IM2COL]),
-        ([1, 6, 9, 8], [4, 6, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL]),
+        ([1, 6, 9, 8], [4, 6, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
+        ([2, 3, 7, 11], [5, 3, 3, 3], 1, 0, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
+        ([1, 17, 13, 10], [9, 17, 3, 3], 1, 2, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
         ([2, 6, 11, 11], [6, 3, 3, 3], 2, 1, 1, 2, &[super::conv::IM2COL]),
         ([1, 4, 10, 10], [4, 4, 3, 3], 1, 2, 2, 1, &[super::conv::IM2COL]),
         ([2, 8, 9, 9], [8, 1, 3, 3], 1, 1, 1, 8, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
@@ -113,7 +115,7 @@ fn convolution_tactics_match_the_reference() {
         ([1, 2, 9, 10], [3, 2, 3, 3], 3, 2, 2, 1, &[super::conv::IM2COL]),
         // Wide enough for the column-blocked product (blocks of 64+ columns, ragged last one).
         ([1, 8, 20, 21], [12, 8, 1, 1], 1, 0, 1, 1, &[super::conv::ONE_BY_ONE, super::conv::IM2COL]),
-        ([2, 5, 15, 15], [7, 5, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL]),
+        ([2, 5, 15, 15], [7, 5, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
         ([1, 3, 30, 29], [4, 3, 3, 3], 2, 1, 1, 1, &[super::conv::IM2COL]),
         ([1, 2, 25, 27], [3, 2, 5, 3], 1, 2, 2, 1, &[super::conv::IM2COL]),
     ];
@@ -385,6 +387,8 @@ fn tactic_timings() {
         ([1, 144, 56, 56], [24, 144, 1, 1], 1, 0, 1),
         ([1, 160, 7, 7], [960, 160, 1, 1], 1, 0, 1),
         ([1, 64, 56, 56], [64, 64, 3, 3], 1, 1, 1),
+        ([1, 256, 14, 14], [256, 256, 3, 3], 1, 1, 1),
+        ([1, 512, 7, 7], [512, 512, 3, 3], 1, 1, 1),
     ];
     // KILN_TIMING_CASE=i times only case i (for a profiler).
     let only: Option<usize> = std::env::var("KILN_TIMING_CASE").ok().and_then(|v| v.parse().ok());
@@ -394,7 +398,13 @@ fn tactic_timings() {
         }
         let attrs = conv_attrs(*s, *p, 1, *g, Some(Activation::Clip { min: 0.0, max: 6.0 }));
         let inputs = [(random(xs, 1), false), (random(ws, 2), true), (random(&[ws[0]], 3), true)];
-        for t in [super::conv::DEPTHWISE, super::conv::ONE_BY_ONE, super::conv::IM2COL, super::reference::TACTIC] {
+        for t in [
+            super::conv::DEPTHWISE,
+            super::conv::ONE_BY_ONE,
+            super::conv::IM2COL,
+            super::winograd::TACTIC,
+            super::reference::TACTIC,
+        ] {
             if let Some(us) = time_tactic("Conv", &attrs, &inputs, t, if only.is_some() { 300 } else { 15 }) {
                 println!("{xs:?} {ws:?} s{s}: {t} {us:.1} us");
             }
