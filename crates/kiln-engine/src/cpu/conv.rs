@@ -32,7 +32,10 @@ pub(crate) fn tactics(desc: &LayerDesc) -> Vec<Tactic> {
     let col_bytes = geo.cin_g * geo.kh * geo.kw * geo.oh * geo.ow * 4;
     out.push(Tactic { name: IM2COL.to_string(), workspace_bytes: col_bytes });
     if super::winograd::fits(&geo) {
-        out.push(Tactic { name: super::winograd::TACTIC.to_string(), workspace_bytes: super::winograd::workspace(&geo) });
+        out.push(Tactic {
+            name: super::winograd::TACTIC.to_string(),
+            workspace_bytes: super::winograd::workspace(&geo),
+        });
     }
     out
 }
