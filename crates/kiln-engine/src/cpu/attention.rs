@@ -5,7 +5,7 @@
 //! head straight into its columns of the output. Anything else runs the reference kernel, which
 //! this tactic holds, so offering it is never wrong.
 
-use super::io::{f32_input, write_f32_output};
+use super::io::{f32_input, write_f32_output, OutPtr};
 use super::reference::ReferenceKernel;
 use super::sgemm::{sgemm_strided, Mat};
 use super::vecmath::softmax_row;
@@ -85,21 +85,6 @@ impl Layout {
         } else {
             self.dim
         }
-    }
-}
-
-/// The output pointer, shared by the tasks that each write their own head's elements.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint elements (one head each), see `run_plain`.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The element `offset` past the start (a method, so closures capture the whole `Sync`
-    /// wrapper rather than its raw-pointer field).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
     }
 }
 

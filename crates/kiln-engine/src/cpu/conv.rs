@@ -8,7 +8,7 @@
 //!   be a 1-row GEMM).
 
 use super::epilogue::{apply, Bias};
-use super::io::{f32_input, opt_f32_input, write_f32_output};
+use super::io::{f32_input, opt_f32_input, write_f32_output, OutPtr};
 use super::sgemm::{sgemm, sgemm_serial, sgemm_strided, Mat};
 use super::vecmath::multiversion;
 use crate::backend::{LayerDesc, LayerIo, LayerKernel, Tactic};
@@ -166,21 +166,6 @@ fn gemm_conv(
 /// Output elements of one column block: small enough that the block stays in L2 between the
 /// product and the epilogue.
 const BLOCK_ELEMENTS: usize = 1 << 15;
-
-/// The shared output of [`product_in_column_blocks`]'s tasks, which write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint column blocks (see `product_in_column_blocks`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The element `offset` past the start (a method, so closures capture the whole `Sync`
-    /// wrapper rather than its raw-pointer field).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
 
 /// The right-hand side of a convolution's product: the input itself (1×1), or an image whose
 /// patches are unrolled (im2col) one column block at a time.

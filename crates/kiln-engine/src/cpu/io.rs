@@ -60,3 +60,20 @@ pub(crate) fn write_f32_output(
     }
     Ok(())
 }
+
+/// An output buffer shared by parallel tasks that each write their own disjoint elements (a
+/// column block, an attention head, a transform position): rows of those parts interleave, so
+/// they cannot be handed out as separate `&mut` slices.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub *mut f32);
+// SAFETY: every user writes only elements no other task touches (see each call site).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `offset` past the start (a method, so closures capture the whole wrapper
+    /// rather than its raw-pointer field).
+    pub fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}

@@ -512,3 +512,32 @@ fn split_tactic_matches_the_reference() {
     let e = run_multi("Split", &Attributes::new().with("axis", 1i64), &inputs, 2, t).unwrap_err();
     assert!(e.contains("not offered"), "{e}");
 }
+
+#[test]
+fn large_matmul_and_gemm_split_across_threads_match_the_reference() {
+    // Big enough for the product to be split across a 2-thread pool.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(|| {
+        let a3 = random(&[3, 40, 96], 1);
+        let w = random(&[96, 200], 2);
+        let bias = random(&[200], 3);
+        let res = random(&[3, 40, 200], 4);
+        let mut gelu = Attributes::new();
+        Activation::GeluErf.to_attrs(&mut gelu);
+        for attrs in [Attributes::new(), gelu] {
+            for inputs in [
+                vec![(a3.clone(), false), (w.clone(), true)],
+                vec![(a3.clone(), false), (w.clone(), true), (bias.clone(), true), (res.clone(), false)],
+            ] {
+                let want = run("MatMul", &attrs, &inputs, super::reference::TACTIC).unwrap();
+                assert_close(&run("MatMul", &attrs, &inputs, super::matmul::TACTIC).unwrap(), &want, "MatMul");
+            }
+        }
+        let a = random(&[120, 96], 5);
+        let wt = random(&[200, 96], 6);
+        let attrs = Attributes::new().with("transB", 1i64);
+        let inputs = vec![(a, false), (wt, true), (random(&[200], 7), true)];
+        let want = run("Gemm", &attrs, &inputs, super::reference::TACTIC).unwrap();
+        assert_close(&run("Gemm", &attrs, &inputs, super::matmul::TACTIC).unwrap(), &want, "Gemm transB");
+    });
+}

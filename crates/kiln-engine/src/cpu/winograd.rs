@@ -14,7 +14,7 @@
 
 use super::conv::Geometry;
 use super::epilogue::{apply, Bias};
-use super::io::{f32_input, opt_f32_input, write_f32_output};
+use super::io::{f32_input, opt_f32_input, write_f32_output, OutPtr};
 use super::sgemm::{sgemm_strided, Mat};
 use crate::backend::{LayerDesc, LayerIo, LayerKernel};
 use kiln_ir::{Activation, Attributes};
@@ -119,20 +119,6 @@ fn transform_output(m: &[[f32; 4]; 4]) -> [[f32; 2]; 2] {
         t[1][j] = c[1];
     }
     [at(t[0]), at(t[1])]
-}
-
-/// The product buffer, shared by the 16 product tasks that each write their own ξ's columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint elements (one ξ each), see `run`.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The element `offset` past the start (a method, so closures capture the whole wrapper).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 thread_local! {
