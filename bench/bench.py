@@ -4,7 +4,7 @@
 For every (model, batch, threads) the two runtimes take turns, round after round (kiln first in
 even rounds, onnxruntime first in odd ones), each round in a fresh child process, so that load
 from other work on the machine hits both alike and each runtime's peak resident memory (the
-child's ru_maxrss, read with os.wait4) is its own. A round runs `--warmup` untimed and
+child's VmHWM, polled from /proc while it runs) is its own. A round runs `--warmup` untimed and
 `--iterations` timed inferences and reports its median; the table shows the median of the
 rounds' medians and the largest peak RSS of any round.
 
@@ -98,20 +98,39 @@ def ort_round(args):
 
 
 # --- parent ---------------------------------------------------------------------------------------
+def vm_hwm_mib(pid):
+    """The process's peak resident memory so far (VmHWM), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
 def run_child(cmd):
-    """Run `cmd`, return (its stdout, its peak RSS in MiB)."""
-    # stderr to a file, not a pipe: reading two pipes one after the other can deadlock, and
-    # communicate() would reap the child before os.wait4 could read its rusage.
-    with tempfile.TemporaryFile() as errf:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, cwd=ROOT)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+    """Run `cmd`, return (its stdout, its peak RSS in MiB).
+
+    The peak is the child's own VmHWM, polled while it runs (it only grows, so the last reading
+    before exit is the peak up to then). Not ru_maxrss from wait4: on Linux that keeps the
+    high-water mark of the forked parent's memory across exec, so every child would report at
+    least this Python process's size."""
+    with tempfile.TemporaryFile() as outf, tempfile.TemporaryFile() as errf:
+        proc = subprocess.Popen(cmd, stdout=outf, stderr=errf, cwd=ROOT)
+        peak = 0.0
+        while proc.poll() is None:
+            hwm = vm_hwm_mib(proc.pid)
+            if hwm is not None:
+                peak = max(peak, hwm)
+            time.sleep(0.01)
+        outf.seek(0)
         errf.seek(0)
-        err = errf.read()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        out, err = outf.read(), errf.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
-    return out.decode(), usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    return out.decode(), peak
 
 
 def kiln_plan(kiln, name, path, batch, rebuild):

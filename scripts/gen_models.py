@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write three reference models with random weights: ResNet-50, MobileNetV2 and BERT-base.
+"""Write four reference models with random weights: ResNet-50, MobileNetV2, BERT-base and ViT-B/16.
 
 The graphs are spelled the way PyTorch's ONNX exporter (torch.onnx.export, opset 17, eval mode,
 dynamic batch/sequence axes) writes torchvision's resnet50 / mobilenet_v2 and HuggingFace's
@@ -22,7 +22,7 @@ way a structured-pruning tool leaves a model before it is compacted (see prune_m
 files stay byte-identical (the same seeds; pruning edits a copy).
 
 usage: gen_models.py [--out DIR] [--force] [--pruned] [MODEL ...]   (default DIR: target/models;
-       MODEL is resnet50, mobilenetv2 or bert_base; default all three)
+       MODEL is resnet50, mobilenetv2, bert_base or vit_b16; default all four)
 """
 import argparse
 import collections
@@ -303,6 +303,8 @@ def bert_base():
 
 # --- structured pruning ------------------------------------------------------------------------
 SPARSITIES = (30, 50, 70)
+# The models prune_model knows how to prune.
+PRUNABLE = ("resnet50", "mobilenetv2", "bert_base")
 
 
 def _lowest_l1(scores, frac):
@@ -405,7 +407,97 @@ def save(model, path, t0):
           f"{time.perf_counter() - t0:.1f}s\n  {ops_s}")
 
 
-MODELS = {"resnet50": resnet50, "mobilenetv2": mobilenetv2, "bert_base": bert_base}
+# --- ViT-B/16 ----------------------------------------------------------------------------------
+VIT_PATCH, VIT_IMAGE, VIT_CLASSES = 16, 224, 1000
+
+
+def vit_b16():
+    """HuggingFace ViTForImageClassification (google/vit-base-patch16-224 config) as the exporter
+    writes it at opset 17: a 16x16 stride-16 patch Conv, flatten + transpose to tokens, a class
+    token (Expand to the batch) and position embeddings, 12 pre-LayerNorm encoder layers
+    (nn.LayerNorm exports as LayerNormalization at opset 17; GELU in its erf form), a final
+    LayerNorm and a Gemm classifier on the class token. Weights ~N(0, 0.02) like BERT."""
+    g = Graph(seed=160)
+    tokens = (VIT_IMAGE // VIT_PATCH) ** 2 + 1
+
+    def layer_norm(x, prefix, sc):
+        w = g.init(f"{prefix}.weight", g.normal([HIDDEN], 0.02, mean=1.0))
+        b = g.init(f"{prefix}.bias", g.normal([HIDDEN], 0.02))
+        return g.op("LayerNormalization", [x, w, b], scope=sc, axis=-1, epsilon=1e-12)
+
+    def linear(x, prefix, sc, cin, cout):
+        w = g.anon_init("MatMul", g.normal([cout, cin], 0.02).T)
+        b = g.init(f"{prefix}.bias", g.normal([cout], 0.02))
+        return g.op("Add", [b, g.op("MatMul", [x, w], scope=sc)], scope=sc)
+
+    def dim(x, axis, sc):
+        s = g.op("Shape", [x], scope=sc)
+        d = g.op("Gather", [s, g.constant(axis, scope=sc, dtype=np.int64)], scope=sc, axis=0)
+        return g.op("Unsqueeze", [d, g.constant([0], scope=sc, dtype=np.int64)], scope=sc)
+
+    def split_heads(x, sc, perm):
+        shape = g.op("Concat", [dim(x, 0, sc), dim(x, 1, sc), g.constant([HEADS], scope=sc, dtype=np.int64),
+                                g.constant([HEAD_DIM], scope=sc, dtype=np.int64)], scope=sc, axis=0)
+        return g.op("Transpose", [g.op("Reshape", [x, shape], scope=sc)], scope=sc, perm=perm)
+
+    # embeddings: patches -> tokens, class token first, position embeddings added
+    sc = "/vit/embeddings"
+    psc = f"{sc}/patch_embeddings/projection"
+    w = g.init("vit.embeddings.patch_embeddings.projection.weight",
+               g.normal([HIDDEN, 3, VIT_PATCH, VIT_PATCH], 0.02))
+    b = g.init("vit.embeddings.patch_embeddings.projection.bias", g.normal([HIDDEN], 0.02))
+    x = g.op("Conv", ["pixel_values", w, b], scope=psc, dilations=[1, 1], group=1,
+             kernel_shape=[VIT_PATCH, VIT_PATCH], pads=[0, 0, 0, 0], strides=[VIT_PATCH, VIT_PATCH])
+    x = g.op("Reshape", [x, g.constant([0, HIDDEN, -1], scope=sc, dtype=np.int64)], scope=sc)
+    x = g.op("Transpose", [x], scope=sc, perm=[0, 2, 1])
+    cls = g.init("vit.embeddings.cls_token", g.normal([1, 1, HIDDEN], 0.02))
+    cls_shape = g.op("Concat", [dim(x, 0, sc), g.constant([1, HIDDEN], scope=sc, dtype=np.int64)],
+                     scope=sc, axis=0)
+    cls = g.op("Expand", [cls, cls_shape], scope=sc)
+    x = g.op("Concat", [cls, x], scope=sc, axis=1)
+    pos = g.init("vit.embeddings.position_embeddings", g.normal([1, tokens, HIDDEN], 0.02))
+    x = g.op("Add", [x, pos], scope=sc)
+
+    for li in range(LAYERS):
+        p, sc = f"vit.encoder.layer.{li}", f"/vit/encoder/layer.{li}"
+        h = layer_norm(x, f"{p}.layernorm_before", f"{sc}/layernorm_before")
+        asc = f"{sc}/attention/attention"
+        q = linear(h, f"{p}.attention.attention.query", f"{asc}/query", HIDDEN, HIDDEN)
+        k = linear(h, f"{p}.attention.attention.key", f"{asc}/key", HIDDEN, HIDDEN)
+        v = linear(h, f"{p}.attention.attention.value", f"{asc}/value", HIDDEN, HIDDEN)
+        q = split_heads(q, asc, [0, 2, 1, 3])
+        k = split_heads(k, asc, [0, 2, 3, 1])
+        v = split_heads(v, asc, [0, 2, 1, 3])
+        s = g.op("MatMul", [q, k], scope=asc)
+        s = g.op("Div", [s, g.constant(float(np.sqrt(HEAD_DIM)), scope=asc)], scope=asc)
+        s = g.op("Softmax", [s], scope=asc, axis=-1)
+        c = g.op("MatMul", [s, v], scope=asc)
+        c = g.op("Transpose", [c], scope=asc, perm=[0, 2, 1, 3])
+        shape = g.op("Concat", [dim(c, 0, asc), dim(c, 1, asc), g.constant([HIDDEN], scope=asc, dtype=np.int64)],
+                     scope=asc, axis=0)
+        c = g.op("Reshape", [c, shape], scope=asc)
+        osc = f"{sc}/attention/output"
+        a = linear(c, f"{p}.attention.output.dense", f"{osc}/dense", HIDDEN, HIDDEN)
+        x = g.op("Add", [a, x], scope=sc)
+        h = layer_norm(x, f"{p}.layernorm_after", f"{sc}/layernorm_after")
+        isc = f"{sc}/intermediate"
+        h = linear(h, f"{p}.intermediate.dense", f"{isc}/dense", HIDDEN, FFN)
+        gsc = f"{isc}/intermediate_act_fn"
+        e = g.op("Erf", [g.op("Div", [h, g.constant(1.4142135381698608, scope=gsc)], scope=gsc)], scope=gsc)
+        e = g.op("Add", [e, g.constant(1.0, scope=gsc)], scope=gsc)
+        h = g.op("Mul", [g.op("Mul", [h, e], scope=gsc), g.constant(0.5, scope=gsc)], scope=gsc)
+        h = linear(h, f"{p}.output.dense", f"{sc}/output/dense", FFN, HIDDEN)
+        x = g.op("Add", [h, x], scope=sc)
+
+    x = layer_norm(x, "vit.layernorm", "/vit/layernorm")
+    first = g.op("Gather", [x, g.constant(0, scope="/classifier", dtype=np.int64)], scope="/classifier", axis=1)
+    g.linear_gemm(first, "classifier", "/classifier", HIDDEN, VIT_CLASSES, out="logits")
+    ins = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, VIT_IMAGE, VIT_IMAGE])]
+    outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", VIT_CLASSES])]
+    return g.model("main_graph", ins, outs, "HuggingFace ViTForImageClassification (vit-base-patch16-224), random weights")
+
+
+MODELS = {"resnet50": resnet50, "mobilenetv2": mobilenetv2, "bert_base": bert_base, "vit_b16": vit_b16}
 
 # Buffers, not trainable parameters (excluded from the parameter count).
 BUFFER_SUFFIXES = (".running_mean", ".running_var", ".position_ids")
@@ -432,7 +524,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     for name in args.models or MODELS:
         path = os.path.join(args.out, f"{name}.onnx")
-        variants = [(p, os.path.join(args.out, f"{name}_p{p}.onnx")) for p in SPARSITIES] if args.pruned else []
+        prunable = args.pruned and name in PRUNABLE
+        variants = [(p, os.path.join(args.out, f"{name}_p{p}.onnx")) for p in SPARSITIES] if prunable else []
         todo = [(p, v) for p, v in variants if args.force or not os.path.exists(v)]
         dense_todo = args.force or not os.path.exists(path)
         if not dense_todo and not todo:

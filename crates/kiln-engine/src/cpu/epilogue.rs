@@ -1,6 +1,7 @@
 //! What fused layers do after the product: add the bias and the residual, apply the
 //! activation — in one pass over the output while it is still in cache.
 
+use super::vecmath::multiversion;
 use kiln_ir::Activation;
 
 /// Bias indexed by output row (Conv: per channel, rows = channels) or by column (Gemm/MatMul:
@@ -22,6 +23,24 @@ pub(crate) fn apply(out: &mut [f32], cols: usize, bias: &Bias, residual: Option<
         return;
     }
     for (r, row) in out.chunks_mut(cols).enumerate() {
+        // The common convolution epilogue — one bias value for the row, an optional residual,
+        // ReLU / Clip / nothing — in one pass over the row instead of three.
+        let row_bias = match bias {
+            Bias::None => Some(0.0),
+            Bias::PerRow(b) => Some(b[r]),
+            Bias::Scalar(v) => Some(*v),
+            _ => None,
+        };
+        let clamp = match act {
+            None => Some(None),
+            Some(Activation::Relu) => Some(Some((0.0, f32::INFINITY))),
+            Some(Activation::Clip { min, max }) => Some(Some((min, max))),
+            Some(_) => None,
+        };
+        if let (Some(b), Some(clamp)) = (row_bias, clamp) {
+            fused_row(row, b, residual.map(|res| &res[r * cols..(r + 1) * cols]), clamp);
+            continue;
+        }
         match bias {
             Bias::None => {}
             Bias::PerRow(b) => {
@@ -36,7 +55,43 @@ pub(crate) fn apply(out: &mut [f32], cols: usize, bias: &Bias, residual: Option<
             row.iter_mut().zip(&res[r * cols..(r + 1) * cols]).for_each(|(x, v)| *x += v);
         }
         if let Some(a) = act {
-            a.apply_slice_f32(row);
+            activate(row, a);
         }
+    }
+}
+
+multiversion! {
+    /// `x ← clamp(x + b + residual)`, the clamp as kiln-ir's ReLU and Clip (NaN stays NaN;
+    /// min > max gives max).
+    fn fused_row(row: &mut [f32], b: f32, residual: Option<&[f32]>, clamp: Option<(f32, f32)>) {
+        #[inline(always)]
+        fn clip(x: f32, lo: f32, hi: f32) -> f32 {
+            let x = if x < lo { lo } else { x };
+            if x > hi {
+                hi
+            } else {
+                x
+            }
+        }
+        match (residual, clamp) {
+            (Some(res), Some((lo, hi))) => row.iter_mut().zip(res).for_each(|(x, r)| *x = clip(*x + b + r, lo, hi)),
+            (Some(res), None) => row.iter_mut().zip(res).for_each(|(x, r)| *x = *x + b + r),
+            (None, Some((lo, hi))) => row.iter_mut().for_each(|x| *x = clip(*x + b, lo, hi)),
+            (None, None) => {
+                if b != 0.0 {
+                    row.iter_mut().for_each(|x| *x += b)
+                }
+            }
+        }
+    }
+}
+
+/// `a` over `xs`: the vectorized polynomial forms for the transcendental activations, kiln-ir's
+/// loops (already vectorizable) for the rest.
+pub(crate) fn activate(xs: &mut [f32], a: Activation) {
+    match a {
+        Activation::GeluErf => super::vecmath::gelu_erf(xs),
+        Activation::Tanh => super::vecmath::tanh(xs),
+        other => other.apply_slice_f32(xs),
     }
 }

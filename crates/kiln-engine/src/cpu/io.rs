@@ -23,8 +23,11 @@ pub(crate) fn f32_input<'a>(io: &LayerIo<'a>, index: usize) -> Result<(&'a [f32]
     }
 }
 
+/// An f32 input's elements and shape.
+pub(crate) type F32View<'a> = (&'a [f32], &'a [usize]);
+
 /// Optional input `index` (absent → `None`).
-pub(crate) fn opt_f32_input<'a>(io: &LayerIo<'a>, index: usize) -> Result<Option<(&'a [f32], &'a [usize])>, String> {
+pub(crate) fn opt_f32_input<'a>(io: &LayerIo<'a>, index: usize) -> Result<Option<F32View<'a>>, String> {
     match io.inputs.get(index) {
         Some(Some(_)) => f32_input(io, index).map(Some),
         _ => Ok(None),
@@ -56,4 +59,21 @@ pub(crate) fn write_f32_output(
         io.results[index] = Some(Produced::Value(Value::Tensor(t)));
     }
     Ok(())
+}
+
+/// An output buffer shared by parallel tasks that each write their own disjoint elements (a
+/// column block, an attention head, a transform position): rows of those parts interleave, so
+/// they cannot be handed out as separate `&mut` slices.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub *mut f32);
+// SAFETY: every user writes only elements no other task touches (see each call site).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `offset` past the start (a method, so closures capture the whole wrapper
+    /// rather than its raw-pointer field).
+    pub fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
 }

@@ -105,7 +105,7 @@ impl LayerKernel for MatMulKernel {
         }
         // Gemm's beta scales C; alpha scales the product. Fold both into the epilogue inputs.
         let scaled_bias: Option<Vec<f32>> = match (&bias, self.beta) {
-            (_, b) if b == 1.0 => None,
+            (_, 1.0) => None,
             (Bias::PerColumn(c) | Bias::Full(c), b) => Some(c.iter().map(|x| x * b).collect()),
             _ => None,
         };

@@ -1,13 +1,19 @@
 //! The CPU backend: kiln-cpu's kernels behind the [`Backend`] trait.
 
+mod attention;
 mod conv;
 mod epilogue;
 mod io;
 mod matmul;
+mod norm;
+mod pool;
 mod reference;
 mod sgemm;
+mod split;
 #[cfg(test)]
 mod tests;
+mod vecmath;
+mod winograd;
 
 use crate::backend::{Backend, LayerDesc, LayerKernel, Tactic};
 use std::sync::Arc;
@@ -34,6 +40,18 @@ impl Backend for CpuBackend {
         if matmul::applies(layer) {
             out.push(Tactic::new(matmul::TACTIC));
         }
+        if attention::applies(layer) {
+            out.push(Tactic::new(attention::TACTIC));
+        }
+        if norm::applies(layer) {
+            out.push(Tactic::new(norm::TACTIC));
+        }
+        if pool::applies(layer) {
+            out.push(Tactic::new(pool::TACTIC));
+        }
+        if split::applies(layer) {
+            out.push(Tactic::new(split::TACTIC));
+        }
         if kiln_cpu::kernel(&layer.layer.op).is_some() {
             out.push(Tactic::new(reference::TACTIC));
         }
@@ -44,9 +62,14 @@ impl Backend for CpuBackend {
         match tactic {
             reference::TACTIC => Ok(Arc::new(ReferenceKernel::new(layer.layer)?)),
             matmul::TACTIC => Ok(Arc::new(matmul::MatMulKernel::new(layer)?)),
+            attention::TACTIC => Ok(Arc::new(attention::AttentionKernel::new(layer)?)),
+            norm::TACTIC => Ok(Arc::new(norm::LayerNormKernel::new(layer)?)),
+            pool::TACTIC => Ok(Arc::new(pool::MaxPoolKernel::new(layer)?)),
+            split::TACTIC => Ok(Arc::new(split::SplitKernel::new(layer)?)),
             conv::ONE_BY_ONE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::ONE_BY_ONE)?)),
             conv::IM2COL => Ok(Arc::new(conv::ConvKernel::new(layer, conv::IM2COL)?)),
             conv::DEPTHWISE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::DEPTHWISE)?)),
+            winograd::TACTIC => Ok(Arc::new(winograd::WinogradKernel::new(layer)?)),
             other => Err(format!("the CPU backend has no tactic '{other}' for {}", layer.layer.op)),
         }
     }

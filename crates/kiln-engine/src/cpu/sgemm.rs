@@ -25,7 +25,8 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `c[m×n] = a[m×k] · b[k×n]` (+ the old `c` when `accumulate`), `c` row-major.
+/// `c[m×n] = a[m×k] · b[k×n]` (+ the old `c` when `accumulate`), `c` row-major; split over
+/// the current rayon pool when the product is large enough.
 pub(crate) fn sgemm(
     m: usize,
     n: usize,
@@ -35,7 +36,41 @@ pub(crate) fn sgemm(
     c: &mut [f32],
     accumulate: bool,
 ) -> Result<(), String> {
-    if !a.covers(m, k) || !b.covers(k, n) || c.len() < m * n {
+    if c.len() < m * n {
+        return Err(format!("matrix multiply {m}×{k} · {k}×{n}: output of {} elements", c.len()));
+    }
+    // SAFETY: `c` holds the m×n row-major output and is borrowed mutably for the call.
+    unsafe { sgemm_strided(m, n, k, a, b, c.as_mut_ptr(), n, accumulate, true) }
+}
+
+/// [`sgemm`] on the calling thread only (for callers that already split work across the pool).
+pub(crate) fn sgemm_serial(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32]) -> Result<(), String> {
+    if c.len() < m * n {
+        return Err(format!("matrix multiply {m}×{k} · {k}×{n}: output of {} elements", c.len()));
+    }
+    // SAFETY: `c` holds the m×n row-major output and is borrowed mutably for the call.
+    unsafe { sgemm_strided(m, n, k, a, b, c.as_mut_ptr(), n, false, false) }
+}
+
+/// [`sgemm`] into rows of `c` that are `c_row_stride` apart (a column block of a wider matrix,
+/// e.g. one attention head of a packed output), on the calling thread unless `parallel`.
+///
+/// # Safety
+/// `c` must be valid for writes of every `c[r * c_row_stride + j]`, r < m, j < n, and no other
+/// thread may touch those elements during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: *mut f32,
+    c_row_stride: usize,
+    accumulate: bool,
+    parallel: bool,
+) -> Result<(), String> {
+    if !a.covers(m, k) || !b.covers(k, n) {
         return Err(format!("matrix multiply {m}×{k} · {k}×{n}: operand sizes do not match"));
     }
     if m == 0 || n == 0 {
@@ -43,24 +78,30 @@ pub(crate) fn sgemm(
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            for r in 0..m {
+                // SAFETY: the caller guarantees row r's n elements are writable.
+                unsafe { std::slice::from_raw_parts_mut(c.add(r * c_row_stride), n) }.fill(0.0);
+            }
         }
         return Ok(());
     }
     let threads = rayon::current_num_threads();
     // Small products are faster on the calling thread than split across the pool.
-    let parallelism =
-        if threads > 1 && m * n * k >= 1 << 15 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the checks above guarantee every element the product touches lies inside `a`,
-    // `b` and `c`; `c` is borrowed mutably and cannot alias `a` or `b`.
+    let parallelism = if parallel && threads > 1 && m * n * k >= 1 << 15 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the checks above guarantee every element the product reads lies inside `a` and
+    // `b`; the caller guarantees the elements of `c` it writes.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
-            n as isize,
+            c_row_stride as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,
@@ -101,5 +142,116 @@ mod tests {
         }
         let mut c = vec![0.0; 3];
         assert!(sgemm(m, n, k, Mat::row_major(&a, k), Mat::row_major(&b, n), &mut c, false).is_err());
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    /// Not a test: GFLOP/s of the gemm crate on ResNet/BERT shapes, both output layouts
+    /// (`cargo test --release -p kiln-engine gemm_rates -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn gemm_rates() {
+        for (m, n, k) in [
+            (64usize, 3136usize, 576usize),
+            (256, 3136, 64),
+            (128, 3072, 768),
+            (128, 768, 3072),
+            (197, 2304, 768),
+            (1576, 2304, 768),
+        ] {
+            let a = vec![0.5f32; m * k];
+            let b = vec![0.25f32; k * n];
+            let mut c = vec![0f32; m * n];
+            for (col_major_out, b_transposed) in [(false, false), (true, false), (false, true)] {
+                let mut best = f64::MAX;
+                for _ in 0..8 {
+                    let t = std::time::Instant::now();
+                    // SAFETY: all three buffers hold the full matrices.
+                    unsafe {
+                        let (cs, rs) = if col_major_out { (m as isize, 1) } else { (1, n as isize) };
+                        let (bcs, brs) = if b_transposed { (k as isize, 1) } else { (1, n as isize) };
+                        gemm::gemm(
+                            m,
+                            n,
+                            k,
+                            c.as_mut_ptr(),
+                            cs,
+                            rs,
+                            false,
+                            a.as_ptr(),
+                            1,
+                            k as isize,
+                            b.as_ptr(),
+                            bcs,
+                            brs,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                println!(
+                    "{m}x{n}x{k} col_major_out={col_major_out} b_transposed={b_transposed}: {:.1} GFLOP/s",
+                    2.0 * (m * n * k) as f64 / best / 1e9
+                );
+            }
+            // Two threads: the crate's own split, and column blocks of serial products.
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+            for split_columns in [false, true] {
+                let mut best = f64::MAX;
+                for _ in 0..8 {
+                    let t = std::time::Instant::now();
+                    pool.install(|| {
+                        if split_columns {
+                            let width = n.div_ceil(8).next_multiple_of(16);
+                            let ptr = c.as_mut_ptr() as usize;
+                            rayon::prelude::ParallelIterator::for_each(
+                                rayon::prelude::IntoParallelIterator::into_par_iter(0..n.div_ceil(width)),
+                                |blk| {
+                                    let (j0, nb) = (blk * width, width.min(n - blk * width));
+                                    let bm = super::Mat { data: &b[j0..], row_stride: n, col_stride: 1 };
+                                    // SAFETY: disjoint column blocks of c.
+                                    unsafe {
+                                        super::sgemm_strided(
+                                            m,
+                                            nb,
+                                            k,
+                                            super::Mat::row_major(&a, k),
+                                            bm,
+                                            (ptr as *mut f32).add(j0),
+                                            n,
+                                            false,
+                                            false,
+                                        )
+                                        .unwrap()
+                                    };
+                                },
+                            );
+                        } else {
+                            super::sgemm(
+                                m,
+                                n,
+                                k,
+                                super::Mat::row_major(&a, k),
+                                super::Mat::row_major(&b, n),
+                                &mut c,
+                                false,
+                            )
+                            .unwrap();
+                        }
+                    });
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                println!(
+                    "{m}x{n}x{k} 2 threads split_columns={split_columns}: {:.1} GFLOP/s",
+                    2.0 * (m * n * k) as f64 / best / 1e9
+                );
+            }
+        }
     }
 }

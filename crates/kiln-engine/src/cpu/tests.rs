@@ -4,6 +4,7 @@
 use super::CpuBackend;
 use crate::backend::{Arg, Backend, LayerDesc, LayerIo, OutputSlot, Produced, WeightView};
 use kiln_ir::{Activation, Attributes, Layer, Tensor, TensorId, Value, ValueType};
+use std::sync::atomic::Ordering::Relaxed;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let mut s = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
@@ -101,12 +102,23 @@ fn convolution_tactics_match_the_reference() {
     // (input, weight, stride, pad, dilation, group, tactics expected to apply)
     let cases: &[([usize; 4], [usize; 4], i64, i64, i64, i64, &[&str])] = &[
         ([2, 8, 7, 7], [16, 8, 1, 1], 1, 0, 1, 1, &[super::conv::ONE_BY_ONE, super::conv::IM2COL]),
-        ([1, 6, 9, 8], [4, 6, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL]),
+        ([1, 6, 9, 8], [4, 6, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
+        ([2, 3, 7, 11], [5, 3, 3, 3], 1, 0, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
+        ([1, 17, 13, 10], [9, 17, 3, 3], 1, 2, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
         ([2, 6, 11, 11], [6, 3, 3, 3], 2, 1, 1, 2, &[super::conv::IM2COL]),
         ([1, 4, 10, 10], [4, 4, 3, 3], 1, 2, 2, 1, &[super::conv::IM2COL]),
         ([2, 8, 9, 9], [8, 1, 3, 3], 1, 1, 1, 8, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
         ([1, 8, 10, 10], [8, 1, 3, 3], 2, 1, 1, 8, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
         ([1, 3, 12, 12], [5, 3, 7, 7], 2, 3, 1, 1, &[super::conv::IM2COL]),
+        ([2, 5, 13, 6], [5, 1, 3, 3], 2, 0, 1, 5, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
+        ([1, 3, 11, 17], [3, 1, 5, 5], 1, 2, 2, 3, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
+        ([1, 4, 7, 7], [4, 1, 3, 3], 3, 2, 1, 4, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
+        ([1, 2, 9, 10], [3, 2, 3, 3], 3, 2, 2, 1, &[super::conv::IM2COL]),
+        // Wide enough for the column-blocked product (blocks of 64+ columns, ragged last one).
+        ([1, 8, 20, 21], [12, 8, 1, 1], 1, 0, 1, 1, &[super::conv::ONE_BY_ONE, super::conv::IM2COL]),
+        ([2, 5, 15, 15], [7, 5, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
+        ([1, 3, 30, 29], [4, 3, 3, 3], 2, 1, 1, 1, &[super::conv::IM2COL]),
+        ([1, 2, 25, 27], [3, 2, 5, 3], 1, 2, 2, 1, &[super::conv::IM2COL]),
     ];
     let acts = [None, Some(Activation::Relu), Some(Activation::Clip { min: 0.0, max: 6.0 })];
     for (i, (xs, ws, s, p, d, g, tactics)) in cases.iter().enumerate() {
@@ -180,4 +192,353 @@ fn a_native_tactic_refuses_a_shape_it_was_not_built_for() {
         super::conv::DEPTHWISE,
     );
     assert!(e.unwrap_err().contains("not offered"));
+}
+
+#[test]
+fn attention_tactic_matches_the_reference() {
+    use kiln_ir::spec::ATTENTION_MASK_BROADCAST_ATTR;
+    let t = super::attention::TACTIC;
+    // Packed 3-D (BERT's form after fusion), with GQA, odd sequence lengths and head sizes.
+    for (i, &(b, sq, skv, hq, hkv, d, dv)) in
+        [(1usize, 5usize, 5usize, 2usize, 2usize, 8usize, 8usize), (2, 7, 9, 4, 2, 5, 3), (3, 17, 17, 3, 1, 16, 16)]
+            .iter()
+            .enumerate()
+    {
+        let seed = 10 * i as u64;
+        let q = random(&[b, sq, hq * d], seed + 1);
+        let k = random(&[b, skv, hkv * d], seed + 2);
+        let v = random(&[b, skv, hkv * dv], seed + 3);
+        let heads = Attributes::new().with("q_num_heads", hq as i64).with("kv_num_heads", hkv as i64);
+        let mask_bcast = random(&[b, 1, 1, skv], seed + 4);
+        let mask_full = random(&[b, hq, sq, skv], seed + 5);
+        let mask_row = random(&[sq, skv], seed + 6);
+        let last_one = random(&[b, 1, sq, 1], seed + 7);
+        let cases: Vec<(Attributes, Vec<(Tensor, bool)>)> = vec![
+            (heads.clone(), vec![(q.clone(), false), (k.clone(), false), (v.clone(), false)]),
+            (
+                heads.clone().with("scale", 0.3f32),
+                vec![(q.clone(), false), (k.clone(), false), (v.clone(), false), (mask_bcast, false)],
+            ),
+            (heads.clone(), vec![(q.clone(), false), (k.clone(), false), (v.clone(), false), (mask_full, false)]),
+            (heads.clone(), vec![(q.clone(), false), (k.clone(), false), (v.clone(), false), (mask_row, true)]),
+            (
+                heads.clone().with(ATTENTION_MASK_BROADCAST_ATTR, 1i64),
+                vec![(q.clone(), false), (k.clone(), false), (v.clone(), false), (last_one, false)],
+            ),
+            // Causal: the tactic hands the call to the reference kernel.
+            (heads.clone().with("is_causal", 1i64), vec![(q.clone(), false), (k.clone(), false), (v.clone(), false)]),
+        ];
+        for (j, (attrs, inputs)) in cases.iter().enumerate() {
+            let want = run("Attention", attrs, inputs, super::reference::TACTIC).unwrap();
+            let fast_before = super::attention::FAST_RUNS.load(Relaxed);
+            assert_close(&run("Attention", attrs, inputs, t).unwrap(), &want, &format!("3-D case {i}.{j}"));
+            let fast = super::attention::FAST_RUNS.load(Relaxed) > fast_before;
+            assert_eq!(fast, j < 5, "3-D case {i}.{j}: fast path taken {fast}");
+        }
+    }
+    // 4-D per-head inputs.
+    let (q, k, v) = (random(&[2, 3, 6, 4], 51), random(&[2, 3, 11, 4], 52), random(&[2, 3, 11, 5], 53));
+    let mask = random(&[2, 1, 6, 11], 54);
+    for inputs in [
+        vec![(q.clone(), false), (k.clone(), false), (v.clone(), false)],
+        vec![(q.clone(), false), (k.clone(), false), (v.clone(), false), (mask, false)],
+    ] {
+        let want = run("Attention", &Attributes::new(), &inputs, super::reference::TACTIC).unwrap();
+        let fast_before = super::attention::FAST_RUNS.load(Relaxed);
+        assert_close(&run("Attention", &Attributes::new(), &inputs, t).unwrap(), &want, "4-D");
+        assert!(super::attention::FAST_RUNS.load(Relaxed) > fast_before, "4-D: fast path not taken");
+    }
+}
+
+#[test]
+fn layer_norm_tactic_matches_the_reference() {
+    let t = super::norm::TACTIC;
+    for (i, (shape, axis)) in
+        [(vec![2usize, 5, 33], -1i64), (vec![3, 4, 6], 1), (vec![700, 48], -1), (vec![1, 1, 768], 2)]
+            .into_iter()
+            .enumerate()
+    {
+        let x = random(&shape, i as u64 + 1);
+        let cols: Vec<usize> = shape[(if axis < 0 { axis + shape.len() as i64 } else { axis }) as usize..].to_vec();
+        let scale = random(&cols, i as u64 + 2);
+        let bias = random(&cols, i as u64 + 3);
+        let attrs = Attributes::new().with("axis", axis).with("epsilon", 1e-3f32);
+        for inputs in [
+            vec![(x.clone(), false), (scale.clone(), true)],
+            vec![(x.clone(), false), (scale.clone(), true), (bias.clone(), true)],
+        ] {
+            let want = run("LayerNormalization", &attrs, &inputs, super::reference::TACTIC).unwrap();
+            let fast_before = super::norm::FAST_RUNS.load(Relaxed);
+            assert_close(&run("LayerNormalization", &attrs, &inputs, t).unwrap(), &want, &format!("case {i}"));
+            assert!(super::norm::FAST_RUNS.load(Relaxed) > fast_before, "case {i}: fast path not taken");
+        }
+    }
+    // A scale broadcast over the normalized shape goes to the reference kernel.
+    let x = random(&[2, 3, 4], 9);
+    let attrs = Attributes::new().with("axis", 1i64);
+    let inputs = vec![(x, false), (random(&[1, 4], 10), true)];
+    let want = run("LayerNormalization", &attrs, &inputs, super::reference::TACTIC).unwrap();
+    assert_close(&run("LayerNormalization", &attrs, &inputs, t).unwrap(), &want, "broadcast scale");
+}
+
+#[test]
+fn fused_gelu_and_tanh_epilogues_match_the_reference() {
+    let a = random(&[3, 9, 20], 1);
+    let w = random(&[20, 11], 2);
+    for act in [Activation::GeluErf, Activation::Tanh] {
+        let mut attrs = Attributes::new();
+        act.to_attrs(&mut attrs);
+        let inputs = vec![(a.clone(), false), (w.clone(), true), (random(&[11], 3), true)];
+        let want = run("MatMul", &attrs, &inputs, super::reference::TACTIC).unwrap();
+        assert_close(&run("MatMul", &attrs, &inputs, super::matmul::TACTIC).unwrap(), &want, &format!("{act:?}"));
+    }
+}
+
+#[test]
+fn max_pool_tactic_matches_the_reference() {
+    let t = super::pool::TACTIC;
+    // (input, kernel, stride, pads, dilation, ceil_mode, fast path expected)
+    let cases: &[([usize; 4], [i64; 2], [i64; 2], [i64; 4], [i64; 2], i64, bool)] = &[
+        ([1, 4, 112, 112], [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 0, true), // ResNet's
+        ([2, 3, 9, 11], [2, 3], [1, 2], [0, 1, 1, 0], [1, 1], 0, true),
+        ([1, 2, 10, 7], [3, 3], [2, 2], [0, 0, 0, 0], [1, 1], 1, true),
+        ([1, 2, 13, 13], [3, 2], [3, 1], [1, 0, 1, 1], [2, 3], 1, true),
+        ([1, 1, 5, 5], [2, 2], [2, 2], [0, 0, 0, 0], [1, 1], 0, true),
+    ];
+    for (i, (xs, k, s, p, d, ceil, fast)) in cases.iter().enumerate() {
+        let x = random(xs, i as u64 + 1);
+        let attrs = Attributes::new()
+            .with("kernel_shape", k.to_vec())
+            .with("strides", s.to_vec())
+            .with("pads", p.to_vec())
+            .with("dilations", d.to_vec())
+            .with("ceil_mode", *ceil);
+        let inputs = vec![(x, false)];
+        let want = run("MaxPool", &attrs, &inputs, super::reference::TACTIC).unwrap();
+        let before = super::pool::FAST_RUNS.load(Relaxed);
+        assert_close(&run("MaxPool", &attrs, &inputs, t).unwrap(), &want, &format!("case {i}"));
+        assert_eq!(super::pool::FAST_RUNS.load(Relaxed) > before, *fast, "case {i}: fast path");
+    }
+    // SAME_UPPER padding is left to the reference kernel.
+    let attrs = Attributes::new().with("kernel_shape", vec![3i64, 3]).with("auto_pad", "SAME_UPPER".to_string());
+    let inputs = vec![(random(&[1, 2, 6, 6], 9), false)];
+    let want = run("MaxPool", &attrs, &inputs, super::reference::TACTIC).unwrap();
+    assert_close(&run("MaxPool", &attrs, &inputs, t).unwrap(), &want, "SAME_UPPER");
+}
+
+/// Median microseconds of `tactic` on these inputs, the kernel and its memory made once.
+fn time_tactic(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: &str, iters: usize) -> Option<f64> {
+    let layer = Layer {
+        name: "l".into(),
+        op: op.into(),
+        attrs: attrs.clone(),
+        inputs: (0..inputs.len()).map(|i| Some(TensorId(i))).collect(),
+        outputs: vec![Some(TensorId(inputs.len()))],
+        implicit_inputs: Vec::new(),
+    };
+    let bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
+    let desc = LayerDesc {
+        layer: &layer,
+        input_types: inputs.iter().map(|(t, _)| Some(ValueType::Tensor(kiln_ir::TensorType::of(t)))).collect(),
+        weights: inputs
+            .iter()
+            .zip(&bytes)
+            .map(|((t, w), b)| w.then(|| WeightView { dtype: t.dtype(), shape: t.shape(), bytes: b }))
+            .collect(),
+    };
+    let backend = CpuBackend;
+    if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
+        return None;
+    }
+    let kernel = backend.instantiate(&desc, tactic).ok()?;
+    let mut slot = vec![0u32; 1 << 22];
+    let mut times = Vec::new();
+    for i in 0..iters + 3 {
+        let args = inputs
+            .iter()
+            .zip(&bytes)
+            .map(|((t, _), b)| Some(Arg::Bytes { dtype: t.dtype(), shape: t.shape(), bytes: b }))
+            .collect();
+        let slot_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut slot);
+        let mut io = LayerIo {
+            inputs: args,
+            captures: Vec::new(),
+            outputs: vec![Some(OutputSlot::Arena { bytes: slot_bytes })],
+            results: vec![None],
+        };
+        let start = std::time::Instant::now();
+        kernel.run(&mut io).ok()?;
+        if i >= 3 {
+            times.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Some(times[times.len() / 2])
+}
+
+/// Not a test: prints each convolution tactic's median time on MobileNetV2-like depthwise and
+/// 1×1 layers (`cargo test --release -p kiln-engine tactic_timings -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn tactic_timings() {
+    let cases: &[([usize; 4], [usize; 4], i64, i64, i64)] = &[
+        ([1, 144, 56, 56], [144, 1, 3, 3], 1, 1, 144),
+        ([1, 96, 112, 112], [96, 1, 3, 3], 2, 1, 96),
+        ([1, 960, 7, 7], [960, 1, 3, 3], 1, 1, 960),
+        ([1, 144, 56, 56], [24, 144, 1, 1], 1, 0, 1),
+        ([1, 160, 7, 7], [960, 160, 1, 1], 1, 0, 1),
+        ([1, 64, 56, 56], [64, 64, 3, 3], 1, 1, 1),
+        ([1, 256, 14, 14], [256, 256, 3, 3], 1, 1, 1),
+        ([1, 512, 7, 7], [512, 512, 3, 3], 1, 1, 1),
+    ];
+    // KILN_TIMING_CASE=i times only case i (for a profiler).
+    let only: Option<usize> = std::env::var("KILN_TIMING_CASE").ok().and_then(|v| v.parse().ok());
+    for (i, (xs, ws, s, p, g)) in cases.iter().enumerate() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
+        let attrs = conv_attrs(*s, *p, 1, *g, Some(Activation::Clip { min: 0.0, max: 6.0 }));
+        let inputs = [(random(xs, 1), false), (random(ws, 2), true), (random(&[ws[0]], 3), true)];
+        for t in [
+            super::conv::DEPTHWISE,
+            super::conv::ONE_BY_ONE,
+            super::conv::IM2COL,
+            super::winograd::TACTIC,
+            super::reference::TACTIC,
+        ] {
+            if let Some(us) = time_tactic("Conv", &attrs, &inputs, t, if only.is_some() { 300 } else { 15 }) {
+                println!("{xs:?} {ws:?} s{s}: {t} {us:.1} us");
+            }
+        }
+    }
+}
+
+/// [`run`] for a layer with `outputs` outputs (each its own arena slot).
+fn run_multi(
+    op: &str,
+    attrs: &Attributes,
+    inputs: &[(Tensor, bool)],
+    outputs: usize,
+    tactic: &str,
+) -> Result<Vec<Tensor>, String> {
+    let layer = Layer {
+        name: "l".into(),
+        op: op.into(),
+        attrs: attrs.clone(),
+        inputs: (0..inputs.len()).map(|i| Some(TensorId(i))).collect(),
+        outputs: (0..outputs).map(|i| Some(TensorId(inputs.len() + i))).collect(),
+        implicit_inputs: Vec::new(),
+    };
+    let bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
+    let desc = LayerDesc {
+        layer: &layer,
+        input_types: inputs.iter().map(|(t, _)| Some(ValueType::Tensor(kiln_ir::TensorType::of(t)))).collect(),
+        weights: inputs
+            .iter()
+            .zip(&bytes)
+            .map(|((t, w), b)| w.then(|| WeightView { dtype: t.dtype(), shape: t.shape(), bytes: b }))
+            .collect(),
+    };
+    let backend = CpuBackend;
+    if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
+        return Err(format!("tactic {tactic} not offered"));
+    }
+    let kernel = backend.instantiate(&desc, tactic)?;
+    let args = inputs
+        .iter()
+        .zip(&bytes)
+        .map(|((t, _), b)| Some(Arg::Bytes { dtype: t.dtype(), shape: t.shape(), bytes: b }))
+        .collect();
+    let mut slots: Vec<Vec<u32>> = (0..outputs).map(|_| vec![0u32; 1 << 16]).collect();
+    let mut io = LayerIo {
+        inputs: args,
+        captures: Vec::new(),
+        outputs: slots.iter_mut().map(|s| Some(OutputSlot::Arena { bytes: bytemuck::cast_slice_mut(s) })).collect(),
+        results: (0..outputs).map(|_| None).collect(),
+    };
+    kernel.run(&mut io)?;
+    let results: Vec<Option<Produced>> = std::mem::take(&mut io.results);
+    drop(io);
+    results
+        .into_iter()
+        .zip(&slots)
+        .map(|(r, slot)| match r {
+            Some(Produced::Value(Value::Tensor(t))) => Ok(t),
+            Some(Produced::InSlot(shape)) => {
+                let n: usize = shape.iter().product();
+                Ok(Tensor::from_vec(shape, bytemuck::cast_slice::<u32, f32>(&slot[..n]).to_vec()).unwrap())
+            }
+            other => Err(format!("unexpected result {other:?}")),
+        })
+        .collect()
+}
+
+#[test]
+fn split_tactic_matches_the_reference() {
+    let t = super::split::TACTIC;
+    let x = random(&[2, 9, 12], 1);
+    let sizes = |v: Vec<i64>| Tensor::from_vec(vec![v.len()], v).unwrap();
+    // (attributes, split sizes input, outputs, fast path expected)
+    let cases: Vec<(Attributes, Option<Tensor>, usize, bool)> = vec![
+        (Attributes::new().with("axis", 2i64), None, 3, true),
+        (Attributes::new().with("axis", -1i64), Some(sizes(vec![5, 0, 7])), 3, true),
+        (Attributes::new().with("axis", 1i64).with("num_outputs", 4i64), None, 4, true),
+        (Attributes::new(), Some(sizes(vec![1, 1])), 2, true),
+        // Sizes that do not add up: the reference kernel's error.
+        (Attributes::new().with("axis", 1i64), Some(sizes(vec![4, 4])), 2, false),
+    ];
+    for (i, (attrs, split, outputs, fast)) in cases.into_iter().enumerate() {
+        let mut inputs = vec![(x.clone(), false)];
+        if let Some(s) = split {
+            inputs.push((s, true));
+        }
+        let want = run_multi("Split", &attrs, &inputs, outputs, super::reference::TACTIC);
+        let before = super::split::FAST_RUNS.load(Relaxed);
+        let got = run_multi("Split", &attrs, &inputs, outputs, t);
+        assert_eq!(super::split::FAST_RUNS.load(Relaxed) > before, fast, "case {i}: fast path");
+        match (got, want) {
+            (Ok(got), Ok(want)) => {
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g.shape(), w.shape(), "case {i}");
+                    assert_eq!(g.to_f64_vec(), w.to_f64_vec(), "case {i}");
+                }
+            }
+            (Err(_), Err(_)) => {}
+            (got, want) => panic!("case {i}: {got:?} vs {want:?}"),
+        }
+    }
+    // Sizes computed at run time: not offered (the builder could not time it).
+    let inputs = vec![(x.clone(), false), (sizes(vec![4, 5]), false)];
+    let e = run_multi("Split", &Attributes::new().with("axis", 1i64), &inputs, 2, t).unwrap_err();
+    assert!(e.contains("not offered"), "{e}");
+}
+
+#[test]
+fn large_matmul_and_gemm_split_across_threads_match_the_reference() {
+    // Big enough for the product to be split across a 2-thread pool.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(|| {
+        let a3 = random(&[3, 40, 96], 1);
+        let w = random(&[96, 200], 2);
+        let bias = random(&[200], 3);
+        let res = random(&[3, 40, 200], 4);
+        let mut gelu = Attributes::new();
+        Activation::GeluErf.to_attrs(&mut gelu);
+        for attrs in [Attributes::new(), gelu] {
+            for inputs in [
+                vec![(a3.clone(), false), (w.clone(), true)],
+                vec![(a3.clone(), false), (w.clone(), true), (bias.clone(), true), (res.clone(), false)],
+            ] {
+                let want = run("MatMul", &attrs, &inputs, super::reference::TACTIC).unwrap();
+                assert_close(&run("MatMul", &attrs, &inputs, super::matmul::TACTIC).unwrap(), &want, "MatMul");
+            }
+        }
+        let a = random(&[120, 96], 5);
+        let wt = random(&[200, 96], 6);
+        let attrs = Attributes::new().with("transB", 1i64);
+        let inputs = vec![(a, false), (wt, true), (random(&[200], 7), true)];
+        let want = run("Gemm", &attrs, &inputs, super::reference::TACTIC).unwrap();
+        assert_close(&run("Gemm", &attrs, &inputs, super::matmul::TACTIC).unwrap(), &want, "Gemm transB");
+    });
 }
