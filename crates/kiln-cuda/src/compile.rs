@@ -19,7 +19,9 @@ pub(crate) fn generated_source(placements: &[Placement], storage: Storage) -> Op
     for (li, p) in placements.iter().enumerate() {
         let code = match p {
             Placement::Gpu(GpuOp::Elementwise { program }) => elementwise::generate(li, program),
-            Placement::Gpu(GpuOp::Typed { op, inputs, out }) => typed::generate(li, op, inputs, *out, storage.struct_name()),
+            Placement::Gpu(GpuOp::Typed { op, inputs, out }) => {
+                typed::generate(li, op, inputs, *out, storage.struct_name())
+            }
             _ => continue,
         };
         src.push('\n');

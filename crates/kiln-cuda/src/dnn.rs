@@ -149,9 +149,17 @@ impl Dnn {
         let mut bytes = 0usize;
         // SAFETY: descriptors of a live plan; out-pointer to a local.
         unsafe {
-            sys::cudnnGetConvolutionForwardWorkspaceSize(self.handle, plan.x, plan.w, plan.conv, plan.y, plan.algo, &mut bytes)
-                .result()
-                .map_err(cuda_err("cudnnGetConvolutionForwardWorkspaceSize"))?;
+            sys::cudnnGetConvolutionForwardWorkspaceSize(
+                self.handle,
+                plan.x,
+                plan.w,
+                plan.conv,
+                plan.y,
+                plan.algo,
+                &mut bytes,
+            )
+            .result()
+            .map_err(cuda_err("cudnnGetConvolutionForwardWorkspaceSize"))?;
         }
         plan.workspace_bytes = bytes;
         Ok(plan)

@@ -2,11 +2,11 @@
 //! session (computed for this run), memory from the arena and the weights.
 
 use crate::dnn::ConvShape;
-use crate::tuning;
 use crate::error::CudaResult;
 use crate::kernels::{activation_code, dtype_code, elementwise, strides, Dims8, MAX_RANK};
 use crate::lower::GpuOp;
 use crate::session::CudaSession;
+use crate::tuning;
 use std::ffi::c_void;
 
 /// Kernel parameters: each a pointer to a live local of the kernel parameter's type.
@@ -23,7 +23,16 @@ pub(crate) fn pointwise_gemm(
     (x, w, y): (u64, u64, u64),
 ) -> CudaResult<()> {
     let (n, c, hw, k) = (shape.x[0], shape.x[1], shape.x[2] * shape.x[3], shape.w[0]);
-    blas.gemm(storage, tf32, (k, hw, c), 1.0, (w, c, false, 0), (x, hw, false, (c * hw) as i64), (y, hw, (k * hw) as i64), n)
+    blas.gemm(
+        storage,
+        tf32,
+        (k, hw, c),
+        1.0,
+        (w, c, false, 0),
+        (x, hw, false, (c * hw) as i64),
+        (y, hw, (k * hw) as i64),
+        n,
+    )
 }
 
 /// `Str8` of library.cu.

@@ -68,10 +68,17 @@ pub(crate) enum GpuOp {
     Attention {
         heads: usize,
         scale: Option<f32>,
-    },    /// A generated kernel with its operand types spelled out (kernels/typed.rs).
-    Typed { op: String, inputs: Vec<Option<DType>>, out: DType },
+    },
+    /// A generated kernel with its operand types spelled out (kernels/typed.rs).
+    Typed {
+        op: String,
+        inputs: Vec<Option<DType>>,
+        out: DType,
+    },
     /// Reduce* (kind codes of `reduce_axes` in library.cu) and ArgMax/ArgMin.
-    Reduce { kind: i32 },
+    Reduce {
+        kind: i32,
+    },
     LogSoftmax,
     /// Broadcast to the output's shape (Expand).
     Expand,
@@ -329,7 +336,13 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
         }
         "Trilu" => {
             float_layer()?;
-            if layer.inputs.get(1).copied().flatten().is_some_and(|id| !matches!(graph.tensors[id.0].storage, Storage::Weight(_))) {
+            if layer
+                .inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .is_some_and(|id| !matches!(graph.tensors[id.0].storage, Storage::Weight(_)))
+            {
                 return Err("Trilu with a run-time diagonal".into());
             }
             Ok(GpuOp::Trilu { upper: a.int("upper", 1).map_err(|e| e.to_string())? != 0 })
@@ -339,7 +352,13 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
             if a.string("mode", "constant".into()).map_err(|e| e.to_string())? != "constant" {
                 return Err("Pad modes other than constant".into());
             }
-            if layer.inputs.iter().skip(1).flatten().any(|id| !matches!(graph.tensors[id.0].storage, Storage::Weight(_))) {
+            if layer
+                .inputs
+                .iter()
+                .skip(1)
+                .flatten()
+                .any(|id| !matches!(graph.tensors[id.0].storage, Storage::Weight(_)))
+            {
                 return Err("Pad with run-time pads".into());
             }
             Ok(GpuOp::Pad)
@@ -448,13 +467,19 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
             Ok(GpuOp::LogSoftmax)
         }
         "Expand" | "Slice" => {
-            if layer.inputs.iter().skip(1).flatten().any(|id| !matches!(graph.tensors[id.0].storage, Storage::Weight(_))) {
+            if layer
+                .inputs
+                .iter()
+                .skip(1)
+                .flatten()
+                .any(|id| !matches!(graph.tensors[id.0].storage, Storage::Weight(_)))
+            {
                 return Err(format!("{} with run-time parameters", layer.op));
             }
             Ok(if layer.op == "Expand" { GpuOp::Expand } else { GpuOp::Slice })
         }
-        op @ ("ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceSumSquare" | "ReduceL1"
-        | "ReduceL2" | "ReduceLogSumExp" | "ReduceLogSum" | "ArgMax" | "ArgMin") => {
+        op @ ("ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceSumSquare"
+        | "ReduceL1" | "ReduceL2" | "ReduceLogSumExp" | "ReduceLogSum" | "ArgMax" | "ArgMin") => {
             let kind = match op {
                 "ReduceSum" => 0,
                 "ReduceMean" => 1,

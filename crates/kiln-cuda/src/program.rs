@@ -92,11 +92,14 @@ impl CudaProgram {
         let (library, generated) = crate::compile::split_code(&graph.device_code)?;
         let load = |image: &[u8]| -> CudaResult<Module> {
             // The driver reads the image from an aligned copy (a plan's bytes carry no alignment).
-            let owned: Vec<u64> = image.chunks(8).map(|c| {
-                let mut b = [0u8; 8];
-                b[..c.len()].copy_from_slice(c);
-                u64::from_le_bytes(b)
-            }).collect();
+            let owned: Vec<u64> = image
+                .chunks(8)
+                .map(|c| {
+                    let mut b = [0u8; 8];
+                    b[..c.len()].copy_from_slice(c);
+                    u64::from_le_bytes(b)
+                })
+                .collect();
             // SAFETY: the cubin came out of NVRTC for this architecture (the plan's device
             // fingerprint matched); the driver validates the image and reports a bad one.
             let m = unsafe { result::module::load_data(owned.as_ptr().cast()) }

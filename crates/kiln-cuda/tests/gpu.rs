@@ -49,13 +49,22 @@ fn constant(net: &mut Network, name: &str, shape: &[usize], seed: u64) -> Tensor
 
 /// Build for the GPU with a batch range, run at each batch, compare every output with the CPU
 /// reference; returns the largest relative error.
-fn check(backend: Arc<CudaBackend>, net: &Network, inputs: &[(&str, Vec<usize>)], fp16: bool, batches: &[usize]) -> f64 {
+fn check(
+    backend: Arc<CudaBackend>,
+    net: &Network,
+    inputs: &[(&str, Vec<usize>)],
+    fp16: bool,
+    batches: &[usize],
+) -> f64 {
     let mut config = BuilderConfig { allow_fp16: fp16, ..BuilderConfig::default() };
     let max_b = *batches.iter().max().unwrap();
     let min_b = *batches.iter().min().unwrap();
     for (name, dims) in inputs {
         let with = |b: usize| [vec![b], dims.clone()].concat();
-        config.profile.inputs.insert(name.to_string(), ShapeRange { min: with(min_b), opt: with(max_b), max: with(max_b) });
+        config
+            .profile
+            .inputs
+            .insert(name.to_string(), ShapeRange { min: with(min_b), opt: with(max_b), max: with(max_b) });
     }
     let engine = Arc::new(Builder::new(backend).build(net, &config).expect("GPU build"));
     let mut worst = 0.0f64;
@@ -138,7 +147,13 @@ fn transformer_bits() -> Network {
     let h = layer(&mut net, "res", "Add", Attributes::new(), &[Some(h), Some(x)]);
     let g = constant(&mut net, "gamma", &[16], 4);
     let be = constant(&mut net, "beta", &[16], 5);
-    let ln = layer(&mut net, "ln", "LayerNormalization", Attributes::new().with("axis", -1i64), &[Some(h), Some(g), Some(be)]);
+    let ln = layer(
+        &mut net,
+        "ln",
+        "LayerNormalization",
+        Attributes::new().with("axis", -1i64),
+        &[Some(h), Some(g), Some(be)],
+    );
     let heads = Attributes::new().with("q_num_heads", 2i64).with("kv_num_heads", 2i64);
     let att = layer(&mut net, "att", "Attention", heads, &[Some(ln), Some(h), Some(x)]);
     let sm = layer(&mut net, "sm", "Softmax", Attributes::new(), &[Some(att)]);
@@ -250,10 +265,12 @@ fn enqueue_on_a_callers_stream_then_synchronize() {
     let mut config = BuilderConfig::default();
     config.profile.inputs.insert("image".into(), ShapeRange::fixed(vec![1, 3, 12, 12]));
     let engine = Arc::new(Builder::new(gpu).build(&net, &config).unwrap());
-    let stream = cudarc::driver::result::stream::create(cudarc::driver::result::stream::StreamKind::NonBlocking).unwrap();
+    let stream =
+        cudarc::driver::result::stream::create(cudarc::driver::result::stream::StreamKind::NonBlocking).unwrap();
     let mut ctx = engine.create_context();
     for seed in 0..3 {
-        let values: HashMap<String, Value> = [("image".to_string(), Value::Tensor(random(&[1, 3, 12, 12], seed)))].into();
+        let values: HashMap<String, Value> =
+            [("image".to_string(), Value::Tensor(random(&[1, 3, 12, 12], seed)))].into();
         let want = kiln_cpu::execute_named(&net, values.clone()).unwrap();
         ctx.set_input("image", &values["image"]).unwrap();
         ctx.enqueue(stream as u64).unwrap();

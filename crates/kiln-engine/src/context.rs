@@ -120,17 +120,11 @@ impl ExecutionContext {
     /// Run the engine, handing every layer's outputs (copied, by tensor name) to `observe`
     /// right after the layer ran: `kiln compare --per-layer` compares them with the
     /// unoptimized network's values of the same names.
-    pub fn execute_observed(
-        &mut self,
-        observe: &mut LayerObserver<'_>,
-    ) -> Result<(), EngineError> {
+    pub fn execute_observed(&mut self, observe: &mut LayerObserver<'_>) -> Result<(), EngineError> {
         self.run(Some(observe))
     }
 
-    fn run(
-        &mut self,
-        mut observe: Option<&mut LayerObserver<'_>>,
-    ) -> Result<(), EngineError> {
+    fn run(&mut self, mut observe: Option<&mut LayerObserver<'_>>) -> Result<(), EngineError> {
         for &i in &self.engine.graph.inputs {
             if self.heap[i].is_none() && self.shapes[i].is_none() {
                 return Err(EngineError::Input {

@@ -21,7 +21,8 @@ pub(crate) fn arity(op: &str) -> Option<(usize, usize)> {
 /// The output dtype of `op` over inputs of `dtypes` (`None` where the generator does not
 /// cover the combination, e.g. integer division or half-precision graphs).
 pub(crate) fn output_dtype(op: &str, dtypes: &[Option<DType>]) -> Option<DType> {
-    let supported = |d: DType| matches!(d, DType::F32 | DType::F64 | DType::I64 | DType::I32 | DType::I8 | DType::U8 | DType::Bool);
+    let supported =
+        |d: DType| matches!(d, DType::F32 | DType::F64 | DType::I64 | DType::I32 | DType::I8 | DType::U8 | DType::Bool);
     if dtypes.iter().flatten().any(|&d| !supported(d)) {
         return None;
     }
@@ -31,7 +32,9 @@ pub(crate) fn output_dtype(op: &str, dtypes: &[Option<DType>]) -> Option<DType> 
         "And" | "Or" | "Xor" | "Not" => (first == DType::Bool).then_some(DType::Bool),
         "Where" => dtypes.get(1).copied().flatten(),
         // fp32 arithmetic goes through the float programs (elementwise.rs).
-        "Add" | "Sub" | "Mul" | "Neg" | "Abs" | "Max" | "Min" => (first != DType::Bool && first != DType::F32).then_some(first),
+        "Add" | "Sub" | "Mul" | "Neg" | "Abs" | "Max" | "Min" => {
+            (first != DType::Bool && first != DType::F32).then_some(first)
+        }
         "Clip" => (first != DType::Bool).then_some(first),
         _ => None,
     }
