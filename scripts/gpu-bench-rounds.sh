@@ -10,7 +10,7 @@ f=$(find / -name 'libcudnn.so.9' -not -path '/proc/*' 2>/dev/null | head -1)
 mkdir -p target/models
 python3 scripts/gen_models.py --out target/models resnet50 bert_base >/dev/null 2>&1
 BERT="input_ids=1x128,attention_mask=1x128,token_type_ids=1x128"
-for m in resnet50 bert_base; do
+for m in ${MODELS:-resnet50 bert_base}; do
   s=input=1x3x224x224; [ $m = bert_base ] && s=$BERT
   gpu-bin/kiln build target/models/$m.onnx --device cuda --fp16 --shapes "$s" -o target/$m.b1.plan --quiet >/dev/null
 done
