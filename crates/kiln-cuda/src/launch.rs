@@ -126,16 +126,10 @@ impl CudaSession {
             }
             GpuOp::Pad => self.pad(li),
             GpuOp::Softmax => {
-                let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
-                let shape = self.shape(x)?;
-                let cols = *shape.last().unwrap_or(&1) as i64;
-                let rows = numel(&shape) / cols.max(1) as usize;
-                if rows == 0 || cols == 0 {
-                    return Ok(());
-                }
+                let Some((xp, yp, rows, cols)) = self.last_axis_rows(li)? else { return Ok(()) };
                 let f = self.p.typed("softmax_rows")?;
-                let (xp, yp, scale, mask, one, zero) = (self.ptr(x)?, self.ptr(y)?, 1.0f32, 0u64, 1i64, 0i64);
-                self.launch(f, rows as u32, 256, params!(xp, yp, cols, scale, mask, one, one, zero, zero, zero, zero))
+                let (scale, mask, one, zero) = (1.0f32, 0u64, 1i64, 0i64);
+                self.launch(f, rows, 256, params!(xp, yp, cols, scale, mask, one, one, zero, zero, zero, zero))
             }
             GpuOp::Pool { is_max, kernel, strides, pads, dilations, count_include_pad } => {
                 let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
@@ -251,16 +245,9 @@ impl CudaSession {
             GpuOp::Typed { .. } => self.typed_elementwise(li),
             GpuOp::Reduce { kind } => self.reduce(li, *kind),
             GpuOp::LogSoftmax => {
-                let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
-                let shape = self.shape(x)?;
-                let cols = *shape.last().unwrap_or(&1) as i64;
-                let rows = numel(&shape) / cols.max(1) as usize;
-                if rows == 0 || cols == 0 {
-                    return Ok(());
-                }
+                let Some((xp, yp, rows, cols)) = self.last_axis_rows(li)? else { return Ok(()) };
                 let f = self.p.typed("log_softmax_rows")?;
-                let (xp, yp) = (self.ptr(x)?, self.ptr(y)?);
-                self.launch(f, rows as u32, 256, params!(xp, yp, cols))
+                self.launch(f, rows, 256, params!(xp, yp, cols))
             }
             GpuOp::Expand => {
                 let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
@@ -275,6 +262,20 @@ impl CudaSession {
             }
             GpuOp::Slice => self.slice(li),
         }
+    }
+
+    /// A row-wise op over the last axis (softmax forms): input and output addresses, rows (one
+    /// block each) and columns; `None` for an empty tensor.
+    fn last_axis_rows(&self, li: usize) -> CudaResult<Option<(u64, u64, u32, i64)>> {
+        let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+        let shape = self.shape(x)?;
+        let cols = *shape.last().unwrap_or(&1);
+        let rows = numel(&shape) / cols.max(1);
+        if rows == 0 || cols == 0 {
+            return Ok(None);
+        }
+        let rows = u32::try_from(rows).map_err(|_| format!("{rows} rows exceed one launch"))?;
+        Ok(Some((self.ptr(x)?, self.ptr(y)?, rows, cols as i64)))
     }
 
     /// A small constant input (axes, starts, ...) as integers.

@@ -232,14 +232,21 @@ fn auto_pad_ok(attrs: &Attributes) -> Result<(), String> {
     }
 }
 
-/// A convolution's pads, strides, dilations (as 2-D) and group count.
-fn conv_params(a: &Attributes, sp: usize) -> Result<([i32; 2], [i32; 2], [i32; 2], i32), String> {
-    Ok((
-        pads_hw(a, sp)?,
-        spatial(a, "strides", sp, 1)?,
-        spatial(a, "dilations", sp, 1)?,
-        a.int("group", 1).map_err(|e| e.to_string())? as i32,
-    ))
+/// A convolution's pads, strides and dilations (as 2-D) and group count.
+struct ConvParams {
+    pads: [i32; 2],
+    strides: [i32; 2],
+    dilations: [i32; 2],
+    group: i32,
+}
+
+fn conv_params(a: &Attributes, sp: usize) -> Result<ConvParams, String> {
+    Ok(ConvParams {
+        pads: pads_hw(a, sp)?,
+        strides: spatial(a, "strides", sp, 1)?,
+        dilations: spatial(a, "dilations", sp, 1)?,
+        group: a.int("group", 1).map_err(|e| e.to_string())? as i32,
+    })
 }
 
 /// The geometry of Conv layer `layer` at input shape `x` and weight shape `w` (for timing its
@@ -250,7 +257,7 @@ pub(crate) fn conv_shape(layer: &Layer, x: &[usize], w: &[usize]) -> Option<crat
         return None;
     }
     let sp = x.len().checked_sub(2).filter(|s| (1..=2).contains(s))?;
-    let (pads, strides, dilations, group) = conv_params(a, sp).ok()?;
+    let ConvParams { pads, strides, dilations, group } = conv_params(a, sp).ok()?;
     let four = |s: &[usize]| if s.len() == 3 { [s[0], s[1], 1, s[2]] } else { [s[0], s[1], s[2], s[3]] };
     let (x4, w4) = (four(x), four(w));
     let out = |k: usize| -> Option<usize> {
@@ -295,7 +302,7 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
                 Some(4) => 2,
                 _ => return Err("convolutions of rank other than 1-D or 2-D".into()),
             };
-            let (pads, strides, dilations, group) = conv_params(a, sp)?;
+            let ConvParams { pads, strides, dilations, group } = conv_params(a, sp)?;
             Ok(GpuOp::Conv { pads, strides, dilations, group, act: act()? })
         }
         "Gemm" => {
