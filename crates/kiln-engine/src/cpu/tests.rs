@@ -345,6 +345,7 @@ fn time_tactic(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: 
             .zip(&bytes)
             .map(|((t, w), b)| w.then(|| WeightView { dtype: t.dtype(), shape: t.shape(), bytes: b }))
             .collect(),
+        precisions: Default::default(),
     };
     let backend = CpuBackend;
     if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
@@ -438,6 +439,7 @@ fn run_multi(
             .zip(&bytes)
             .map(|((t, w), b)| w.then(|| WeightView { dtype: t.dtype(), shape: t.shape(), bytes: b }))
             .collect(),
+        precisions: Default::default(),
     };
     let backend = CpuBackend;
     if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
