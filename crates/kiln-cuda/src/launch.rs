@@ -500,7 +500,10 @@ impl CudaSession {
             let tactic = self.p.graph.layers[li].tactic.as_str();
             let mut plan = match tuning::tactic_algo(tactic) {
                 // The builder timed the tactics: its algorithm, at any batch of the profile.
-                Some(algo) => dnn.plan_with(storage, tf32, &shape, algo)?,
+                // (At a batch where cuDNN refuses it, its own search decides.)
+                Some(algo) => dnn
+                    .plan_with(storage, tf32, &shape, algo)
+                    .or_else(|_| dnn.plan(storage, tf32, &shape, self.p.graph.build.workspace_bytes))?,
                 // Untimed (opt level 1) or a product: cuDNN's own search, on this first run
                 // at the shape (never inside a capture).
                 None => dnn.plan(storage, tf32, &shape, self.p.graph.build.workspace_bytes)?,
