@@ -105,3 +105,45 @@ fn compile_cubin(source: &str, cc: (i32, i32)) -> CudaResult<Vec<u8>> {
     tracing::info!(bytes = cubin.len(), arch = %format!("sm_{}{}", cc.0, cc.1), "CUDA kernels compiled");
     Ok(cubin)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_ir::elementwise_program::Program;
+    use kiln_ir::DType;
+
+    /// The kernel library and generated kernels of every kind compile for sm_90 wherever NVRTC
+    /// can be loaded (no GPU needed); elsewhere the test says it skipped.
+    #[test]
+    fn library_and_generated_kernels_compile_with_nvrtc() {
+        // SAFETY: probes whether the shared library can be loaded.
+        if !unsafe { sys::is_culib_present() } {
+            eprintln!("skipping: NVRTC (libnvrtc.so) is not available here");
+            return;
+        }
+        let program = Program::parse(&["in 0".into(), "in 1".into(), "Add".into(), "Gelu".into()]).unwrap();
+        let placements = vec![
+            Placement::Gpu(GpuOp::Elementwise { program }),
+            Placement::Gpu(GpuOp::Typed {
+                op: "Where".into(),
+                inputs: vec![Some(DType::Bool), Some(DType::F32), Some(DType::F32)],
+                out: DType::F32,
+            }),
+            Placement::Gpu(GpuOp::Typed {
+                op: "ModInt".into(),
+                inputs: vec![Some(DType::I64), Some(DType::I64)],
+                out: DType::I64,
+            }),
+            Placement::Gpu(GpuOp::Typed {
+                op: "BitShiftLeft".into(),
+                inputs: vec![Some(DType::U16), Some(DType::U16)],
+                out: DType::U16,
+            }),
+        ];
+        for storage in [Storage::F32, Storage::F16, Storage::BF16] {
+            let code = engine_code(&placements, storage, (9, 0)).unwrap_or_else(|e| panic!("{e}"));
+            let (library, generated) = split_code(&code).unwrap();
+            assert!(!library.is_empty() && !generated.is_empty());
+        }
+    }
+}

@@ -89,6 +89,9 @@ pub(crate) enum GpuOp {
     Trilu {
         upper: bool,
     },
+    GatherElements {
+        axis: i64,
+    },
 }
 
 /// Where a layer runs.
@@ -510,7 +513,19 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
             }
             Ok(GpuOp::Reduce { kind })
         }
+        "GatherElements" => Ok(GpuOp::GatherElements { axis: a.int("axis", 0).map_err(|e| e.to_string())? }),
         other => {
+            // Ops whose attributes change the expression get their own names.
+            let named = match other {
+                "BitShift" => match a.string("direction", String::new()).map_err(|e| e.to_string())?.as_str() {
+                    "LEFT" => "BitShiftLeft",
+                    "RIGHT" => "BitShiftRight",
+                    _ => return Err("BitShift without a direction".into()),
+                },
+                "Mod" if a.int("fmod", 0).map_err(|e| e.to_string())? == 0 => "ModInt",
+                other => other,
+            };
+            let other = named;
             if let Some((lo, hi)) = typed::arity(other) {
                 let dtypes: Vec<Option<DType>> =
                     layer.inputs.iter().map(|i| i.and_then(|id| tensor_dtype(graph, id.0))).collect();

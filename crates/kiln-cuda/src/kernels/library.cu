@@ -308,6 +308,11 @@ __device__ __forceinline__ double load_any(const void* p, i64 i, int t) {
     case 5: return (double)((const int*)p)[i];
     case 6: return (double)((const unsigned char*)p)[i];
     case 7: return (double)((const signed char*)p)[i];
+    case 8: return (double)((const unsigned char*)p)[i];
+    case 9: return (double)((const short*)p)[i];
+    case 10: return (double)((const unsigned short*)p)[i];
+    case 11: return (double)((const unsigned*)p)[i];
+    case 12: return (double)((const unsigned long long*)p)[i];
     default: return 0.0;
   }
 }
@@ -321,6 +326,11 @@ __device__ __forceinline__ void store_any(void* p, i64 i, int t, double v) {
     case 5: ((int*)p)[i] = (int)v; break;
     case 6: ((unsigned char*)p)[i] = (unsigned char)(v != 0.0 ? 1 : 0); break;
     case 7: ((signed char*)p)[i] = (signed char)v; break;
+    case 8: ((unsigned char*)p)[i] = (unsigned char)v; break;
+    case 9: ((short*)p)[i] = (short)v; break;
+    case 10: ((unsigned short*)p)[i] = (unsigned short)v; break;
+    case 11: ((unsigned*)p)[i] = (unsigned)v; break;
+    case 12: ((unsigned long long*)p)[i] = (unsigned long long)v; break;
   }
 }
 // bool (code 6) outputs are 0/1; integer outputs truncate toward zero (as ONNX Cast does).
@@ -392,3 +402,28 @@ __device__ void reduce_axes(const void* x, void* y, i64 n_out, int kept_rank, St
 KILN_INSTANTIATE(reduce_axes,
   (const void* x, void* y, i64 n_out, int kept_rank, Str8 kept_shape, Str8 kept_stride, int red_rank, Str8 red_shape, Str8 red_stride, i64 n_red, int kind, int select_last),
   (x, y, n_out, kept_rank, kept_shape, kept_stride, red_rank, red_shape, red_stride, n_red, kind, select_last))
+
+// ---- GatherElements: out[c] = data[c with c[axis] replaced by idx[c]] (shape of idx) ---------
+template <typename E>
+__device__ void gather_elements(const E* data, const void* idx, int idx_is_i32, E* out, i64 n, int rank, Str8 shape,
+                                Str8 data_stride, int axis, i64 axis_len, int* err) {
+  GRID_STRIDE(i, n) {
+    i64 k = idx_is_i32 ? (i64)((const int*)idx)[i] : ((const i64*)idx)[i];
+    if (k < 0) k += axis_len;
+    if (k < 0 || k >= axis_len) { if (err) *err = 1; continue; }
+    i64 rem = i, off = 0;
+    for (int d = rank - 1; d >= 0; --d) {
+      i64 c = rem % shape.s[d];
+      rem /= shape.s[d];
+      off += (d == axis ? k : c) * data_stride.s[d];
+    }
+    out[i] = data[off];
+  }
+}
+#define KILN_GATHER_ELEMENTS(BYTES, E) \
+  extern "C" __global__ void gather_elements_##BYTES(const E* d, const void* x, int x32, E* o, i64 n, int r, Str8 s, Str8 ds, int a, i64 al, int* e) \
+  { gather_elements(d, x, x32, o, n, r, s, ds, a, al, e); }
+KILN_GATHER_ELEMENTS(1, unsigned char)
+KILN_GATHER_ELEMENTS(2, u16)
+KILN_GATHER_ELEMENTS(4, unsigned)
+KILN_GATHER_ELEMENTS(8, i64)

@@ -83,7 +83,11 @@ pub(crate) fn dtype_code(d: DType) -> Option<i32> {
         DType::I32 => 5,
         DType::Bool => 6,
         DType::I8 => 7,
-        _ => return None,
+        DType::U8 => 8,
+        DType::I16 => 9,
+        DType::U16 => 10,
+        DType::U32 => 11,
+        DType::U64 => 12,
     })
 }
 

@@ -12,7 +12,8 @@ pub(crate) fn arity(op: &str) -> Option<(usize, usize)> {
         "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Add" | "Sub"
         | "Mul" | "Max" | "Min" => (2, 2),
         "Where" => (3, 3),
-        "Not" | "Neg" | "Abs" => (1, 1),
+        "Not" | "Neg" | "Abs" | "BitwiseNot" => (1, 1),
+        "BitwiseAnd" | "BitwiseOr" | "BitwiseXor" | "BitShiftLeft" | "BitShiftRight" | "ModInt" => (2, 2),
         "Clip" => (1, 3),
         _ => return None,
     })
@@ -36,6 +37,10 @@ pub(crate) fn output_dtype(op: &str, dtypes: &[Option<DType>]) -> Option<DType> 
             (first != DType::Bool && first != DType::F32).then_some(first)
         }
         "Clip" => (first != DType::Bool).then_some(first),
+        // Bit operations and the integer remainder: integers only.
+        "BitwiseAnd" | "BitwiseOr" | "BitwiseXor" | "BitwiseNot" | "BitShiftLeft" | "BitShiftRight" | "ModInt" => {
+            (!first.is_float() && first != DType::Bool).then_some(first)
+        }
         _ => None,
     }
 }
@@ -48,6 +53,10 @@ fn c_type(d: DType) -> &'static str {
         DType::I32 => "int",
         DType::I8 => "signed char",
         DType::U8 | DType::Bool => "unsigned char",
+        DType::I16 => "short",
+        DType::U16 => "unsigned short",
+        DType::U32 => "unsigned",
+        DType::U64 => "unsigned long long",
         _ => "float",
     }
 }
@@ -102,6 +111,19 @@ pub(crate) fn generate(li: usize, op: &str, inputs: &[Option<DType>], out: DType
         "Min" => format!("({a} != {a} || {b} != {b} ? ({a} + {b}) : ({a} < {b} ? {a} : {b}))", a = x(0), b = x(1)),
         "Neg" => format!("(-{})", x(0)),
         "Abs" => format!("({a} < 0 ? -{a} : {a})", a = x(0)),
+        "BitwiseAnd" => format!("({} & {})", x(0), x(1)),
+        "BitwiseOr" => format!("({} | {})", x(0), x(1)),
+        "BitwiseXor" => format!("({} ^ {})", x(0), x(1)),
+        "BitwiseNot" => format!("(~{})", x(0)),
+        // Shifts by the width or more give 0 (C leaves them undefined).
+        "BitShiftLeft" => format!("({b} >= 8 * sizeof({a}) ? 0 : ({a} << {b}))", a = x(0), b = x(1)),
+        "BitShiftRight" => format!("({b} >= 8 * sizeof({a}) ? 0 : ({a} >> {b}))", a = x(0), b = x(1)),
+        // Python's remainder (the divisor's sign); 0 for a zero divisor, as the CPU kernel.
+        "ModInt" => format!(
+            "({b} == 0 ? 0 : ((({a} % {b}) != 0 && ((({a} % {b}) < 0) != ({b} < 0))) ? ({a} % {b}) + {b} : ({a} % {b})))",
+            a = x(0),
+            b = x(1)
+        ),
         "Clip" => {
             let mut e = x(0);
             if let Some(lo) = v(1) {
