@@ -297,6 +297,15 @@ fn norms_and_pads() -> Network {
     let pad = layer(&mut net, "pad", "Pad", Attributes::new(), &[Some(rms), Some(pads), Some(value)]);
     let tri = layer(&mut net, "tri", "Trilu", Attributes::new().with("upper", 1i64), &[Some(pad)]);
     let sum = layer(&mut net, "sum", "Sum", Attributes::new(), &[Some(tri), Some(pad), Some(tri)]);
+    let idx = net
+        .add_constant(
+            "idx",
+            Tensor::from_vec(vec![1, 1, 18], (0..18).map(|k| (k * 5 % 7) as i64 - 3).collect()).unwrap(),
+        )
+        .unwrap();
+    let picked =
+        layer(&mut net, "pick", "GatherElements", Attributes::new().with("axis", 1i64), &[Some(sum), Some(idx)]);
+    net.mark_output(picked).unwrap();
     let g = constant(&mut net, "gamma", &[18], 2);
     let outs = net
         .add_layer("ln", "LayerNormalization", Attributes::new(), &[Some(sum), Some(g)], &["ln_y", "ln_mean", "ln_inv"])

@@ -38,8 +38,13 @@ pub(crate) fn output_dtype(op: &str, dtypes: &[Option<DType>]) -> Option<DType> 
         }
         "Clip" => (first != DType::Bool).then_some(first),
         // Bit operations and the integer remainder: integers only.
-        "BitwiseAnd" | "BitwiseOr" | "BitwiseXor" | "BitwiseNot" | "BitShiftLeft" | "BitShiftRight" | "ModInt" => {
+        "BitwiseAnd" | "BitwiseOr" | "BitwiseXor" | "BitwiseNot" | "ModInt" => {
             (!first.is_float() && first != DType::Bool).then_some(first)
+        }
+        // ONNX defines shifts on unsigned integers; kiln's CPU kernel also shifts signed ones
+        // (sign-filling, negative amounts), which stay there.
+        "BitShiftLeft" | "BitShiftRight" => {
+            matches!(first, DType::U8 | DType::U16 | DType::U32 | DType::U64).then_some(first)
         }
         _ => None,
     }
