@@ -125,7 +125,6 @@ impl CudaSession {
                 self.launch(f, grid, 256, params!(xp, yp, n64, rows, cols, k, up))
             }
             GpuOp::Pad => self.pad(li),
-            GpuOp::GatherElements { axis } => self.gather_elements(li, *axis),
             GpuOp::Softmax => {
                 let Some((xp, yp, rows, cols)) = self.last_axis_rows(li)? else { return Ok(()) };
                 let f = self.p.typed("softmax_rows")?;
@@ -728,36 +727,6 @@ impl CudaSession {
         };
         let grid = self.grid(n);
         self.launch(f, grid, 256, params!(dp, ip, idx_is_i32, yp, outer, nidx, axis_len, inner, err))
-    }
-
-    fn gather_elements(&mut self, li: usize, axis: i64) -> CudaResult<()> {
-        let (d, i, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
-        let (ds, is) = (self.shape(d)?, self.shape(i)?);
-        if ds.len() != is.len() || ds.len() > MAX_RANK {
-            return Err("GatherElements of mismatched or more than 8 dimensions".into());
-        }
-        let axis = kiln_ir::spec::normalize_axis(axis, ds.len())?;
-        let n = numel(&is);
-        if n == 0 {
-            return Ok(());
-        }
-        let idx_is_i32 = match self.device_dtype(i)? {
-            kiln_ir::DType::I64 => 0i32,
-            kiln_ir::DType::I32 => 1,
-            other => return Err(format!("GatherElements indices of type {other}")),
-        };
-        let esize = self.device_dtype(d)?.size();
-        let f = self.p.func(&format!("gather_elements_{esize}"))?;
-        let (mut shape, mut stride) = (Str8::default(), Str8::default());
-        let dst = strides(&ds);
-        for k in 0..is.len() {
-            shape.0[k] = is[k] as i64;
-            stride.0[k] = dst[k];
-        }
-        let (dp, ip, yp, err) = (self.ptr(d)?, self.ptr(i)?, self.ptr(y)?, self.error_flag.ptr());
-        let (n64, rank, ax, axis_len) = (n as i64, is.len() as i32, axis as i32, ds[axis] as i64);
-        let grid = self.grid(n);
-        self.launch(f, grid, 256, params!(dp, ip, idx_is_i32, yp, n64, rank, shape, stride, ax, axis_len, err))
     }
 
     /// Scaled dot-product attention per batch: S = Q·K^T (cuBLAS, heads batched), softmax of

@@ -89,9 +89,6 @@ pub(crate) enum GpuOp {
     Trilu {
         upper: bool,
     },
-    GatherElements {
-        axis: i64,
-    },
 }
 
 /// Where a layer runs.
@@ -513,7 +510,6 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
             }
             Ok(GpuOp::Reduce { kind })
         }
-        "GatherElements" => Ok(GpuOp::GatherElements { axis: a.int("axis", 0).map_err(|e| e.to_string())? }),
         other => {
             // Ops whose attributes change the expression get their own names.
             let named = match other {

@@ -45,7 +45,7 @@ const TYPED_KERNELS: [&str; 9] = [
     "trilu",
 ];
 /// Library kernels that move bytes whatever their type.
-const UNTYPED_KERNELS: [&str; 11] = [
+const UNTYPED_KERNELS: [&str; 7] = [
     "gather_bytes",
     "gather_words",
     "copy_strided_1",
@@ -53,10 +53,6 @@ const UNTYPED_KERNELS: [&str; 11] = [
     "copy_strided_4",
     "copy_strided_8",
     "cast_any",
-    "gather_elements_1",
-    "gather_elements_2",
-    "gather_elements_4",
-    "gather_elements_8",
 ];
 
 pub struct CudaProgram {

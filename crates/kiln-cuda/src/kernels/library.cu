@@ -402,28 +402,3 @@ __device__ void reduce_axes(const void* x, void* y, i64 n_out, int kept_rank, St
 KILN_INSTANTIATE(reduce_axes,
   (const void* x, void* y, i64 n_out, int kept_rank, Str8 kept_shape, Str8 kept_stride, int red_rank, Str8 red_shape, Str8 red_stride, i64 n_red, int kind, int select_last),
   (x, y, n_out, kept_rank, kept_shape, kept_stride, red_rank, red_shape, red_stride, n_red, kind, select_last))
-
-// ---- GatherElements: out[c] = data[c with c[axis] replaced by idx[c]] (shape of idx) ---------
-template <typename E>
-__device__ void gather_elements(const E* data, const void* idx, int idx_is_i32, E* out, i64 n, int rank, Str8 shape,
-                                Str8 data_stride, int axis, i64 axis_len, int* err) {
-  GRID_STRIDE(i, n) {
-    i64 k = idx_is_i32 ? (i64)((const int*)idx)[i] : ((const i64*)idx)[i];
-    if (k < 0) k += axis_len;
-    if (k < 0 || k >= axis_len) { if (err) *err = 1; continue; }
-    i64 rem = i, off = 0;
-    for (int d = rank - 1; d >= 0; --d) {
-      i64 c = rem % shape.s[d];
-      rem /= shape.s[d];
-      off += (d == axis ? k : c) * data_stride.s[d];
-    }
-    out[i] = data[off];
-  }
-}
-#define KILN_GATHER_ELEMENTS(BYTES, E) \
-  extern "C" __global__ void gather_elements_##BYTES(const E* d, const void* x, int x32, E* o, i64 n, int r, Str8 s, Str8 ds, int a, i64 al, int* e) \
-  { gather_elements(d, x, x32, o, n, r, s, ds, a, al, e); }
-KILN_GATHER_ELEMENTS(1, unsigned char)
-KILN_GATHER_ELEMENTS(2, u16)
-KILN_GATHER_ELEMENTS(4, unsigned)
-KILN_GATHER_ELEMENTS(8, i64)
