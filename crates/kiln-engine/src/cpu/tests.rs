@@ -20,27 +20,37 @@ fn random(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(shape.to_vec(), v).unwrap()
 }
 
-/// Run `tactic` on a layer whose inputs are `activations` (by position) and weights.
-fn run(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: &str) -> Result<Tensor, String> {
-    let layer = Layer {
+/// A layer reading tensors 0..inputs and writing the next `outputs` ids.
+fn test_layer(op: &str, attrs: &Attributes, inputs: usize, outputs: usize) -> Layer {
+    Layer {
         name: "l".into(),
         op: op.into(),
         attrs: attrs.clone(),
-        inputs: (0..inputs.len()).map(|i| Some(TensorId(i))).collect(),
-        outputs: vec![Some(TensorId(inputs.len()))],
+        inputs: (0..inputs).map(|i| Some(TensorId(i))).collect(),
+        outputs: (0..outputs).map(|i| Some(TensorId(inputs + i))).collect(),
         implicit_inputs: Vec::new(),
-    };
-    let bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
-    let desc = LayerDesc {
-        layer: &layer,
+    }
+}
+
+/// What the backend sees of `layer` over `inputs` (tensor, is-a-weight) whose bytes are `bytes`.
+fn test_desc<'a>(layer: &'a Layer, inputs: &'a [(Tensor, bool)], bytes: &'a [Vec<u8>]) -> LayerDesc<'a> {
+    LayerDesc {
+        layer,
         input_types: inputs.iter().map(|(t, _)| Some(ValueType::Tensor(kiln_ir::TensorType::of(t)))).collect(),
         weights: inputs
             .iter()
-            .zip(&bytes)
+            .zip(bytes)
             .map(|((t, w), b)| w.then(|| WeightView { dtype: t.dtype(), shape: t.shape(), bytes: b }))
             .collect(),
         precisions: Default::default(),
-    };
+    }
+}
+
+/// Run `tactic` on a layer whose inputs are `activations` (by position) and weights.
+fn run(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: &str) -> Result<Tensor, String> {
+    let layer = test_layer(op, attrs, inputs.len(), 1);
+    let bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
+    let desc = test_desc(&layer, inputs, &bytes);
     let backend = CpuBackend;
     if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
         return Err(format!("tactic {tactic} not offered"));
@@ -328,25 +338,9 @@ fn max_pool_tactic_matches_the_reference() {
 
 /// Median microseconds of `tactic` on these inputs, the kernel and its memory made once.
 fn time_tactic(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: &str, iters: usize) -> Option<f64> {
-    let layer = Layer {
-        name: "l".into(),
-        op: op.into(),
-        attrs: attrs.clone(),
-        inputs: (0..inputs.len()).map(|i| Some(TensorId(i))).collect(),
-        outputs: vec![Some(TensorId(inputs.len()))],
-        implicit_inputs: Vec::new(),
-    };
+    let layer = test_layer(op, attrs, inputs.len(), 1);
     let bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
-    let desc = LayerDesc {
-        layer: &layer,
-        input_types: inputs.iter().map(|(t, _)| Some(ValueType::Tensor(kiln_ir::TensorType::of(t)))).collect(),
-        weights: inputs
-            .iter()
-            .zip(&bytes)
-            .map(|((t, w), b)| w.then(|| WeightView { dtype: t.dtype(), shape: t.shape(), bytes: b }))
-            .collect(),
-        precisions: Default::default(),
-    };
+    let desc = test_desc(&layer, inputs, &bytes);
     let backend = CpuBackend;
     if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
         return None;
@@ -422,25 +416,9 @@ fn run_multi(
     outputs: usize,
     tactic: &str,
 ) -> Result<Vec<Tensor>, String> {
-    let layer = Layer {
-        name: "l".into(),
-        op: op.into(),
-        attrs: attrs.clone(),
-        inputs: (0..inputs.len()).map(|i| Some(TensorId(i))).collect(),
-        outputs: (0..outputs).map(|i| Some(TensorId(inputs.len() + i))).collect(),
-        implicit_inputs: Vec::new(),
-    };
+    let layer = test_layer(op, attrs, inputs.len(), outputs);
     let bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
-    let desc = LayerDesc {
-        layer: &layer,
-        input_types: inputs.iter().map(|(t, _)| Some(ValueType::Tensor(kiln_ir::TensorType::of(t)))).collect(),
-        weights: inputs
-            .iter()
-            .zip(&bytes)
-            .map(|((t, w), b)| w.then(|| WeightView { dtype: t.dtype(), shape: t.shape(), bytes: b }))
-            .collect(),
-        precisions: Default::default(),
-    };
+    let desc = test_desc(&layer, inputs, &bytes);
     let backend = CpuBackend;
     if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
         return Err(format!("tactic {tactic} not offered"));
