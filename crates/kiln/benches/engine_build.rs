@@ -6,9 +6,10 @@
 //! usage: cargo bench -p kiln --bench engine_build -- [MODELS_DIR] [MODEL ...]
 //! (default target/models and all three models present there)
 
-use kiln::ir::TensorData;
-use kiln::{BuilderConfig, Network, ShapeRange, Tensor, Value, ValueType};
-use std::collections::HashMap;
+mod common;
+
+use common::{random_inputs, shapes};
+use kiln::{BuilderConfig, ShapeRange, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -99,48 +100,6 @@ fn bench_model(name: &str, path: &Path, scratch: &Path) -> Result<String, kiln::
         g.arena_bytes as f64 / g.peak_live_bytes.max(1) as f64,
         if same_tactics { "" } else { " (tactics differ!)" },
     ))
-}
-
-/// Concrete shapes for each input: symbolic dims become batch 1 / sequence 128.
-fn shapes(net: &Network) -> Vec<(String, Vec<usize>)> {
-    net.inputs()
-        .iter()
-        .filter_map(|&id| {
-            let info = net.tensor(id);
-            let Some(ValueType::Tensor(t)) = &info.ty else { return None };
-            let dims = t.shape.as_ref()?;
-            let shape =
-                dims.iter().enumerate().map(|(axis, d)| d.known().unwrap_or(if axis == 0 { 1 } else { 128 })).collect();
-            Some((info.name.clone(), shape))
-        })
-        .collect()
-}
-
-fn random_inputs(net: &Network) -> HashMap<String, Value> {
-    let mut seed = 0x2545f4914f6cdd1du64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    shapes(net)
-        .into_iter()
-        .map(|(name, shape)| {
-            let dtype = net
-                .tensor(net.tensor_by_name(&name).expect("input"))
-                .ty
-                .as_ref()
-                .and_then(|t| t.as_tensor())
-                .map(|t| t.dtype);
-            let n: usize = shape.iter().product();
-            let data = match dtype {
-                Some(kiln::DType::I64) => TensorData::I64((0..n).map(|_| (next() % 2) as i64).collect()),
-                _ => TensorData::F32((0..n).map(|_| (next() % 2000) as f32 / 1000.0 - 1.0).collect()),
-            };
-            (name, Value::Tensor(Tensor::new(shape, data).expect("shape")))
-        })
-        .collect()
 }
 
 fn rel_err(a: &Value, b: &Value) -> f64 {
