@@ -230,6 +230,30 @@ pub(crate) struct Rewrite {
 /// What adds a rewrite's replacement to the copy.
 pub(crate) type Emit = Box<dyn FnOnce(&mut Rebuilder) -> Result<(), IrError>>;
 
+impl Rewrite {
+    /// Replace `covered` by one layer `op` (named `name`, placed at `at`) reading `x` and
+    /// writing `out`; `attrs` gain the fused-nodes list.
+    pub(crate) fn single_op(
+        net: &Network,
+        covered: Vec<usize>,
+        at: usize,
+        (name, op, mut attrs): (String, &'static str, kiln_ir::Attributes),
+        x: kiln_ir::TensorId,
+        out: kiln_ir::TensorId,
+    ) -> Rewrite {
+        attrs.set(kiln_ir::spec::FUSED_NODES_ATTR, fused_attr(net, &covered));
+        Rewrite {
+            covered,
+            at,
+            emit: Box::new(move |rb| {
+                let x = rb.map(x)?;
+                rb.add_layer(&name, op, attrs, &[Some(x)], &[Some(out)])?;
+                Ok(())
+            }),
+        }
+    }
+}
+
 /// Apply non-overlapping rewrites (the first one found wins a conflict; the pass manager
 /// comes back for the others) and copy every other live layer. Rewrites of dead layers are
 /// ignored.

@@ -10,9 +10,9 @@
 //! all qualify; its constant factors must multiply to 0.5. Constants are compared with a
 //! relative tolerance of 1e-6 (exporters write them in f32).
 
-use crate::passes::pattern::{self, close, fused_attr, only_output, Graph, Rewrite};
+use crate::passes::pattern::{self, close, only_output, Graph, Rewrite};
 use crate::Pass;
-use kiln_ir::{spec, Attributes, IrError, Network, TensorId};
+use kiln_ir::{Attributes, IrError, Network, TensorId};
 
 pub struct RecognizeGelu;
 
@@ -174,18 +174,8 @@ fn matched(g: &Graph, root: usize) -> Option<Rewrite> {
     if !dtype.is_float() || !shapes_match || !g.sealed(&covered, &[out]) {
         return None;
     }
-    let name = layer.name.clone();
-    let mut attrs = Attributes::new().with("approximate", approximate);
-    attrs.set(spec::FUSED_NODES_ATTR, fused_attr(g.net, &covered));
-    Some(Rewrite {
-        covered,
-        at: root,
-        emit: Box::new(move |rb| {
-            let x = rb.map(x)?;
-            rb.add_layer(&name, "Gelu", attrs, &[Some(x)], &[Some(out)])?;
-            Ok(())
-        }),
-    })
+    let attrs = Attributes::new().with("approximate", approximate);
+    Some(Rewrite::single_op(g.net, covered, root, (layer.name.clone(), "Gelu", attrs), x, out))
 }
 
 #[cfg(test)]

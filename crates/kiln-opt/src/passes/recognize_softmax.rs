@@ -8,9 +8,9 @@
 //! Without the max subtraction the decomposed form overflows for large inputs where Softmax does
 //! not; everywhere else both compute the same function.
 
-use crate::passes::pattern::{self, fused_attr, only_output, Graph, Rewrite};
+use crate::passes::pattern::{self, only_output, Graph, Rewrite};
 use crate::Pass;
-use kiln_ir::{spec, Attributes, IrError, Network};
+use kiln_ir::{Attributes, IrError, Network};
 
 pub struct RecognizeSoftmax;
 
@@ -64,18 +64,8 @@ fn matched(g: &Graph, root: usize) -> Option<Rewrite> {
     if !g.dtype(x)?.is_float() || !g.sealed(&covered, &[out]) {
         return None;
     }
-    let name = layer.name.clone();
-    let mut attrs = Attributes::new().with("axis", axis as i64);
-    attrs.set(spec::FUSED_NODES_ATTR, fused_attr(g.net, &covered));
-    Some(Rewrite {
-        covered,
-        at: root,
-        emit: Box::new(move |rb| {
-            let x = rb.map(x)?;
-            rb.add_layer(&name, "Softmax", attrs, &[Some(x)], &[Some(out)])?;
-            Ok(())
-        }),
-    })
+    let attrs = Attributes::new().with("axis", axis as i64);
+    Some(Rewrite::single_op(g.net, covered, root, (layer.name.clone(), "Softmax", attrs), x, out))
 }
 
 #[cfg(test)]
@@ -118,7 +108,7 @@ mod tests {
         let out = DeadLayerElimination.run(&out).unwrap().unwrap_or(out);
         assert_eq!(ops(&out), vec!["Softmax"]);
         assert_eq!(out.layers()[0].attrs.int("axis", 0).unwrap(), axis);
-        assert!(out.layers()[0].attrs.contains(spec::FUSED_NODES_ATTR));
+        assert!(out.layers()[0].attrs.contains(kiln_ir::spec::FUSED_NODES_ATTR));
         for (n, seed) in [(2, 1), (1, 2)] {
             assert_close(net, &out, &[("x", random(&[n, 4, 6], seed, 5.0))], 1e-5);
         }
