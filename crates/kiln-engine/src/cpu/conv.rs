@@ -77,16 +77,7 @@ impl LayerKernel for ConvKernel {
         let bias = opt_f32_input(io, 2)?.map(|(b, _)| b);
         let residual = opt_f32_input(io, 3)?;
         let g = Geometry::new(&self.attrs, x_shape, w_shape)?;
-        let out_shape = vec![g.n, g.cout, g.oh, g.ow];
-        if let Some((_, s)) = residual {
-            if s != out_shape.as_slice() {
-                return Err(format!("residual of shape {s:?}, output {out_shape:?}"));
-            }
-        }
-        if bias.is_some_and(|b| b.len() != g.cout) {
-            return Err(format!("bias needs {} values", g.cout));
-        }
-        let residual = residual.map(|(r, _)| r);
+        let (out_shape, residual) = checked_epilogue(&g, bias, residual)?;
         let (tactic, act) = (self.tactic, self.activation);
         write_f32_output(io, 0, out_shape, |out| match tactic {
             DEPTHWISE if g.is_depthwise() => {
@@ -565,4 +556,23 @@ impl Geometry {
     fn is_depthwise(&self) -> bool {
         self.group == self.cin && self.cin_g == 1 && self.cout == self.cin
     }
+}
+
+/// The output shape of convolution `g`, after checking that the fused bias has one value per
+/// output channel and the residual the output's shape; the residual's values.
+pub(super) fn checked_epilogue<'a>(
+    g: &Geometry,
+    bias: Option<&[f32]>,
+    residual: Option<(&'a [f32], &[usize])>,
+) -> Result<(Vec<usize>, Option<&'a [f32]>), String> {
+    let out_shape = vec![g.n, g.cout, g.oh, g.ow];
+    if let Some((_, s)) = residual {
+        if s != out_shape.as_slice() {
+            return Err(format!("residual of shape {s:?}, output {out_shape:?}"));
+        }
+    }
+    if bias.is_some_and(|b| b.len() != g.cout) {
+        return Err(format!("bias needs {} values", g.cout));
+    }
+    Ok((out_shape, residual.map(|(r, _)| r)))
 }

@@ -12,7 +12,7 @@
 //! F(2×2, 3×3) keeps the transforms' constants 0, ±1 and ½, so rounding stays at the level of
 //! the direct product (larger tiles trade accuracy for speed).
 
-use super::conv::Geometry;
+use super::conv::{checked_epilogue, Geometry};
 use super::epilogue::{apply, Bias};
 use super::io::{f32_input, opt_f32_input, write_f32_output, OutPtr};
 use super::sgemm::{sgemm_strided, Mat};
@@ -136,16 +136,7 @@ impl LayerKernel for WinogradKernel {
         if !fits(&g) || g.cout != self.cout || g.cin != self.cin {
             return Err(format!("tactic {TACTIC} does not fit this convolution's shape"));
         }
-        let out_shape = vec![g.n, g.cout, g.oh, g.ow];
-        if let Some((_, s)) = residual {
-            if s != out_shape.as_slice() {
-                return Err(format!("residual of shape {s:?}, output {out_shape:?}"));
-            }
-        }
-        if bias.is_some_and(|b| b.len() != g.cout) {
-            return Err(format!("bias needs {} values", g.cout));
-        }
-        let residual = residual.map(|(r, _)| r);
+        let (out_shape, residual) = checked_epilogue(&g, bias, residual)?;
         let act = self.activation;
         write_f32_output(io, 0, out_shape, |out| {
             SCRATCH.with(|buf| {
