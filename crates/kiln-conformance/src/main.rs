@@ -277,8 +277,11 @@ fn build_engine(
 /// some run on the CPU ("mixed"), so the run can say how much of the suite the GPU covers.
 static PLACEMENTS: std::sync::Mutex<Vec<(String, &'static str, String)>> = std::sync::Mutex::new(Vec::new());
 
+/// With `KILN_GPU_CENSUS=1` and no GPU engine, the CUDA backend's placement is computed from the
+/// CPU engine's graph instead (no device needed; fp32 placement is decided the same way).
 fn record_placement(dir: &Path, engine: &kiln::Engine) {
-    let Some(places) = engine.device_placements() else { return };
+    let census = || std::env::var_os("KILN_GPU_CENSUS").is_some().then(|| kiln::cuda::placement_census(engine.graph()));
+    let Some(places) = engine.device_placements().or_else(census) else { return };
     let host: Vec<String> = places
         .iter()
         .zip(&engine.graph().layers)

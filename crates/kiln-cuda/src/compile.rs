@@ -146,4 +146,22 @@ mod tests {
             assert!(!library.is_empty() && !generated.is_empty());
         }
     }
+
+    /// Every kernel name the program looks up is a symbol of the compiled library (the cubin is
+    /// an ELF file: its symbol names are NUL-terminated strings in it).
+    #[test]
+    fn every_library_kernel_name_is_in_the_cubin() {
+        // SAFETY: probes whether the shared library can be loaded.
+        if !unsafe { sys::is_culib_present() } {
+            eprintln!("skipping: NVRTC (libnvrtc.so) is not available here");
+            return;
+        }
+        let cubin = compile_cached(crate::kernels::LIBRARY, (9, 0)).unwrap_or_else(|e| panic!("{e}"));
+        let names = crate::kernels::library_kernel_names();
+        assert!(names.len() > 20, "too few kernels found in the source: {names:?}");
+        for name in names {
+            let symbol = format!("{name}\0");
+            assert!(cubin.windows(symbol.len()).any(|w| w == symbol.as_bytes()), "{name} is not in the cubin");
+        }
+    }
 }

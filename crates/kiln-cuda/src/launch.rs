@@ -40,20 +40,20 @@ pub(crate) fn pointwise_gemm(
 #[derive(Clone, Copy, Default)]
 struct Str8([i64; MAX_RANK]);
 
-fn numel(s: &[usize]) -> usize {
+pub(crate) fn numel(s: &[usize]) -> usize {
     s.iter().product()
 }
 
 impl CudaSession {
-    fn input(&self, li: usize, k: usize) -> Option<usize> {
+    pub(crate) fn input(&self, li: usize, k: usize) -> Option<usize> {
         self.p.graph.layers[li].layer.inputs.get(k).copied().flatten().map(|id| id.0)
     }
 
-    fn output(&self, li: usize, k: usize) -> CudaResult<usize> {
+    pub(crate) fn output(&self, li: usize, k: usize) -> CudaResult<usize> {
         self.p.graph.layers[li].layer.outputs.get(k).copied().flatten().map(|id| id.0).ok_or("missing output".into())
     }
 
-    fn required(&self, li: usize, k: usize) -> CudaResult<usize> {
+    pub(crate) fn required(&self, li: usize, k: usize) -> CudaResult<usize> {
         self.input(li, k).ok_or_else(|| format!("input {k} is missing"))
     }
 
@@ -125,6 +125,8 @@ impl CudaSession {
                 self.launch(f, grid, 256, params!(xp, yp, n64, rows, cols, k, up))
             }
             GpuOp::Pad => self.pad(li),
+            GpuOp::Index(op) => self.launch_index(li, op),
+            GpuOp::Spatial(op) => self.launch_spatial(li, op),
             GpuOp::Softmax => {
                 let Some((xp, yp, rows, cols)) = self.last_axis_rows(li)? else { return Ok(()) };
                 let f = self.p.typed("softmax_rows")?;
@@ -279,7 +281,7 @@ impl CudaSession {
     }
 
     /// A small constant input (axes, starts, ...) as integers.
-    fn const_ints(&self, li: usize, k: usize) -> CudaResult<Option<Vec<i64>>> {
+    pub(crate) fn const_ints(&self, li: usize, k: usize) -> CudaResult<Option<Vec<i64>>> {
         let Some(id) = self.input(li, k) else { return Ok(None) };
         match self.p.graph.tensors[id].storage {
             kiln_engine::Storage::Weight(w) => match &self.p.small_weights[w] {

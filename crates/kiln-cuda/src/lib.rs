@@ -15,7 +15,11 @@ mod dnn;
 mod error;
 mod kernels;
 mod launch;
+mod launch_index;
+mod launch_spatial;
 mod lower;
+mod lower_index;
+mod lower_spatial;
 mod memory;
 mod program;
 mod session;
@@ -75,6 +79,13 @@ impl CudaBackend {
     pub fn device_info(&self) -> &Device {
         &self.device
     }
+}
+
+/// Where each layer of `graph` would run on the GPU ("gpu", "elided" or "cpu (<why>)"), decided
+/// from the graph alone, without a device: lets a machine without a GPU measure how much of a
+/// model (or of the conformance suite) the CUDA backend covers.
+pub fn placement_census(graph: &EngineGraph) -> Vec<String> {
+    lower::lower_all(graph).iter().map(lower::Placement::describe).collect()
 }
 
 impl Backend for CudaBackend {

@@ -89,6 +89,11 @@ pub(crate) enum GpuOp {
     Trilu {
         upper: bool,
     },
+    /// Gather/scatter, cumulative and loss ops (lower_index.rs, launch_index.rs, index.cu).
+    Index(crate::lower_index::IndexOp),
+    /// Resampling, transposed convolution and attention variants (lower_spatial.rs,
+    /// launch_spatial.rs, spatial.cu).
+    Spatial(crate::lower_spatial::SpatialOp),
 }
 
 /// Where a layer runs.
@@ -111,14 +116,14 @@ impl Placement {
     }
 }
 
-fn tensor_dtype(graph: &EngineGraph, id: usize) -> Option<DType> {
+pub(crate) fn tensor_dtype(graph: &EngineGraph, id: usize) -> Option<DType> {
     match &graph.tensors[id].ty {
         Some(ValueType::Tensor(t)) => Some(t.dtype),
         _ => None,
     }
 }
 
-fn rank(graph: &EngineGraph, id: usize) -> Option<usize> {
+pub(crate) fn rank(graph: &EngineGraph, id: usize) -> Option<usize> {
     match &graph.tensors[id].ty {
         Some(ValueType::Tensor(t)) => t.shape.as_ref().map(|s| s.len()),
         _ => None,
@@ -168,7 +173,7 @@ pub(crate) fn lower(graph: &EngineGraph, li: usize) -> Placement {
 
 /// Float tensors of the layer must be fp32 in the graph (they take the engine's storage type
 /// on the device); f64 and native f16 graphs run on the host.
-fn all_f32(graph: &EngineGraph, ids: impl Iterator<Item = usize>) -> Result<(), String> {
+pub(crate) fn all_f32(graph: &EngineGraph, ids: impl Iterator<Item = usize>) -> Result<(), String> {
     for id in ids {
         if let Some(d) = tensor_dtype(graph, id) {
             if d.is_float() && d != DType::F32 {
@@ -179,7 +184,7 @@ fn all_f32(graph: &EngineGraph, ids: impl Iterator<Item = usize>) -> Result<(), 
     Ok(())
 }
 
-fn ints(attrs: &Attributes, name: &str) -> Result<Option<Vec<i64>>, String> {
+pub(crate) fn ints(attrs: &Attributes, name: &str) -> Result<Option<Vec<i64>>, String> {
     attrs.ints_opt(name).map_err(|e| e.to_string())
 }
 
@@ -293,6 +298,12 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
     };
     let act = || Activation::from_attrs(a).map_err(|e| e.to_string());
     let x_rank = input(0).and_then(|x| rank(graph, x));
+    if let Some(op) = crate::lower_index::lower(graph, layer) {
+        return op.map(GpuOp::Index);
+    }
+    if let Some(op) = crate::lower_spatial::lower(graph, layer) {
+        return op.map(GpuOp::Spatial);
+    }
     match layer.op.as_str() {
         "Conv" => {
             float_layer()?;

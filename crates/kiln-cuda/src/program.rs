@@ -32,29 +32,6 @@ impl Drop for Module {
     }
 }
 
-/// Library kernels instantiated per storage type.
-const TYPED_KERNELS: [&str; 9] = [
-    "epilogue",
-    "layer_norm",
-    "softmax_rows",
-    "log_softmax_rows",
-    "pool2d",
-    "global_pool",
-    "reduce_axes",
-    "fill",
-    "trilu",
-];
-/// Library kernels that move bytes whatever their type.
-const UNTYPED_KERNELS: [&str; 7] = [
-    "gather_bytes",
-    "gather_words",
-    "copy_strided_1",
-    "copy_strided_2",
-    "copy_strided_4",
-    "copy_strided_8",
-    "cast_any",
-];
-
 pub struct CudaProgram {
     pub(crate) device: Arc<Device>,
     pub(crate) graph: EngineGraph,
@@ -108,10 +85,17 @@ impl CudaProgram {
         };
         let library = load(library)?;
         let generated = if generated.is_empty() { None } else { Some(load(generated)?) };
-        let mut names: Vec<(String, &Module)> = UNTYPED_KERNELS.iter().map(|s| (s.to_string(), &library)).collect();
-        for k in TYPED_KERNELS {
-            names.push((format!("{k}_{}", storage.suffix()), &library));
-        }
+        // The library's kernels of this storage type (and the untyped ones).
+        let other_storage = |n: &str| {
+            [Storage::F32, Storage::F16, Storage::BF16]
+                .iter()
+                .any(|s| *s != storage && n.ends_with(&format!("_{}", s.suffix())))
+        };
+        let mut names: Vec<(String, &Module)> = crate::kernels::library_kernel_names()
+            .into_iter()
+            .filter(|n| !other_storage(n))
+            .map(|n| (n, &library))
+            .collect();
         for (li, p) in placements.iter().enumerate() {
             let name = match p {
                 Placement::Gpu(GpuOp::Elementwise { .. }) => {

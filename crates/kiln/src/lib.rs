@@ -43,6 +43,7 @@
 //! ```
 
 pub use kiln_cpu as cpu;
+pub use kiln_cuda as cuda;
 pub use kiln_engine as engine;
 pub use kiln_engine::{Builder, BuilderConfig, Engine, ExecutionContext, OptimizationProfile, ShapeRange};
 pub use kiln_ir as ir;

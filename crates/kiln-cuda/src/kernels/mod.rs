@@ -6,8 +6,31 @@ pub(crate) mod typed;
 
 use kiln_ir::{Activation, DType};
 
-/// The hand-written kernels.
-pub(crate) const LIBRARY: &str = include_str!("library.cu");
+/// The hand-written kernels: library.cu (the shared prelude, then the core kernels) and one file
+/// per op family, compiled as one source.
+pub(crate) const LIBRARY: &str =
+    concat!(include_str!("library.cu"), include_str!("index.cu"), include_str!("spatial.cu"));
+
+/// Every kernel the library defines, as the module names it: `extern "C" __global__ void NAME(`
+/// once, and `KILN_INSTANTIATE(NAME, ..)` once per storage type (`NAME_f32`, `NAME_f16`,
+/// `NAME_bf16`). Read from the source, so a new kernel cannot be left out of the lookup table.
+pub(crate) fn library_kernel_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for line in LIBRARY.lines() {
+        let line = line.trim_start();
+        if let Some(rest) = line.strip_prefix("extern \"C\" __global__ void ") {
+            if let Some(name) = rest.split('(').next().filter(|n| !n.contains("##")) {
+                names.push(name.trim().to_string());
+            }
+        } else if let Some(rest) = line.strip_prefix("KILN_INSTANTIATE(") {
+            let name = rest.split(',').next().unwrap_or("").trim();
+            for storage in [Storage::F32, Storage::F16, Storage::BF16] {
+                names.push(format!("{name}_{}", storage.suffix()));
+            }
+        }
+    }
+    names
+}
 
 /// The part of the library generated kernels build on: load/store types, macros, activations
 /// and broadcast indexing (no kernels).

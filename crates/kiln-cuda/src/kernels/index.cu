@@ -1,0 +1,2 @@
+
+// ==== index kernels (see kernels/mod.rs: LIBRARY)

@@ -1,0 +1,2 @@
+
+// ==== spatial kernels (see kernels/mod.rs: LIBRARY)

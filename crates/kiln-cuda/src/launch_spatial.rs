@@ -1,0 +1,11 @@
+//! Launching the resampling, transposed convolution and attention variants (lower_spatial.rs).
+
+use crate::error::CudaResult;
+use crate::lower_spatial::SpatialOp;
+use crate::session::CudaSession;
+
+impl CudaSession {
+    pub(crate) fn launch_spatial(&mut self, _li: usize, op: &SpatialOp) -> CudaResult<()> {
+        match *op {}
+    }
+}
