@@ -127,6 +127,7 @@ impl CudaSession {
             GpuOp::Pad => self.pad(li),
             GpuOp::Index(op) => self.launch_index(li, op),
             GpuOp::Spatial(op) => self.launch_spatial(li, op),
+            GpuOp::Sequence(op) => self.launch_sequence(li, op),
             GpuOp::Softmax => {
                 let Some((xp, yp, rows, cols)) = self.last_axis_rows(li)? else { return Ok(()) };
                 let f = self.p.typed("softmax_rows")?;

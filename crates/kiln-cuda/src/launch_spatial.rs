@@ -1,4 +1,4 @@
-//! Launching the resampling, transposed convolution and attention variants (lower_spatial.rs).
+//! Launching the resampling, transposed convolution, pooling and normalization variants (lower_spatial.rs).
 
 use crate::error::CudaResult;
 use crate::lower_spatial::SpatialOp;

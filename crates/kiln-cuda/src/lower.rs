@@ -91,9 +91,12 @@ pub(crate) enum GpuOp {
     },
     /// Gather/scatter, cumulative and loss ops (lower_index.rs, launch_index.rs, index.cu).
     Index(crate::lower_index::IndexOp),
-    /// Resampling, transposed convolution and attention variants (lower_spatial.rs,
-    /// launch_spatial.rs, spatial.cu).
+    /// Resampling, transposed convolution, pooling and normalization variants
+    /// (lower_spatial.rs, launch_spatial.rs, spatial.cu).
     Spatial(crate::lower_spatial::SpatialOp),
+    /// Attention variants, recurrent layers, Einsum and other product-shaped ops
+    /// (lower_sequence.rs, launch_sequence.rs, sequence.cu).
+    Sequence(crate::lower_sequence::SequenceOp),
 }
 
 /// Where a layer runs.
@@ -303,6 +306,9 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
     }
     if let Some(op) = crate::lower_spatial::lower(graph, layer) {
         return op.map(GpuOp::Spatial);
+    }
+    if let Some(op) = crate::lower_sequence::lower(graph, layer) {
+        return op.map(GpuOp::Sequence);
     }
     match layer.op.as_str() {
         "Conv" => {

@@ -1,4 +1,4 @@
-//! Placement of the resampling, transposed convolution and attention variants: which of them the GPU runs, and with what.
+//! Placement of the resampling, transposed convolution, pooling and normalization variants: which of them the GPU runs, and with what.
 
 use kiln_engine::EngineGraph;
 use kiln_ir::Layer;

@@ -8,8 +8,12 @@ use kiln_ir::{Activation, DType};
 
 /// The hand-written kernels: library.cu (the shared prelude, then the core kernels) and one file
 /// per op family, compiled as one source.
-pub(crate) const LIBRARY: &str =
-    concat!(include_str!("library.cu"), include_str!("index.cu"), include_str!("spatial.cu"));
+pub(crate) const LIBRARY: &str = concat!(
+    include_str!("library.cu"),
+    include_str!("index.cu"),
+    include_str!("spatial.cu"),
+    include_str!("sequence.cu"),
+);
 
 /// Every kernel the library defines, as the module names it: `extern "C" __global__ void NAME(`
 /// once, and `KILN_INSTANTIATE(NAME, ..)` once per storage type (`NAME_f32`, `NAME_f16`,

@@ -1,0 +1,2 @@
+
+// ==== sequence kernels (see kernels/mod.rs: LIBRARY)
