@@ -125,6 +125,9 @@ impl CudaSession {
                 self.launch(f, grid, 256, params!(xp, yp, n64, rows, cols, k, up))
             }
             GpuOp::Pad => self.pad(li),
+            GpuOp::Range => self.range(li),
+            GpuOp::ConstantOfShape => self.constant_of_shape(li),
+            GpuOp::ShapeOf { size } => self.shape_of(li, *size),
             GpuOp::Index(op) => self.launch_index(li, op),
             GpuOp::Spatial(op) => self.launch_spatial(li, op),
             GpuOp::Sequence(op) => self.launch_sequence(li, op),
@@ -281,16 +284,19 @@ impl CudaSession {
         Ok(Some((self.ptr(x)?, self.ptr(y)?, rows, cols as i64)))
     }
 
-    /// A small constant input (axes, starts, ...) as integers.
-    pub(crate) fn const_ints(&self, li: usize, k: usize) -> CudaResult<Option<Vec<i64>>> {
+    /// A small parameter input (axes, starts, pads, a scalar) of layer `li`, read on the host:
+    /// a constant of the plan or a value of this run.
+    pub(crate) fn param(&self, li: usize, k: usize) -> CudaResult<Option<kiln_ir::Tensor>> {
         let Some(id) = self.input(li, k) else { return Ok(None) };
-        match self.p.graph.tensors[id].storage {
-            kiln_engine::Storage::Weight(w) => match &self.p.small_weights[w] {
-                Some(t) => Ok(Some(t.to_i64_vec())),
-                None => Err(format!("input {k} is too large to be a parameter")),
-            },
-            _ => Err(format!("input {k} is not a constant")),
+        match self.small_value(id)? {
+            Some(t) => Ok(Some(t)),
+            None => Err(format!("input {k} is too large to be a parameter")),
         }
+    }
+
+    /// A small parameter input as integers.
+    pub(crate) fn const_ints(&self, li: usize, k: usize) -> CudaResult<Option<Vec<i64>>> {
+        Ok(self.param(li, k)?.map(|t| t.to_i64_vec()))
     }
 
     fn slice(&mut self, li: usize) -> CudaResult<()> {
@@ -666,15 +672,7 @@ impl CudaSession {
         let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
         let (xs, ys) = (self.shape(x)?, self.shape(y)?);
         let pads = self.const_ints(li, 1)?.ok_or("Pad without pads")?;
-        let value = match self.input(li, 2) {
-            Some(v) => match self.p.graph.tensors[v].storage {
-                kiln_engine::Storage::Weight(w) => {
-                    self.p.small_weights[w].as_ref().and_then(|t| t.to_f64_vec().first().copied()).unwrap_or(0.0) as f32
-                }
-                _ => return Err("Pad value is not a constant".into()),
-            },
-            None => 0.0,
-        };
+        let value = self.param(li, 2)?.and_then(|t| t.to_f64_vec().first().copied()).unwrap_or(0.0) as f32;
         let rank = xs.len();
         let axes: Vec<usize> = match self.const_ints(li, 3)? {
             Some(a) => a.iter().map(|&v| kiln_ir::spec::normalize_axis(v, rank)).collect::<Result<_, _>>()?,

@@ -14,10 +14,12 @@ mod device;
 mod dnn;
 mod error;
 mod kernels;
+#[macro_use]
 mod launch;
 mod launch_index;
 mod launch_sequence;
 mod launch_spatial;
+mod launch_values;
 mod lower;
 mod lower_index;
 mod lower_sequence;

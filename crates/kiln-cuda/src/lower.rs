@@ -89,6 +89,14 @@ pub(crate) enum GpuOp {
     Trilu {
         upper: bool,
     },
+    /// Range: start + i·delta.
+    Range,
+    /// ConstantOfShape: the `value` attribute everywhere.
+    ConstantOfShape,
+    /// Shape (with start/end) and Size: values known from the run's shapes.
+    ShapeOf {
+        size: bool,
+    },
     /// Gather/scatter, cumulative and loss ops (lower_index.rs, launch_index.rs, index.cu).
     Index(crate::lower_index::IndexOp),
     /// Resampling, transposed convolution, pooling and normalization variants
@@ -154,15 +162,13 @@ pub(crate) fn lower(graph: &EngineGraph, li: usize) -> Placement {
             _ => Placement::Host("view of a host value".into()),
         };
     }
-    // The device holds arena tensors and weights; values kept as host objects stay there.
+    // Tensors of any size go to the device (those sized at run time get memory between
+    // layers); sequences, optionals and other non-tensor values stay on the host.
     for id in layer.inputs.iter().flatten().chain(layer.outputs.iter().flatten()) {
-        if matches!(graph.tensors[id.0].storage, Storage::Heap) {
-            return Placement::Host("a value of data-dependent size or a non-tensor".into());
-        }
         match tensor_dtype(graph, id.0) {
             Some(d) if dtype_code(d).is_some() => {}
             Some(d) => return Placement::Host(format!("{d} tensors")),
-            None => return Placement::Host("untyped value".into()),
+            None => return Placement::Host("a sequence, optional or untyped value".into()),
         }
     }
     if !layer.implicit_inputs.is_empty() {
@@ -360,30 +366,12 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
         }
         "Trilu" => {
             float_layer()?;
-            if layer
-                .inputs
-                .get(1)
-                .copied()
-                .flatten()
-                .is_some_and(|id| !matches!(graph.tensors[id.0].storage, Storage::Weight(_)))
-            {
-                return Err("Trilu with a run-time diagonal".into());
-            }
             Ok(GpuOp::Trilu { upper: a.int("upper", 1).map_err(|e| e.to_string())? != 0 })
         }
         "Pad" => {
             float_layer()?;
             if a.string("mode", "constant".into()).map_err(|e| e.to_string())? != "constant" {
                 return Err("Pad modes other than constant".into());
-            }
-            if layer
-                .inputs
-                .iter()
-                .skip(1)
-                .flatten()
-                .any(|id| !matches!(graph.tensors[id.0].storage, Storage::Weight(_)))
-            {
-                return Err("Pad with run-time pads".into());
             }
             Ok(GpuOp::Pad)
         }
@@ -490,18 +478,11 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
             }
             Ok(GpuOp::LogSoftmax)
         }
-        "Expand" | "Slice" => {
-            if layer
-                .inputs
-                .iter()
-                .skip(1)
-                .flatten()
-                .any(|id| !matches!(graph.tensors[id.0].storage, Storage::Weight(_)))
-            {
-                return Err(format!("{} with run-time parameters", layer.op));
-            }
-            Ok(if layer.op == "Expand" { GpuOp::Expand } else { GpuOp::Slice })
-        }
+        "Range" => Ok(GpuOp::Range),
+        "ConstantOfShape" => Ok(GpuOp::ConstantOfShape),
+        "Shape" | "Size" => Ok(GpuOp::ShapeOf { size: layer.op == "Size" }),
+        "Expand" => Ok(GpuOp::Expand),
+        "Slice" => Ok(GpuOp::Slice),
         op @ ("ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceSumSquare"
         | "ReduceL1" | "ReduceL2" | "ReduceLogSumExp" | "ReduceLogSum" | "ArgMax" | "ArgMin") => {
             let kind = match op {
@@ -521,9 +502,6 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
             all_f32(graph, inputs[..1].iter().copied())?;
             if input(0).and_then(|x| tensor_dtype(graph, x)) != Some(DType::F32) {
                 return Err(format!("{op} over non-float tensors"));
-            }
-            if input(1).is_some_and(|id| !matches!(graph.tensors[id].storage, Storage::Weight(_))) {
-                return Err(format!("{op} with run-time axes"));
             }
             Ok(GpuOp::Reduce { kind })
         }

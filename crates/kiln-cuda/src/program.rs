@@ -144,6 +144,8 @@ impl CudaProgram {
             .collect();
         let static_shapes = graph.profile.values().all(|r| r.min == r.max);
         let all_gpu = placements.iter().all(|p| !matches!(p, Placement::Host(_)));
+        // Tensors sized at run time are allocated between layers: never inside a capture.
+        let run_time_sized = graph.tensors.iter().any(|t| matches!(t.storage, kiln_engine::Storage::Heap));
         tracing::info!(
             gpu = placements.iter().filter(|p| matches!(p, Placement::Gpu(_))).count(),
             host = placements.iter().filter(|p| matches!(p, Placement::Host(_))).count(),
@@ -165,7 +167,7 @@ impl CudaProgram {
             weight_values: graph.weights.iter().map(|_| OnceLock::new()).collect(),
             small_weights,
             host_kernels: host_kernels.to_vec(),
-            graph_capturable: static_shapes && all_gpu,
+            graph_capturable: static_shapes && all_gpu && !run_time_sized,
         })
     }
 

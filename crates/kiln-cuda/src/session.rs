@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
+/// The largest run-time value read on the host as a parameter (shapes, axes, pads, scales).
+const SMALL_VALUE_ELEMENTS: usize = 4096;
+
 /// cuBLAS's fixed workspace (enough for its Hopper kernels).
 const BLAS_WORKSPACE: usize = 32 << 20;
 
@@ -64,12 +67,19 @@ pub(crate) struct CudaSession {
     staging: PinnedBuffer,
     /// Run-time shape of each tensor on the device.
     pub(crate) shapes: Vec<Option<Vec<usize>>>,
-    /// Values kept on the host (no arena slot).
+    /// Values on the host: those with no device memory (sequences, values a CPU layer made),
+    /// and a mirror of the small integer inputs of this run (shapes, axes, pads).
     host_values: Vec<Option<Value>>,
+    /// Device memory of the tensors whose size is only known at run time (`Storage::Heap`),
+    /// grown as needed and kept across runs.
+    heap_buffers: Vec<Option<DeviceBuffer>>,
+    /// Whether a heap tensor's device memory holds its value of this run.
+    heap_on_device: Vec<bool>,
+    /// This run read a run-time value on the host (a shape, axes, pads) or ran a layer on the
+    /// CPU: a captured graph would bake that value in, so the run is never captured.
+    uncapturable: std::cell::Cell<bool>,
     /// Input shapes of the previous run, and whether the graph was captured at them.
     last_input_shapes: Option<Vec<Vec<usize>>>,
-    /// A layer of the last run went to the CPU (its shapes are beyond the GPU op): no capture.
-    ran_on_host: bool,
     /// A run was enqueued and its outputs not yet collected.
     pending: bool,
     events: Events,
@@ -105,8 +115,10 @@ impl CudaSession {
             staging: PinnedBuffer::new(&device, 1 << 20)?,
             shapes: vec![None; n],
             host_values: vec![None; n],
+            heap_buffers: (0..n).map(|_| None).collect(),
+            heap_on_device: vec![false; n],
+            uncapturable: std::cell::Cell::new(false),
             last_input_shapes: None,
-            ran_on_host: false,
             pending: false,
             graph_exec: None,
             blas,
@@ -120,12 +132,86 @@ impl CudaSession {
         })
     }
 
-    /// Device address of tensor `id` (arena slot or weight).
+    /// Device address of tensor `id` (arena slot, weight, or run-time sized buffer).
     pub(crate) fn ptr(&self, id: usize) -> CudaResult<u64> {
         match self.p.graph.tensors[id].storage {
             Place::Arena { offset, .. } => Ok(self.arena.ptr() + offset as u64),
             Place::Weight(w) => Ok(self.p.weight_ptrs[w]),
-            Place::Heap => Err(format!("tensor '{}' is not on the device", self.p.graph.tensors[id].name)),
+            Place::Heap => match &self.heap_buffers[id] {
+                Some(b) if self.heap_on_device[id] => Ok(b.ptr()),
+                _ => Err(format!("tensor '{}' is not on the device", self.p.graph.tensors[id].name)),
+            },
+        }
+    }
+
+    /// Bytes tensor `id` takes on the device at `shape`.
+    fn device_bytes(&self, id: usize, shape: &[usize]) -> CudaResult<usize> {
+        let n = kiln_ir::checked_numel(shape).map_err(|e| e.to_string())?;
+        n.checked_mul(self.device_dtype(id)?.size()).ok_or_else(|| format!("{shape:?} overflows"))
+    }
+
+    /// Device memory for heap tensor `id` at `shape` (this run's value will be written there).
+    fn place_on_device(&mut self, id: usize, shape: &[usize]) -> CudaResult<()> {
+        let bytes = self.device_bytes(id, shape)?;
+        if self.heap_buffers[id].as_ref().is_none_or(|b| b.len() < bytes) {
+            // Work queued earlier may still use the old buffer: freeing must wait for it.
+            self.sync()?;
+            self.heap_buffers[id] = Some(DeviceBuffer::new(&self.p.device, bytes)?);
+        }
+        self.heap_on_device[id] = true;
+        self.host_values[id] = None;
+        self.shapes[id] = Some(shape.to_vec());
+        Ok(())
+    }
+
+    /// Before a GPU layer reads them, heap inputs a CPU layer made are copied to the device.
+    fn heap_inputs_to_device(&mut self, li: usize) -> CudaResult<()> {
+        let p = self.p.clone();
+        for id in p.graph.layers[li].layer.inputs.iter().flatten() {
+            if !matches!(p.graph.tensors[id.0].storage, Place::Heap) || self.heap_on_device[id.0] {
+                continue;
+            }
+            let Some(Value::Tensor(t)) = self.host_values[id.0].clone() else {
+                return Err(format!("'{}' is not a tensor computed before its use", p.graph.tensors[id.0].name));
+            };
+            self.place_on_device(id.0, t.shape())?;
+            self.host_values[id.0] = Some(Value::Tensor(t.clone()));
+            let dst = self.converted(&t);
+            let ptr = self.ptr(id.0)?;
+            // SAFETY: the buffer holds the converted bytes (place_on_device sized it).
+            unsafe { result::memcpy_htod_sync(ptr, &dst) }.map_err(cuda_err("copying to the GPU"))?;
+        }
+        Ok(())
+    }
+
+    /// `t` as the device stores it (fp32 in the storage type).
+    fn converted(&self, t: &Tensor) -> Vec<u8> {
+        let src = t.data().to_le_bytes();
+        let mut dst = vec![0u8; t.len() * device_dtype(t.dtype(), self.p.storage).size()];
+        convert_into(&src, t.dtype(), self.p.storage, &mut dst);
+        dst
+    }
+
+    /// The value of tensor `id` on the host, where it is small enough to be a parameter (a
+    /// shape, axes, pads, a scalar): weights from the plan, run-time values copied from the
+    /// device. A run that reads a run-time value is not captured.
+    pub(crate) fn small_value(&self, id: usize) -> CudaResult<Option<Tensor>> {
+        if let Place::Weight(w) = self.p.graph.tensors[id].storage {
+            return Ok(self.p.small_weights[w].clone());
+        }
+        self.uncapturable.set(true);
+        match self.host_values[id].as_ref() {
+            Some(Value::Tensor(t)) => return Ok(Some(t.clone())),
+            Some(_) => return Ok(None),
+            None => {}
+        }
+        let shape = self.shape(id)?;
+        if kiln_ir::checked_numel(&shape).map_err(|e| e.to_string())? > SMALL_VALUE_ELEMENTS {
+            return Ok(None);
+        }
+        match self.download(id)? {
+            Value::Tensor(t) => Ok(Some(t)),
+            _ => Ok(None),
         }
     }
 
@@ -187,25 +273,34 @@ impl CudaSession {
     }
 
     /// Output shapes of layer `li` from its input shapes (the same inference the builder ran).
+    /// Where they depend on input values (a Reshape target, Reduce axes given at run time),
+    /// the layer's small integer inputs are read on the host and inference runs again.
     fn infer(&self, li: usize) -> CudaResult<Vec<Option<Vec<usize>>>> {
+        let out = self.infer_with(li, false)?;
+        if out.iter().all(Option::is_some) {
+            return Ok(out);
+        }
+        self.infer_with(li, true)
+    }
+
+    fn infer_with(&self, li: usize, read_values: bool) -> CudaResult<Vec<Option<Vec<usize>>>> {
         let g = &self.p.graph;
         let layer = &g.layers[li].layer;
         let mut types = Vec::with_capacity(layer.inputs.len());
-        let mut consts: Vec<Option<&Tensor>> = Vec::with_capacity(layer.inputs.len());
+        let mut owned: Vec<Option<Tensor>> = Vec::with_capacity(layer.inputs.len());
         for input in &layer.inputs {
             let Some(id) = input else {
                 types.push(None);
-                consts.push(None);
+                owned.push(None);
                 continue;
             };
             let dtype = self.graph_dtype(id.0)?;
             let shape = self.shape(id.0)?;
             types.push(Some(Some(ValueType::Tensor(TensorType::new(dtype, kiln_ir::known_shape(&shape))))));
-            consts.push(match g.tensors[id.0].storage {
-                Place::Weight(w) => self.p.small_weights[w].as_ref(),
-                _ => None,
-            });
+            let is_weight = matches!(g.tensors[id.0].storage, Place::Weight(_));
+            owned.push(if is_weight || (read_values && !dtype.is_float()) { self.small_value(id.0)? } else { None });
         }
+        let consts: Vec<Option<&Tensor>> = owned.iter().map(Option::as_ref).collect();
         let ctx = InferCtx {
             layer: &layer.name,
             op: &layer.op,
@@ -241,20 +336,24 @@ impl CudaSession {
                                 layer_error(layer, "output shape not known from the input shapes".into())
                             })?;
                             self.check_fits(id.0, &shape).map_err(|m| layer_error(layer, m))?;
+                            if matches!(p.graph.tensors[id.0].storage, Place::Heap) {
+                                self.place_on_device(id.0, &shape).map_err(|m| layer_error(layer, m))?;
+                            }
                             self.shapes[id.0] = Some(shape);
                         }
                     }
                     if let Placement::Gpu(op) = placement {
+                        self.heap_inputs_to_device(li).map_err(|m| layer_error(layer, m))?;
                         if self.handles_shapes(li, op).map_err(|m| layer_error(layer, m))? {
                             self.launch_op(li, op).map_err(|m| layer_error(layer, m))?;
                         } else {
-                            self.ran_on_host = true;
+                            self.uncapturable.set(true);
                             self.run_host(li)?;
                         }
                     }
                 }
                 Placement::Host(_) => {
-                    self.ran_on_host = true;
+                    self.uncapturable.set(true);
                     self.run_host(li)?
                 }
             }
@@ -280,9 +379,19 @@ impl CudaSession {
     }
 
     /// Tensor `id` copied to the host as a value of its graph dtype.
-    fn download(&mut self, id: usize) -> CudaResult<Value> {
+    fn download(&self, id: usize) -> CudaResult<Value> {
         let g = &self.p.graph;
         match g.tensors[id].storage {
+            Place::Heap if self.heap_on_device[id] => {
+                let shape = self.shape(id)?;
+                let dtype = self.graph_dtype(id)?;
+                let mut buf = vec![0u8; self.device_bytes(id, &shape)?];
+                self.sync()?;
+                // SAFETY: the buffer holds the tensor at this shape (place_on_device sized it).
+                unsafe { result::memcpy_dtoh_sync(&mut buf, self.ptr(id)?) }
+                    .map_err(cuda_err("copying from the GPU"))?;
+                value_of(dtype, &shape, &convert_back(&buf, dtype, self.p.storage))
+            }
             Place::Heap => self.host_values[id].clone().ok_or_else(|| format!("'{}' has no value", g.tensors[id].name)),
             Place::Weight(w) => {
                 let m = &g.weights[w];
@@ -309,9 +418,7 @@ impl CudaSession {
         match (g.tensors[id].storage, &value) {
             (Place::Arena { offset, .. }, Value::Tensor(t)) => {
                 self.check_fits(id, t.shape())?;
-                let src = t.data().to_le_bytes();
-                let mut dst = vec![0u8; t.len() * device_dtype(t.dtype(), self.p.storage).size()];
-                convert_into(&src, t.dtype(), self.p.storage, &mut dst);
+                let dst = self.converted(t);
                 // SAFETY: the slot holds the bytes (check_fits).
                 unsafe { result::memcpy_htod_sync(self.arena.ptr() + offset as u64, &dst) }
                     .map_err(cuda_err("copying to the GPU"))?;
@@ -320,6 +427,10 @@ impl CudaSession {
             }
             (Place::Arena { .. }, _) => Err(format!("'{}' must be a tensor", g.tensors[id].name)),
             _ => {
+                if let Value::Tensor(t) = &value {
+                    self.shapes[id] = Some(t.shape().to_vec());
+                }
+                self.heap_on_device[id] = false;
                 self.host_values[id] = Some(value);
                 Ok(())
             }
@@ -406,10 +517,11 @@ impl CudaSession {
         // CUDNN_STATUS_EXECUTION_FAILED with four threads on the H100).
         static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let profiling = std::env::var("KILN_CUDA_PROFILE").is_ok_and(|v| v == "1");
-        let capture = self.p.graph_capturable && same_shapes && !self.ran_on_host && graph_enabled() && !profiling;
+        let capture =
+            self.p.graph_capturable && same_shapes && !self.uncapturable.get() && graph_enabled() && !profiling;
         let _setup = (!same_shapes || capture).then(|| SETUP.lock().unwrap_or_else(|e| e.into_inner()));
         if !capture {
-            self.ran_on_host = false;
+            self.uncapturable.set(false);
             return self.run_layers();
         }
         // SAFETY: the session's stream; nothing else records on it while capturing.
@@ -523,20 +635,30 @@ impl DeviceSession for CudaSession {
         let mut input_shapes = Vec::with_capacity(inputs.len());
         let mut staged: Vec<(u64, usize, usize)> = Vec::new(); // (device address, staging offset, bytes)
         let mut blobs: Vec<Vec<u8>> = Vec::new();
+        self.heap_on_device.iter_mut().for_each(|d| *d = false);
+        self.host_values.iter_mut().for_each(|v| *v = None);
         for &(id, value) in inputs {
             match (p.graph.tensors[id].storage, value) {
                 (Place::Arena { offset, .. }, Value::Tensor(t)) => {
                     self.check_fits(id, t.shape()).map_err(dev)?;
-                    let src = t.data().to_le_bytes();
-                    let mut dst = vec![0u8; t.len() * device_dtype(t.dtype(), p.storage).size()];
-                    convert_into(&src, t.dtype(), p.storage, &mut dst);
+                    let dst = self.converted(t);
                     input_shapes.push(t.shape().to_vec());
                     self.shapes[id] = Some(t.shape().to_vec());
                     staged.push((self.arena.ptr() + offset as u64, 0, dst.len()));
                     blobs.push(dst);
+                    // Small integer inputs may be shapes, axes or pads: kept on the host too.
+                    if !t.dtype().is_float() && t.len() <= SMALL_VALUE_ELEMENTS {
+                        self.host_values[id] = Some(value.clone());
+                    }
                 }
                 _ => {
-                    input_shapes.push(Vec::new());
+                    input_shapes.push(match value {
+                        Value::Tensor(t) => t.shape().to_vec(),
+                        _ => Vec::new(),
+                    });
+                    if let Value::Tensor(t) = value {
+                        self.shapes[id] = Some(t.shape().to_vec());
+                    }
                     self.host_values[id] = Some(value.clone());
                 }
             }

@@ -342,6 +342,44 @@ extern "C" __global__ void cast_any(const void* x, int xt, void* y, int yt, i64 
   }
 }
 
+// ---- Generated values: Range, ConstantOfShape, Shape and Size --------------------------------
+// Integers are stored exactly (not through a double), other types through store_any.
+__device__ __forceinline__ void store_int(void* p, i64 i, int t, i64 v) {
+  switch (t) {
+    case 4: ((i64*)p)[i] = v; break;
+    case 5: ((int*)p)[i] = (int)v; break;
+    case 6: ((unsigned char*)p)[i] = v != 0; break;
+    case 7: ((signed char*)p)[i] = (signed char)v; break;
+    case 8: ((unsigned char*)p)[i] = (unsigned char)v; break;
+    case 9: ((short*)p)[i] = (short)v; break;
+    case 10: ((unsigned short*)p)[i] = (unsigned short)v; break;
+    case 11: ((unsigned*)p)[i] = (unsigned)v; break;
+    case 12: ((unsigned long long*)p)[i] = (unsigned long long)v; break;
+    default: store_any(p, i, t, (double)v); break;
+  }
+}
+// Range: element i is start + i * delta (in double for floats, as the CPU kernel computes it).
+extern "C" __global__ void range_any(void* y, int yt, i64 n, int is_int, i64 istart, i64 idelta, double fstart,
+                                     double fdelta) {
+  GRID_STRIDE(i, n) {
+    if (is_int) store_int(y, i, yt, istart + idelta * i);
+    else store_any(y, i, yt, fstart + fdelta * (double)i);
+  }
+}
+// ConstantOfShape: every element the one value.
+extern "C" __global__ void fill_any(void* y, int yt, i64 n, int is_int, i64 iv, double fv) {
+  GRID_STRIDE(i, n) {
+    if (is_int) store_int(y, i, yt, iv);
+    else store_any(y, i, yt, fv);
+  }
+}
+// Shape and Size: up to eight int64 values known on the host, passed by value so that a captured
+// graph replays them (they depend only on shapes, which a replay keeps).
+struct Values8 { i64 v[8]; };
+extern "C" __global__ void write_values_i64(i64* y, i64 n, Values8 vals) {
+  GRID_STRIDE(i, n) { y[i] = vals.v[i]; }
+}
+
 // ---- LogSoftmax over rows --------------------------------------------------------------------
 template <class S>
 __device__ void log_softmax_rows(const void* x, void* y, i64 cols) {
