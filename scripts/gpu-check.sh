@@ -73,7 +73,7 @@ if [[ " $steps " == *" bench "* ]]; then
   bench resnet50_b32_fp16 resnet50 input=32x3x224x224 --fp16
   bench bert_b1_fp16 bert_base "$BERT_SHAPES" --fp16
   bench resnet50_b1_fp32 resnet50 input=1x3x224x224
-  KILN_CUDA_GRAPH=0 bench resnet50_b1_fp16_nograph resnet50 input=1x3x224x224 --fp16
+  bench resnet50_b1_fp16_nograph resnet50 input=1x3x224x224 --fp16 --no-cuda-graph
   bench resnet50_b1_fp16_again resnet50 input=1x3x224x224 --fp16
 fi
 

@@ -25,6 +25,8 @@ pub struct BenchOptions {
     pub profile: bool,
     pub trace: Option<PathBuf>,
     pub seed: u64,
+    /// GPU engines: capture static runs as a CUDA graph.
+    pub cuda_graph: bool,
 }
 
 /// `--json` output, exactly these keys.
@@ -134,6 +136,7 @@ pub fn bench(model: &std::path::Path, opts: &BenchOptions, flags: &BuildFlags) -
 /// last reader ran, so a run can leave the inputs overwritten.
 fn measure(engine: &Arc<Engine>, inputs: &[(String, Value)], opts: &BenchOptions) -> Result<Measured> {
     let mut ctx = engine.create_context();
+    ctx.set_graph_capture(opts.cuda_graph);
     let bind = |ctx: &mut kiln::ExecutionContext| -> Result<()> {
         for (name, value) in inputs {
             ctx.set_input(name, value)?;

@@ -97,6 +97,10 @@ enum Command {
         /// such as token ids and token types stay in range).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// GPU engines: launch every layer on every run instead of capturing a static run
+        /// once as a CUDA graph and replaying it (the default where legal).
+        #[arg(long)]
+        no_cuda_graph: bool,
         #[command(flatten)]
         build: BuildFlags,
     },
@@ -145,7 +149,19 @@ fn main() {
             cmd_run::run(&model, &inputs, &shapes, &output_dir, seed, opt_level, !no_prune)
         }
         Command::Build { model, output, build } => cmd_build::build(&model, &output, &build),
-        Command::Bench { model, iterations, warmup, threads, shapes, json, profile, trace, seed, build } => {
+        Command::Bench {
+            model,
+            iterations,
+            warmup,
+            threads,
+            shapes,
+            json,
+            profile,
+            trace,
+            seed,
+            no_cuda_graph,
+            build,
+        } => {
             let opts = cmd_bench::BenchOptions {
                 iterations: iterations as usize,
                 warmup: warmup as usize,
@@ -155,6 +171,7 @@ fn main() {
                 profile,
                 trace,
                 seed,
+                cuda_graph: !no_cuda_graph,
             };
             cmd_bench::bench(&model, &opts, &build)
         }

@@ -80,6 +80,8 @@ pub(crate) struct CudaSession {
     uncapturable: std::cell::Cell<bool>,
     /// Input shapes of the previous run, and whether the graph was captured at them.
     last_input_shapes: Option<Vec<Vec<usize>>>,
+    /// Capture static runs as a CUDA graph (`ExecutionContext::set_graph_capture`).
+    graph_capture: bool,
     /// A run was enqueued and its outputs not yet collected.
     pending: bool,
     events: Events,
@@ -120,6 +122,7 @@ impl CudaSession {
             uncapturable: std::cell::Cell::new(false),
             last_input_shapes: None,
             pending: false,
+            graph_capture: graph_enabled(),
             graph_exec: None,
             blas,
             dnn,
@@ -273,8 +276,8 @@ impl CudaSession {
     }
 
     /// Output shapes of layer `li` from its input shapes (the same inference the builder ran).
-    /// Where they depend on input values (a Reshape target, Reduce axes given at run time),
-    /// the layer's small integer inputs are read on the host and inference runs again.
+    /// Where they depend on input values (a Reshape target, Reduce axes given at run time, a
+    /// Range's bounds), the layer's small inputs are read on the host and inference runs again.
     fn infer(&self, li: usize) -> CudaResult<Vec<Option<Vec<usize>>>> {
         let out = self.infer_with(li, false)?;
         if out.iter().all(Option::is_some) {
@@ -298,7 +301,7 @@ impl CudaSession {
             let shape = self.shape(id.0)?;
             types.push(Some(Some(ValueType::Tensor(TensorType::new(dtype, kiln_ir::known_shape(&shape))))));
             let is_weight = matches!(g.tensors[id.0].storage, Place::Weight(_));
-            owned.push(if is_weight || (read_values && !dtype.is_float()) { self.small_value(id.0)? } else { None });
+            owned.push(if is_weight || read_values { self.small_value(id.0)? } else { None });
         }
         let consts: Vec<Option<&Tensor>> = owned.iter().map(Option::as_ref).collect();
         let ctx = InferCtx {
@@ -518,7 +521,7 @@ impl CudaSession {
         static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let profiling = std::env::var("KILN_CUDA_PROFILE").is_ok_and(|v| v == "1");
         let capture =
-            self.p.graph_capturable && same_shapes && !self.uncapturable.get() && graph_enabled() && !profiling;
+            self.p.graph_capturable && same_shapes && !self.uncapturable.get() && self.graph_capture && !profiling;
         let _setup = (!same_shapes || capture).then(|| SETUP.lock().unwrap_or_else(|e| e.into_inner()));
         if !capture {
             self.uncapturable.set(false);
@@ -602,7 +605,8 @@ impl LayerProfile {
     }
 }
 
-/// `KILN_CUDA_GRAPH=0` turns graph capture off (`kiln bench --no-cuda-graph` sets it).
+/// `KILN_CUDA_GRAPH=0` turns graph capture off for every context (`kiln bench --no-cuda-graph`
+/// turns it off for its own).
 fn graph_enabled() -> bool {
     std::env::var("KILN_CUDA_GRAPH").map_or(true, |v| v != "0")
 }
@@ -718,5 +722,12 @@ impl DeviceSession for CudaSession {
 
     fn last_device_ms(&self) -> Option<f64> {
         self.last_ms
+    }
+
+    fn set_graph_capture(&mut self, on: bool) {
+        self.graph_capture = on && graph_enabled();
+        if !self.graph_capture {
+            self.graph_exec = None;
+        }
     }
 }

@@ -90,6 +90,8 @@ pub trait DeviceSession: Send {
     fn last_device_ms(&self) -> Option<f64> {
         None
     }
+    /// Whether runs may be captured once as a device graph and replayed (where legal).
+    fn set_graph_capture(&mut self, _on: bool) {}
 }
 
 /// What a backend sees of a layer when it offers and instantiates tactics.

@@ -29,6 +29,8 @@ pub struct ExecutionContext {
     profiler: Option<Box<dyn Profiler>>,
     /// The device side of this context (made on first run), for device engines.
     device: Option<Box<dyn DeviceSession>>,
+    /// Capture device runs as a graph where legal (on by default).
+    graph_capture: bool,
 }
 
 impl Engine {
@@ -52,6 +54,7 @@ impl Engine {
             last_use,
             profiler: None,
             device: None,
+            graph_capture: true,
         }
     }
 }
@@ -196,7 +199,9 @@ impl ExecutionContext {
     /// memory.
     fn enqueue_on_device(&mut self, program: &dyn DeviceProgram, stream: Option<u64>) -> Result<(), EngineError> {
         if self.device.is_none() {
-            self.device = Some(program.create_session()?);
+            let mut session = program.create_session()?;
+            session.set_graph_capture(self.graph_capture);
+            self.device = Some(session);
         }
         let graph = &self.engine.graph;
         let mut values = Vec::with_capacity(graph.inputs.len());
@@ -225,6 +230,15 @@ impl ExecutionContext {
             }
         }
         Ok(())
+    }
+
+    /// Device engines: whether a static run is captured once as a CUDA graph and replayed
+    /// after that (on by default; `false` launches every layer on every run).
+    pub fn set_graph_capture(&mut self, on: bool) {
+        self.graph_capture = on;
+        if let Some(d) = self.device.as_mut() {
+            d.set_graph_capture(on);
+        }
     }
 
     /// Device time of the last run in milliseconds (device engines; from device events).
