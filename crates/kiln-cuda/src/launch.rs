@@ -582,6 +582,9 @@ impl CudaSession {
         } else {
             let lda = *as_.last().unwrap_or(&1);
             let ldb = *bs.last().unwrap_or(&1);
+            if batch == 1 && self.gemm_fused(li, (m, n, k), (trans_a, trans_b), (lda, ldb), alpha, beta, act)? {
+                return Ok(());
+            }
             self.blas.gemm(
                 self.p.storage,
                 self.p.tf32,
@@ -614,6 +617,55 @@ impl CudaSession {
         };
         let residual = self.input(li, 3).map(|r| self.ptr(r)).transpose()?;
         self.epilogue(yp, numel(&ys), if is_matmul { 1.0 } else { beta }, bias, residual, act)
+    }
+
+    /// One product through cuBLASLt with its epilogue fused, where the epilogue is a bias per
+    /// column (scaled by 1), a residual and ReLU or nothing; `Ok(false)` where it is not (the
+    /// caller runs cuBLAS and the epilogue kernel).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_fused(
+        &mut self,
+        li: usize,
+        mnk: (usize, usize, usize),
+        (trans_a, trans_b): (bool, bool),
+        (lda, ldb): (usize, usize),
+        alpha: f32,
+        beta: f32,
+        act: Option<kiln_ir::Activation>,
+    ) -> CudaResult<bool> {
+        if self.blas_lt.is_none() || !matches!(act, None | Some(kiln_ir::Activation::Relu)) {
+            return Ok(false);
+        }
+        let n = mnk.1;
+        let bias = match self.input(li, 2) {
+            None => 0,
+            Some(c) => {
+                let cs = self.shape(c)?;
+                if beta != 1.0 || numel(&cs) != n || cs.last() != Some(&n) {
+                    return Ok(false);
+                }
+                self.ptr(c)?
+            }
+        };
+        let residual = match self.input(li, 3) {
+            None => 0,
+            Some(r) => self.ptr(r)?,
+        };
+        let (a, b, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
+        let shape = crate::blas_lt::LtShape {
+            storage: self.p.storage,
+            tf32: self.p.tf32,
+            mnk,
+            trans_a,
+            trans_b,
+            ld: (lda, ldb, n),
+            bias: bias != 0,
+            relu: act.is_some(),
+            residual: residual != 0,
+        };
+        let (ap, bp, yp) = (self.ptr(a)?, self.ptr(b)?, self.ptr(y)?);
+        let lt = self.blas_lt.as_mut().expect("checked above");
+        lt.matmul(shape, alpha, ap, bp, bias, residual, yp)
     }
 
     fn elementwise(&mut self, li: usize, num_inputs: usize) -> CudaResult<()> {

@@ -9,6 +9,7 @@
 //! with its own device arena, stream and CUDA graph (`session.rs`, `launch.rs`).
 
 mod blas;
+mod blas_lt;
 mod compile;
 mod device;
 mod dnn;

@@ -56,6 +56,8 @@ pub(crate) struct CudaSession {
     pub(crate) p: Arc<CudaProgram>,
     graph_exec: Option<GraphExec>,
     pub(crate) blas: Blas,
+    /// Products with fused bias/ReLU/residual epilogues (None: cuBLASLt could not be loaded).
+    pub(crate) blas_lt: Option<crate::blas_lt::BlasLt>,
     pub(crate) dnn: Option<Dnn>,
     pub(crate) conv_plans: HashMap<usize, ConvPlan>,
     pub(crate) arena: DeviceBuffer,
@@ -103,6 +105,8 @@ impl CudaSession {
         let stream_guard = Stream(stream);
         let blas_ws = DeviceBuffer::new(&device, BLAS_WORKSPACE)?;
         let blas = Blas::new(stream, blas_ws.ptr(), blas_ws.len())?;
+        // cuBLAS and cuBLASLt share the workspace: both run in order on the one stream.
+        let blas_lt = crate::blas_lt::BlasLt::new(stream, blas_ws.ptr(), blas_ws.len());
         let needs_dnn = p.placements.iter().any(|pl| matches!(pl, Placement::Gpu(crate::lower::GpuOp::Conv { .. })));
         let dnn = if needs_dnn { Some(Dnn::new(stream)?) } else { None };
         let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
@@ -125,6 +129,7 @@ impl CudaSession {
             graph_capture: graph_enabled(),
             graph_exec: None,
             blas,
+            blas_lt,
             dnn,
             conv_plans: HashMap::new(),
             events,

@@ -201,6 +201,38 @@ fn transformer_layers_and_generated_kernels_match_the_cpu() {
     assert!(err < 2e-2, "fp16 relative error {err}");
 }
 
+/// Products whose bias, residual and ReLU cuBLASLt fuses: MatMul + bias → ReLU, MatMul +
+/// residual → ReLU, and a transposed, scaled Gemm with its C → ReLU.
+fn fused_products() -> Network {
+    let mut net = Network::new("mlp");
+    let x = dyn_input(&mut net, "x", &[24]);
+    let w1 = constant(&mut net, "w1", &[24, 40], 11);
+    let b1 = constant(&mut net, "b1", &[40], 12);
+    let h = layer(&mut net, "mm1", "MatMul", Attributes::new(), &[Some(x), Some(w1)]);
+    let h = layer(&mut net, "bias1", "Add", Attributes::new(), &[Some(h), Some(b1)]);
+    let h = layer(&mut net, "relu1", "Relu", Attributes::new(), &[Some(h)]);
+    let w2 = constant(&mut net, "w2", &[40, 24], 13);
+    let h = layer(&mut net, "mm2", "MatMul", Attributes::new(), &[Some(h), Some(w2)]);
+    let h = layer(&mut net, "res", "Add", Attributes::new(), &[Some(h), Some(x)]);
+    let h = layer(&mut net, "relu2", "Relu", Attributes::new(), &[Some(h)]);
+    let w3 = constant(&mut net, "w3", &[7, 24], 14);
+    let b3 = constant(&mut net, "b3", &[7], 15);
+    let gemm = Attributes::new().with("transB", 1i64).with("alpha", 0.5f32);
+    let y = layer(&mut net, "fc", "Gemm", gemm, &[Some(h), Some(w3), Some(b3)]);
+    let y = layer(&mut net, "relu3", "Relu", Attributes::new(), &[Some(y)]);
+    net.mark_output(y).unwrap();
+    net
+}
+
+#[test]
+fn products_with_fused_bias_residual_and_relu_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let err = check(gpu.clone(), &fused_products(), &[("x", vec![24])], false, &[1, 5]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+    let err = check(gpu, &fused_products(), &[("x", vec![24])], true, &[3]);
+    assert!(err < 1e-2, "fp16 relative error {err}");
+}
+
 #[test]
 fn a_plan_round_trip_runs_the_same_and_static_engines_replay_a_cuda_graph() {
     let Some(gpu) = gpu() else { return };

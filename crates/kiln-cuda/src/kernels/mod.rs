@@ -44,7 +44,7 @@ pub(crate) fn prelude() -> &'static str {
 }
 
 /// How float tensors are stored on the device: the engine's precision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Storage {
     F32,
     F16,
