@@ -84,3 +84,95 @@ impl CudaSession {
         self.launch(f, 1, 32, params!(yp, n, vals))
     }
 }
+
+/// `AxisMap8` of values.cu: output coordinate o of axis k reads input coordinate
+/// `o % modulus[k] + shift[k]` (zero outside the input).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct AxisMap8 {
+    out: [i64; 8],
+    modulus: [i64; 8],
+    shift: [i64; 8],
+    in_dim: [i64; 8],
+    in_stride: [i64; 8],
+}
+
+impl CudaSession {
+    /// HannWindow, HammingWindow, BlackmanWindow (the CPU kernel's formulas, in double).
+    pub(crate) fn window(&mut self, li: usize, kind: i32, periodic: bool) -> CudaResult<()> {
+        let (n, yp, yt) = self.generated_output(li)?;
+        if n == 0 {
+            return Ok(());
+        }
+        // A periodic window is one period of a window of size + 1; a symmetric one spans size - 1.
+        let denom = if periodic { n as f64 } else { n as f64 - 1.0 };
+        let one_point = (n == 1 && !periodic) as i32;
+        let f = self.p.func("window_any")?;
+        let grid = self.grid(n as usize);
+        self.launch(f, grid, 256, params!(yp, yt, n, kind, denom, one_point))
+    }
+
+    /// Tile (coordinates wrap around the input) or CenterCropPad (the input centred in the
+    /// output: crop drops the odd element at the end, pad puts the odd padding there).
+    pub(crate) fn tile(&mut self, li: usize, center: bool) -> CudaResult<()> {
+        let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+        let (xs, ys) = (self.shape(x)?, self.shape(y)?);
+        let n = numel(&ys);
+        if n == 0 {
+            return Ok(());
+        }
+        if xs.len() != ys.len() || xs.len() > 8 {
+            return Err(format!("input {xs:?} and output {ys:?} of different or too many dimensions"));
+        }
+        let mut m = AxisMap8::default();
+        let in_strides = crate::kernels::strides(&xs);
+        for (k, (&d, &t)) in xs.iter().zip(&ys).enumerate() {
+            let (d, t) = (d as i64, t as i64);
+            m.out[k] = t;
+            m.in_dim[k] = d;
+            m.in_stride[k] = in_strides[k];
+            if center {
+                m.modulus[k] = i64::MAX;
+                m.shift[k] = if t <= d { (d - t) / 2 } else { -((t - d) / 2) };
+            } else {
+                m.modulus[k] = d;
+            }
+        }
+        let size = self.device_dtype(x)?.size();
+        let f = self.p.func(&format!("gather_axes_{size}"))?;
+        let (xp, yp, n64, rank) = (self.ptr(x)?, self.ptr(y)?, n as i64, xs.len() as i32);
+        let grid = self.grid(n);
+        self.launch(f, grid, 256, params!(xp, yp, n64, rank, m))
+    }
+
+    /// TopK: values (the input's type) and int64 indices, sorted, ties to the lower index.
+    pub(crate) fn top_k(&mut self, li: usize, axis: i64, largest: bool) -> CudaResult<()> {
+        let x = self.required(li, 0)?;
+        let xs = self.shape(x)?;
+        let axis = kiln_ir::spec::normalize_axis(axis, xs.len()).map_err(|e| e.to_string())?;
+        let k = self.const_ints(li, 1)?.and_then(|v| v.first().copied()).ok_or("TopK without K")?;
+        let dim = xs[axis] as i64;
+        if k < 0 || k > dim {
+            return Err(format!("K = {k} is outside [0, {dim}] (the size of axis {axis})"));
+        }
+        let inner = numel(&xs[axis + 1..]) as i64;
+        let lanes = numel(&xs[..axis]) as i64 * inner;
+        if lanes == 0 || k == 0 {
+            return Ok(());
+        }
+        let dtype = self.device_dtype(x)?;
+        let xt = dtype_code(dtype).ok_or_else(|| format!("no device type for {dtype}"))?;
+        let esize = dtype.size() as i32;
+        let slot = |k: usize| -> CudaResult<u64> {
+            match self.p.graph.layers[li].layer.outputs.get(k).copied().flatten() {
+                Some(id) => self.ptr(id.0),
+                None => Ok(0),
+            }
+        };
+        let (xp, vp, ip) = (self.ptr(x)?, slot(0)?, slot(1)?);
+        let largest = largest as i32;
+        let f = self.p.func("topk_any")?;
+        let grid = (lanes as usize).div_ceil(128).max(1) as u32;
+        self.launch(f, grid, 128, params!(xp, xt, esize, vp, ip, lanes, dim, inner, k, largest))
+    }
+}

@@ -97,6 +97,18 @@ pub(crate) enum GpuOp {
     ShapeOf {
         size: bool,
     },
+    /// HannWindow (0), HammingWindow (1), BlackmanWindow (2).
+    Window {
+        kind: i32,
+        periodic: bool,
+    },
+    /// Tile and CenterCropPad: each output element reads one input element through a per-axis map.
+    Tile,
+    CenterCropPad,
+    TopK {
+        axis: i64,
+        largest: bool,
+    },
     /// Gather/scatter, cumulative and loss ops (lower_index.rs, launch_index.rs, index.cu).
     Index(crate::lower_index::IndexOp),
     /// Resampling, transposed convolution, pooling and normalization variants
@@ -481,6 +493,27 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
         "Range" => Ok(GpuOp::Range),
         "ConstantOfShape" => Ok(GpuOp::ConstantOfShape),
         "Shape" | "Size" => Ok(GpuOp::ShapeOf { size: layer.op == "Size" }),
+        "HannWindow" | "HammingWindow" | "BlackmanWindow" => Ok(GpuOp::Window {
+            kind: match layer.op.as_str() {
+                "HannWindow" => 0,
+                "HammingWindow" => 1,
+                _ => 2,
+            },
+            periodic: a.int("periodic", 1).map_err(|e| e.to_string())? != 0,
+        }),
+        "Tile" | "CenterCropPad" | "TopK" => {
+            if !x_rank.is_some_and(|r| (1..=crate::kernels::MAX_RANK).contains(&r)) {
+                return Err(format!("{} of unknown rank or above 8 dimensions", layer.op));
+            }
+            Ok(match layer.op.as_str() {
+                "Tile" => GpuOp::Tile,
+                "CenterCropPad" => GpuOp::CenterCropPad,
+                _ => GpuOp::TopK {
+                    axis: a.int("axis", -1).map_err(|e| e.to_string())?,
+                    largest: a.int("largest", 1).map_err(|e| e.to_string())? != 0,
+                },
+            })
+        }
         "Expand" => Ok(GpuOp::Expand),
         "Slice" => Ok(GpuOp::Slice),
         op @ ("ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceSumSquare"

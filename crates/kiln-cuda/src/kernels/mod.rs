@@ -10,6 +10,7 @@ use kiln_ir::{Activation, DType};
 /// per op family, compiled as one source.
 pub(crate) const LIBRARY: &str = concat!(
     include_str!("library.cu"),
+    include_str!("values.cu"),
     include_str!("index.cu"),
     include_str!("spatial.cu"),
     include_str!("sequence.cu"),

@@ -1,0 +1,106 @@
+
+// ==== generated values and axis maps (launch_values.rs) ==========================================
+
+// ---- Window functions: Hann (kind 0), Hamming (1), Blackman (2), computed in double --------------
+extern "C" __global__ void window_any(void* y, int yt, i64 n, int kind, double denom, int one_point) {
+  const double pi = 3.14159265358979323846;
+  GRID_STRIDE(i, n) {
+    double x = (double)i, v;
+    if (one_point) v = 1.0;
+    else if (kind == 0) { double s = sin(pi * x / denom); v = s * s; }
+    else if (kind == 1) { const double a = 25.0 / 46.0; v = a - cos(2.0 * pi * x / denom) * (1.0 - a); }
+    else v = 0.42 - 0.5 * cos(2.0 * pi * x / denom) + 0.08 * cos(4.0 * pi * x / denom);
+    store_any(y, i, yt, v);
+  }
+}
+
+// ---- Output elements read from the input through a per-axis map (Tile, CenterCropPad) ----------
+// Output coordinate o of axis k reads input coordinate (o % mod[k]) + shift[k]; outside the input
+// the element is zero (all bits clear).
+struct AxisMap8 { i64 out[8]; i64 mod[8]; i64 shift[8]; i64 in_dim[8]; i64 in_stride[8]; };
+template <typename E>
+__device__ void gather_axes(const E* x, E* y, i64 n, int rank, const AxisMap8& m) {
+  GRID_STRIDE(i, n) {
+    i64 rem = i, off = 0;
+    bool inside = true;
+    for (int k = rank - 1; k >= 0; --k) {
+      i64 o = rem % m.out[k];
+      rem /= m.out[k];
+      i64 s = o % m.mod[k] + m.shift[k];
+      if (s < 0 || s >= m.in_dim[k]) inside = false;
+      off += s * m.in_stride[k];
+    }
+    y[i] = inside ? x[off] : (E)0;
+  }
+}
+extern "C" __global__ void gather_axes_1(const unsigned char* x, unsigned char* y, i64 n, int rank, AxisMap8 m) { gather_axes(x, y, n, rank, m); }
+extern "C" __global__ void gather_axes_2(const u16* x, u16* y, i64 n, int rank, AxisMap8 m) { gather_axes(x, y, n, rank, m); }
+extern "C" __global__ void gather_axes_4(const unsigned* x, unsigned* y, i64 n, int rank, AxisMap8 m) { gather_axes(x, y, n, rank, m); }
+extern "C" __global__ void gather_axes_8(const i64* x, i64* y, i64 n, int rank, AxisMap8 m) { gather_axes(x, y, n, rank, m); }
+
+// ---- TopK: one thread per lane (the elements along the axis) ------------------------------------
+// Order: by value (largest or smallest first; NaN above every number, as the CPU's total order),
+// ties by the lower index. The r-th pick is the first element in that order after pick r-1, so
+// no scratch memory is needed (k·dim comparisons per lane).
+__device__ __forceinline__ i64 load_int(const void* p, i64 i, int t) {
+  switch (t) {
+    case 4: return ((const i64*)p)[i];
+    case 5: return ((const int*)p)[i];
+    case 6: case 8: return ((const unsigned char*)p)[i];
+    case 7: return ((const signed char*)p)[i];
+    case 9: return ((const short*)p)[i];
+    case 10: return ((const unsigned short*)p)[i];
+    case 11: return ((const unsigned*)p)[i];
+    default: return (i64)((const unsigned long long*)p)[i];
+  }
+}
+// -1, 0 or 1: element a against element b by value alone.
+__device__ __forceinline__ int cmp_values(const void* x, i64 a, i64 b, int t) {
+  if (t >= 4) {
+    if (t == 12) {
+      unsigned long long va = ((const unsigned long long*)x)[a], vb = ((const unsigned long long*)x)[b];
+      return va < vb ? -1 : (va > vb ? 1 : 0);
+    }
+    i64 va = load_int(x, a, t), vb = load_int(x, b, t);
+    return va < vb ? -1 : (va > vb ? 1 : 0);
+  }
+  double va = load_any(x, a, t), vb = load_any(x, b, t);
+  bool na = va != va, nb = vb != vb;
+  if (na || nb) return na == nb ? 0 : (na ? 1 : -1);
+  return va < vb ? -1 : (va > vb ? 1 : 0);
+}
+extern "C" __global__ void topk_any(const void* x, int xt, int esize, void* vals, i64* idx, i64 lanes, i64 dim,
+                                    i64 inner, i64 k, int largest) {
+  GRID_STRIDE(lane, lanes) {
+    i64 o = lane / inner, in = lane % inner;
+    i64 base = o * dim * inner + in;
+    i64 prev = -1;
+    for (i64 r = 0; r < k; ++r) {
+      i64 best = -1;
+      for (i64 j = 0; j < dim; ++j) {
+        if (prev >= 0) {
+          // j must come after the previous pick.
+          int c = cmp_values(x, base + j * inner, base + prev * inner, xt);
+          if (largest) c = -c;
+          if (c < 0 || (c == 0 && j <= prev)) continue;
+        }
+        if (best < 0) { best = j; continue; }
+        int c = cmp_values(x, base + j * inner, base + best * inner, xt);
+        if (largest) c = -c;
+        if (c < 0) best = j;  // ties keep the lower index (j > best)
+      }
+      i64 dst = (o * k + r) * inner + in;
+      i64 src = base + best * inner;
+      if (vals) {
+        switch (esize) {
+          case 1: ((unsigned char*)vals)[dst] = ((const unsigned char*)x)[src]; break;
+          case 2: ((u16*)vals)[dst] = ((const u16*)x)[src]; break;
+          case 4: ((unsigned*)vals)[dst] = ((const unsigned*)x)[src]; break;
+          default: ((i64*)vals)[dst] = ((const i64*)x)[src]; break;
+        }
+      }
+      if (idx) idx[dst] = best;
+      prev = best;
+    }
+  }
+}
