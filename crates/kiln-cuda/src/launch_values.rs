@@ -176,3 +176,44 @@ impl CudaSession {
         self.launch(f, grid, 128, params!(xp, xt, esize, vp, ip, lanes, dim, inner, k, largest))
     }
 }
+
+impl CudaSession {
+    /// DFT along `axis` (input 2, default -2) of [..., signal, 1 or 2] lines, `dft_length`
+    /// (input 1) samples; the output shape came from run-time inference.
+    pub(crate) fn dft(&mut self, li: usize, inverse: bool, onesided: bool) -> CudaResult<()> {
+        let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
+        let (xs, ys) = (self.shape(x)?, self.shape(y)?);
+        let rank = xs.len();
+        if rank < 2 || ys.len() != rank {
+            return Err(format!("DFT input {xs:?} and output {ys:?}"));
+        }
+        let axis = self.const_ints(li, 2)?.and_then(|v| v.first().copied()).unwrap_or(-2);
+        let axis = kiln_ir::spec::normalize_axis(axis, rank).map_err(|e| e.to_string())?;
+        if axis == rank - 1 {
+            return Err("axis must not be the last (real/imaginary) dimension".into());
+        }
+        let n_in = xs[axis] as i64;
+        let length = match self.const_ints(li, 1)?.and_then(|v| v.first().copied()) {
+            Some(l) if l >= 1 => l,
+            Some(l) => return Err(format!("dft_length must be positive, got {l}")),
+            None if inverse && onesided => 2 * (n_in - 1).max(0),
+            None => n_in,
+        };
+        let (c, c_out) = (xs[rank - 1] as i32, ys[rank - 1] as i32);
+        let (outer, inner, n_out) = (numel(&xs[..axis]) as i64, numel(&xs[axis + 1..rank - 1]) as i64, ys[axis] as i64);
+        let total = outer * inner * n_out;
+        if total == 0 || length == 0 {
+            return Ok(());
+        }
+        let code = |id: usize| -> CudaResult<i32> {
+            let d = self.device_dtype(id)?;
+            dtype_code(d).ok_or_else(|| format!("no device type for {d}"))
+        };
+        let (xt, yt) = (code(x)?, code(y)?);
+        let (xp, yp) = (self.ptr(x)?, self.ptr(y)?);
+        let (inv, herm) = (inverse as i32, (inverse && onesided) as i32);
+        let f = self.p.func("dft_naive")?;
+        let grid = self.grid(total as usize);
+        self.launch(f, grid, 256, params!(xp, xt, yp, yt, outer, inner, c, n_in, length, n_out, c_out, inv, herm))
+    }
+}

@@ -109,6 +109,11 @@ pub(crate) enum GpuOp {
         axis: i64,
         largest: bool,
     },
+    /// DFT, forward or inverse, one-sided or full (a direct sum per output element).
+    Dft {
+        inverse: bool,
+        onesided: bool,
+    },
     /// Gather/scatter, cumulative and loss ops (lower_index.rs, launch_index.rs, index.cu).
     Index(crate::lower_index::IndexOp),
     /// Resampling, transposed convolution, pooling and normalization variants
@@ -500,6 +505,10 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
                 _ => 2,
             },
             periodic: a.int("periodic", 1).map_err(|e| e.to_string())? != 0,
+        }),
+        "DFT" => Ok(GpuOp::Dft {
+            inverse: a.int("inverse", 0).map_err(|e| e.to_string())? != 0,
+            onesided: a.int("onesided", 0).map_err(|e| e.to_string())? != 0,
         }),
         "Tile" | "CenterCropPad" | "TopK" => {
             if !x_rank.is_some_and(|r| (1..=crate::kernels::MAX_RANK).contains(&r)) {

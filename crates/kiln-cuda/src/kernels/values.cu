@@ -104,3 +104,49 @@ extern "C" __global__ void topk_any(const void* x, int xt, int esize, void* vals
     }
   }
 }
+
+// ---- DFT: one thread per output element, the sum over the whole line in double ----------------
+// Input lines [outer, n_in, inner, c] (c = 1 real, 2 complex), output [outer, n_out, inner, c_out].
+// `herm`: an inverse of a one-sided spectrum, rebuilt as the CPU kernel does (numpy's irfft: the
+// imaginary parts of the DC and Nyquist bins ignored, the upper half the conjugate mirror).
+// The inverse is scaled by 1/length. Angles are reduced mod length so they stay exact.
+__device__ void dft_input(const void* x, int xt, i64 base, i64 inner, int c, i64 n_in, i64 length, int herm, i64 m,
+                          double* re, double* im) {
+  *re = 0.0; *im = 0.0;
+  if (herm) {
+    i64 half = length / 2 + 1;
+    bool mirror = m >= half;
+    i64 src = mirror ? length - m : m;
+    if (src >= n_in) return;
+    *re = load_any(x, base + src * inner * c, xt);
+    double v = c == 2 ? load_any(x, base + src * inner * c + 1, xt) : 0.0;
+    if (src == 0 || (length % 2 == 0 && src == length / 2)) v = 0.0;
+    *im = mirror ? -v : v;
+  } else if (m < n_in) {
+    *re = load_any(x, base + m * inner * c, xt);
+    *im = c == 2 ? load_any(x, base + m * inner * c + 1, xt) : 0.0;
+  }
+}
+extern "C" __global__ void dft_naive(const void* x, int xt, void* y, int yt, i64 outer, i64 inner, int c, i64 n_in,
+                                     i64 length, i64 n_out, int c_out, int inverse, int herm) {
+  const double two_pi = 6.28318530717958647692;
+  i64 total = outer * n_out * inner;
+  GRID_STRIDE(t, total) {
+    i64 i = t % inner, k = (t / inner) % n_out, o = t / (inner * n_out);
+    i64 base = o * n_in * inner * c + i * c;
+    double sr = 0.0, si = 0.0;
+    for (i64 m = 0; m < length; ++m) {
+      double re, im;
+      dft_input(x, xt, base, inner, c, n_in, length, herm, m, &re, &im);
+      if (re == 0.0 && im == 0.0) continue;
+      double a = two_pi * (double)((k * m) % length) / (double)length;
+      double cs = cos(a), sn = inverse ? sin(a) : -sin(a);
+      sr += re * cs - im * sn;
+      si += re * sn + im * cs;
+    }
+    if (inverse) { sr /= (double)length; si /= (double)length; }
+    i64 out = ((o * n_out + k) * inner + i) * c_out;
+    store_any(y, out, yt, sr);
+    if (c_out == 2) store_any(y, out + 1, yt, si);
+  }
+}
