@@ -729,7 +729,13 @@ impl CudaSession {
         let (x, y) = (self.required(li, 0)?, self.output(li, 0)?);
         let (xs, ys) = (self.shape(x)?, self.shape(y)?);
         let pads = self.const_ints(li, 1)?.ok_or("Pad without pads")?;
-        let value = self.param(li, 2)?.and_then(|t| t.to_f64_vec().first().copied()).unwrap_or(0.0) as f32;
+        // The value, exact for integer tensors (any element type: the fill and copy move bytes).
+        let value = self.param(li, 2)?;
+        let iv = value.as_ref().and_then(|t| t.to_i64_vec().first().copied()).unwrap_or(0);
+        let fv = value.as_ref().and_then(|t| t.to_f64_vec().first().copied()).unwrap_or(0.0);
+        let dtype = self.device_dtype(y)?;
+        let (yt, is_int) =
+            (dtype_code(dtype).ok_or_else(|| format!("no device type for {dtype}"))?, dtype.is_int() as i32);
         let rank = xs.len();
         let axes: Vec<usize> = match self.const_ints(li, 3)? {
             Some(a) => a.iter().map(|&v| kiln_ir::spec::normalize_axis(v, rank)).collect::<Result<_, _>>()?,
@@ -739,10 +745,10 @@ impl CudaSession {
         if n == 0 {
             return Ok(());
         }
-        let f = self.p.typed("fill")?;
+        let f = self.p.func("fill_any")?;
         let (yp, n64) = (self.ptr(y)?, n as i64);
         let grid = self.grid(n);
-        self.launch(f, grid, 256, params!(yp, n64, value))?;
+        self.launch(f, grid, 256, params!(yp, yt, n64, is_int, iv, fv))?;
         // The kept block: per axis, where it starts in x (crop) and in y (pad).
         let (xst, yst) = (strides(&xs), strides(&ys));
         let (mut x_off, mut y_off) = (0i64, 0i64);

@@ -386,7 +386,7 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
             Ok(GpuOp::Trilu { upper: a.int("upper", 1).map_err(|e| e.to_string())? != 0 })
         }
         "Pad" => {
-            float_layer()?;
+            // Any element type: the fill is typed by code and the copy moves bytes.
             if a.string("mode", "constant".into()).map_err(|e| e.to_string())? != "constant" {
                 return Err("Pad modes other than constant".into());
             }
