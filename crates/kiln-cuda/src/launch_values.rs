@@ -217,3 +217,36 @@ impl CudaSession {
         self.launch(f, grid, 256, params!(xp, xt, yp, yt, outer, inner, c, n_in, length, n_out, c_out, inv, herm))
     }
 }
+
+impl CudaSession {
+    /// Compress: the elements (or slices along `axis`) whose condition is true, in order.
+    pub(crate) fn compress(&mut self, li: usize, axis: Option<i64>) -> CudaResult<()> {
+        let (x, c, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
+        let xs = self.shape(x)?;
+        let (outer, dim, inner) = match axis {
+            None => (1, numel(&xs), 1),
+            Some(a) => {
+                let a = kiln_ir::spec::normalize_axis(a, xs.len()).map_err(|e| e.to_string())?;
+                (numel(&xs[..a]), xs[a], numel(&xs[a + 1..]))
+            }
+        };
+        // The condition was read for shape inference; picks beyond the axis are an error (as
+        // on the CPU), checked here so that the kernel never reads past the input.
+        let cond = self.param(li, 1)?.ok_or("Compress without a condition")?.to_i64_vec();
+        if let Some(last) = cond.iter().rposition(|&v| v != 0) {
+            if last >= dim {
+                return Err(format!("condition selects index {last}, beyond the dimension {dim}"));
+            }
+        }
+        let kept = cond.iter().filter(|&&v| v != 0).count() as i64;
+        if outer * inner == 0 || kept == 0 {
+            return Ok(());
+        }
+        let size = self.device_dtype(x)?.size();
+        let f = self.p.func(&format!("compress_{size}"))?;
+        let (xp, yp, cp) = (self.ptr(x)?, self.ptr(y)?, self.ptr(c)?);
+        let (cond_len, outer, dim, inner) = (cond.len() as i64, outer as i64, dim as i64, inner as i64);
+        let grid = self.grid((outer * inner) as usize);
+        self.launch(f, grid, 256, params!(xp, yp, cp, cond_len, outer, dim, inner, kept))
+    }
+}

@@ -109,6 +109,10 @@ pub(crate) enum GpuOp {
         axis: i64,
         largest: bool,
     },
+    /// Compress along an axis (or of the flattened input); the kept count is read on the host.
+    Compress {
+        axis: Option<i64>,
+    },
     /// DFT, forward or inverse, one-sided or full (a direct sum per output element).
     Dft {
         inverse: bool,
@@ -154,6 +158,14 @@ pub(crate) fn tensor_dtype(graph: &EngineGraph, id: usize) -> Option<DType> {
 pub(crate) fn rank(graph: &EngineGraph, id: usize) -> Option<usize> {
     match &graph.tensors[id].ty {
         Some(ValueType::Tensor(t)) => t.shape.as_ref().map(|s| s.len()),
+        _ => None,
+    }
+}
+
+/// Element count of tensor `id` where its shape is static.
+fn static_numel(graph: &EngineGraph, id: usize) -> Option<usize> {
+    match &graph.tensors[id].ty {
+        Some(ValueType::Tensor(t)) => kiln_ir::concrete(t.shape.as_deref()?).map(|s| s.iter().product()),
         _ => None,
     }
 }
@@ -506,6 +518,16 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
             },
             periodic: a.int("periodic", 1).map_err(|e| e.to_string())? != 0,
         }),
+        "Compress" => {
+            // The kept count is read on the host: only conditions small enough to be read.
+            let small = input(1)
+                .and_then(|c| static_numel(graph, c))
+                .is_some_and(|n| n <= crate::session::SMALL_VALUE_ELEMENTS);
+            if !small {
+                return Err("a condition of unknown or large size".into());
+            }
+            Ok(GpuOp::Compress { axis: a.int_opt("axis").map_err(|e| e.to_string())? })
+        }
         "DFT" => Ok(GpuOp::Dft {
             inverse: a.int("inverse", 0).map_err(|e| e.to_string())? != 0,
             onesided: a.int("onesided", 0).map_err(|e| e.to_string())? != 0,

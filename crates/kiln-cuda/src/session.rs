@@ -17,7 +17,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 /// The largest run-time value read on the host as a parameter (shapes, axes, pads, scales).
-const SMALL_VALUE_ELEMENTS: usize = 4096;
+pub(crate) const SMALL_VALUE_ELEMENTS: usize = 4096;
 
 /// cuBLAS's fixed workspace (enough for its Hopper kernels).
 const BLAS_WORKSPACE: usize = 32 << 20;

@@ -150,3 +150,22 @@ extern "C" __global__ void dft_naive(const void* x, int xt, void* y, int yt, i64
     if (c_out == 2) store_any(y, out + 1, yt, si);
   }
 }
+
+// ---- Compress: one thread per (outer, inner) lane walks the condition, keeping its own count ----
+template <typename E>
+__device__ void compress_lanes(const E* x, E* y, const unsigned char* cond, i64 cond_len, i64 outer, i64 dim,
+                               i64 inner, i64 kept) {
+  GRID_STRIDE(lane, outer * inner) {
+    i64 o = lane / inner, i = lane % inner, c = 0;
+    i64 len = cond_len < dim ? cond_len : dim;
+    for (i64 j = 0; j < len; ++j) {
+      if (!cond[j]) continue;
+      y[(o * kept + c) * inner + i] = x[(o * dim + j) * inner + i];
+      ++c;
+    }
+  }
+}
+extern "C" __global__ void compress_1(const unsigned char* x, unsigned char* y, const unsigned char* cond, i64 cond_len, i64 outer, i64 dim, i64 inner, i64 kept) { compress_lanes(x, y, cond, cond_len, outer, dim, inner, kept); }
+extern "C" __global__ void compress_2(const u16* x, u16* y, const unsigned char* cond, i64 cond_len, i64 outer, i64 dim, i64 inner, i64 kept) { compress_lanes(x, y, cond, cond_len, outer, dim, inner, kept); }
+extern "C" __global__ void compress_4(const unsigned* x, unsigned* y, const unsigned char* cond, i64 cond_len, i64 outer, i64 dim, i64 inner, i64 kept) { compress_lanes(x, y, cond, cond_len, outer, dim, inner, kept); }
+extern "C" __global__ void compress_8(const i64* x, i64* y, const unsigned char* cond, i64 cond_len, i64 outer, i64 dim, i64 inner, i64 kept) { compress_lanes(x, y, cond, cond_len, outer, dim, inner, kept); }
