@@ -286,8 +286,9 @@ impl CudaSession {
         if xs.is_empty() {
             return Err("CumSum/CumProd need an input of rank >= 1".into());
         }
-        if numel(&self.shape(a)?) != 1 {
-            return Err("the axis must be a scalar".into());
+        let axis_shape = self.shape(a)?;
+        if numel(&axis_shape) != 1 || axis_shape.len() > 1 {
+            return Err(format!("the axis must be a single integer, got shape {axis_shape:?}"));
         }
         if numel(&xs) == 0 {
             return Ok(());
