@@ -55,6 +55,7 @@ impl CudaSession {
             IndexOp::BlockShuffle { to_space, blocksize, crd } => self.block_shuffle(li, to_space, blocksize, crd),
             IndexOp::ReverseSequence { batch_axis } => self.reverse_sequence(li, batch_axis),
             IndexOp::Quantize { dequantize, axis, block } => self.quantize(li, dequantize, axis, block),
+            IndexOp::MaxUnpool => self.max_unpool(li),
             IndexOp::DynamicQuantize => {
                 let (x, y, scale, zp) =
                     (self.required(li, 0)?, self.output(li, 0)?, self.output(li, 1)?, self.output(li, 2)?);
@@ -436,5 +437,37 @@ impl CudaSession {
         let (inner, dim, block, blocks) = (inner as i64, dim as i64, block.max(1) as i64, blocks as i64);
         let grid = self.grid(n);
         self.launch(f, grid, 256, params!(xp, xt, sp, zpp, zt, yp, yt, n64, mode, inner, dim, block, blocks, lo, hi))
+    }
+
+    /// MaxUnpool: y zeroed, then each element of x written at its index (the last of equal
+    /// indices wins, through an owner array in the workspace).
+    fn max_unpool(&mut self, li: usize) -> CudaResult<()> {
+        let (x, ind, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
+        let (xs, is) = (self.shape(x)?, self.shape(ind)?);
+        if xs != is {
+            return Err(format!("indices shape {is:?} differs from X's shape {xs:?}"));
+        }
+        let (n, total) = (numel(&xs), numel(&self.shape(y)?));
+        let esize = self.device_dtype(y)?.size();
+        let yp = self.ptr(y)?;
+        if total > 0 {
+            // SAFETY: the output slot holds total elements.
+            unsafe { cudarc::driver::result::memset_d8_async(yp, 0, total * esize, self.stream) }
+                .map_err(|e| format!("{e:?}"))?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.ensure_workspace(total.max(1) * 8)?;
+        let owner = self.workspace.ptr();
+        // SAFETY: the workspace holds at least total * 8 bytes.
+        unsafe { cudarc::driver::result::memset_d8_async(owner, 0, total * 8, self.stream) }
+            .map_err(|e| format!("{e:?}"))?;
+        let (xp, ip, err, n64, total64) = (self.ptr(x)?, self.ptr(ind)?, self.error_flag.ptr(), n as i64, total as i64);
+        let grid = self.grid(n);
+        let claim = self.p.func("max_unpool_claim")?;
+        self.launch(claim, grid, 256, params!(ip, n64, total64, owner, err))?;
+        let write = self.by_size("max_unpool_write", x)?;
+        self.launch(write, grid, 256, params!(xp, ip, yp, n64, total64, owner))
     }
 }

@@ -65,6 +65,8 @@ pub(crate) enum IndexOp {
         block: usize,
     },
     DynamicQuantize,
+    /// MaxUnpool to its natural output shape (no output_shape input).
+    MaxUnpool,
 }
 
 /// `Some` for the ops of this family: the GPU op, or why the layer stays on the CPU. `None` for
@@ -95,6 +97,7 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<IndexOp
         "ReverseSequence" => reverse_sequence(graph, layer),
         "QuantizeLinear" | "DequantizeLinear" => quantize(graph, layer),
         "DynamicQuantizeLinear" => float_data(graph, layer).map(|()| IndexOp::DynamicQuantize),
+        "MaxUnpool" => max_unpool(graph, layer),
         _ => return None,
     };
     Some(op)
@@ -223,4 +226,15 @@ fn quantize(graph: &EngineGraph, layer: &Layer) -> Result<IndexOp, String> {
     }
     let block = usize::try_from(layer.attrs.int("block_size", 0)?).map_err(|_| "a negative block_size")?;
     Ok(IndexOp::Quantize { dequantize, axis: layer.attrs.int("axis", 1)?, block })
+}
+
+fn max_unpool(graph: &EngineGraph, layer: &Layer) -> Result<IndexOp, String> {
+    float_data(graph, layer)?;
+    if input(layer, 1).and_then(|i| tensor_dtype(graph, i)) != Some(DType::I64) {
+        return Err("MaxUnpool indices other than int64".into());
+    }
+    if input(layer, 2).is_some() {
+        return Err("MaxUnpool with an output_shape".into());
+    }
+    Ok(IndexOp::MaxUnpool)
 }

@@ -398,7 +398,7 @@ fn gathers_and_scatters_match_the_cpu() {
 }
 
 /// CumSum (exclusive, reverse) and CumProd along constant axes, Hardmax, DepthToSpace (CRD),
-/// SpaceToDepth (DCR), ReverseSequence and EyeLike.
+/// SpaceToDepth (DCR), ReverseSequence, EyeLike and MaxUnpool.
 fn scans_and_permutations() -> Network {
     let mut net = Network::new("scans");
     let x = dyn_input(&mut net, "x", &[8, 4, 4]);
@@ -421,7 +421,11 @@ fn scans_and_permutations() -> Network {
     let rs = layer(&mut net, "revseq", "ReverseSequence", rs, &[Some(x), Some(lens)]);
     let flat = layer(&mut net, "flat", "Flatten", Attributes::new(), &[Some(x)]);
     let eye = layer(&mut net, "eye", "EyeLike", Attributes::new().with("k", 3i64), &[Some(flat)]);
-    for o in [cs, cp, hm, d2s, s2d, rs, eye] {
+    // Unpooled to [2, 8, 8, 8]: flat indices with repeats (the later element wins).
+    let ui = int_constant(&mut net, "ui", &[2, 8, 4, 4], (0..256).map(|k| k * 37 % 200).collect());
+    let unpool = Attributes::new().with("kernel_shape", vec![2i64, 2]).with("strides", vec![2i64, 2]);
+    let unpool = layer(&mut net, "unpool", "MaxUnpool", unpool, &[Some(x), Some(ui)]);
+    for o in [cs, cp, hm, d2s, s2d, rs, eye, unpool] {
         net.mark_output(o).unwrap();
     }
     net

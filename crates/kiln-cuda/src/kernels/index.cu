@@ -405,3 +405,29 @@ __device__ void dynamic_quantize_linear(const void* x, unsigned char* y, void* s
 }
 KILN_INSTANTIATE(dynamic_quantize_linear, (const void* x, unsigned char* y, void* scale_out, unsigned char* zp_out, i64 n),
                  (x, y, scale_out, zp_out, n))
+
+// ---- MaxUnpool: y (zeroed) gets x[i] at the flat index ind[i] --------------------------------------
+// Where several elements name one index the last wins, as in the reference: each claims its
+// target with atomicMax(owner, i + 1) (owner zeroed), then only the claiming element writes.
+extern "C" __global__ void max_unpool_claim(const i64* ind, i64 n, i64 total, unsigned long long* owner, int* err) {
+  GRID_STRIDE(i, n) {
+    i64 k = ind[i];
+    if (k < 0 || k >= total) {
+      *err = INDEX_ERROR;
+      continue;
+    }
+    atomicMax(owner + k, (unsigned long long)(i + 1));
+  }
+}
+template <typename E>
+__device__ void max_unpool_write(const void* x, const i64* ind, void* y, i64 n, i64 total, const unsigned long long* owner) {
+  GRID_STRIDE(i, n) {
+    i64 k = ind[i];
+    if (k >= 0 && k < total && owner[k] == (unsigned long long)(i + 1)) ((E*)y)[k] = ((const E*)x)[i];
+  }
+}
+#define MAX_UNPOOL_PARAMS const void* x, const i64* ind, void* y, i64 n, i64 total, const unsigned long long* owner
+#define MAX_UNPOOL_ARGS x, ind, y, n, total, owner
+extern "C" __global__ void max_unpool_write_2(MAX_UNPOOL_PARAMS) { max_unpool_write<KILN_BY_SIZE_TYPE_2>(MAX_UNPOOL_ARGS); }
+extern "C" __global__ void max_unpool_write_4(MAX_UNPOOL_PARAMS) { max_unpool_write<KILN_BY_SIZE_TYPE_4>(MAX_UNPOOL_ARGS); }
+extern "C" __global__ void max_unpool_write_8(MAX_UNPOOL_PARAMS) { max_unpool_write<KILN_BY_SIZE_TYPE_8>(MAX_UNPOOL_ARGS); }
