@@ -716,7 +716,7 @@ impl DeviceSession for CudaSession {
         // SAFETY: a 4-byte device int.
         unsafe { result::memcpy_dtoh_sync(&mut flag, self.error_flag.ptr()) }.map_err(|e| dev(format!("{e:?}")))?;
         if flag != [0; 4] {
-            return Err(dev("a Gather index was out of range".into()));
+            return Err(dev(crate::launch_index::INDEX_ERROR_MESSAGE.into()));
         }
         let mut outputs = Vec::with_capacity(p.graph.outputs.len());
         for &o in &p.graph.outputs {
