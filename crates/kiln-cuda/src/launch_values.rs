@@ -4,9 +4,8 @@
 
 use crate::error::CudaResult;
 use crate::kernels::dtype_code;
-use crate::launch::numel;
+use crate::launch::{numel, params};
 use crate::session::CudaSession;
-use std::ffi::c_void;
 
 /// `Values8` of library.cu.
 #[repr(C)]

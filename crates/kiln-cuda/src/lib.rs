@@ -15,7 +15,6 @@ mod device;
 mod dnn;
 mod error;
 mod kernels;
-#[macro_use]
 mod launch;
 mod launch_index;
 mod launch_sequence;
