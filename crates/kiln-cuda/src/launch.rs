@@ -135,6 +135,7 @@ impl CudaSession {
             GpuOp::TopK { axis, largest } => self.top_k(li, *axis, *largest),
             GpuOp::Dft { inverse, onesided } => self.dft(li, *inverse, *onesided),
             GpuOp::Compress { axis } => self.compress(li, *axis),
+            GpuOp::OneHot { axis } => self.one_hot(li, *axis),
             GpuOp::Index(op) => self.launch_index(li, op),
             GpuOp::Spatial(op) => self.launch_spatial(li, op),
             GpuOp::Sequence(op) => self.launch_sequence(li, op),

@@ -249,3 +249,35 @@ impl CudaSession {
         self.launch(f, grid, 256, params!(xp, yp, cp, cond_len, outer, dim, inner, kept))
     }
 }
+
+impl CudaSession {
+    /// OneHot: indices (any numeric type, truncated; negative ones count from the end) to rows
+    /// of off/on values along `axis` of the output, whose shape run-time inference gave.
+    pub(crate) fn one_hot(&mut self, li: usize, axis: i64) -> CudaResult<()> {
+        let (idx, values, y) = (self.required(li, 0)?, self.required(li, 2)?, self.output(li, 0)?);
+        let ys = self.shape(y)?;
+        let r = ys.len() as i64;
+        let axis = if axis < 0 { axis + r } else { axis };
+        if !(0..r).contains(&axis) {
+            return Err(format!("axis {axis} is out of range for an output of rank {r}"));
+        }
+        let axis = axis as usize;
+        if numel(&self.shape(values)?) != 2 {
+            return Err("values must hold [off_value, on_value]".into());
+        }
+        let (outer, depth, inner) = (numel(&ys[..axis]) as i64, ys[axis] as i64, numel(&ys[axis + 1..]) as i64);
+        let total = outer * depth * inner;
+        if total == 0 {
+            return Ok(());
+        }
+        let it = {
+            let d = self.device_dtype(idx)?;
+            dtype_code(d).ok_or_else(|| format!("no device type for {d}"))?
+        };
+        let esize = self.device_dtype(values)?.size() as i32;
+        let (ip, vp, yp) = (self.ptr(idx)?, self.ptr(values)?, self.ptr(y)?);
+        let f = self.p.func("one_hot_any")?;
+        let grid = self.grid(total as usize);
+        self.launch(f, grid, 256, params!(ip, it, vp, esize, yp, outer, depth, inner))
+    }
+}

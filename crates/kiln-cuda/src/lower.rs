@@ -113,6 +113,10 @@ pub(crate) enum GpuOp {
     Compress {
         axis: Option<i64>,
     },
+    /// OneHot along `axis` of the output (depth read on the host).
+    OneHot {
+        axis: i64,
+    },
     /// DFT, forward or inverse, one-sided or full (a direct sum per output element).
     Dft {
         inverse: bool,
@@ -528,6 +532,7 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
             }
             Ok(GpuOp::Compress { axis: a.int_opt("axis").map_err(|e| e.to_string())? })
         }
+        "OneHot" => Ok(GpuOp::OneHot { axis: a.int("axis", -1).map_err(|e| e.to_string())? }),
         "DFT" => Ok(GpuOp::Dft {
             inverse: a.int("inverse", 0).map_err(|e| e.to_string())? != 0,
             onesided: a.int("onesided", 0).map_err(|e| e.to_string())? != 0,

@@ -169,3 +169,15 @@ extern "C" __global__ void compress_1(const unsigned char* x, unsigned char* y, 
 extern "C" __global__ void compress_2(const u16* x, u16* y, const unsigned char* cond, i64 cond_len, i64 outer, i64 dim, i64 inner, i64 kept) { compress_lanes(x, y, cond, cond_len, outer, dim, inner, kept); }
 extern "C" __global__ void compress_4(const unsigned* x, unsigned* y, const unsigned char* cond, i64 cond_len, i64 outer, i64 dim, i64 inner, i64 kept) { compress_lanes(x, y, cond, cond_len, outer, dim, inner, kept); }
 extern "C" __global__ void compress_8(const i64* x, i64* y, const unsigned char* cond, i64 cond_len, i64 outer, i64 dim, i64 inner, i64 kept) { compress_lanes(x, y, cond, cond_len, outer, dim, inner, kept); }
+
+// ---- OneHot: output [outer, depth, inner] of values[0] (off) or values[1] (on), moved as bytes --
+extern "C" __global__ void one_hot_any(const void* idx, int it, const unsigned char* values, int esize,
+                                       unsigned char* y, i64 outer, i64 depth, i64 inner) {
+  GRID_STRIDE(t, outer * depth * inner) {
+    i64 i = t % inner, d = (t / inner) % depth, o = t / (inner * depth);
+    double v = trunc(load_any(idx, o * inner + i, it));
+    if (v < 0.0) v += (double)depth;
+    const unsigned char* src = values + ((v >= 0.0 && v < (double)depth && (i64)v == d) ? esize : 0);
+    for (int b = 0; b < esize; ++b) y[t * esize + b] = src[b];
+  }
+}
