@@ -316,21 +316,44 @@ __device__ __forceinline__ double load_any(const void* p, i64 i, int t) {
     default: return 0.0;
   }
 }
-__device__ __forceinline__ void store_any(void* p, i64 i, int t, double v) {
+__device__ __forceinline__ void store_float(void* p, i64 i, int t, double v) {
   switch (t) {
     case 0: ((float*)p)[i] = (float)v; break;
     case 1: ((u16*)p)[i] = f2h((float)v); break;
     case 2: ((u16*)p)[i] = f2b((float)v); break;
     case 3: ((double*)p)[i] = v; break;
-    case 4: ((i64*)p)[i] = (i64)v; break;
+  }
+}
+// Integers are stored exactly (not through a double); a float type code stores the value as float.
+__device__ __forceinline__ void store_int(void* p, i64 i, int t, i64 v) {
+  switch (t) {
+    case 4: ((i64*)p)[i] = v; break;
     case 5: ((int*)p)[i] = (int)v; break;
-    case 6: ((unsigned char*)p)[i] = (unsigned char)(v != 0.0 ? 1 : 0); break;
+    case 6: ((unsigned char*)p)[i] = v != 0; break;
     case 7: ((signed char*)p)[i] = (signed char)v; break;
     case 8: ((unsigned char*)p)[i] = (unsigned char)v; break;
     case 9: ((short*)p)[i] = (short)v; break;
     case 10: ((unsigned short*)p)[i] = (unsigned short)v; break;
     case 11: ((unsigned*)p)[i] = (unsigned)v; break;
     case 12: ((unsigned long long*)p)[i] = (unsigned long long)v; break;
+    default: store_float(p, i, t, (double)v); break;
+  }
+}
+// Integers truncate toward zero and saturate (CUDA's float-to-int conversions, as Rust's `as`
+// on the CPU), so each integer type converts from the double directly rather than through
+// store_int; bool stores v != 0.
+__device__ __forceinline__ void store_any(void* p, i64 i, int t, double v) {
+  switch (t) {
+    case 4: ((i64*)p)[i] = (i64)v; break;
+    case 5: ((int*)p)[i] = (int)v; break;
+    case 6: ((unsigned char*)p)[i] = v != 0.0; break;
+    case 7: ((signed char*)p)[i] = (signed char)v; break;
+    case 8: ((unsigned char*)p)[i] = (unsigned char)v; break;
+    case 9: ((short*)p)[i] = (short)v; break;
+    case 10: ((unsigned short*)p)[i] = (unsigned short)v; break;
+    case 11: ((unsigned*)p)[i] = (unsigned)v; break;
+    case 12: ((unsigned long long*)p)[i] = (unsigned long long)v; break;
+    default: store_float(p, i, t, v); break;
   }
 }
 // bool (code 6) outputs are 0/1; integer outputs truncate toward zero (as ONNX Cast does).
@@ -343,21 +366,6 @@ extern "C" __global__ void cast_any(const void* x, int xt, void* y, int yt, i64 
 }
 
 // ---- Generated values: Range, ConstantOfShape, Shape and Size --------------------------------
-// Integers are stored exactly (not through a double), other types through store_any.
-__device__ __forceinline__ void store_int(void* p, i64 i, int t, i64 v) {
-  switch (t) {
-    case 4: ((i64*)p)[i] = v; break;
-    case 5: ((int*)p)[i] = (int)v; break;
-    case 6: ((unsigned char*)p)[i] = v != 0; break;
-    case 7: ((signed char*)p)[i] = (signed char)v; break;
-    case 8: ((unsigned char*)p)[i] = (unsigned char)v; break;
-    case 9: ((short*)p)[i] = (short)v; break;
-    case 10: ((unsigned short*)p)[i] = (unsigned short)v; break;
-    case 11: ((unsigned*)p)[i] = (unsigned)v; break;
-    case 12: ((unsigned long long*)p)[i] = (unsigned long long)v; break;
-    default: store_any(p, i, t, (double)v); break;
-  }
-}
 // Range: element i is start + i * delta (in double for floats, as the CPU kernel computes it).
 extern "C" __global__ void range_any(void* y, int yt, i64 n, int is_int, i64 istart, i64 idelta, double fstart,
                                      double fdelta) {
