@@ -192,7 +192,10 @@ pub(crate) fn lower(graph: &EngineGraph, li: usize) -> Placement {
             .is_some_and(|id| matches!(graph.tensors[id.0].storage, Storage::Arena { .. } | Storage::Weight(_)));
         return match kind {
             Elision::View if data_on_device => Placement::Elided,
-            _ => Placement::Host("view of a host value".into()),
+            // Only in graphs built for the CPU (the placement census): a GPU build never elides
+            // a concat, which then runs as the Concat op.
+            Elision::Concat => Placement::Elided,
+            Elision::View => Placement::Host("view of a host value".into()),
         };
     }
     // Tensors of any size go to the device (those sized at run time get memory between
