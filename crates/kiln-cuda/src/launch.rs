@@ -11,8 +11,9 @@ use std::ffi::c_void;
 
 /// Kernel parameters: each a pointer to a live local of the kernel parameter's type.
 macro_rules! params {
-    ($($x:expr),* $(,)?) => { &mut [$( (&$x) as *const _ as *mut c_void ),*] };
+    ($($x:expr),* $(,)?) => { &mut [$( (&$x) as *const _ as *mut std::ffi::c_void ),*] };
 }
+pub(crate) use params;
 
 /// A 1×1 convolution as products: per image n, Y_n[K, H·W] = W[K, C] · X_n[C, H·W].
 pub(crate) fn pointwise_gemm(
@@ -38,7 +39,7 @@ pub(crate) fn pointwise_gemm(
 /// `Str8` of library.cu.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct Str8([i64; MAX_RANK]);
+pub(crate) struct Str8(pub(crate) [i64; MAX_RANK]);
 
 pub(crate) fn numel(s: &[usize]) -> usize {
     s.iter().product()

@@ -65,7 +65,7 @@ pub(crate) struct CudaSession {
     /// Run-time shape of each tensor on the device.
     pub(crate) shapes: Vec<Option<Vec<usize>>>,
     /// Values kept on the host (no arena slot).
-    host_values: Vec<Option<Value>>,
+    pub(crate) host_values: Vec<Option<Value>>,
     /// Input shapes of the previous run, and whether the graph was captured at them.
     last_input_shapes: Option<Vec<Vec<usize>>>,
     /// A layer of the last run went to the CPU (its shapes are beyond the GPU op): no capture.
