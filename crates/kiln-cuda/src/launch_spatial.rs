@@ -50,6 +50,7 @@ impl CudaSession {
                 self.grid_sample(li, *mode, *padding, *align_corners as i32)
             }
             SpatialOp::ConvTranspose(w) => self.conv_transpose(li, w),
+            SpatialOp::DeformConv { window, offset_groups } => self.deform_conv(li, window, *offset_groups),
             SpatialOp::Pool { kind, p, window, count_include_pad, col_major } => {
                 self.pool_nd(li, *kind, *p, window.as_ref(), *count_include_pad as i32, *col_major as i32)
             }
@@ -391,6 +392,54 @@ impl CudaSession {
         let (st, dil, pb) = (str8(&window.strides)?, str8(&window.dilations)?, str8(&pad_begin)?);
         let grid = self.grid(numel(&ys));
         self.launch(f, grid, 256, params!(xp, wp, bias, yp, n, c, m, g, r, inp, outp, kernel, st, dil, pb))
+    }
+
+    fn deform_conv(&mut self, li: usize, window: &Window, offset_groups: i64) -> CudaResult<()> {
+        let (x, w, offset, y) =
+            (self.required(li, 0)?, self.required(li, 1)?, self.required(li, 2)?, self.output(li, 0)?);
+        let (xs, wsh, offs, ys) = (self.shape(x)?, self.shape(w)?, self.shape(offset)?, self.shape(y)?);
+        let nsp = xs.len() - 2;
+        let (group, og) = (window.group as usize, offset_groups as usize);
+        let (n, c, m) = (xs[0], xs[1], wsh[0]);
+        if wsh.len() != xs.len() || wsh[1] * group != c || m % group != 0 || c % og != 0 {
+            return Err(format!("X {xs:?} and W {wsh:?} do not match group {group} and offset_group {og}"));
+        }
+        let mut window = window.clone();
+        window.kernel = wsh[2..].iter().map(|&k| k as i64).collect();
+        let ks = numel(&wsh[2..]);
+        let (pad_begin, _) = window.pool_pads(&xs[2..]);
+        let mut want_off = vec![n, og * ks * nsp];
+        want_off.extend(&ys[2..]);
+        if ys.len() != xs.len() || ys[0] != n || ys[1] != m || offs != want_off {
+            return Err(format!("offset {offs:?} and output {ys:?} do not match X {xs:?} and W {wsh:?}"));
+        }
+        let bias = match self.input(li, 3) {
+            Some(b) if numel(&self.shape(b)?) != m => return Err(format!("B must have {m} values")),
+            Some(b) => self.ptr(b)?,
+            None => 0,
+        };
+        let mask = match self.input(li, 4) {
+            Some(mk) if numel(&self.shape(mk)?) != n * og * ks * numel(&ys[2..]) => {
+                return Err("mask does not match the offsets".into())
+            }
+            Some(mk) => self.ptr(mk)?,
+            None => 0,
+        };
+        if numel(&ys) == 0 {
+            return Ok(());
+        }
+        let f = self.p.typed("deform_conv")?;
+        let (xp, wp, op, yp) = (self.ptr(x)?, self.ptr(w)?, self.ptr(offset)?, self.ptr(y)?);
+        let (n, c, m, g, og, r) = (n as i64, c as i64, m as i64, group as i64, offset_groups, nsp as i32);
+        let (inp, outp, kernel) = (str8(&xs[2..])?, str8(&ys[2..])?, str8(&window.kernel)?);
+        let (st, dil, pb) = (str8(&window.strides)?, str8(&window.dilations)?, str8(&pad_begin)?);
+        let grid = self.grid(numel(&ys));
+        self.launch(
+            f,
+            grid,
+            256,
+            params!(xp, wp, op, bias, mask, yp, n, c, m, g, og, r, inp, outp, kernel, st, dil, pb),
+        )
     }
 
     fn pool_nd(

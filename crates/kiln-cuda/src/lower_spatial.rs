@@ -18,6 +18,10 @@ pub(crate) enum SpatialOp {
         align_corners: bool,
     },
     ConvTranspose(Window),
+    DeformConv {
+        window: Window,
+        offset_groups: i64,
+    },
     /// MaxPool (kind 0, optional Indices), AveragePool (1), LpPool (2) of any rank, and
     /// GlobalLpPool (2, the window being the whole plane).
     Pool {
@@ -238,6 +242,7 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<Spatial
         "Resize"
             | "GridSample"
             | "ConvTranspose"
+            | "DeformConv"
             | "MaxPool"
             | "AveragePool"
             | "LpPool"
@@ -376,6 +381,15 @@ fn lower_known(
                 return Err("group < 1".into());
             }
             Ok(SpatialOp::ConvTranspose(window))
+        }
+        "DeformConv" => {
+            let nsp = spatial_rank()?;
+            let window = Window::from_attrs(a, nsp, Vec::new())?;
+            let offset_groups = int("offset_group", 1)?;
+            if window.group < 1 || offset_groups < 1 {
+                return Err("group or offset_group < 1".into());
+            }
+            Ok(SpatialOp::DeformConv { window, offset_groups })
         }
         "MaxPool" | "AveragePool" | "LpPool" => {
             let nsp = spatial_rank()?;

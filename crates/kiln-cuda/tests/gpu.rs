@@ -346,7 +346,7 @@ fn assert_all_on_gpu(backend: Arc<CudaBackend>, net: &Network, inputs: &[(&str, 
 
 /// Resize (linear, antialiased cubic with sizes and axes, nearest, tf_crop_and_resize),
 /// GridSample (three modes and paddings) and ConvTranspose (strides, pads, output_padding,
-/// groups, dilations, SAME_UPPER). `discrete`: also outputs that pick one input by comparing
+/// groups, dilations, SAME_UPPER) and DeformConv (offset groups, mask, bias). `discrete`: also outputs that pick one input by comparing
 /// floats (nearest grid sampling), which fp16 storage may flip.
 fn spatial_resampling(discrete: bool) -> Network {
     let mut net = Network::new("resampling");
@@ -400,6 +400,16 @@ fn spatial_resampling(discrete: bool) -> Network {
         .with("strides", vec![1i64, 2])
         .with("auto_pad", "SAME_UPPER");
     outs.push(layer(&mut net, "ct_group", "ConvTranspose", a, &[Some(x), Some(wg)]));
+    let offset = dyn_input(&mut net, "offset", &[8, 5, 4]);
+    let wd = constant(&mut net, "dc_w", &[4, 3, 2, 2], 14);
+    outs.push(layer(&mut net, "deform", "DeformConv", Attributes::new(), &[Some(x), Some(wd), Some(offset)]));
+    let offset2 = dyn_input(&mut net, "offset2", &[24, 7, 6]);
+    let mask = dyn_input(&mut net, "mask", &[12, 7, 6]);
+    let wd2 = constant(&mut net, "dc_w2", &[3, 1, 2, 2], 15);
+    let bd = constant(&mut net, "dc_b", &[3], 16);
+    let a = Attributes::new().with("group", 3i64).with("offset_group", 3i64).with("pads", vec![1i64, 1, 1, 1]);
+    let dc_in = [Some(x), Some(wd2), Some(offset2), Some(bd), Some(mask)];
+    outs.push(layer(&mut net, "deform_masked", "DeformConv", a, &dc_in));
     for o in outs {
         net.mark_output(o).unwrap();
     }
@@ -407,10 +417,16 @@ fn spatial_resampling(discrete: bool) -> Network {
 }
 
 #[test]
-fn resize_grid_sample_and_transposed_convolutions_match_the_cpu() {
+fn resize_grid_sample_transposed_and_deformable_convolutions_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let net = spatial_resampling(true);
-    let inputs = [("x", vec![3, 6, 5]), ("grid", vec![4, 5, 2])];
+    let inputs = [
+        ("x", vec![3, 6, 5]),
+        ("grid", vec![4, 5, 2]),
+        ("offset", vec![8, 5, 4]),
+        ("offset2", vec![24, 7, 6]),
+        ("mask", vec![12, 7, 6]),
+    ];
     assert_all_on_gpu(gpu.clone(), &net, &inputs);
     let err = check(gpu.clone(), &net, &inputs, false, &[1, 2]);
     assert!(err < 1e-4, "fp32 relative error {err}");

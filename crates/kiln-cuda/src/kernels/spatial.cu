@@ -360,6 +360,68 @@ KILN_INSTANTIATE(conv_transpose,
   (const void* x, const void* w, const void* bias, void* y, i64 n, i64 c, i64 m, i64 group, int r, Str8 in, Str8 out, Str8 kernel, Str8 strides, Str8 dilations, Str8 pad_begin),
   (x, w, bias, y, n, c, m, group, r, in, out, kernel, strides, dilations, pad_begin))
 
+// ---- DeformConv (N-D): each tap samples x bilinearly at its regular position plus an offset ------
+// x [N, C, in...], w [M, C/G, k...], offset [N, og * ks * r, out...], mask (optional) [N, og * ks,
+// out...], y [N, M, out...]. Corners outside the input (or of weight 0) add nothing.
+template <class S>
+__device__ void deform_conv(const void* x, const void* w, const void* offset, const void* bias, const void* mask,
+                            void* y, i64 n, i64 c, i64 m, i64 group, i64 offset_groups, int r, Str8 in, Str8 out,
+                            Str8 kernel, Str8 strides, Str8 dilations, Str8 pad_begin) {
+  i64 is = 1, os = 1, ks = 1;
+  for (int d = 0; d < r; ++d) { is *= in.s[d]; os *= out.s[d]; ks *= kernel.s[d]; }
+  const i64 cg = c / group, mg = m / group, c_per_og = c / offset_groups;
+  i64 total = n * m * os;
+  GRID_STRIDE(e, total) {
+    i64 sp = e % os, ch_out = (e / os) % m, b = e / (os * m);
+    i64 g = ch_out / mg;
+    i64 o[6];
+    i64 rem = sp;
+    for (int d = r - 1; d >= 0; --d) { o[d] = rem % out.s[d]; rem /= out.s[d]; }
+    float acc = bias ? S::ld(bias, ch_out) : 0.0f;
+    for (i64 ci = 0; ci < cg; ++ci) {
+      const i64 ch = g * cg + ci, ogi = ch / c_per_og;
+      const i64 xbase = (b * c + ch) * is;
+      for (i64 t = 0; t < ks; ++t) {
+        double pos[6];
+        i64 trem = t;
+        for (int d = r - 1; d >= 0; --d) {
+          i64 k = trem % kernel.s[d];
+          trem /= kernel.s[d];
+          double regular = (double)(o[d] * strides.s[d] + k * dilations.s[d]) - (double)pad_begin.s[d];
+          pos[d] = regular + (double)S::ld(offset, (((b * offset_groups + ogi) * ks + t) * r + d) * os + sp);
+        }
+        double v = 0.0;
+        for (int corner = 0; corner < (1 << r); ++corner) {
+          double weight = 1.0;
+          i64 off = 0, scale = 1;
+          bool use = true;
+          for (int d = r - 1; d >= 0 && use; --d) {
+            double f = floor(pos[d]);
+            bool hi = (corner >> d) & 1;
+            double cc = hi ? f + 1.0 : f;
+            double wgt = hi ? pos[d] - f : 1.0 - (pos[d] - f);
+            if (!(cc >= 0.0 && cc < (double)in.s[d]) || wgt == 0.0) { use = false; break; }
+            off += (i64)cc * scale;
+            scale *= in.s[d];
+          }
+          if (!use) continue;
+          for (int d = 0; d < r; ++d) {
+            double f = floor(pos[d]);
+            weight *= ((corner >> d) & 1) ? pos[d] - f : 1.0 - (pos[d] - f);
+          }
+          v += weight * (double)S::ld(x, xbase + off);
+        }
+        if (mask) v *= (double)S::ld(mask, ((b * offset_groups + ogi) * ks + t) * os + sp);
+        acc += S::ld(w, (ch_out * cg + ci) * ks + t) * (float)v;
+      }
+    }
+    S::st(y, e, acc);
+  }
+}
+KILN_INSTANTIATE(deform_conv,
+  (const void* x, const void* w, const void* offset, const void* bias, const void* mask, void* y, i64 n, i64 c, i64 m, i64 group, i64 offset_groups, int r, Str8 in, Str8 out, Str8 kernel, Str8 strides, Str8 dilations, Str8 pad_begin),
+  (x, w, offset, bias, mask, y, n, c, m, group, offset_groups, r, in, out, kernel, strides, dilations, pad_begin))
+
 // ---- Col2Im: the sum of the block columns that cover each image position --------------------------
 // x [N, C * prod(block), L] (L = prod(grid) block positions), y [N, C, image...]; the geometry is
 // ConvTranspose's with the grid as its input.
