@@ -76,6 +76,7 @@ impl CudaSession {
             SpatialOp::BatchNorm { eps, momentum } => self.batch_norm(li, *eps, *momentum),
             SpatialOp::Norm(kind) => self.norm(li, kind),
             SpatialOp::Col2Im(window) => self.col2im(li, window),
+            SpatialOp::MaxUnpool(window) => self.max_unpool(li, window),
             SpatialOp::AffineGrid { align_corners } => {
                 let (theta, y) = (self.required(li, 0)?, self.output(li, 0)?);
                 let (ts, ys) = (self.shape(theta)?, self.shape(y)?);
@@ -241,6 +242,46 @@ impl CudaSession {
             (src, src_f64) = (dst, dst_f64);
         }
         Ok(())
+    }
+
+    /// MaxUnpool: zeros, then each input element at its index of the natural unpooled shape
+    /// (placed at the start of a larger output_shape).
+    fn max_unpool(&mut self, li: usize, window: &Window) -> CudaResult<()> {
+        let (x, idx, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
+        let (xs, is, ys) = (self.shape(x)?, self.shape(idx)?, self.shape(y)?);
+        let nsp = xs.len() - 2;
+        if is != xs || ys.len() != xs.len() {
+            return Err(format!("indices {is:?} and output {ys:?} do not match X {xs:?}"));
+        }
+        let mut natural: Vec<i64> = xs[..2].iter().map(|&d| d as i64).collect();
+        for i in 0..nsp {
+            let v =
+                (xs[i + 2] as i64 - 1) * window.strides[i] + window.kernel[i] - window.pads[i] - window.pads[i + nsp];
+            if v < 0 || v > ys[i + 2] as i64 || (self.input(li, 2).is_none() && v != ys[i + 2] as i64) {
+                return Err(format!("unpooled size {v} along spatial axis {i} does not fit the output {ys:?}"));
+            }
+            natural.push(v);
+        }
+        if natural[..2] != [ys[0] as i64, ys[1] as i64] {
+            return Err(format!("output {ys:?} does not match X {xs:?}"));
+        }
+        let total_out = numel(&ys);
+        if total_out == 0 {
+            return Ok(());
+        }
+        let (fill, yp, n_out, zero) = (self.p.typed("fill")?, self.ptr(y)?, total_out as i64, 0.0f32);
+        let grid = self.grid(total_out);
+        self.launch(fill, grid, 256, params!(yp, n_out, zero))?;
+        let n = numel(&xs);
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.p.typed("max_unpool")?;
+        let (xp, ip, err) = (self.ptr(x)?, self.ptr(idx)?, self.error_flag.ptr());
+        let (n64, rank, total) = (n as i64, xs.len() as i32, natural.iter().product::<i64>());
+        let (nat, ost) = (str8(&natural)?, str8(&strides(&ys))?);
+        let grid = self.grid(n);
+        self.launch(f, grid, 256, params!(xp, ip, yp, n64, rank, nat, ost, total, err))
     }
 
     /// Col2Im: ConvTranspose's geometry with the block-position grid as its input.
@@ -473,7 +514,11 @@ impl CudaSession {
         if numel(&ys) == 0 {
             return Ok(());
         }
-        let f = self.p.typed("pool_nd")?;
+        let f = match self.device_dtype(x)? {
+            kiln_ir::DType::U8 => self.p.func("pool_nd_u8")?,
+            kiln_ir::DType::I8 => self.p.func("pool_nd_i8")?,
+            _ => self.p.typed("pool_nd")?,
+        };
         let (xp, yp, planes64, r) = (self.ptr(x)?, self.ptr(y)?, planes as i64, nsp as i32);
         let (inp, outp, k8, st8, dil8) = (str8(input)?, str8(&ys[2..])?, str8(&kernel)?, str8(&st)?, str8(&dil)?);
         let (pb8, pe8) = (str8(&pb)?, str8(&pe)?);

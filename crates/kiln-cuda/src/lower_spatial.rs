@@ -49,6 +49,8 @@ pub(crate) enum SpatialOp {
         beta: f32,
         bias: f32,
     },
+    /// MaxUnpool (its output_shape input read at launch).
+    MaxUnpool(Window),
     /// Col2Im (image_shape and block_shape read at launch; the window's kernel is empty here).
     Col2Im(Window),
     AffineGrid {
@@ -224,7 +226,9 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<Spatial
     let extra_outputs = layer.outputs.iter().skip(1).any(Option::is_some);
     let op = layer.op.as_str();
     // lower.rs's arms keep what they run, and give their reasons for other dtypes.
+    let x_int8 = matches!(input(0).and_then(|x| tensor_dtype(graph, x)), Some(DType::U8 | DType::I8));
     match op {
+        "MaxPool" if x_int8 => return Some(lower_known(graph, layer, x_rank, extra_outputs)),
         "MaxPool" | "AveragePool" if !x_f32 || pool2d_runs(a, x_rank, extra_outputs, op == "AveragePool") => {
             return None
         }
@@ -256,6 +260,7 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<Spatial
             | "MeanVarianceNormalization"
             | "LRN"
             | "RoiAlign"
+            | "MaxUnpool"
             | "Col2Im"
             | "AffineGrid"
     );
@@ -293,9 +298,11 @@ fn lower_known(
     let input = |k: usize| layer.inputs.get(k).copied().flatten().map(|id| id.0);
     // Float data: fp32 in the graph (the engine's storage type on the device), as every other
     // float tensor the layer touches; integer inputs are sizes or indices.
+    // (MaxPool also takes 8-bit integers: their max is exact in fp32 registers.)
     let ids = layer.inputs.iter().chain(&layer.outputs).flatten().map(|id| id.0);
     all_f32(graph, ids)?;
-    if input(0).and_then(|x| tensor_dtype(graph, x)) != Some(DType::F32) {
+    let x_dtype = input(0).and_then(|x| tensor_dtype(graph, x));
+    if !(x_dtype == Some(DType::F32) || (op == "MaxPool" && matches!(x_dtype, Some(DType::U8 | DType::I8)))) {
         return Err(format!("{op} on non-fp32 tensors"));
     }
     let r = x_rank.ok_or("unknown rank")?;
@@ -421,6 +428,17 @@ fn lower_known(
                 count_include_pad: int("count_include_pad", 0)? != 0,
                 col_major,
             })
+        }
+        "MaxUnpool" => {
+            let nsp = spatial_rank()?;
+            if input(2).is_some_and(|id| matches!(graph.tensors[id].storage, Storage::Arena { .. })) {
+                return Err("MaxUnpool with an output_shape computed on the device".into());
+            }
+            let kernel = a.req_ints("kernel_shape").map_err(err)?;
+            if kernel.len() != nsp || kernel.iter().any(|&k| k < 1) {
+                return Err("kernel_shape does not match the input".into());
+            }
+            Ok(SpatialOp::MaxUnpool(Window::from_attrs(a, nsp, kernel)?))
         }
         "GlobalLpPool" => {
             spatial_rank()?;

@@ -436,7 +436,7 @@ fn resize_grid_sample_transposed_and_deformable_convolutions_match_the_cpu() {
 
 /// 1-D, 2-D (SAME_UPPER with Indices, ceil_mode with count_include_pad) and 3-D pools, LpPool,
 /// GlobalLpPool, softmax over inner axes, the normalizations and RoiAlign. `discrete`: also MaxPool's
-/// Indices (fp16 storage may make maxima tie).
+/// Indices, uint8 MaxPool and MaxUnpool (fp16 storage may make maxima tie).
 fn spatial_pools_and_norms(discrete: bool) -> Network {
     let mut net = Network::new("pools_norms");
     let x = dyn_input(&mut net, "x", &[4, 6, 6]);
@@ -493,6 +493,18 @@ fn spatial_pools_and_norms(discrete: bool) -> Network {
     outs.push(layer(&mut net, "mvn", "MeanVarianceNormalization", Attributes::new(), &[Some(x)]));
     let a = Attributes::new().with("size", 3i64).with("alpha", 0.01f32).with("bias", 2.0f32);
     outs.push(layer(&mut net, "lrn", "LRN", a, &[Some(x)]));
+    if discrete {
+        // MaxPool on uint8 (from scaled |x|), and MaxUnpool of a pool's values at its indices.
+        let hundred = const_f32(&mut net, "hundred", &[], vec![100.0]);
+        let scaled = layer(&mut net, "scaled", "Mul", Attributes::new(), &[Some(x), Some(hundred)]);
+        let abs = layer(&mut net, "abs", "Abs", Attributes::new(), &[Some(scaled)]);
+        let bytes = layer(&mut net, "bytes", "Cast", Attributes::new().with("to", 2i64), &[Some(abs)]);
+        let a = Attributes::new().with("kernel_shape", vec![2i64, 3]).with("pads", vec![1i64, 0, 0, 1]);
+        outs.push(layer(&mut net, "mp_u8", "MaxPool", a, &[Some(bytes)]));
+        let a = || Attributes::new().with("kernel_shape", vec![2i64, 2]).with("strides", vec![2i64, 2]);
+        let mp2 = net.add_layer("mp2", "MaxPool", a(), &[Some(x)], &["mp2_y", "mp2_idx"]).unwrap();
+        outs.push(layer(&mut net, "unpool", "MaxUnpool", a(), &[mp2[0], mp2[1]]));
+    }
     let rois = const_f32(&mut net, "rois", &[3, 4], vec![0.5, 1.0, 4.0, 5.5, 0.0, 0.0, 6.0, 6.0, 2.2, 3.1, 2.9, 3.3]);
     let batch = const_i64(&mut net, "roi_batch", vec![0, 0, 0]);
     let a = Attributes::new().with("output_height", 3i64).with("output_width", 2i64).with("spatial_scale", 0.9f32);

@@ -555,6 +555,45 @@ KILN_INSTANTIATE(pool_nd,
   (const void* x, void* y, i64* indices, i64 planes, int r, Str8 in, Str8 out, Str8 kernel, Str8 strides, Str8 dilations, Str8 pad_begin, Str8 pad_end, int kind, float p, int count_include_pad, int col_major),
   (x, y, indices, planes, r, in, out, kernel, strides, dilations, pad_begin, pad_end, kind, p, count_include_pad, col_major))
 
+// MaxPool over 8-bit integers (exact in float); a window without taps gives 0, as the reference's
+// saturating conversion of -inf does.
+struct U8 {
+  static __device__ __forceinline__ float ld(const void* p, i64 i) { return ((const unsigned char*)p)[i]; }
+  static __device__ __forceinline__ void st(void* p, i64 i, float v) {
+    ((unsigned char*)p)[i] = (unsigned char)(v > 0.0f ? (v < 255.0f ? v : 255.0f) : 0.0f);
+  }
+};
+struct I8 {
+  static __device__ __forceinline__ float ld(const void* p, i64 i) { return ((const signed char*)p)[i]; }
+  static __device__ __forceinline__ void st(void* p, i64 i, float v) {
+    ((signed char*)p)[i] = (signed char)(v > -128.0f ? (v < 127.0f ? v : 127.0f) : -128.0f);
+  }
+};
+extern "C" __global__ void pool_nd_u8(const void* x, void* y, i64* indices, i64 planes, int r, Str8 in, Str8 out, Str8 kernel, Str8 strides, Str8 dilations, Str8 pad_begin, Str8 pad_end, int kind, float p, int count_include_pad, int col_major) {
+  pool_nd<U8>(x, y, indices, planes, r, in, out, kernel, strides, dilations, pad_begin, pad_end, kind, p, count_include_pad, col_major);
+}
+extern "C" __global__ void pool_nd_i8(const void* x, void* y, i64* indices, i64 planes, int r, Str8 in, Str8 out, Str8 kernel, Str8 strides, Str8 dilations, Str8 pad_begin, Str8 pad_end, int kind, float p, int count_include_pad, int col_major) {
+  pool_nd<I8>(x, y, indices, planes, r, in, out, kernel, strides, dilations, pad_begin, pad_end, kind, p, count_include_pad, col_major);
+}
+
+// ---- MaxUnpool: x scattered into zeros at its flat indices of the natural unpooled shape --------
+// The natural shape sits at the start of y (output_shape may be larger: out_stride are y's strides).
+// An index out of range sets *err.
+template <class S>
+__device__ void max_unpool(const void* x, const i64* indices, void* y, i64 n, int rank, Str8 natural, Str8 out_stride,
+                           i64 total, int* err) {
+  GRID_STRIDE(i, n) {
+    i64 k = indices[i];
+    if (k < 0 || k >= total) { if (err) *err = 1; continue; }
+    i64 off = 0;
+    for (int d = rank - 1; d >= 0; --d) { off += (k % natural.s[d]) * out_stride.s[d]; k /= natural.s[d]; }
+    S::st(y, off, S::ld(x, i));
+  }
+}
+KILN_INSTANTIATE(max_unpool,
+  (const void* x, const i64* indices, void* y, i64 n, int rank, Str8 natural, Str8 out_stride, i64 total, int* err),
+  (x, indices, y, n, rank, natural, out_stride, total, err))
+
 // ---- Softmax / LogSoftmax over an axis that is not the last: one thread per (outer, inner) -------
 // A NaN is taken as the maximum (it poisons its slice, as in the reference).
 template <class S>
