@@ -77,6 +77,7 @@ impl CudaSession {
             SpatialOp::Norm(kind) => self.norm(li, kind),
             SpatialOp::Col2Im(window) => self.col2im(li, window),
             SpatialOp::MaxUnpool(window) => self.max_unpool(li, window),
+            SpatialOp::CausalConvState { silu } => self.causal_conv_state(li, *silu as i32),
             SpatialOp::AffineGrid { align_corners } => {
                 let (theta, y) = (self.required(li, 0)?, self.output(li, 0)?);
                 let (ts, ys) = (self.shape(theta)?, self.shape(y)?);
@@ -242,6 +243,41 @@ impl CudaSession {
             (src, src_f64) = (dst, dst_f64);
         }
         Ok(())
+    }
+
+    fn causal_conv_state(&mut self, li: usize, silu: i32) -> CudaResult<()> {
+        let (x, w, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
+        let (xs, wsh) = (self.shape(x)?, self.shape(w)?);
+        let (b, c, l) = (xs[0], xs[1], xs[2]);
+        let k = wsh.get(2).copied().unwrap_or(0);
+        if wsh.len() != 3 || wsh[0] != c || wsh[1] != 1 || k == 0 {
+            return Err(format!("weight must have shape [{c}, 1, k>=1], got {wsh:?}"));
+        }
+        let bias = match self.input(li, 2) {
+            Some(t) if self.shape(t)? != [c] => return Err(format!("bias must have shape [{c}]")),
+            Some(t) => self.ptr(t)?,
+            None => 0,
+        };
+        let past = match self.input(li, 3) {
+            Some(t) if self.shape(t)? != [b, c, k - 1] => {
+                return Err(format!("past_state must be [{b}, {c}, {}]", k - 1))
+            }
+            Some(t) => self.ptr(t)?,
+            None => 0,
+        };
+        let state = match self.p.graph.layers[li].layer.outputs.get(1).copied().flatten() {
+            Some(id) if k > 1 => self.ptr(id.0)?,
+            _ => 0,
+        };
+        let total = b * c * l + if state != 0 { b * c * (k - 1) } else { 0 };
+        if total == 0 {
+            return Ok(());
+        }
+        let f = self.p.typed("causal_conv_state")?;
+        let (xp, wp, yp) = (self.ptr(x)?, self.ptr(w)?, self.ptr(y)?);
+        let (nbc, c64, l64, k64) = ((b * c) as i64, c as i64, l as i64, k as i64);
+        let grid = self.grid(total);
+        self.launch(f, grid, 256, params!(xp, wp, bias, past, yp, state, nbc, c64, l64, k64, silu))
     }
 
     /// MaxUnpool: zeros, then each input element at its index of the natural unpooled shape

@@ -49,6 +49,10 @@ pub(crate) enum SpatialOp {
         beta: f32,
         bias: f32,
     },
+    /// CausalConvWithState (its SiLU flag).
+    CausalConvState {
+        silu: bool,
+    },
     /// MaxUnpool (its output_shape input read at launch).
     MaxUnpool(Window),
     /// Col2Im (image_shape and block_shape read at launch; the window's kernel is empty here).
@@ -261,6 +265,7 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<Spatial
             | "LRN"
             | "RoiAlign"
             | "MaxUnpool"
+            | "CausalConvWithState"
             | "Col2Im"
             | "AffineGrid"
     );
@@ -428,6 +433,17 @@ fn lower_known(
                 count_include_pad: int("count_include_pad", 0)? != 0,
                 col_major,
             })
+        }
+        "CausalConvWithState" => {
+            if r != 3 {
+                return Err(format!("{op} of rank {r}"));
+            }
+            let silu = match string("activation", "none")?.as_str() {
+                "none" => false,
+                "silu" | "swish" => true,
+                other => return Err(format!("activation {other}")),
+            };
+            Ok(SpatialOp::CausalConvState { silu })
         }
         "MaxUnpool" => {
             let nsp = spatial_rank()?;

@@ -435,7 +435,7 @@ fn resize_grid_sample_transposed_and_deformable_convolutions_match_the_cpu() {
 }
 
 /// 1-D, 2-D (SAME_UPPER with Indices, ceil_mode with count_include_pad) and 3-D pools, LpPool,
-/// GlobalLpPool, softmax over inner axes, the normalizations and RoiAlign. `discrete`: also MaxPool's
+/// GlobalLpPool, softmax over inner axes, the normalizations, RoiAlign and CausalConvWithState. `discrete`: also MaxPool's
 /// Indices, uint8 MaxPool and MaxUnpool (fp16 storage may make maxima tie).
 fn spatial_pools_and_norms(discrete: bool) -> Network {
     let mut net = Network::new("pools_norms");
@@ -493,6 +493,21 @@ fn spatial_pools_and_norms(discrete: bool) -> Network {
     outs.push(layer(&mut net, "mvn", "MeanVarianceNormalization", Attributes::new(), &[Some(x)]));
     let a = Attributes::new().with("size", 3i64).with("alpha", 0.01f32).with("bias", 2.0f32);
     outs.push(layer(&mut net, "lrn", "LRN", a, &[Some(x)]));
+    let past = dyn_input(&mut net, "past", &[3, 3]);
+    let cw = constant(&mut net, "causal_w", &[3, 1, 4], 31);
+    let cb = constant(&mut net, "causal_b", &[3], 32);
+    let a = Attributes::new().with("activation", "silu");
+    let cc = net
+        .add_layer(
+            "causal",
+            "CausalConvWithState",
+            a,
+            &[Some(s), Some(cw), Some(cb), Some(past)],
+            &["cc_y", "cc_state"],
+        )
+        .unwrap();
+    outs.extend(cc.into_iter().flatten());
+    outs.push(layer(&mut net, "causal_plain", "CausalConvWithState", Attributes::new(), &[Some(s), Some(cw)]));
     if discrete {
         // MaxPool on uint8 (from scaled |x|), and MaxUnpool of a pool's values at its indices.
         let hundred = const_f32(&mut net, "hundred", &[], vec![100.0]);
@@ -522,7 +537,7 @@ fn spatial_pools_and_norms(discrete: bool) -> Network {
 fn nd_pools_softmax_axes_and_normalizations_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let net = spatial_pools_and_norms(true);
-    let inputs = [("x", vec![4, 6, 6]), ("v", vec![2, 4, 4, 5]), ("s", vec![3, 10])];
+    let inputs = [("x", vec![4, 6, 6]), ("v", vec![2, 4, 4, 5]), ("s", vec![3, 10]), ("past", vec![3, 3])];
     assert_all_on_gpu(gpu.clone(), &net, &inputs);
     let err = check(gpu.clone(), &net, &inputs, false, &[1, 3]);
     assert!(err < 1e-4, "fp32 relative error {err}");

@@ -422,6 +422,36 @@ KILN_INSTANTIATE(deform_conv,
   (const void* x, const void* w, const void* offset, const void* bias, const void* mask, void* y, i64 n, i64 c, i64 m, i64 group, i64 offset_groups, int r, Str8 in, Str8 out, Str8 kernel, Str8 strides, Str8 dilations, Str8 pad_begin),
   (x, w, offset, bias, mask, y, n, c, m, group, offset_groups, r, in, out, kernel, strides, dilations, pad_begin))
 
+// ---- CausalConvWithState: depthwise causal 1-D convolution over [past_state | x] ---------------
+// x [B, C, L], w [C, 1, K], bias [C] and past [B, C, K-1] optional; y [B, C, L] (SiLU optional) and
+// state [B, C, K-1] = the last K-1 positions of [past | x] (optional output). Elements below nbc * l
+// are y's, the rest the state's.
+template <class S>
+__device__ __forceinline__ float causal_padded(const void* x, const void* past, i64 bc, i64 l, i64 k, i64 j) {
+  if (j < k - 1) return past ? S::ld(past, bc * (k - 1) + j) : 0.0f;
+  return S::ld(x, bc * l + j - (k - 1));
+}
+
+template <class S>
+__device__ void causal_conv_state(const void* x, const void* w, const void* bias, const void* past, void* y,
+                                  void* state, i64 nbc, i64 c, i64 l, i64 k, int silu) {
+  const i64 ny = nbc * l, total = ny + (state ? nbc * (k - 1) : 0);
+  GRID_STRIDE(e, total) {
+    if (e >= ny) {
+      i64 j = (e - ny) % (k - 1), bc = (e - ny) / (k - 1);
+      S::st(state, e - ny, causal_padded<S>(x, past, bc, l, k, l + j));
+      continue;
+    }
+    i64 t = e % l, bc = e / l, ch = bc % c;
+    float v = bias ? S::ld(bias, ch) : 0.0f;
+    for (i64 i = 0; i < k; ++i) v += S::ld(w, ch * k + i) * causal_padded<S>(x, past, bc, l, k, t + i);
+    S::st(y, e, silu ? v / (1.0f + expf(-v)) : v);
+  }
+}
+KILN_INSTANTIATE(causal_conv_state,
+  (const void* x, const void* w, const void* bias, const void* past, void* y, void* state, i64 nbc, i64 c, i64 l, i64 k, int silu),
+  (x, w, bias, past, y, state, nbc, c, l, k, silu))
+
 // ---- Col2Im: the sum of the block columns that cover each image position --------------------------
 // x [N, C * prod(block), L] (L = prod(grid) block positions), y [N, C, image...]; the geometry is
 // ConvTranspose's with the grid as its input.
