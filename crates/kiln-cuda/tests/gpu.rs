@@ -375,6 +375,94 @@ fn losses() -> Network {
         .add_layer("sce", "SoftmaxCrossEntropyLoss", a("none"), &[Some(x), Some(t)], &["sce_loss", "sce_log_prob"])
         .unwrap();
     for o in [mean, none, sum].into_iter().chain(sce.into_iter().flatten()) {
+// ---- spatial family: resampling, transposed convolution, N-D pools, normalizations ----------
+
+fn const_f32(net: &mut Network, name: &str, shape: &[usize], v: Vec<f32>) -> TensorId {
+    net.add_constant(name, Tensor::from_vec(shape.to_vec(), v).unwrap()).unwrap()
+}
+
+fn const_i64(net: &mut Network, name: &str, v: Vec<i64>) -> TensorId {
+    net.add_constant(name, Tensor::from_vec(vec![v.len()], v).unwrap()).unwrap()
+}
+
+/// Every layer of `net` runs on the GPU (a CPU fallback would make the comparison vacuous).
+fn assert_all_on_gpu(backend: Arc<CudaBackend>, net: &Network, inputs: &[(&str, Vec<usize>)]) {
+    let mut config = BuilderConfig::default();
+    for (name, dims) in inputs {
+        config.profile.inputs.insert(name.to_string(), ShapeRange::fixed([vec![2], dims.clone()].concat()));
+    }
+    let engine = Builder::new(backend).build(net, &config).expect("GPU build");
+    let placements = engine.device_placements().unwrap();
+    assert!(placements.iter().all(|p| p == "gpu" || p == "elided"), "{placements:?}");
+}
+
+/// Resize (linear, antialiased cubic with sizes and axes, nearest, tf_crop_and_resize),
+/// GridSample (three modes and paddings) and ConvTranspose (strides, pads, output_padding,
+/// groups, dilations, SAME_UPPER) and DeformConv (offset groups, mask, bias). `discrete`: also outputs that pick one input by comparing
+/// floats (nearest grid sampling), which fp16 storage may flip.
+fn spatial_resampling(discrete: bool) -> Network {
+    let mut net = Network::new("resampling");
+    let x = dyn_input(&mut net, "x", &[3, 6, 5]);
+    let grid = dyn_input(&mut net, "grid", &[4, 5, 2]);
+    let mut outs = Vec::new();
+    let scales = const_f32(&mut net, "scales", &[4], vec![1.0, 1.0, 1.5, 0.75]);
+    let a = Attributes::new().with("mode", "linear");
+    outs.push(layer(&mut net, "rs_linear", "Resize", a, &[Some(x), None, Some(scales)]));
+    let sizes = const_i64(&mut net, "sizes", vec![4, 3]);
+    let a = Attributes::new().with("mode", "cubic").with("antialias", 1i64).with("axes", vec![2i64, 3]);
+    outs.push(layer(&mut net, "rs_cubic_aa", "Resize", a, &[Some(x), None, None, Some(sizes)]));
+    let scales2 = const_f32(&mut net, "scales2", &[2], vec![2.0, 1.5]);
+    let a = Attributes::new()
+        .with("mode", "nearest")
+        .with("coordinate_transformation_mode", "asymmetric")
+        .with("nearest_mode", "round_prefer_ceil")
+        .with("axes", vec![3i64, 2]);
+    outs.push(layer(&mut net, "rs_nearest", "Resize", a, &[Some(x), None, Some(scales2)]));
+    let roi = const_f32(&mut net, "roi", &[4], vec![0.2, 0.1, 0.8, 1.2]);
+    let sizes2 = const_i64(&mut net, "sizes2", vec![5, 4]);
+    let a = Attributes::new()
+        .with("mode", "linear")
+        .with("coordinate_transformation_mode", "tf_crop_and_resize")
+        .with("extrapolation_value", 7.0f32)
+        .with("axes", vec![2i64, 3]);
+    outs.push(layer(&mut net, "rs_crop", "Resize", a, &[Some(x), Some(roi), None, Some(sizes2)]));
+    let a = Attributes::new().with("mode", "cubic").with("exclude_outside", 1i64).with("cubic_coeff_a", -0.5f32);
+    let scales3 = const_f32(&mut net, "scales3", &[4], vec![1.0, 1.0, 0.6, 1.8]);
+    outs.push(layer(&mut net, "rs_cubic_ex", "Resize", a, &[Some(x), None, Some(scales3)]));
+    let modes = [
+        ("gs_linear", "linear", "zeros", 0i64),
+        ("gs_cubic", "cubic", "reflection", 1),
+        ("gs_near", "nearest", "border", 0),
+    ];
+    for (name, mode, padding, align) in modes.into_iter().take(if discrete { 3 } else { 2 }) {
+        let a = Attributes::new().with("mode", mode).with("padding_mode", padding).with("align_corners", align);
+        outs.push(layer(&mut net, name, "GridSample", a, &[Some(x), Some(grid)]));
+    }
+    let w = constant(&mut net, "ct_w", &[3, 2, 3, 3], 11);
+    let b = constant(&mut net, "ct_b", &[2], 12);
+    let a = Attributes::new()
+        .with("strides", vec![2i64, 2])
+        .with("pads", vec![1i64, 0, 1, 1])
+        .with("output_padding", vec![1i64, 0]);
+    outs.push(layer(&mut net, "ct", "ConvTranspose", a, &[Some(x), Some(w), Some(b)]));
+    let wg = constant(&mut net, "ctg_w", &[3, 2, 2, 2], 13);
+    let a = Attributes::new()
+        .with("group", 3i64)
+        .with("dilations", vec![2i64, 1])
+        .with("strides", vec![1i64, 2])
+        .with("auto_pad", "SAME_UPPER");
+    outs.push(layer(&mut net, "ct_group", "ConvTranspose", a, &[Some(x), Some(wg)]));
+    let offset = dyn_input(&mut net, "offset", &[8, 5, 4]);
+    let wd = constant(&mut net, "dc_w", &[4, 3, 2, 2], 14);
+    outs.push(layer(&mut net, "deform", "DeformConv", Attributes::new(), &[Some(x), Some(wd), Some(offset)]));
+    let offset2 = dyn_input(&mut net, "offset2", &[24, 7, 6]);
+    let mask = dyn_input(&mut net, "mask", &[12, 7, 6]);
+    let wd2 = constant(&mut net, "dc_w2", &[3, 1, 2, 2], 15);
+    let bd = constant(&mut net, "dc_b", &[3], 16);
+    let a = Attributes::new().with("group", 3i64).with("offset_group", 3i64).with("pads", vec![1i64, 1, 1, 1]);
+    let dc_in = [Some(x), Some(wd2), Some(offset2), Some(bd), Some(mask)];
+    outs.push(layer(&mut net, "deform_masked", "DeformConv", a, &dc_in));
+    for o in outs {
         net.mark_output(o).unwrap();
     }
     net
@@ -458,6 +546,117 @@ fn scans_and_permutations() -> Network {
     let unpool = Attributes::new().with("kernel_shape", vec![2i64, 2]).with("strides", vec![2i64, 2]);
     let unpool = layer(&mut net, "unpool", "MaxUnpool", unpool, &[Some(x), Some(ui)]);
     for o in [cs, cp, hm, d2s, s2d, rs, eye, unpool] {
+fn resize_grid_sample_transposed_and_deformable_convolutions_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let net = spatial_resampling(true);
+    let inputs = [
+        ("x", vec![3, 6, 5]),
+        ("grid", vec![4, 5, 2]),
+        ("offset", vec![8, 5, 4]),
+        ("offset2", vec![24, 7, 6]),
+        ("mask", vec![12, 7, 6]),
+    ];
+    assert_all_on_gpu(gpu.clone(), &net, &inputs);
+    let err = check(gpu.clone(), &net, &inputs, false, &[1, 2]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+    let err = check(gpu, &spatial_resampling(false), &inputs, true, &[2]);
+    assert!(err < 2e-2, "fp16 relative error {err}");
+}
+
+/// 1-D, 2-D (SAME_UPPER with Indices, ceil_mode with count_include_pad) and 3-D pools, LpPool,
+/// GlobalLpPool, softmax over inner axes, the normalizations, RoiAlign and CausalConvWithState. `discrete`: also MaxPool's
+/// Indices, uint8 MaxPool and MaxUnpool (fp16 storage may make maxima tie).
+fn spatial_pools_and_norms(discrete: bool) -> Network {
+    let mut net = Network::new("pools_norms");
+    let x = dyn_input(&mut net, "x", &[4, 6, 6]);
+    let v = dyn_input(&mut net, "v", &[2, 4, 4, 5]);
+    let s = dyn_input(&mut net, "s", &[3, 10]);
+    let mut outs = Vec::new();
+    let a = Attributes::new()
+        .with("kernel_shape", vec![3i64, 3])
+        .with("strides", vec![2i64, 2])
+        .with("auto_pad", "SAME_UPPER");
+    let mp = net.add_layer("mp_same", "MaxPool", a, &[Some(x)], &["mp_y", "mp_idx"]).unwrap();
+    outs.extend(mp.into_iter().flatten().take(if discrete { 2 } else { 1 }));
+    let a = Attributes::new()
+        .with("kernel_shape", vec![3i64, 3])
+        .with("strides", vec![2i64, 2])
+        .with("pads", vec![1i64, 1, 1, 1])
+        .with("ceil_mode", 1i64)
+        .with("count_include_pad", 1i64);
+    outs.push(layer(&mut net, "ap_ceil", "AveragePool", a, &[Some(x)]));
+    let a = Attributes::new().with("kernel_shape", vec![2i64, 2]).with("pads", vec![0i64, 1, 1, 0]).with("p", 3i64);
+    outs.push(layer(&mut net, "lp", "LpPool", a, &[Some(x)]));
+    outs.push(layer(&mut net, "glp", "GlobalLpPool", Attributes::new(), &[Some(x)]));
+    let a = Attributes::new().with("kernel_shape", vec![2i64, 2, 2]).with("dilations", vec![1i64, 2, 1]);
+    let mp3 = net.add_layer("mp3", "MaxPool", a, &[Some(v)], &["mp3_y", "mp3_idx"]).unwrap();
+    outs.extend(mp3.into_iter().flatten().take(if discrete { 2 } else { 1 }));
+    let a = Attributes::new().with("kernel_shape", vec![2i64, 3, 2]).with("strides", vec![1i64, 2, 2]);
+    outs.push(layer(&mut net, "ap3", "AveragePool", a, &[Some(v)]));
+    let a =
+        Attributes::new().with("kernel_shape", vec![3i64]).with("strides", vec![2i64]).with("auto_pad", "SAME_LOWER");
+    outs.push(layer(&mut net, "ap1", "AveragePool", a, &[Some(s)]));
+    outs.push(layer(&mut net, "sm1", "Softmax", Attributes::new().with("axis", 1i64), &[Some(x)]));
+    outs.push(layer(&mut net, "lsm2", "LogSoftmax", Attributes::new().with("axis", 2i64), &[Some(x)]));
+    let scale = constant(&mut net, "bn_scale", &[4], 21);
+    let bias = constant(&mut net, "bn_bias", &[4], 22);
+    let mean = constant(&mut net, "bn_mean", &[4], 23);
+    let var = const_f32(&mut net, "bn_var", &[4], vec![0.5, 1.5, 0.25, 2.0]);
+    let bn_in = [Some(x), Some(scale), Some(bias), Some(mean), Some(var)];
+    outs.push(layer(&mut net, "bn", "BatchNormalization", Attributes::new().with("epsilon", 1e-3f32), &bn_in));
+    let a = Attributes::new().with("training_mode", 1i64).with("momentum", 0.8f32);
+    let bnt = net.add_layer("bn_train", "BatchNormalization", a, &bn_in, &["bnt_y", "bnt_mean", "bnt_var"]).unwrap();
+    outs.extend(bnt.into_iter().flatten());
+    outs.push(layer(
+        &mut net,
+        "inorm",
+        "InstanceNormalization",
+        Attributes::new(),
+        &[Some(x), Some(scale), Some(bias)],
+    ));
+    let a = Attributes::new().with("num_groups", 2i64);
+    outs.push(layer(&mut net, "gnorm", "GroupNormalization", a, &[Some(x), Some(scale), Some(bias)]));
+    let a = Attributes::new().with("axis", 1i64).with("p", 1i64);
+    outs.push(layer(&mut net, "l1", "LpNormalization", a, &[Some(x)]));
+    outs.push(layer(&mut net, "l2", "LpNormalization", Attributes::new(), &[Some(x)]));
+    outs.push(layer(&mut net, "mvn", "MeanVarianceNormalization", Attributes::new(), &[Some(x)]));
+    let a = Attributes::new().with("size", 3i64).with("alpha", 0.01f32).with("bias", 2.0f32);
+    outs.push(layer(&mut net, "lrn", "LRN", a, &[Some(x)]));
+    let past = dyn_input(&mut net, "past", &[3, 3]);
+    let cw = constant(&mut net, "causal_w", &[3, 1, 4], 31);
+    let cb = constant(&mut net, "causal_b", &[3], 32);
+    let a = Attributes::new().with("activation", "silu");
+    let cc = net
+        .add_layer(
+            "causal",
+            "CausalConvWithState",
+            a,
+            &[Some(s), Some(cw), Some(cb), Some(past)],
+            &["cc_y", "cc_state"],
+        )
+        .unwrap();
+    outs.extend(cc.into_iter().flatten());
+    outs.push(layer(&mut net, "causal_plain", "CausalConvWithState", Attributes::new(), &[Some(s), Some(cw)]));
+    if discrete {
+        // MaxPool on uint8 (from scaled |x|), and MaxUnpool of a pool's values at its indices.
+        let hundred = const_f32(&mut net, "hundred", &[], vec![100.0]);
+        let scaled = layer(&mut net, "scaled", "Mul", Attributes::new(), &[Some(x), Some(hundred)]);
+        let abs = layer(&mut net, "abs", "Abs", Attributes::new(), &[Some(scaled)]);
+        let bytes = layer(&mut net, "bytes", "Cast", Attributes::new().with("to", 2i64), &[Some(abs)]);
+        let a = Attributes::new().with("kernel_shape", vec![2i64, 3]).with("pads", vec![1i64, 0, 0, 1]);
+        outs.push(layer(&mut net, "mp_u8", "MaxPool", a, &[Some(bytes)]));
+        let a = || Attributes::new().with("kernel_shape", vec![2i64, 2]).with("strides", vec![2i64, 2]);
+        let mp2 = net.add_layer("mp2", "MaxPool", a(), &[Some(x)], &["mp2_y", "mp2_idx"]).unwrap();
+        outs.push(layer(&mut net, "unpool", "MaxUnpool", a(), &[mp2[0], mp2[1]]));
+    }
+    let rois = const_f32(&mut net, "rois", &[3, 4], vec![0.5, 1.0, 4.0, 5.5, 0.0, 0.0, 6.0, 6.0, 2.2, 3.1, 2.9, 3.3]);
+    let batch = const_i64(&mut net, "roi_batch", vec![0, 0, 0]);
+    let a = Attributes::new().with("output_height", 3i64).with("output_width", 2i64).with("spatial_scale", 0.9f32);
+    outs.push(layer(&mut net, "roi_avg", "RoiAlign", a, &[Some(x), Some(rois), Some(batch)]));
+    let a = Attributes::new().with("mode", "max").with("sampling_ratio", 2i64).with("output_height", 2i64);
+    let a = a.with("coordinate_transformation_mode", "output_half_pixel");
+    outs.push(layer(&mut net, "roi_max", "RoiAlign", a, &[Some(x), Some(rois), Some(batch)]));
+    for o in outs {
         net.mark_output(o).unwrap();
     }
     net
@@ -504,4 +703,45 @@ fn quantization_matches_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let err = check(gpu, &quantization(), &[("x", vec![4, 6])], false, &[2]);
     assert!(err < 1e-6, "fp32 relative error {err}");
+}
+fn nd_pools_softmax_axes_and_normalizations_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let net = spatial_pools_and_norms(true);
+    let inputs = [("x", vec![4, 6, 6]), ("v", vec![2, 4, 4, 5]), ("s", vec![3, 10]), ("past", vec![3, 3])];
+    assert_all_on_gpu(gpu.clone(), &net, &inputs);
+    let err = check(gpu.clone(), &net, &inputs, false, &[1, 3]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+    let err = check(gpu, &spatial_pools_and_norms(false), &inputs, true, &[2]);
+    assert!(err < 2e-2, "fp16 relative error {err}");
+}
+
+/// Col2Im (pads, strides) and AffineGrid (2-D, 3-D), their shapes given as constants (batch 2).
+fn shapes_from_constants() -> Network {
+    let mut net = Network::new("col2im_affine");
+    let cols = dyn_input(&mut net, "cols", &[8, 20]);
+    let theta = dyn_input(&mut net, "theta", &[2, 3]);
+    let theta3 = dyn_input(&mut net, "theta3", &[3, 4]);
+    let image = const_i64(&mut net, "image", vec![5, 4]);
+    let block = const_i64(&mut net, "block", vec![2, 2]);
+    let a = Attributes::new().with("pads", vec![1i64, 0, 0, 1]);
+    let c2i = layer(&mut net, "col2im", "Col2Im", a, &[Some(cols), Some(image), Some(block)]);
+    let size = const_i64(&mut net, "size", vec![2, 1, 4, 5]);
+    let ag =
+        layer(&mut net, "ag", "AffineGrid", Attributes::new().with("align_corners", 1i64), &[Some(theta), Some(size)]);
+    let size3 = const_i64(&mut net, "size3", vec![2, 1, 2, 3, 4]);
+    let ag3 = layer(&mut net, "ag3", "AffineGrid", Attributes::new(), &[Some(theta3), Some(size3)]);
+    for o in [c2i, ag, ag3] {
+        net.mark_output(o).unwrap();
+    }
+    net
+}
+
+#[test]
+fn col2im_and_affine_grid_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let net = shapes_from_constants();
+    let inputs = [("cols", vec![8, 20]), ("theta", vec![2, 3]), ("theta3", vec![3, 4])];
+    assert_all_on_gpu(gpu.clone(), &net, &inputs);
+    let err = check(gpu, &net, &inputs, false, &[2]);
+    assert!(err < 1e-5, "fp32 relative error {err}");
 }
