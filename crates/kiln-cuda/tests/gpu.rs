@@ -375,6 +375,137 @@ fn losses() -> Network {
         .add_layer("sce", "SoftmaxCrossEntropyLoss", a("none"), &[Some(x), Some(t)], &["sce_loss", "sce_log_prob"])
         .unwrap();
     for o in [mean, none, sum].into_iter().chain(sce.into_iter().flatten()) {
+        net.mark_output(o).unwrap();
+    }
+    net
+}
+
+#[test]
+fn losses_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let err = check(gpu.clone(), &losses(), &[("x", vec![5, 3])], false, &[2]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+    let err = check(gpu, &losses(), &[("x", vec![5, 3])], true, &[2]);
+    assert!(err < 2e-2, "fp16 relative error {err}");
+}
+
+/// GatherElements (negative indices), GatherND with batch_dims, ScatterElements with duplicate
+/// indices (replacing in order, and adding), ScatterND with max and with replacement, and
+/// TensorScatter into a cache.
+fn gathers_and_scatters() -> Network {
+    let mut net = Network::new("scatter");
+    let x = dyn_input(&mut net, "x", &[4, 6]);
+    let gi = int_constant(&mut net, "gi", &[2, 4, 3], (0..24).map(|k| (k * 7 % 11) - 5).map(|k| k % 6).collect());
+    let ge = layer(&mut net, "ge", "GatherElements", Attributes::new().with("axis", 2i64), &[Some(x), Some(gi)]);
+    let ni = int_constant(&mut net, "ni", &[2, 3, 1], vec![3, 0, -1, 1, 1, 2]);
+    let gnd = layer(&mut net, "gnd", "GatherND", Attributes::new().with("batch_dims", 1i64), &[Some(x), Some(ni)]);
+    // Indices [2, 4, 6] into axis 1 (of 4): most lines hit one row more than once.
+    let si = int_constant(&mut net, "si", &[2, 4, 6], (0..48).map(|k| [1, -3, 1, 0, 3][k % 5]).collect());
+    let upd = layer(&mut net, "upd", "Neg", Attributes::new(), &[Some(ge)]);
+    let upd = layer(&mut net, "upd6", "Concat", Attributes::new().with("axis", 2i64), &[Some(upd), Some(upd)]);
+    let se = |r: &str| Attributes::new().with("axis", 1i64).with("reduction", r);
+    let sn = layer(&mut net, "se_none", "ScatterElements", se("none"), &[Some(x), Some(si), Some(upd)]);
+    let sa = layer(&mut net, "se_add", "ScatterElements", se("add"), &[Some(x), Some(si), Some(upd)]);
+    // Tuples (1, 2) twice: with no reduction the later update wins.
+    let ti = int_constant(&mut net, "ti", &[3, 2], vec![1, 2, 0, -1, 1, 2]);
+    let tu = constant(&mut net, "tu", &[3, 6], 9);
+    let nd = |r: &str| Attributes::new().with("reduction", r);
+    let ndm = layer(&mut net, "nd_max", "ScatterND", nd("max"), &[Some(x), Some(ti), Some(tu)]);
+    let ndn = layer(&mut net, "nd_none", "ScatterND", nd("none"), &[Some(x), Some(ti), Some(tu)]);
+    let cu = constant(&mut net, "cache_update", &[2, 2, 6], 10);
+    let wi = int_constant(&mut net, "wi", &[2], vec![2, 0]);
+    let cache =
+        layer(&mut net, "cache", "TensorScatter", Attributes::new().with("axis", 1i64), &[Some(x), Some(cu), Some(wi)]);
+    for o in [ge, gnd, sn, sa, ndm, ndn, cache] {
+        net.mark_output(o).unwrap();
+    }
+    net
+}
+
+#[test]
+fn gathers_and_scatters_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let err = check(gpu, &gathers_and_scatters(), &[("x", vec![4, 6])], false, &[2]);
+    assert!(err < 1e-5, "fp32 relative error {err}");
+}
+
+/// CumSum (exclusive, reverse) and CumProd along constant axes, Hardmax, DepthToSpace (CRD),
+/// SpaceToDepth (DCR), ReverseSequence, EyeLike and MaxUnpool.
+fn scans_and_permutations() -> Network {
+    let mut net = Network::new("scans");
+    let x = dyn_input(&mut net, "x", &[8, 4, 4]);
+    let one = int_constant(&mut net, "one", &[], vec![1]);
+    let last = int_constant(&mut net, "last", &[1], vec![-1]);
+    let cs = layer(
+        &mut net,
+        "cumsum",
+        "CumSum",
+        Attributes::new().with("exclusive", 1i64).with("reverse", 1i64),
+        &[Some(x), Some(one)],
+    );
+    let cp = layer(&mut net, "cumprod", "CumProd", Attributes::new(), &[Some(x), Some(last)]);
+    let hm = layer(&mut net, "hardmax", "Hardmax", Attributes::new().with("axis", 1i64), &[Some(x)]);
+    let d2s = Attributes::new().with("blocksize", 2i64).with("mode", "CRD");
+    let d2s = layer(&mut net, "d2s", "DepthToSpace", d2s, &[Some(x)]);
+    let s2d = layer(&mut net, "s2d", "SpaceToDepth", Attributes::new().with("blocksize", 2i64), &[Some(x)]);
+    let lens = int_constant(&mut net, "lens", &[2], vec![5, 8]);
+    let rs = Attributes::new().with("batch_axis", 0i64).with("time_axis", 1i64);
+    let rs = layer(&mut net, "revseq", "ReverseSequence", rs, &[Some(x), Some(lens)]);
+    let flat = layer(&mut net, "flat", "Flatten", Attributes::new(), &[Some(x)]);
+    let eye = layer(&mut net, "eye", "EyeLike", Attributes::new().with("k", 3i64), &[Some(flat)]);
+    // Unpooled to [2, 8, 8, 8]: flat indices with repeats (the later element wins).
+    let ui = int_constant(&mut net, "ui", &[2, 8, 4, 4], (0..256).map(|k| k * 37 % 200).collect());
+    let unpool = Attributes::new().with("kernel_shape", vec![2i64, 2]).with("strides", vec![2i64, 2]);
+    let unpool = layer(&mut net, "unpool", "MaxUnpool", unpool, &[Some(x), Some(ui)]);
+    for o in [cs, cp, hm, d2s, s2d, rs, eye, unpool] {
+        net.mark_output(o).unwrap();
+    }
+    net
+}
+
+#[test]
+fn scans_and_permutations_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let err = check(gpu, &scans_and_permutations(), &[("x", vec![8, 4, 4])], false, &[2]);
+    assert!(err < 1e-5, "fp32 relative error {err}");
+}
+
+/// QuantizeLinear per axis (uint8, zero points) and per tensor (int8, saturating), blocked
+/// (int16), DequantizeLinear back, and DynamicQuantizeLinear.
+fn quantization() -> Network {
+    let mut net = Network::new("quant");
+    let x = dyn_input(&mut net, "x", &[4, 6]);
+    let scale = net.add_constant("scale", Tensor::from_vec(vec![4], vec![0.01f32, 0.02, 0.005, 0.1]).unwrap()).unwrap();
+    let zp = net.add_constant("zp", Tensor::from_vec(vec![4], vec![128u8, 0, 100, 255]).unwrap()).unwrap();
+    let axis = || Attributes::new().with("axis", 1i64);
+    let q = layer(&mut net, "q", "QuantizeLinear", axis(), &[Some(x), Some(scale), Some(zp)]);
+    let dq = layer(&mut net, "dq", "DequantizeLinear", axis(), &[Some(q), Some(scale), Some(zp)]);
+    let s1 = net.add_constant("s1", Tensor::from_vec(vec![], vec![0.004f32]).unwrap()).unwrap();
+    let z1 = net.add_constant("z1", Tensor::from_vec(vec![], vec![-3i8]).unwrap()).unwrap();
+    let q8 = layer(&mut net, "q8", "QuantizeLinear", Attributes::new(), &[Some(x), Some(s1), Some(z1)]);
+    let sb = constant(&mut net, "sb", &[2, 4, 2], 11);
+    let zb = net
+        .add_constant("zb", Tensor::from_vec(vec![2, 4, 2], (0..16).map(|k| k as i16 * 50 - 400).collect()).unwrap())
+        .unwrap();
+    let blocked = Attributes::new().with("axis", 2i64).with("block_size", 4i64);
+    let qb = layer(&mut net, "qb", "QuantizeLinear", blocked.clone(), &[Some(x), Some(sb), Some(zb)]);
+    let dqb = layer(&mut net, "dqb", "DequantizeLinear", blocked, &[Some(qb), Some(sb), Some(zb)]);
+    let dynamic = net
+        .add_layer("dyn", "DynamicQuantizeLinear", Attributes::new(), &[Some(x)], &["dyn_y", "dyn_scale", "dyn_zp"])
+        .unwrap();
+    for o in [q, dq, q8, qb, dqb].into_iter().chain(dynamic.into_iter().flatten()) {
+        net.mark_output(o).unwrap();
+    }
+    net
+}
+
+#[test]
+fn quantization_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let err = check(gpu, &quantization(), &[("x", vec![4, 6])], false, &[2]);
+    assert!(err < 1e-6, "fp32 relative error {err}");
+}
+
 // ---- spatial family: resampling, transposed convolution, N-D pools, normalizations ----------
 
 fn const_f32(net: &mut Network, name: &str, shape: &[usize], v: Vec<f32>) -> TensorId {
@@ -469,83 +600,6 @@ fn spatial_resampling(discrete: bool) -> Network {
 }
 
 #[test]
-fn losses_match_the_cpu() {
-    let Some(gpu) = gpu() else { return };
-    let err = check(gpu.clone(), &losses(), &[("x", vec![5, 3])], false, &[2]);
-    assert!(err < 1e-4, "fp32 relative error {err}");
-    let err = check(gpu, &losses(), &[("x", vec![5, 3])], true, &[2]);
-    assert!(err < 2e-2, "fp16 relative error {err}");
-}
-
-/// GatherElements (negative indices), GatherND with batch_dims, ScatterElements with duplicate
-/// indices (replacing in order, and adding), ScatterND with max and with replacement, and
-/// TensorScatter into a cache.
-fn gathers_and_scatters() -> Network {
-    let mut net = Network::new("scatter");
-    let x = dyn_input(&mut net, "x", &[4, 6]);
-    let gi = int_constant(&mut net, "gi", &[2, 4, 3], (0..24).map(|k| (k * 7 % 11) - 5).map(|k| k % 6).collect());
-    let ge = layer(&mut net, "ge", "GatherElements", Attributes::new().with("axis", 2i64), &[Some(x), Some(gi)]);
-    let ni = int_constant(&mut net, "ni", &[2, 3, 1], vec![3, 0, -1, 1, 1, 2]);
-    let gnd = layer(&mut net, "gnd", "GatherND", Attributes::new().with("batch_dims", 1i64), &[Some(x), Some(ni)]);
-    // Indices [2, 4, 6] into axis 1 (of 4): most lines hit one row more than once.
-    let si = int_constant(&mut net, "si", &[2, 4, 6], (0..48).map(|k| [1, -3, 1, 0, 3][k % 5]).collect());
-    let upd = layer(&mut net, "upd", "Neg", Attributes::new(), &[Some(ge)]);
-    let upd = layer(&mut net, "upd6", "Concat", Attributes::new().with("axis", 2i64), &[Some(upd), Some(upd)]);
-    let se = |r: &str| Attributes::new().with("axis", 1i64).with("reduction", r);
-    let sn = layer(&mut net, "se_none", "ScatterElements", se("none"), &[Some(x), Some(si), Some(upd)]);
-    let sa = layer(&mut net, "se_add", "ScatterElements", se("add"), &[Some(x), Some(si), Some(upd)]);
-    // Tuples (1, 2) twice: with no reduction the later update wins.
-    let ti = int_constant(&mut net, "ti", &[3, 2], vec![1, 2, 0, -1, 1, 2]);
-    let tu = constant(&mut net, "tu", &[3, 6], 9);
-    let nd = |r: &str| Attributes::new().with("reduction", r);
-    let ndm = layer(&mut net, "nd_max", "ScatterND", nd("max"), &[Some(x), Some(ti), Some(tu)]);
-    let ndn = layer(&mut net, "nd_none", "ScatterND", nd("none"), &[Some(x), Some(ti), Some(tu)]);
-    let cu = constant(&mut net, "cache_update", &[2, 2, 6], 10);
-    let wi = int_constant(&mut net, "wi", &[2], vec![2, 0]);
-    let cache =
-        layer(&mut net, "cache", "TensorScatter", Attributes::new().with("axis", 1i64), &[Some(x), Some(cu), Some(wi)]);
-    for o in [ge, gnd, sn, sa, ndm, ndn, cache] {
-        net.mark_output(o).unwrap();
-    }
-    net
-}
-
-#[test]
-fn gathers_and_scatters_match_the_cpu() {
-    let Some(gpu) = gpu() else { return };
-    let err = check(gpu, &gathers_and_scatters(), &[("x", vec![4, 6])], false, &[2]);
-    assert!(err < 1e-5, "fp32 relative error {err}");
-}
-
-/// CumSum (exclusive, reverse) and CumProd along constant axes, Hardmax, DepthToSpace (CRD),
-/// SpaceToDepth (DCR), ReverseSequence, EyeLike and MaxUnpool.
-fn scans_and_permutations() -> Network {
-    let mut net = Network::new("scans");
-    let x = dyn_input(&mut net, "x", &[8, 4, 4]);
-    let one = int_constant(&mut net, "one", &[], vec![1]);
-    let last = int_constant(&mut net, "last", &[1], vec![-1]);
-    let cs = layer(
-        &mut net,
-        "cumsum",
-        "CumSum",
-        Attributes::new().with("exclusive", 1i64).with("reverse", 1i64),
-        &[Some(x), Some(one)],
-    );
-    let cp = layer(&mut net, "cumprod", "CumProd", Attributes::new(), &[Some(x), Some(last)]);
-    let hm = layer(&mut net, "hardmax", "Hardmax", Attributes::new().with("axis", 1i64), &[Some(x)]);
-    let d2s = Attributes::new().with("blocksize", 2i64).with("mode", "CRD");
-    let d2s = layer(&mut net, "d2s", "DepthToSpace", d2s, &[Some(x)]);
-    let s2d = layer(&mut net, "s2d", "SpaceToDepth", Attributes::new().with("blocksize", 2i64), &[Some(x)]);
-    let lens = int_constant(&mut net, "lens", &[2], vec![5, 8]);
-    let rs = Attributes::new().with("batch_axis", 0i64).with("time_axis", 1i64);
-    let rs = layer(&mut net, "revseq", "ReverseSequence", rs, &[Some(x), Some(lens)]);
-    let flat = layer(&mut net, "flat", "Flatten", Attributes::new(), &[Some(x)]);
-    let eye = layer(&mut net, "eye", "EyeLike", Attributes::new().with("k", 3i64), &[Some(flat)]);
-    // Unpooled to [2, 8, 8, 8]: flat indices with repeats (the later element wins).
-    let ui = int_constant(&mut net, "ui", &[2, 8, 4, 4], (0..256).map(|k| k * 37 % 200).collect());
-    let unpool = Attributes::new().with("kernel_shape", vec![2i64, 2]).with("strides", vec![2i64, 2]);
-    let unpool = layer(&mut net, "unpool", "MaxUnpool", unpool, &[Some(x), Some(ui)]);
-    for o in [cs, cp, hm, d2s, s2d, rs, eye, unpool] {
 fn resize_grid_sample_transposed_and_deformable_convolutions_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let net = spatial_resampling(true);
@@ -663,47 +717,6 @@ fn spatial_pools_and_norms(discrete: bool) -> Network {
 }
 
 #[test]
-fn scans_and_permutations_match_the_cpu() {
-    let Some(gpu) = gpu() else { return };
-    let err = check(gpu, &scans_and_permutations(), &[("x", vec![8, 4, 4])], false, &[2]);
-    assert!(err < 1e-5, "fp32 relative error {err}");
-}
-
-/// QuantizeLinear per axis (uint8, zero points) and per tensor (int8, saturating), blocked
-/// (int16), DequantizeLinear back, and DynamicQuantizeLinear.
-fn quantization() -> Network {
-    let mut net = Network::new("quant");
-    let x = dyn_input(&mut net, "x", &[4, 6]);
-    let scale = net.add_constant("scale", Tensor::from_vec(vec![4], vec![0.01f32, 0.02, 0.005, 0.1]).unwrap()).unwrap();
-    let zp = net.add_constant("zp", Tensor::from_vec(vec![4], vec![128u8, 0, 100, 255]).unwrap()).unwrap();
-    let axis = || Attributes::new().with("axis", 1i64);
-    let q = layer(&mut net, "q", "QuantizeLinear", axis(), &[Some(x), Some(scale), Some(zp)]);
-    let dq = layer(&mut net, "dq", "DequantizeLinear", axis(), &[Some(q), Some(scale), Some(zp)]);
-    let s1 = net.add_constant("s1", Tensor::from_vec(vec![], vec![0.004f32]).unwrap()).unwrap();
-    let z1 = net.add_constant("z1", Tensor::from_vec(vec![], vec![-3i8]).unwrap()).unwrap();
-    let q8 = layer(&mut net, "q8", "QuantizeLinear", Attributes::new(), &[Some(x), Some(s1), Some(z1)]);
-    let sb = constant(&mut net, "sb", &[2, 4, 2], 11);
-    let zb = net
-        .add_constant("zb", Tensor::from_vec(vec![2, 4, 2], (0..16).map(|k| k as i16 * 50 - 400).collect()).unwrap())
-        .unwrap();
-    let blocked = Attributes::new().with("axis", 2i64).with("block_size", 4i64);
-    let qb = layer(&mut net, "qb", "QuantizeLinear", blocked.clone(), &[Some(x), Some(sb), Some(zb)]);
-    let dqb = layer(&mut net, "dqb", "DequantizeLinear", blocked, &[Some(qb), Some(sb), Some(zb)]);
-    let dynamic = net
-        .add_layer("dyn", "DynamicQuantizeLinear", Attributes::new(), &[Some(x)], &["dyn_y", "dyn_scale", "dyn_zp"])
-        .unwrap();
-    for o in [q, dq, q8, qb, dqb].into_iter().chain(dynamic.into_iter().flatten()) {
-        net.mark_output(o).unwrap();
-    }
-    net
-}
-
-#[test]
-fn quantization_matches_the_cpu() {
-    let Some(gpu) = gpu() else { return };
-    let err = check(gpu, &quantization(), &[("x", vec![4, 6])], false, &[2]);
-    assert!(err < 1e-6, "fp32 relative error {err}");
-}
 fn nd_pools_softmax_axes_and_normalizations_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let net = spatial_pools_and_norms(true);
