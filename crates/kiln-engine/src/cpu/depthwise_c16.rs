@@ -13,6 +13,8 @@
 use super::conv::Geometry;
 use super::epilogue::activate;
 use super::vecmath::multiversion;
+#[cfg(target_arch = "x86_64")]
+use super::vecmath::{level, Level};
 use kiln_ir::Activation;
 use rayon::prelude::*;
 
@@ -126,17 +128,8 @@ multiversion! {
                 row[pl + g.w..].fill(zero);
             }
         }
-        // Row by row, then channel by channel: the padded row being filled (16 lanes × width)
-        // stays in L1 while its 16 source rows stream in (channel-outer order sent each
-        // element's store to a different line of a plane-sized buffer: 4x slower at 56×56).
         for i in 0..g.h {
-            let row = &mut padded[(pt + i) * width + pl..][..g.w];
-            for l in 0..lanes {
-                let src = &x[l * in_plane + i * g.w..][..g.w];
-                for (d, &v) in row.iter_mut().zip(src) {
-                    d[l] = v;
-                }
-            }
+            fill_row(x, in_plane, i * g.w, lanes, &mut padded[(pt + i) * width + pl..][..g.w]);
         }
         staged.resize(g.ow, zero);
         for oh in 0..g.oh {
@@ -153,28 +146,162 @@ multiversion! {
             }
             // Back to NCHW, one plane row per channel, with the residual and clamp.
             let at = oh * g.ow;
-            for l in 0..lanes {
-                let d = &mut dst[l * out_plane + at..][..g.ow];
-                let r = res.map(|r| &r[l * out_plane + at..][..g.ow]);
-                match (r, clamp) {
-                    (None, None) => d.iter_mut().zip(staged.iter()).for_each(|(d, s)| *d = s[l]),
-                    (None, Some((lo, hi))) => {
-                        d.iter_mut().zip(staged.iter()).for_each(|(d, s)| *d = clip(s[l], lo, hi))
-                    }
-                    (Some(r), None) => {
-                        d.iter_mut().zip(staged.iter()).zip(r).for_each(|((d, s), r)| *d = s[l] + r)
-                    }
-                    (Some(r), Some((lo, hi))) => d
-                        .iter_mut()
-                        .zip(staged.iter())
-                        .zip(r)
-                        .for_each(|((d, s), r)| *d = clip(s[l] + r, lo, hi)),
-                }
+            store_row(staged, lanes, dst, out_plane, at, res, clamp);
+        }
+    }
+}
+
+/// Fill one padded row's interior (`row`, the input's width) from input row `at / width` of
+/// each of the `lanes` channel planes in `x`: whole blocks of 16 columns as 16×16 register
+/// transposes on AVX-512, the rest (and other CPUs) element by element, row by row so the
+/// padded row stays in L1 while its 16 source rows stream in.
+fn fill_row(x: &[f32], in_plane: usize, at: usize, lanes: usize, row: &mut [Lanes]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if lanes == L && level() == Level::Avx512 {
+        // SAFETY: the CPU has AVX-512F (checked); bounds are checked inside.
+        done = unsafe { avx512::fill_row(x, in_plane, at, row) };
+    }
+    for l in 0..lanes {
+        let src = &x[l * in_plane + at..][..row.len()];
+        for (d, &v) in row[done..].iter_mut().zip(&src[done..]) {
+            d[l] = v;
+        }
+    }
+}
+
+/// Write output row `at / ow` of the `lanes` channel planes in `dst` from the staged
+/// channel-interleaved row: `clamp(staged + residual)`; whole blocks of 16 columns transposed
+/// in registers on AVX-512, the rest element by element.
+fn store_row(
+    staged: &[Lanes],
+    lanes: usize,
+    dst: &mut [f32],
+    out_plane: usize,
+    at: usize,
+    res: Option<&[f32]>,
+    clamp: Option<(f32, f32)>,
+) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if lanes == L && level() == Level::Avx512 {
+        // SAFETY: the CPU has AVX-512F (checked); bounds are checked inside.
+        done = unsafe { avx512::store_row(staged, dst, out_plane, at, res, clamp) };
+    }
+    let ow = staged.len();
+    for l in 0..lanes {
+        let d = &mut dst[l * out_plane + at..][done..ow];
+        let staged = &staged[done..];
+        let r = res.map(|r| &r[l * out_plane + at..][done..ow]);
+        match (r, clamp) {
+            (None, None) => d.iter_mut().zip(staged).for_each(|(d, s)| *d = s[l]),
+            (None, Some((lo, hi))) => d.iter_mut().zip(staged).for_each(|(d, s)| *d = clip(s[l], lo, hi)),
+            (Some(r), None) => d.iter_mut().zip(staged).zip(r).for_each(|((d, s), r)| *d = s[l] + r),
+            (Some(r), Some((lo, hi))) => {
+                d.iter_mut().zip(staged).zip(r).for_each(|((d, s), r)| *d = clip(s[l] + r, lo, hi))
             }
         }
     }
 }
 
+/// The transposes between 16 channel planes and the channel-interleaved layout, 16 columns
+/// at a time in registers.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Lanes, L};
+    use std::arch::x86_64::*;
+
+    /// `r[i][j] ← r[j][i]`: unpack pairs, then 64- and 128-bit lane shuffles.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose16(r: &mut [__m512; L]) {
+        let mut t = [_mm512_setzero_ps(); L];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        for q in 0..4 {
+            let b = 4 * q;
+            r[b] = _mm512_shuffle_ps::<0x44>(t[b], t[b + 2]);
+            r[b + 1] = _mm512_shuffle_ps::<0xEE>(t[b], t[b + 2]);
+            r[b + 2] = _mm512_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
+            r[b + 3] = _mm512_shuffle_ps::<0xEE>(t[b + 1], t[b + 3]);
+        }
+        for h in 0..2 {
+            let b = 8 * h;
+            for i in 0..4 {
+                t[b + i] = _mm512_shuffle_f32x4::<0x88>(r[b + i], r[b + 4 + i]);
+                t[b + 4 + i] = _mm512_shuffle_f32x4::<0xDD>(r[b + i], r[b + 4 + i]);
+            }
+        }
+        for i in 0..8 {
+            r[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[8 + i]);
+            r[8 + i] = _mm512_shuffle_f32x4::<0xDD>(t[i], t[8 + i]);
+        }
+    }
+
+    /// [`super::fill_row`] for 16 channels: the whole 16-column blocks; returns how many
+    /// columns it filled.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn fill_row(x: &[f32], in_plane: usize, at: usize, row: &mut [Lanes]) -> usize {
+        let whole = row.len() / L * L;
+        if whole == 0 {
+            return 0;
+        }
+        // Every read x[l·in_plane + at + j], l < 16, j < whole, lies inside x.
+        assert!((L - 1) * in_plane + at + whole <= x.len(), "depthwise-c16: input block too small");
+        let mut r = [_mm512_setzero_ps(); L];
+        for j0 in (0..whole).step_by(L) {
+            for (l, v) in r.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(x.as_ptr().add(l * in_plane + at + j0));
+            }
+            transpose16(&mut r);
+            for (d, v) in row[j0..j0 + L].iter_mut().zip(&r) {
+                _mm512_storeu_ps(d.as_mut_ptr(), *v);
+            }
+        }
+        whole
+    }
+
+    /// [`super::store_row`] for 16 channels: the whole 16-column blocks; returns how many
+    /// columns it wrote. The clamp as max(lo, x) then min(hi, x), which keep a NaN x (the
+    /// instructions return their second operand when either is NaN) like kiln-ir's Clip.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn store_row(
+        staged: &[Lanes],
+        dst: &mut [f32],
+        out_plane: usize,
+        at: usize,
+        res: Option<&[f32]>,
+        clamp: Option<(f32, f32)>,
+    ) -> usize {
+        let whole = staged.len() / L * L;
+        if whole == 0 {
+            return 0;
+        }
+        // Every write dst[l·out_plane + at + j] (and residual read), l < 16, j < whole, is inside.
+        let end = (L - 1) * out_plane + at + whole;
+        assert!(end <= dst.len() && res.is_none_or(|r| end <= r.len()), "depthwise-c16: output block too small");
+        let mut r = [_mm512_setzero_ps(); L];
+        for j0 in (0..whole).step_by(L) {
+            for (v, s) in r.iter_mut().zip(&staged[j0..j0 + L]) {
+                *v = _mm512_loadu_ps(s.as_ptr());
+            }
+            transpose16(&mut r);
+            for (l, v) in r.iter().enumerate() {
+                let at = l * out_plane + at + j0;
+                let mut v = *v;
+                if let Some(res) = res {
+                    v = _mm512_add_ps(v, _mm512_loadu_ps(res.as_ptr().add(at)));
+                }
+                if let Some((lo, hi)) = clamp {
+                    v = _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), v));
+                }
+                _mm512_storeu_ps(dst.as_mut_ptr().add(at), v);
+            }
+        }
+        whole
+    }
+}
 /// kiln-ir's ReLU/Clip: NaN stays NaN; min > max gives max.
 #[inline(always)]
 fn clip(x: f32, lo: f32, hi: f32) -> f32 {
