@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 pub const TACTIC: &str = "conv-depthwise-c16";
 
-/// Channels per block: one AVX-512 register of f32.
+/// Channels per block: one AVX-512 register (two AVX2 registers) of f32.
 const L: usize = 16;
 
 /// Output pixels computed together: independent accumulator chains keep the FMA units busy.
@@ -132,8 +132,17 @@ multiversion! {
             fill_row(x, in_plane, i * g.w, lanes, &mut padded[(pt + i) * width + pl..][..g.w]);
         }
         staged.resize(g.ow, zero);
+        #[cfg(target_arch = "x86_64")]
+        let simd = level() != Level::Portable;
         for oh in 0..g.oh {
             let top = oh * g.stride[0];
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: the CPU has AVX2 and FMA (checked); bounds are checked inside.
+                unsafe { simd::output_row(g, padded, width, wt, bias, top, staged) };
+                store_row(staged, lanes, dst, out_plane, oh * g.ow, res, clamp);
+                continue;
+            }
             let mut ow = 0;
             while ow + PIXELS <= g.ow {
                 let acc = pixels::<PIXELS>(g, padded, width, wt, bias, top, ow);
@@ -152,15 +161,15 @@ multiversion! {
 }
 
 /// Fill one padded row's interior (`row`, the input's width) from input row `at / width` of
-/// each of the `lanes` channel planes in `x`: whole blocks of 16 columns as 16×16 register
-/// transposes on AVX-512, the rest (and other CPUs) element by element, row by row so the
+/// each of the `lanes` channel planes in `x`: whole blocks of 8 columns as 8×8 register
+/// transposes with AVX2, the rest (and other CPUs) element by element, row by row so the
 /// padded row stays in L1 while its 16 source rows stream in.
 fn fill_row(x: &[f32], in_plane: usize, at: usize, lanes: usize, row: &mut [Lanes]) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if lanes == L && level() == Level::Avx512 {
-        // SAFETY: the CPU has AVX-512F (checked); bounds are checked inside.
-        done = unsafe { avx512::fill_row(x, in_plane, at, row) };
+    if lanes == L && level() != Level::Portable {
+        // SAFETY: the CPU has AVX2 and FMA (checked); bounds are checked inside.
+        done = unsafe { simd::fill_row(x, in_plane, at, row) };
     }
     for l in 0..lanes {
         let src = &x[l * in_plane + at..][..row.len()];
@@ -171,8 +180,8 @@ fn fill_row(x: &[f32], in_plane: usize, at: usize, lanes: usize, row: &mut [Lane
 }
 
 /// Write output row `at / ow` of the `lanes` channel planes in `dst` from the staged
-/// channel-interleaved row: `clamp(staged + residual)`; whole blocks of 16 columns transposed
-/// in registers on AVX-512, the rest element by element.
+/// channel-interleaved row: `clamp(staged + residual)`; whole blocks of 8 columns transposed
+/// in registers with AVX2, the rest element by element.
 fn store_row(
     staged: &[Lanes],
     lanes: usize,
@@ -184,9 +193,9 @@ fn store_row(
 ) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if lanes == L && level() == Level::Avx512 {
-        // SAFETY: the CPU has AVX-512F (checked); bounds are checked inside.
-        done = unsafe { avx512::store_row(staged, dst, out_plane, at, res, clamp) };
+    if lanes == L && level() != Level::Portable {
+        // SAFETY: the CPU has AVX2 and FMA (checked); bounds are checked inside.
+        done = unsafe { simd::store_row(staged, dst, out_plane, at, res, clamp) };
     }
     let ow = staged.len();
     for l in 0..lanes {
@@ -204,104 +213,6 @@ fn store_row(
     }
 }
 
-/// The transposes between 16 channel planes and the channel-interleaved layout, 16 columns
-/// at a time in registers.
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::{Lanes, L};
-    use std::arch::x86_64::*;
-
-    /// `r[i][j] ← r[j][i]`: unpack pairs, then 64- and 128-bit lane shuffles.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn transpose16(r: &mut [__m512; L]) {
-        let mut t = [_mm512_setzero_ps(); L];
-        for i in 0..8 {
-            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-        }
-        for q in 0..4 {
-            let b = 4 * q;
-            r[b] = _mm512_shuffle_ps::<0x44>(t[b], t[b + 2]);
-            r[b + 1] = _mm512_shuffle_ps::<0xEE>(t[b], t[b + 2]);
-            r[b + 2] = _mm512_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
-            r[b + 3] = _mm512_shuffle_ps::<0xEE>(t[b + 1], t[b + 3]);
-        }
-        for h in 0..2 {
-            let b = 8 * h;
-            for i in 0..4 {
-                t[b + i] = _mm512_shuffle_f32x4::<0x88>(r[b + i], r[b + 4 + i]);
-                t[b + 4 + i] = _mm512_shuffle_f32x4::<0xDD>(r[b + i], r[b + 4 + i]);
-            }
-        }
-        for i in 0..8 {
-            r[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[8 + i]);
-            r[8 + i] = _mm512_shuffle_f32x4::<0xDD>(t[i], t[8 + i]);
-        }
-    }
-
-    /// [`super::fill_row`] for 16 channels: the whole 16-column blocks; returns how many
-    /// columns it filled.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn fill_row(x: &[f32], in_plane: usize, at: usize, row: &mut [Lanes]) -> usize {
-        let whole = row.len() / L * L;
-        if whole == 0 {
-            return 0;
-        }
-        // Every read x[l·in_plane + at + j], l < 16, j < whole, lies inside x.
-        assert!((L - 1) * in_plane + at + whole <= x.len(), "depthwise-c16: input block too small");
-        let mut r = [_mm512_setzero_ps(); L];
-        for j0 in (0..whole).step_by(L) {
-            for (l, v) in r.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(x.as_ptr().add(l * in_plane + at + j0));
-            }
-            transpose16(&mut r);
-            for (d, v) in row[j0..j0 + L].iter_mut().zip(&r) {
-                _mm512_storeu_ps(d.as_mut_ptr(), *v);
-            }
-        }
-        whole
-    }
-
-    /// [`super::store_row`] for 16 channels: the whole 16-column blocks; returns how many
-    /// columns it wrote. The clamp as max(lo, x) then min(hi, x), which keep a NaN x (the
-    /// instructions return their second operand when either is NaN) like kiln-ir's Clip.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn store_row(
-        staged: &[Lanes],
-        dst: &mut [f32],
-        out_plane: usize,
-        at: usize,
-        res: Option<&[f32]>,
-        clamp: Option<(f32, f32)>,
-    ) -> usize {
-        let whole = staged.len() / L * L;
-        if whole == 0 {
-            return 0;
-        }
-        // Every write dst[l·out_plane + at + j] (and residual read), l < 16, j < whole, is inside.
-        let end = (L - 1) * out_plane + at + whole;
-        assert!(end <= dst.len() && res.is_none_or(|r| end <= r.len()), "depthwise-c16: output block too small");
-        let mut r = [_mm512_setzero_ps(); L];
-        for j0 in (0..whole).step_by(L) {
-            for (v, s) in r.iter_mut().zip(&staged[j0..j0 + L]) {
-                *v = _mm512_loadu_ps(s.as_ptr());
-            }
-            transpose16(&mut r);
-            for (l, v) in r.iter().enumerate() {
-                let at = l * out_plane + at + j0;
-                let mut v = *v;
-                if let Some(res) = res {
-                    v = _mm512_add_ps(v, _mm512_loadu_ps(res.as_ptr().add(at)));
-                }
-                if let Some((lo, hi)) = clamp {
-                    v = _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), v));
-                }
-                _mm512_storeu_ps(dst.as_mut_ptr().add(at), v);
-            }
-        }
-        whole
-    }
-}
 /// kiln-ir's ReLU/Clip: NaN stays NaN; min > max gives max.
 #[inline(always)]
 fn clip(x: f32, lo: f32, hi: f32) -> f32 {
@@ -341,4 +252,175 @@ fn pixels<const P: usize>(
         }
     }
     acc
+}
+/// The transposes between 16 channel planes and the channel-interleaved layout, as 8×8 register
+/// transposes, and the multiply-adds as FMAs, in AVX2+FMA (intrinsics stable since Rust 1.27, so
+/// within the MSRV; on Zen 4, whose AVX-512 runs as two 256-bit halves, as fast as 512-bit code).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{Geometry, Lanes, L};
+    use std::arch::x86_64::*;
+
+    /// Half a 16-lane block: one 256-bit register.
+    const H: usize = 8;
+
+    /// `r[i][j] ← r[j][i]` for 8×8: unpack pairs, 64-bit shuffles, then 128-bit halves.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn transpose8(r: &mut [__m256; H]) {
+        let mut t = [_mm256_setzero_ps(); H];
+        for i in 0..4 {
+            t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        let mut u = [_mm256_setzero_ps(); H];
+        for q in 0..2 {
+            let b = 4 * q;
+            u[b] = _mm256_shuffle_ps(t[b], t[b + 2], 0x44);
+            u[b + 1] = _mm256_shuffle_ps(t[b], t[b + 2], 0xEE);
+            u[b + 2] = _mm256_shuffle_ps(t[b + 1], t[b + 3], 0x44);
+            u[b + 3] = _mm256_shuffle_ps(t[b + 1], t[b + 3], 0xEE);
+        }
+        for i in 0..4 {
+            r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+            r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+        }
+    }
+
+    /// One output row of [`super::channel_block`] into `staged` with fused multiply-adds
+    /// (the portable body's separate multiply and add are not fused): blocks of 4, 2, then 1
+    /// pixels, each pixel two independent accumulator chains.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn output_row(
+        g: &Geometry,
+        padded: &[Lanes],
+        width: usize,
+        wt: &[Lanes],
+        bias: &Lanes,
+        top: usize,
+        staged: &mut [Lanes],
+    ) {
+        let ow_n = staged.len();
+        if ow_n == 0 {
+            return;
+        }
+        // The farthest tap of the last pixel lies inside `padded`; every other read is before it.
+        let last = (top + (g.kh - 1) * g.dilation[0]) * width + (ow_n - 1) * g.stride[1] + (g.kw - 1) * g.dilation[1];
+        assert!(last < padded.len() && wt.len() >= g.kh * g.kw, "depthwise-c16: padded block too small");
+        let base = padded.as_ptr() as *const f32;
+        let b = [_mm256_loadu_ps(bias.as_ptr()), _mm256_loadu_ps(bias.as_ptr().add(H))];
+        let mut ow = 0;
+        while ow + 4 <= ow_n {
+            pixels::<4>(g, base, width, wt, b, top, ow, staged);
+            ow += 4;
+        }
+        if ow + 2 <= ow_n {
+            pixels::<2>(g, base, width, wt, b, top, ow, staged);
+            ow += 2;
+        }
+        if ow < ow_n {
+            pixels::<1>(g, base, width, wt, b, top, ow, staged);
+        }
+    }
+
+    /// Pixels `ow .. ow + P` of the row (in bounds: checked by the caller).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pixels<const P: usize>(
+        g: &Geometry,
+        base: *const f32,
+        width: usize,
+        wt: &[Lanes],
+        b: [__m256; 2],
+        top: usize,
+        ow: usize,
+        staged: &mut [Lanes],
+    ) {
+        let mut acc = [b; P];
+        let sw = g.stride[1];
+        for kh in 0..g.kh {
+            let row = (top + kh * g.dilation[0]) * width;
+            for kw in 0..g.kw {
+                let wv = &wt[kh * g.kw + kw];
+                let w = [_mm256_loadu_ps(wv.as_ptr()), _mm256_loadu_ps(wv.as_ptr().add(H))];
+                let first = row + ow * sw + kw * g.dilation[1];
+                for (q, a) in acc.iter_mut().enumerate() {
+                    let src = base.add((first + q * sw) * L);
+                    a[0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(src), a[0]);
+                    a[1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(src.add(H)), a[1]);
+                }
+            }
+        }
+        for (s, a) in staged[ow..ow + P].iter_mut().zip(&acc) {
+            _mm256_storeu_ps(s.as_mut_ptr(), a[0]);
+            _mm256_storeu_ps(s.as_mut_ptr().add(H), a[1]);
+        }
+    }
+
+    /// [`super::fill_row`] for 16 channels: the whole 8-column blocks; returns how many
+    /// columns it filled.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn fill_row(x: &[f32], in_plane: usize, at: usize, row: &mut [Lanes]) -> usize {
+        let whole = row.len() / H * H;
+        if whole == 0 {
+            return 0;
+        }
+        // Every read x[l·in_plane + at + j], l < 16, j < whole, lies inside x.
+        assert!((L - 1) * in_plane + at + whole <= x.len(), "depthwise-c16: input block too small");
+        let mut r = [_mm256_setzero_ps(); H];
+        for j0 in (0..whole).step_by(H) {
+            for half in 0..2 {
+                for (l, v) in r.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(x.as_ptr().add((half * H + l) * in_plane + at + j0));
+                }
+                transpose8(&mut r);
+                for (d, v) in row[j0..j0 + H].iter_mut().zip(&r) {
+                    _mm256_storeu_ps(d.as_mut_ptr().add(half * H), *v);
+                }
+            }
+        }
+        whole
+    }
+
+    /// [`super::store_row`] for 16 channels: the whole 8-column blocks; returns how many
+    /// columns it wrote. The clamp as max(lo, x) then min(hi, x), which keep a NaN x (the
+    /// instructions return their second operand when either is NaN) like kiln-ir's Clip.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn store_row(
+        staged: &[Lanes],
+        dst: &mut [f32],
+        out_plane: usize,
+        at: usize,
+        res: Option<&[f32]>,
+        clamp: Option<(f32, f32)>,
+    ) -> usize {
+        let whole = staged.len() / H * H;
+        if whole == 0 {
+            return 0;
+        }
+        // Every write dst[l·out_plane + at + j] (and residual read), l < 16, j < whole, is inside.
+        let end = (L - 1) * out_plane + at + whole;
+        assert!(end <= dst.len() && res.is_none_or(|r| end <= r.len()), "depthwise-c16: output block too small");
+        let mut r = [_mm256_setzero_ps(); H];
+        for j0 in (0..whole).step_by(H) {
+            for half in 0..2 {
+                for (v, s) in r.iter_mut().zip(&staged[j0..j0 + H]) {
+                    *v = _mm256_loadu_ps(s.as_ptr().add(half * H));
+                }
+                transpose8(&mut r);
+                for (l, v) in r.iter().enumerate() {
+                    let at = (half * H + l) * out_plane + at + j0;
+                    let mut v = *v;
+                    if let Some(res) = res {
+                        v = _mm256_add_ps(v, _mm256_loadu_ps(res.as_ptr().add(at)));
+                    }
+                    if let Some((lo, hi)) = clamp {
+                        v = _mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), v));
+                    }
+                    _mm256_storeu_ps(dst.as_mut_ptr().add(at), v);
+                }
+            }
+        }
+        whole
+    }
 }

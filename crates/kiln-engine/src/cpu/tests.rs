@@ -177,7 +177,7 @@ fn convolution_tactics_match_the_reference() {
         ([2, 37, 9, 11], [37, 1, 3, 3], 1, 1, 1, 37, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
         ([1, 32, 14, 13], [32, 1, 5, 5], 2, 2, 1, 32, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
         ([1, 20, 6, 7], [20, 1, 3, 3], 2, 0, 2, 20, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
-        // Rows of 16+ columns (register transposes of whole 16-column blocks, then the rest).
+        // Rows of 8+ columns (register transposes of whole 8-column blocks, then the rest).
         ([1, 33, 18, 35], [33, 1, 3, 3], 1, 1, 1, 33, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
         ([2, 16, 20, 40], [16, 1, 3, 3], 2, 1, 1, 16, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
         // Wide enough for the column-blocked product (blocks of 64+ columns, ragged last one).
