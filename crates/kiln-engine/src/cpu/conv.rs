@@ -5,7 +5,8 @@
 //! - `conv-im2col-gemm`: patches unrolled into a scratch matrix, then one packed product per
 //!   image and group;
 //! - `conv-depthwise`: one filter per channel, computed directly (a product per channel would
-//!   be a 1-row GEMM).
+//!   be a 1-row GEMM), vectorized along output rows;
+//! - `conv-depthwise-c16` (depthwise_c16.rs): the same, vectorized across 16 channels.
 
 use super::epilogue::{apply, Bias};
 use super::io::{f32_input, opt_f32_input, write_f32_output, OutPtr};
@@ -27,6 +28,7 @@ pub(crate) fn tactics(desc: &LayerDesc) -> Vec<Tactic> {
         out.push(Tactic::new(ONE_BY_ONE));
     }
     if geo.is_depthwise() {
+        out.push(Tactic::new(super::depthwise_c16::TACTIC));
         out.push(Tactic::new(DEPTHWISE));
     }
     let col_bytes = geo.cin_g * geo.kh * geo.kw * geo.oh * geo.ow * 4;
@@ -82,6 +84,10 @@ impl LayerKernel for ConvKernel {
         write_f32_output(io, 0, out_shape, |out| match tactic {
             DEPTHWISE if g.is_depthwise() => {
                 depthwise(&g, x, w, out, bias, residual, act);
+                Ok(())
+            }
+            super::depthwise_c16::TACTIC if g.is_depthwise() => {
+                super::depthwise_c16::depthwise_c16(&g, x, w, out, bias, residual, act);
                 Ok(())
             }
             ONE_BY_ONE if g.is_pointwise() => gemm_conv(&g, x, w, out, bias, residual, act, false),
@@ -553,7 +559,7 @@ impl Geometry {
             && self.ow == self.w
     }
 
-    fn is_depthwise(&self) -> bool {
+    pub(super) fn is_depthwise(&self) -> bool {
         self.group == self.cin && self.cin_g == 1 && self.cout == self.cin
     }
 }

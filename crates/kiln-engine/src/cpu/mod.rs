@@ -2,7 +2,9 @@
 
 mod attention;
 mod conv;
+mod depthwise_c16;
 mod epilogue;
+mod global_pool;
 mod io;
 mod matmul;
 mod norm;
@@ -46,6 +48,9 @@ impl Backend for CpuBackend {
         if norm::applies(layer) {
             out.push(Tactic::new(norm::TACTIC));
         }
+        if global_pool::applies(layer) {
+            out.push(Tactic::new(global_pool::TACTIC));
+        }
         if pool::applies(layer) {
             out.push(Tactic::new(pool::TACTIC));
         }
@@ -65,10 +70,12 @@ impl Backend for CpuBackend {
             attention::TACTIC => Ok(Arc::new(attention::AttentionKernel::new(layer)?)),
             norm::TACTIC => Ok(Arc::new(norm::LayerNormKernel::new(layer)?)),
             pool::TACTIC => Ok(Arc::new(pool::MaxPoolKernel::new(layer)?)),
+            global_pool::TACTIC => Ok(Arc::new(global_pool::GlobalAveragePoolKernel::new(layer)?)),
             split::TACTIC => Ok(Arc::new(split::SplitKernel::new(layer)?)),
             conv::ONE_BY_ONE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::ONE_BY_ONE)?)),
             conv::IM2COL => Ok(Arc::new(conv::ConvKernel::new(layer, conv::IM2COL)?)),
             conv::DEPTHWISE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::DEPTHWISE)?)),
+            depthwise_c16::TACTIC => Ok(Arc::new(conv::ConvKernel::new(layer, depthwise_c16::TACTIC)?)),
             winograd::TACTIC => Ok(Arc::new(winograd::WinogradKernel::new(layer)?)),
             other => Err(format!("the CPU backend has no tactic '{other}' for {}", layer.layer.op)),
         }

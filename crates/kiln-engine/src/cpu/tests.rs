@@ -107,23 +107,79 @@ fn conv_attrs(stride: i64, pad: i64, dilation: i64, group: i64, act: Option<Acti
     a
 }
 
+/// A convolution case: input shape, weight shape, stride, pad, dilation, group, tactics.
+type ConvCase<'a> = ([usize; 4], [usize; 4], i64, i64, i64, i64, &'a [&'a str]);
+
+/// A max-pool case: input, kernel, stride, pads, dilation, ceil_mode, fast path expected.
+type PoolCase = ([usize; 4], [i64; 2], [i64; 2], [i64; 4], [i64; 2], i64, bool);
+
+/// A timing case: input shape, weight shape, stride, pad, group.
+type TimingCase = ([usize; 4], [usize; 4], i64, i64, i64);
+
 #[test]
 fn convolution_tactics_match_the_reference() {
     // (input, weight, stride, pad, dilation, group, tactics expected to apply)
-    let cases: &[([usize; 4], [usize; 4], i64, i64, i64, i64, &[&str])] = &[
+    let cases: &[ConvCase] = &[
         ([2, 8, 7, 7], [16, 8, 1, 1], 1, 0, 1, 1, &[super::conv::ONE_BY_ONE, super::conv::IM2COL]),
         ([1, 6, 9, 8], [4, 6, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
         ([2, 3, 7, 11], [5, 3, 3, 3], 1, 0, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
         ([1, 17, 13, 10], [9, 17, 3, 3], 1, 2, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
         ([2, 6, 11, 11], [6, 3, 3, 3], 2, 1, 1, 2, &[super::conv::IM2COL]),
         ([1, 4, 10, 10], [4, 4, 3, 3], 1, 2, 2, 1, &[super::conv::IM2COL]),
-        ([2, 8, 9, 9], [8, 1, 3, 3], 1, 1, 1, 8, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
-        ([1, 8, 10, 10], [8, 1, 3, 3], 2, 1, 1, 8, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
+        (
+            [2, 8, 9, 9],
+            [8, 1, 3, 3],
+            1,
+            1,
+            1,
+            8,
+            &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
+        ),
+        (
+            [1, 8, 10, 10],
+            [8, 1, 3, 3],
+            2,
+            1,
+            1,
+            8,
+            &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
+        ),
         ([1, 3, 12, 12], [5, 3, 7, 7], 2, 3, 1, 1, &[super::conv::IM2COL]),
-        ([2, 5, 13, 6], [5, 1, 3, 3], 2, 0, 1, 5, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
-        ([1, 3, 11, 17], [3, 1, 5, 5], 1, 2, 2, 3, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
-        ([1, 4, 7, 7], [4, 1, 3, 3], 3, 2, 1, 4, &[super::conv::DEPTHWISE, super::conv::IM2COL]),
+        (
+            [2, 5, 13, 6],
+            [5, 1, 3, 3],
+            2,
+            0,
+            1,
+            5,
+            &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
+        ),
+        (
+            [1, 3, 11, 17],
+            [3, 1, 5, 5],
+            1,
+            2,
+            2,
+            3,
+            &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
+        ),
+        (
+            [1, 4, 7, 7],
+            [4, 1, 3, 3],
+            3,
+            2,
+            1,
+            4,
+            &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
+        ),
         ([1, 2, 9, 10], [3, 2, 3, 3], 3, 2, 2, 1, &[super::conv::IM2COL]),
+        // Several channel blocks of the channel-vectorized depthwise, the last one partial.
+        ([2, 37, 9, 11], [37, 1, 3, 3], 1, 1, 1, 37, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
+        ([1, 32, 14, 13], [32, 1, 5, 5], 2, 2, 1, 32, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
+        ([1, 20, 6, 7], [20, 1, 3, 3], 2, 0, 2, 20, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
+        // Rows of 8+ columns (register transposes of whole 8-column blocks, then the rest).
+        ([1, 33, 18, 35], [33, 1, 3, 3], 1, 1, 1, 33, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
+        ([2, 16, 20, 40], [16, 1, 3, 3], 2, 1, 1, 16, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
         // Wide enough for the column-blocked product (blocks of 64+ columns, ragged last one).
         ([1, 8, 20, 21], [12, 8, 1, 1], 1, 0, 1, 1, &[super::conv::ONE_BY_ONE, super::conv::IM2COL]),
         ([2, 5, 15, 15], [7, 5, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
@@ -305,10 +361,35 @@ fn fused_gelu_and_tanh_epilogues_match_the_reference() {
 }
 
 #[test]
+fn depthwise_c16_applies_other_activations_after_the_residual() {
+    let x = random(&[1, 19, 8, 9], 1);
+    let w = random(&[19, 1, 3, 3], 2);
+    let residual = random(&[1, 19, 8, 9], 4);
+    for act in [Activation::Tanh, Activation::Sigmoid] {
+        let attrs = conv_attrs(1, 1, 1, 19, Some(act));
+        let inputs = [(x.clone(), false), (w.clone(), true), (random(&[19], 3), true), (residual.clone(), false)];
+        let want = run("Conv", &attrs, &inputs, super::reference::TACTIC).unwrap();
+        let got = run("Conv", &attrs, &inputs, super::depthwise_c16::TACTIC).unwrap();
+        assert_close(&got, &want, &format!("{act:?}"));
+    }
+}
+
+#[test]
+fn global_average_pool_tactic_matches_the_reference() {
+    for (i, shape) in [vec![2, 37, 7, 7], vec![1, 5, 3, 4, 5], vec![3, 20, 1, 1], vec![1, 3, 40]].iter().enumerate() {
+        let inputs = [(random(shape, i as u64 + 1), false)];
+        let attrs = Attributes::new();
+        let want = run("GlobalAveragePool", &attrs, &inputs, super::reference::TACTIC).unwrap();
+        let got = run("GlobalAveragePool", &attrs, &inputs, super::global_pool::TACTIC).unwrap();
+        assert_close(&got, &want, &format!("{shape:?}"));
+    }
+}
+
+#[test]
 fn max_pool_tactic_matches_the_reference() {
     let t = super::pool::TACTIC;
     // (input, kernel, stride, pads, dilation, ceil_mode, fast path expected)
-    let cases: &[([usize; 4], [i64; 2], [i64; 2], [i64; 4], [i64; 2], i64, bool)] = &[
+    let cases: &[PoolCase] = &[
         ([1, 4, 112, 112], [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 0, true), // ResNet's
         ([2, 3, 9, 11], [2, 3], [1, 2], [0, 1, 1, 0], [1, 1], 0, true),
         ([1, 2, 10, 7], [3, 3], [2, 2], [0, 0, 0, 0], [1, 1], 1, true),
@@ -376,7 +457,7 @@ fn time_tactic(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: 
 #[test]
 #[ignore]
 fn tactic_timings() {
-    let cases: &[([usize; 4], [usize; 4], i64, i64, i64)] = &[
+    let cases: &[TimingCase] = &[
         ([1, 144, 56, 56], [144, 1, 3, 3], 1, 1, 144),
         ([1, 96, 112, 112], [96, 1, 3, 3], 2, 1, 96),
         ([1, 960, 7, 7], [960, 1, 3, 3], 1, 1, 960),
@@ -395,6 +476,7 @@ fn tactic_timings() {
         let attrs = conv_attrs(*s, *p, 1, *g, Some(Activation::Clip { min: 0.0, max: 6.0 }));
         let inputs = [(random(xs, 1), false), (random(ws, 2), true), (random(&[ws[0]], 3), true)];
         for t in [
+            super::depthwise_c16::TACTIC,
             super::conv::DEPTHWISE,
             super::conv::ONE_BY_ONE,
             super::conv::IM2COL,
