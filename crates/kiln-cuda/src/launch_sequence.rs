@@ -1,11 +1,378 @@
 //! Launching the attention variants, recurrent layers, Einsum and other product-shaped ops (lower_sequence.rs).
 
 use crate::error::CudaResult;
-use crate::lower_sequence::SequenceOp;
+use crate::kernels::strides;
+use crate::launch::{numel, params};
+use crate::lower_sequence::{AttentionAttrs, SequenceOp};
 use crate::session::CudaSession;
+use kiln_ir::DType;
+use std::ffi::c_void;
 
 impl CudaSession {
-    pub(crate) fn launch_sequence(&mut self, _li: usize, op: &SequenceOp) -> CudaResult<()> {
-        match *op {}
+    pub(crate) fn launch_sequence(&mut self, li: usize, op: &SequenceOp) -> CudaResult<()> {
+        match op {
+            SequenceOp::Attention(a) => self.attention(li, a),
+            SequenceOp::Rotary { heads, rot, interleaved } => self.rotary(li, *heads, *rot, *interleaved),
+            SequenceOp::Einsum { equation } => self.einsum(li, equation),
+        }
+    }
+
+    /// Zero `bytes` bytes at device address `ptr`.
+    fn zero(&self, ptr: u64, bytes: usize) -> CudaResult<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: the callers pass a slot of at least `bytes` bytes.
+        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0, bytes, self.stream) }
+            .map_err(|e| format!("device memset: {e:?}"))
+    }
+
+    /// Einsum: one thread per output element (einsum.rs plans the loops).
+    fn einsum(&mut self, li: usize, equation: &str) -> CudaResult<()> {
+        let y = self.output(li, 0)?;
+        let xs = (0..self.p.graph.layers[li].layer.inputs.len())
+            .map(|k| self.required(li, k))
+            .collect::<CudaResult<Vec<_>>>()?;
+        let shapes = xs.iter().map(|&x| self.shape(x)).collect::<CudaResult<Vec<_>>>()?;
+        let plan = crate::einsum::plan(equation, &shapes)?;
+        if plan.out_shape != self.shape(y)? {
+            return Err(format!("Einsum output {:?} where {:?} was inferred", plan.out_shape, self.shape(y)?));
+        }
+        let n = numel(&plan.out_shape);
+        if n == 0 {
+            return Ok(());
+        }
+        let n_sum = plan.loops.sum_shape[..plan.summed].iter().product::<i64>();
+        let mut ptrs = [0u64; crate::einsum::MAX_OPERANDS];
+        for (p, &x) in ptrs.iter_mut().zip(&xs) {
+            *p = self.ptr(x)?;
+        }
+        let f = self.p.typed("einsum")?;
+        let (yp, n64, n_ops) = (self.ptr(y)?, n as i64, xs.len() as i32);
+        let (out_rank, sum_rank, loops) = (plan.out_shape.len() as i32, plan.summed as i32, plan.loops);
+        let grid = self.grid(n);
+        self.launch(
+            f,
+            grid,
+            256,
+            params!(ptrs[0], ptrs[1], ptrs[2], ptrs[3], yp, n64, n_ops, out_rank, sum_rank, n_sum, loops),
+        )
+    }
+
+    /// RotaryEmbedding, its shapes checked as the reference checks them.
+    fn rotary(&mut self, li: usize, heads_attr: usize, rot_attr: usize, interleaved: bool) -> CudaResult<()> {
+        let (x, cos, sin, y) =
+            (self.required(li, 0)?, self.required(li, 1)?, self.required(li, 2)?, self.output(li, 0)?);
+        let xs = self.shape(x)?;
+        let (b, s, h, d, four_d) = match xs.len() {
+            4 => (xs[0], xs[2], xs[1], xs[3], true),
+            _ if xs.len() == 3 && heads_attr > 0 && xs[2] % heads_attr == 0 => {
+                (xs[0], xs[1], heads_attr, xs[2] / heads_attr, false)
+            }
+            _ => return Err(format!("X {xs:?} does not split into {heads_attr} heads")),
+        };
+        let rot = if rot_attr == 0 { d } else { rot_attr };
+        if rot % 2 != 0 || rot > d {
+            return Err(format!("rotating {rot} of a head size {d}"));
+        }
+        let half = rot / 2;
+        let (cs, ss) = (self.shape(cos)?, self.shape(sin)?);
+        let pos = self.input(li, 3);
+        let rows = match pos {
+            Some(p) => {
+                if self.shape(p)? != [b, s] || cs.len() != 2 || cs[1] != half {
+                    return Err(format!("position_ids for [{b}, {s}] with a cos_cache {cs:?} of {half} columns"));
+                }
+                cs[0]
+            }
+            None if cs == [b, s, half] => b * s,
+            None => return Err(format!("without position_ids cos_cache must be [{b}, {s}, {half}], got {cs:?}")),
+        };
+        if ss != cs {
+            return Err(format!("sin_cache {ss:?} and cos_cache {cs:?} differ in shape"));
+        }
+        let n = numel(&xs);
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.p.typed("rotary_embedding")?;
+        let (xp, yp, cp, sp) = (self.ptr(x)?, self.ptr(y)?, self.ptr(cos)?, self.ptr(sin)?);
+        let pp = pos.map(|p| self.ptr(p)).transpose()?.unwrap_or(0);
+        let (n64, s64, h64, d64, rot64, rows64) = (n as i64, s as i64, h as i64, d as i64, rot as i64, rows as i64);
+        let (il, fd, err) = (interleaved as i32, four_d as i32, self.error_flag.ptr());
+        let grid = self.grid(n);
+        self.launch(f, grid, 256, params!(xp, yp, cp, sp, pp, n64, s64, h64, d64, rot64, il, fd, rows64, err))
+    }
+
+    /// ONNX Attention: the present K/V (past ++ new, when asked for or a cache is given) by
+    /// strided copies, S = scale·Q·Kᵀ by cuBLAS, `attention_softmax` in place (softcap, mask,
+    /// causal/window/padding rules, qk_matmul_output), then Y = P·V by cuBLAS, written in Y's
+    /// layout. Grouped-query attention: query head h reads kv head h / (Hq/Hkv), so each product
+    /// runs per batch and per member r of a group, batched over the kv heads.
+    fn attention(&mut self, li: usize, a: &AttentionAttrs) -> CudaResult<()> {
+        let (q, k, v, y) = (self.required(li, 0)?, self.required(li, 1)?, self.required(li, 2)?, self.output(li, 0)?);
+        let d = self.attention_dims(li, a)?;
+        let AttnDims { b, hq, hkv, sq, sp, skv, st, dk, dv, packed } = d;
+        let g = hq / hkv;
+        let e = self.p.storage.dtype().size();
+        let out = |k: usize| self.p.graph.layers[li].layer.outputs.get(k).copied().flatten().map(|id| id.0);
+        let (present_k, present_v, qk_out) = (out(1), out(2), out(3));
+        let past = match (self.input(li, 4), self.input(li, 5)) {
+            (Some(pk), Some(pv)) => Some((self.ptr(pk)?, self.ptr(pv)?)),
+            _ => None,
+        };
+
+        // Scratch: the scores, then the present K and V where a cache is given but not returned.
+        let align = |n: usize| n.div_ceil(256) * 256;
+        let scores_bytes = align(b * hq * sq * st * e);
+        let cache_k = if past.is_some() && present_k.is_none() { align(b * hkv * st * dk * e) } else { 0 };
+        let cache_v = if past.is_some() && present_v.is_none() { align(b * hkv * st * dv * e) } else { 0 };
+        self.ensure_workspace(scores_bytes + cache_k + cache_v)?;
+        let scores = self.workspace.ptr();
+
+        // K and V as the products read them: the inputs, or the present tensors.
+        let mut kv_view = HeadView::of(self.ptr(k)?, packed, hkv, skv, dk);
+        let mut vv_view = HeadView::of(self.ptr(v)?, packed, hkv, skv, dv);
+        let targets = [
+            (present_k, scores + scores_bytes as u64, past.map(|p| p.0), &mut kv_view, dk),
+            (present_v, scores + (scores_bytes + cache_k) as u64, past.map(|p| p.1), &mut vv_view, dv),
+        ];
+        for (output, scratch, past_ptr, view, hd) in targets {
+            let dst = match (output, past_ptr) {
+                (Some(o), _) => self.ptr(o)?,
+                (None, Some(_)) => scratch,
+                (None, None) => continue,
+            };
+            let dst_strides = [(hkv * st * hd) as i64, (st * hd) as i64, hd as i64, 1];
+            if let Some(pp) = past_ptr {
+                let shape = [b, hkv, sp, hd];
+                self.copy_strided(e, pp, dst, &shape, &strides(&shape), &dst_strides)?;
+            }
+            let new_strides = [view.batch, view.head, view.row, 1];
+            self.copy_strided(e, view.ptr, dst + (sp * hd * e) as u64, &[b, hkv, skv, hd], &new_strides, &dst_strides)?;
+            *view = HeadView::of(dst, false, hkv, st, hd);
+        }
+
+        let rows = b * hq * sq;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (storage, tf32) = (self.p.storage, self.p.tf32);
+        let qv = HeadView::of(self.ptr(q)?, packed, hq, sq, dk);
+        let yv = HeadView::of(self.ptr(y)?, packed, hq, sq, dv);
+        let head_scores = (sq * st) as u64;
+        let scale = a.scale.unwrap_or(1.0 / (dk as f32).sqrt());
+        if st > 0 {
+            if dk == 0 {
+                self.zero(scores, b * hq * sq * st * e)?;
+            } else {
+                for (bi, r) in (0..b).flat_map(|bi| (0..g).map(move |r| (bi, r))) {
+                    self.blas.gemm(
+                        storage,
+                        tf32,
+                        (sq, st, dk),
+                        scale,
+                        (qv.at(bi, r, e), qv.row as usize, false, g as i64 * qv.head),
+                        (kv_view.at(bi, 0, e), kv_view.row as usize, true, kv_view.head),
+                        (scores + ((bi * hq + r) as u64 * head_scores) * e as u64, st, (g * sq * st) as i64),
+                        hkv,
+                    )?;
+                }
+            }
+            self.attention_softmax(li, a, &d, scores, qk_out)?;
+        }
+        if dv == 0 {
+            return Ok(());
+        }
+        if st == 0 {
+            // No keys: every output row is an empty sum.
+            return self.zero(yv.ptr, b * hq * sq * dv * e);
+        }
+        for (bi, r) in (0..b).flat_map(|bi| (0..g).map(move |r| (bi, r))) {
+            self.blas.gemm(
+                storage,
+                tf32,
+                (sq, dv, st),
+                1.0,
+                (scores + ((bi * hq + r) as u64 * head_scores) * e as u64, st, false, (g * sq * st) as i64),
+                (vv_view.at(bi, 0, e), vv_view.row as usize, false, vv_view.head),
+                (yv.at(bi, r, e), yv.row as usize, g as i64 * yv.head),
+                hkv,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The sizes of one Attention run from its input shapes, checked as the reference checks them.
+    fn attention_dims(&self, li: usize, a: &AttentionAttrs) -> CudaResult<AttnDims> {
+        let (qs, ks, vs) = (
+            self.shape(self.required(li, 0)?)?,
+            self.shape(self.required(li, 1)?)?,
+            self.shape(self.required(li, 2)?)?,
+        );
+        let rank = qs.len();
+        if ks.len() != rank || vs.len() != rank {
+            return Err(format!("Q, K and V must have the same rank, got {qs:?}, {ks:?}, {vs:?}"));
+        }
+        let packed = rank == 3;
+        let (b, hq, sq, dk, hkv, skv, dv, k_dim) = if packed {
+            let (hq, hkv) = (a.q_heads, a.kv_heads);
+            if qs[2] % hq != 0 || ks[2] % hkv != 0 || vs[2] % hkv != 0 {
+                return Err(format!("hidden sizes {qs:?}, {ks:?}, {vs:?} do not split into {hq} and {hkv} heads"));
+            }
+            (qs[0], hq, qs[1], qs[2] / hq, hkv, ks[1], vs[2] / hkv, ks[2] / hkv)
+        } else {
+            if vs[1] != ks[1] {
+                return Err(format!("K has {} heads but V has {}", ks[1], vs[1]));
+            }
+            (qs[0], qs[1], qs[2], qs[3], ks[1], ks[2], vs[3], ks[3])
+        };
+        if k_dim != dk || ks[0] != b || vs[0] != b || vs[rank - 2] != skv {
+            return Err(format!("Q {qs:?}, K {ks:?} and V {vs:?} do not fit together"));
+        }
+        if hkv == 0 || hq % hkv != 0 {
+            return Err(format!("q heads ({hq}) must be a multiple of kv heads ({hkv})"));
+        }
+        let sp = match (self.input(li, 4), self.input(li, 5)) {
+            (Some(pk), Some(pv)) => {
+                let (pks, pvs) = (self.shape(pk)?, self.shape(pv)?);
+                let sp = pks.get(2).copied().unwrap_or(0);
+                if pks != [b, hkv, sp, dk] || pvs != [b, hkv, sp, dv] {
+                    return Err(format!("past_key {pks:?} / past_value {pvs:?} for [{b}, {hkv}, past, {dk}/{dv}]"));
+                }
+                sp
+            }
+            _ => 0,
+        };
+        if let Some(n) = self.input(li, 6) {
+            if sp > 0 || self.input(li, 4).is_some() {
+                return Err("nonpad_kv_seqlen cannot be combined with past_key/past_value".into());
+            }
+            if self.device_dtype(n)? != DType::I64 || self.shape(n)? != [b] {
+                return Err(format!("nonpad_kv_seqlen must be int64 [{b}]"));
+            }
+        }
+        Ok(AttnDims { b, hq, hkv, sq, sp, skv, st: sp + skv, dk, dv, packed })
+    }
+
+    /// The masked softmax over the scores (`attention_softmax` in sequence.cu).
+    fn attention_softmax(
+        &self,
+        li: usize,
+        a: &AttentionAttrs,
+        d: &AttnDims,
+        scores: u64,
+        qk_out: Option<usize>,
+    ) -> CudaResult<()> {
+        let mut rules = AttnRules {
+            heads: d.hq as i64,
+            sq: d.sq as i64,
+            softcap: a.softcap,
+            mask_kind: 0,
+            key_broadcast: 0,
+            causal: a.causal as i32,
+            has_past: self.input(li, 4).is_some() as i32,
+            mb: 0,
+            mh: 0,
+            mq: 0,
+            mask_len: 0,
+            left: a.left,
+            right: a.right,
+            past_len: d.sp as i64,
+        };
+        let mut mask = 0u64;
+        if let Some(m) = self.input(li, 3) {
+            // Right-aligned against [B, Hq, Sq, keys]; broadcast axes read with stride 0.
+            let ms = self.shape(m)?;
+            if ms.is_empty() || ms.len() > 4 {
+                return Err(format!("attn_mask must have rank 1 to 4, got {ms:?}"));
+            }
+            let mut dims = [1usize; 4];
+            dims[4 - ms.len()..].copy_from_slice(&ms);
+            let full = [d.b, d.hq, d.sq];
+            if (0..3).any(|ax| dims[ax] != 1 && dims[ax] != full[ax]) || dims[3] > d.st {
+                return Err(format!("attn_mask {ms:?} does not broadcast to [{}, {}, {}, {}]", d.b, d.hq, d.sq, d.st));
+            }
+            if a.mask_broadcast && dims[3] != d.st && dims[3] != 1 {
+                return Err(format!("attn_mask's last dim {} is neither 1 nor {}", dims[3], d.st));
+            }
+            let st = strides(&dims);
+            let axis_stride = |ax: usize| if dims[ax] == 1 { 0 } else { st[ax] };
+            (rules.mb, rules.mh, rules.mq) = (axis_stride(0), axis_stride(1), axis_stride(2));
+            rules.mask_len = dims[3] as i64;
+            rules.key_broadcast = (a.mask_broadcast && dims[3] == 1) as i32;
+            rules.mask_kind = if self.device_dtype(m)? == DType::Bool { 2 } else { 1 };
+            mask = self.ptr(m)?;
+        }
+        let nonpad = self.input(li, 6).map(|n| self.ptr(n)).transpose()?.unwrap_or(0);
+        let qk = qk_out.map(|t| self.ptr(t)).transpose()?.unwrap_or(0);
+        let rows = d.b * d.hq * d.sq;
+        let rows = u32::try_from(rows).map_err(|_| format!("{rows} attention rows exceed one launch"))?;
+        let f = self.p.typed("attention_softmax")?;
+        let (cols, mode) = (d.st as i64, a.qk_mode);
+        self.launch(f, rows, 256, params!(scores, cols, mask, nonpad, qk, mode, rules))
+    }
+}
+
+/// Sizes of one Attention run: batch, query and kv heads, query, past and new kv and total key
+/// lengths, head sizes; `packed` for 3-D inputs ([B, S, H·D]).
+#[derive(Clone, Copy)]
+struct AttnDims {
+    b: usize,
+    hq: usize,
+    hkv: usize,
+    sq: usize,
+    sp: usize,
+    skv: usize,
+    st: usize,
+    dk: usize,
+    dv: usize,
+    packed: bool,
+}
+
+/// `AttnRules` of sequence.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AttnRules {
+    heads: i64,
+    sq: i64,
+    softcap: f32,
+    mask_kind: i32,
+    key_broadcast: i32,
+    causal: i32,
+    has_past: i32,
+    mb: i64,
+    mh: i64,
+    mq: i64,
+    mask_len: i64,
+    left: i64,
+    right: i64,
+    past_len: i64,
+}
+
+/// Where an operand's (batch, head) matrices lie: element strides between batches, heads and
+/// rows (a row's elements are contiguous).
+#[derive(Clone, Copy)]
+struct HeadView {
+    ptr: u64,
+    batch: i64,
+    head: i64,
+    row: i64,
+}
+
+impl HeadView {
+    /// A 3-D packed [B, S, H·D] (`packed`) or 4-D [B, H, S, D] tensor at `ptr`.
+    fn of(ptr: u64, packed: bool, heads: usize, seq: usize, dim: usize) -> HeadView {
+        let (h, s, d) = (heads as i64, seq as i64, dim as i64);
+        if packed {
+            HeadView { ptr, batch: s * h * d, head: d, row: h * d }
+        } else {
+            HeadView { ptr, batch: h * s * d, head: s * d, row: d }
+        }
+    }
+
+    /// Address of matrix (b, h), elements of `esize` bytes.
+    fn at(&self, b: usize, h: usize, esize: usize) -> u64 {
+        self.ptr + ((b as i64 * self.batch + h as i64 * self.head) * esize as i64) as u64
     }
 }

@@ -12,6 +12,7 @@ mod blas;
 mod compile;
 mod device;
 mod dnn;
+mod einsum;
 mod error;
 mod kernels;
 mod launch;

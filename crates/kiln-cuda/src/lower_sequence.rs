@@ -1,14 +1,136 @@
 //! Placement of the attention variants, recurrent layers, Einsum and other product-shaped ops: which of them the GPU runs, and with what.
 
+use crate::lower::{all_f32, rank, tensor_dtype};
 use kiln_engine::EngineGraph;
-use kiln_ir::Layer;
+use kiln_ir::{spec, DType, Layer};
 
 /// A sequence op the GPU runs (launch_sequence.rs launches it, kernels/sequence.cu holds its kernels).
 #[derive(Clone, Debug)]
-pub(crate) enum SequenceOp {}
+pub(crate) enum SequenceOp {
+    /// ONNX Attention in full: cuBLAS products around `attention_softmax` (sequence.cu).
+    Attention(AttentionAttrs),
+    /// RotaryEmbedding (`rotary_embedding` in sequence.cu); `heads` for 3-D input (0: 4-D).
+    Rotary { heads: usize, rot: usize, interleaved: bool },
+    /// Einsum (einsum.rs plans it at run-time shapes, `einsum` in sequence.cu runs it).
+    Einsum { equation: String },
+}
+
+/// The attributes of an Attention layer the launch needs (validated here, so the launch only
+/// checks shapes).
+#[derive(Clone, Debug)]
+pub(crate) struct AttentionAttrs {
+    /// Head counts of 3-D (packed) inputs; 4-D inputs carry them in their shapes.
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub scale: Option<f32>,
+    pub causal: bool,
+    pub softcap: f32,
+    /// Which stage qk_matmul_output receives (0..=3).
+    pub qk_mode: i32,
+    /// Sliding window (-1: unbounded).
+    pub left: i64,
+    pub right: i64,
+    /// A mask's last dim of 1 repeats over every key (kiln's fused form) instead of padding.
+    pub mask_broadcast: bool,
+}
 
 /// `Some` for the ops of this family: the GPU op, or why the layer stays on the CPU. `None` for
 /// every other op.
-pub(crate) fn lower(_graph: &EngineGraph, _layer: &Layer) -> Option<Result<SequenceOp, String>> {
-    None
+pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<SequenceOp, String>> {
+    match layer.op.as_str() {
+        "Attention" => Some(attention(graph, layer).map(SequenceOp::Attention)),
+        "RotaryEmbedding" => Some(rotary(graph, layer)),
+        "Einsum" => Some(einsum(graph, layer)),
+        _ => None,
+    }
+}
+
+fn input(layer: &Layer, k: usize) -> Option<usize> {
+    layer.inputs.get(k).copied().flatten().map(|id| id.0)
+}
+
+/// Float tensors of the layer are fp32 in the graph (they take the engine's storage type on the
+/// device), its data input (input 0) among them.
+fn float_layer(graph: &EngineGraph, layer: &Layer) -> Result<(), String> {
+    let ids = layer.inputs.iter().chain(&layer.outputs).flatten().map(|id| id.0);
+    all_f32(graph, ids)?;
+    match input(layer, 0).and_then(|x| tensor_dtype(graph, x)) {
+        Some(DType::F32) => Ok(()),
+        Some(other) => Err(format!("{} on {other} tensors", layer.op)),
+        None => Err("untyped input".into()),
+    }
+}
+
+fn attention(graph: &EngineGraph, layer: &Layer) -> Result<AttentionAttrs, String> {
+    float_layer(graph, layer)?;
+    let a = &layer.attrs;
+    let (q_heads, kv_heads) = match input(layer, 0).and_then(|q| rank(graph, q)) {
+        Some(3) => {
+            let q = a.int("q_num_heads", 0)?;
+            let kv = a.int("kv_num_heads", 0)?;
+            if q <= 0 || kv <= 0 || q % kv != 0 {
+                return Err("3-D attention without head counts (q a multiple of kv)".into());
+            }
+            (q as usize, kv as usize)
+        }
+        Some(4) => (0, 0),
+        _ => return Err("attention inputs of rank other than 3 or 4".into()),
+    };
+    if let Some(m) = input(layer, 3) {
+        if !matches!(tensor_dtype(graph, m), Some(DType::F32 | DType::Bool)) {
+            return Err("a mask neither float nor boolean".into());
+        }
+    }
+    if input(layer, 4).is_some() != input(layer, 5).is_some() {
+        return Err("past_key without past_value".into());
+    }
+    let qk_mode = a.int("qk_matmul_output_mode", 0)?;
+    if !(0..=3).contains(&qk_mode) {
+        return Err(format!("qk_matmul_output_mode {qk_mode}"));
+    }
+    let (left, right) = (a.int("left_window_size", -1)?, a.int("right_window_size", -1)?);
+    if left < -1 || right < -1 {
+        return Err("negative window sizes".into());
+    }
+    Ok(AttentionAttrs {
+        q_heads,
+        kv_heads,
+        scale: a.float_opt("scale")?,
+        causal: a.int("is_causal", 0)? != 0,
+        softcap: a.float("softcap", 0.0)?,
+        qk_mode: qk_mode as i32,
+        left,
+        right,
+        mask_broadcast: a.int(spec::ATTENTION_MASK_BROADCAST_ATTR, 0)? != 0,
+    })
+}
+
+fn rotary(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String> {
+    float_layer(graph, layer)?;
+    let a = &layer.attrs;
+    let heads = match input(layer, 0).and_then(|x| rank(graph, x)) {
+        Some(3) => match a.int("num_heads", 0)? {
+            h if h > 0 => h as usize,
+            _ => return Err("3-D RotaryEmbedding without num_heads".into()),
+        },
+        Some(4) => 0,
+        _ => return Err("RotaryEmbedding of rank other than 3 or 4".into()),
+    };
+    if input(layer, 3).is_some_and(|p| tensor_dtype(graph, p) != Some(DType::I64)) {
+        return Err("position ids other than int64".into());
+    }
+    let rot = a.int("rotary_embedding_dim", 0)?;
+    if rot < 0 || rot % 2 != 0 {
+        return Err(format!("rotary_embedding_dim {rot}"));
+    }
+    Ok(SequenceOp::Rotary { heads, rot: rot as usize, interleaved: a.int("interleaved", 0)? != 0 })
+}
+
+fn einsum(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String> {
+    float_layer(graph, layer)?;
+    let equation = layer.attrs.string_opt("equation")?.ok_or("Einsum without an equation")?;
+    if !crate::einsum::fits(&equation, layer.inputs.len()) || layer.inputs.iter().any(Option::is_none) {
+        return Err(format!("Einsum of {} operands", layer.inputs.len()));
+    }
+    Ok(SequenceOp::Einsum { equation })
 }

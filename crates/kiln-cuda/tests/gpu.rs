@@ -322,3 +322,165 @@ fn normalizations_pads_and_triangles_match_the_cpu() {
     let err = check(gpu, &norms_and_pads(), &[("x", vec![6, 16])], false, &[1, 3]);
     assert!(err < 1e-4, "fp32 relative error {err}");
 }
+
+/// Asserts that the GPU engine for `net` (at batch `batch`) runs every layer of the given ops on
+/// the GPU, so a comparison with the CPU checks the GPU kernels rather than the fallback.
+fn assert_on_gpu(backend: Arc<CudaBackend>, net: &Network, inputs: &[(&str, Vec<usize>)], batch: usize, ops: &[&str]) {
+    let mut config = BuilderConfig::default();
+    for (name, dims) in inputs {
+        let s = [vec![batch], dims.clone()].concat();
+        config.profile.inputs.insert(name.to_string(), ShapeRange { min: s.clone(), opt: s.clone(), max: s });
+    }
+    let engine = Builder::new(backend).build(net, &config).expect("GPU build");
+    let placements = engine.device_placements().expect("a device program");
+    let mut seen = 0;
+    for (el, p) in engine.graph().layers.iter().zip(&placements) {
+        if ops.contains(&el.layer.op.as_str()) {
+            assert_eq!(p, "gpu", "layer {} ({})", el.layer.name, el.layer.op);
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no layer of {ops:?} in the engine");
+}
+
+/// Adds `op` with several named outputs ("" for an absent one) and marks them all as outputs.
+fn multi_output(
+    net: &mut Network,
+    name: &str,
+    op: &str,
+    attrs: Attributes,
+    inputs: &[Option<TensorId>],
+    outs: &[&str],
+) {
+    for o in net.add_layer(name, op, attrs, inputs, outs).unwrap().into_iter().flatten() {
+        net.mark_output(o).unwrap();
+    }
+}
+
+/// Attention variants: 4-D grouped-query attention with a KV cache, causal rule, softcap, a
+/// float mask and every optional output; 3-D grouped-query attention with a boolean mask, a
+/// sliding window, an explicit scale and the probabilities as qk_matmul_output.
+fn attention_variants() -> Network {
+    let mut net = Network::new("attention_variants");
+    let q = dyn_input(&mut net, "q", &[4, 5, 8]);
+    let k = dyn_input(&mut net, "k", &[2, 6, 8]);
+    let v = dyn_input(&mut net, "v", &[2, 6, 3]);
+    let pk = dyn_input(&mut net, "past_k", &[2, 3, 8]);
+    let pv = dyn_input(&mut net, "past_v", &[2, 3, 3]);
+    let mask = constant(&mut net, "mask", &[5, 9], 11);
+    let a = Attributes::new().with("is_causal", 1i64).with("softcap", 2.0f32).with("qk_matmul_output_mode", 1i64);
+    let inputs = [Some(q), Some(k), Some(v), Some(mask), Some(pk), Some(pv)];
+    multi_output(&mut net, "gqa_cache", "Attention", a, &inputs, &["y4", "present_k", "present_v", "qk4"]);
+
+    let q3 = dyn_input(&mut net, "q3", &[5, 32]);
+    let k3 = dyn_input(&mut net, "k3", &[7, 16]);
+    let v3 = dyn_input(&mut net, "v3", &[7, 12]);
+    let pattern: Vec<bool> = (0..4 * 5 * 7).map(|i| i % 3 != 1).collect();
+    let bmask = net.add_constant("bmask", Tensor::from_vec(vec![4, 5, 7], pattern).unwrap()).unwrap();
+    let a = Attributes::new()
+        .with("q_num_heads", 4i64)
+        .with("kv_num_heads", 2i64)
+        .with("scale", 0.3f32)
+        .with("left_window_size", 2i64)
+        .with("right_window_size", 1i64)
+        .with("qk_matmul_output_mode", 3i64);
+    let inputs = [Some(q3), Some(k3), Some(v3), Some(bmask)];
+    multi_output(&mut net, "packed_window", "Attention", a, &inputs, &["y3", "", "", "qk3"]);
+    net
+}
+
+#[test]
+fn attention_variants_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let inputs = [
+        ("q", vec![4, 5, 8]),
+        ("k", vec![2, 6, 8]),
+        ("v", vec![2, 6, 3]),
+        ("past_k", vec![2, 3, 8]),
+        ("past_v", vec![2, 3, 3]),
+        ("q3", vec![5, 32]),
+        ("k3", vec![7, 16]),
+        ("v3", vec![7, 12]),
+    ];
+    assert_on_gpu(gpu.clone(), &attention_variants(), &inputs, 2, &["Attention"]);
+    let err = check(gpu.clone(), &attention_variants(), &inputs, false, &[1, 3]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+    let err = check(gpu, &attention_variants(), &inputs, true, &[2]);
+    assert!(err < 2e-2, "fp16 relative error {err}");
+}
+
+/// At batch 2: attention with nonpad_kv_seqlen (one sequence padded) and a causal rule;
+/// RotaryEmbedding on 4-D input with per-batch caches, and on 3-D input, interleaved, with
+/// position ids and a partial rotary_embedding_dim.
+fn padded_attention_and_rotary() -> Network {
+    let mut net = Network::new("padded_rotary");
+    let q = dyn_input(&mut net, "q", &[2, 3, 4]);
+    let k = dyn_input(&mut net, "k", &[2, 6, 4]);
+    let v = dyn_input(&mut net, "v", &[2, 6, 5]);
+    let lens = net.add_constant("lens", Tensor::from_vec(vec![2], vec![4i64, 6]).unwrap()).unwrap();
+    let inputs = [Some(q), Some(k), Some(v), None, None, None, Some(lens)];
+    let a = Attributes::new().with("is_causal", 1i64);
+    multi_output(&mut net, "nonpad", "Attention", a, &inputs, &["y_nonpad"]);
+
+    let x = dyn_input(&mut net, "x", &[4, 6, 8]);
+    let cos = dyn_input(&mut net, "cos", &[6, 4]);
+    let sin = dyn_input(&mut net, "sin", &[6, 4]);
+    let r = layer(&mut net, "rope4", "RotaryEmbedding", Attributes::new(), &[Some(x), Some(cos), Some(sin)]);
+    net.mark_output(r).unwrap();
+
+    let x3 = dyn_input(&mut net, "x3", &[6, 16]);
+    let cos_cache = constant(&mut net, "cos_cache", &[10, 2], 12);
+    let sin_cache = constant(&mut net, "sin_cache", &[10, 2], 13);
+    let ids: Vec<i64> = (0..12).map(|i| (i * 7 % 10) as i64).collect();
+    let pos = net.add_constant("pos", Tensor::from_vec(vec![2, 6], ids).unwrap()).unwrap();
+    let a = Attributes::new().with("num_heads", 2i64).with("interleaved", 1i64).with("rotary_embedding_dim", 4i64);
+    let r = layer(&mut net, "rope3", "RotaryEmbedding", a, &[Some(x3), Some(cos_cache), Some(sin_cache), Some(pos)]);
+    net.mark_output(r).unwrap();
+    net
+}
+
+#[test]
+fn padded_attention_and_rotary_embeddings_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let inputs = [
+        ("q", vec![2, 3, 4]),
+        ("k", vec![2, 6, 4]),
+        ("v", vec![2, 6, 5]),
+        ("x", vec![4, 6, 8]),
+        ("cos", vec![6, 4]),
+        ("sin", vec![6, 4]),
+        ("x3", vec![6, 16]),
+    ];
+    assert_on_gpu(gpu.clone(), &padded_attention_and_rotary(), &inputs, 2, &["Attention", "RotaryEmbedding"]);
+    let err = check(gpu, &padded_attention_and_rotary(), &inputs, false, &[2]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+}
+
+/// Einsum: a batched product, a diagonal under an ellipsis, an implicit output summing over
+/// the batch.
+fn einsums() -> Network {
+    let mut net = Network::new("einsums");
+    let a = dyn_input(&mut net, "a", &[3, 4]);
+    let b = dyn_input(&mut net, "b", &[4, 5]);
+    let d = dyn_input(&mut net, "d", &[4, 4]);
+    let c = dyn_input(&mut net, "c", &[4]);
+    let eq = |e: &str| Attributes::new().with("equation", e.to_string());
+    for (name, e, inputs) in [
+        ("bmm", "bij, bjk -> bik", vec![Some(a), Some(b)]),
+        ("diag", "...ii->...i", vec![Some(d)]),
+        ("implicit", "bij,bj", vec![Some(a), Some(c)]),
+    ] {
+        let y = layer(&mut net, name, "Einsum", eq(e), &inputs);
+        net.mark_output(y).unwrap();
+    }
+    net
+}
+
+#[test]
+fn einsums_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let inputs = [("a", vec![3, 4]), ("b", vec![4, 5]), ("d", vec![4, 4]), ("c", vec![4])];
+    assert_on_gpu(gpu.clone(), &einsums(), &inputs, 2, &["Einsum"]);
+    let err = check(gpu, &einsums(), &inputs, false, &[1, 3]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+}

@@ -1,2 +1,137 @@
 
 // ==== sequence kernels (see kernels/mod.rs: LIBRARY)
+
+// ---- ONNX Attention: the softmax between the two products (launch_sequence.rs, attention) ------
+// One block per score row (b, h, i) of `cols` keys, in place: the scaled scores Q·Kᵀ become the
+// probabilities P (the reference kernel, crates/kiln-cpu/src/ops/rnn_attention/attention.rs, is
+// the spec). Per key: softcap (cap·tanh(x/cap)), then the bias: the mask (mask_kind 1: additive
+// in the storage type, 2: boolean, true = attend; strides mb/mh/mq per b/h/i, 0 where it
+// broadcasts; keys at or past mask_len are masked out unless key_broadcast repeats key 0), -inf
+// where the causal frontier, the sliding window or nonpad_kv_seqlen forbid the key. A row whose
+// bias is -inf everywhere gets zero probabilities; NaN anywhere makes the row NaN. The query's
+// position is i + offset: offset = past_len with a KV cache, nonpad[b] - sq with padding
+// lengths, else 0. qk (optional, [B, H, Sq, cols]) receives the row at stage `mode`: 0 the
+// scaled scores, 1 after softcap, 2 after the bias, 3 the probabilities.
+struct AttnRules {
+  i64 heads, sq;
+  float softcap;
+  int mask_kind, key_broadcast, causal, has_past;
+  i64 mb, mh, mq, mask_len;
+  i64 left, right, past_len;
+};
+template <class S>
+__device__ void attention_softmax(void* scores, i64 cols, const void* mask, const i64* nonpad, void* qk, int mode,
+                                  AttnRules r) {
+  const float NEG_INF = -INFINITY;
+  i64 row = blockIdx.x;
+  i64 base = row * cols;
+  i64 i = row % r.sq, h = (row / r.sq) % r.heads, b = row / (r.sq * r.heads);
+  i64 valid = nonpad ? nonpad[b] : (i64)0x7fffffffffffffffLL;
+  i64 pos = i + (r.has_past ? r.past_len : (nonpad ? nonpad[b] - r.sq : 0));
+  i64 moff = b * r.mb + h * r.mh + i * r.mq;
+  float m = NEG_INF, has_nan = 0.0f, attendable = 0.0f;
+  for (i64 j = threadIdx.x; j < cols; j += blockDim.x) {
+    float x = S::ld(scores, base + j);
+    if (qk && mode == 0) S::st(qk, base + j, x);
+    if (r.softcap > 0.0f) x = r.softcap * tanhf(x / r.softcap);
+    if (qk && mode == 1) S::st(qk, base + j, x);
+    float bias = 0.0f;
+    if (r.mask_kind != 0) {
+      i64 at = r.key_broadcast ? moff : moff + j;
+      if (!r.key_broadcast && j >= r.mask_len) bias = NEG_INF;
+      else if (r.mask_kind == 2) bias = ((const unsigned char*)mask)[at] ? 0.0f : NEG_INF;
+      else bias = S::ld(mask, at);
+    }
+    i64 diff = pos - j;
+    bool allowed = !((r.causal && j > pos) || (r.left >= 0 && diff > r.left) || (r.right >= 0 && -diff > r.right) ||
+                     j >= valid);
+    if (!allowed) bias += NEG_INF;
+    if (bias != NEG_INF) attendable = 1.0f;
+    x += bias;
+    if (qk && mode == 2) S::st(qk, base + j, x);
+    if (x != x) has_nan = 1.0f;
+    m = fmaxf(m, x);
+    S::st(scores, base + j, x);
+  }
+  m = block_reduce(m, true);
+  has_nan = block_reduce(has_nan, true);
+  attendable = block_reduce(attendable, true);
+  float shift = m == NEG_INF ? 0.0f : m;
+  float s = 0.0f;
+  for (i64 j = threadIdx.x; j < cols; j += blockDim.x) s += expf(S::ld(scores, base + j) - shift);
+  s = block_reduce(s, false);
+  if (s == 0.0f) s = 1.0f;
+  for (i64 j = threadIdx.x; j < cols; j += blockDim.x) {
+    float p = expf(S::ld(scores, base + j) - shift) / s;
+    if (has_nan != 0.0f) p = __int_as_float(0x7fc00000);
+    if (attendable == 0.0f) p = 0.0f;
+    S::st(scores, base + j, p);
+    if (qk && mode == 3) S::st(qk, base + j, p);
+  }
+}
+KILN_INSTANTIATE(attention_softmax,
+  (void* scores, i64 cols, const void* mask, const i64* nonpad, void* qk, int mode, AttnRules r),
+  (scores, cols, mask, nonpad, qk, mode, r))
+
+// ---- RotaryEmbedding: one thread per element of X ----------------------------------------------
+// X is [B, H, S, D] (four_d) or [B, S, H·D]; the first `rot` elements of each head vector are
+// rotated in pairs (i, i + rot/2), or (2i, 2i + 1) when interleaved, by the angle of cache row
+// pos[b, s] (or b·S + s without position ids; caches [rows, rot/2]); the rest is copied. A
+// position outside [0, rows) sets *err and writes zero.
+template <class S>
+__device__ void rotary_embedding(const void* x, void* y, const void* cosc, const void* sinc, const i64* pos, i64 n,
+                                 i64 seq, i64 heads, i64 dim, i64 rot, int interleaved, int four_d, i64 rows, int* err) {
+  GRID_STRIDE(e, n) {
+    i64 c = e % dim, t = e / dim, s, b;
+    if (four_d) { s = t % seq; b = t / (seq * heads); }
+    else { s = (t / heads) % seq; b = t / (heads * seq); }
+    if (c >= rot) { S::st(y, e, S::ld(x, e)); continue; }
+    i64 row = pos ? pos[b * seq + s] : b * seq + s;
+    if (row < 0 || row >= rows) { S::st(y, e, 0.0f); if (err) *err = 1; continue; }
+    i64 half = rot / 2, i, first, second;
+    if (interleaved) { i = c / 2; first = e - (c & 1); second = first + 1; }
+    else { i = c < half ? c : c - half; first = e - c + i; second = first + half; }
+    float co = S::ld(cosc, row * half + i), si = S::ld(sinc, row * half + i);
+    float x1 = S::ld(x, first), x2 = S::ld(x, second);
+    S::st(y, e, e == first ? co * x1 - si * x2 : si * x1 + co * x2);
+  }
+}
+KILN_INSTANTIATE(rotary_embedding,
+  (const void* x, void* y, const void* cosc, const void* sinc, const i64* pos, i64 n, i64 seq, i64 heads, i64 dim, i64 rot, int interleaved, int four_d, i64 rows, int* err),
+  (x, y, cosc, sinc, pos, n, seq, heads, dim, rot, interleaved, four_d, rows, err))
+
+// ---- Einsum: one thread per output element, summing products over the summed labels ---------
+// (einsum.rs plans the loops: per output dim and per summed label its size and each operand's
+// stride.) Up to 4 operands; products and the sum in fp32.
+struct EinsumLoops { i64 out_shape[8]; i64 out_stride[4][8]; i64 sum_shape[8]; i64 sum_stride[4][8]; };
+template <class S>
+__device__ void einsum(const void* x0, const void* x1, const void* x2, const void* x3, void* y, i64 n, int n_ops,
+                       int out_rank, int sum_rank, i64 n_sum, EinsumLoops L) {
+  const void* xs[4] = {x0, x1, x2, x3};
+  GRID_STRIDE(o, n) {
+    i64 base[4] = {0, 0, 0, 0};
+    i64 rem = o;
+    for (int k = out_rank - 1; k >= 0; --k) {
+      i64 c = rem % L.out_shape[k];
+      rem /= L.out_shape[k];
+      for (int p = 0; p < n_ops; ++p) base[p] += c * L.out_stride[p][k];
+    }
+    float acc = 0.0f;
+    for (i64 r = 0; r < n_sum; ++r) {
+      i64 off[4] = {base[0], base[1], base[2], base[3]};
+      i64 rr = r;
+      for (int k = sum_rank - 1; k >= 0; --k) {
+        i64 c = rr % L.sum_shape[k];
+        rr /= L.sum_shape[k];
+        for (int p = 0; p < n_ops; ++p) off[p] += c * L.sum_stride[p][k];
+      }
+      float prod = 1.0f;
+      for (int p = 0; p < n_ops; ++p) prod *= S::ld(xs[p], off[p]);
+      acc += prod;
+    }
+    S::st(y, o, acc);
+  }
+}
+KILN_INSTANTIATE(einsum,
+  (const void* x0, const void* x1, const void* x2, const void* x3, void* y, i64 n, int n_ops, int out_rank, int sum_rank, i64 n_sum, EinsumLoops L),
+  (x0, x1, x2, x3, y, n, n_ops, out_rank, sum_rank, n_sum, L))
