@@ -14,6 +14,7 @@ impl CudaSession {
             SequenceOp::Attention(a) => self.attention(li, a),
             SequenceOp::Rotary { heads, rot, interleaved } => self.rotary(li, *heads, *rot, *interleaved),
             SequenceOp::Einsum { equation } => self.einsum(li, equation),
+            SequenceOp::BroadcastMatMul => self.broadcast_matmul(li),
         }
     }
 
@@ -25,6 +26,82 @@ impl CudaSession {
         // SAFETY: the callers pass a slot of at least `bytes` bytes.
         unsafe { cudarc::driver::result::memset_d8_async(ptr, 0, bytes, self.stream) }
             .map_err(|e| format!("device memset: {e:?}"))
+    }
+
+    /// MatMul with numpy semantics: a 1-D A is a row ([1, K]), a 1-D B a column ([K, 1]); the
+    /// batch dims broadcast. One batched cuBLAS product per index of the outer batch dims, over
+    /// the innermost batch dim (stride 0 where an operand broadcasts).
+    fn broadcast_matmul(&mut self, li: usize) -> CudaResult<()> {
+        let (a, b, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
+        let (sa, sb) = (self.shape(a)?, self.shape(b)?);
+        let (m, k, a_batch) = match sa.len() {
+            0 => return Err("MatMul of a scalar".into()),
+            1 => (1, sa[0], &sa[..0]),
+            r => (sa[r - 2], sa[r - 1], &sa[..r - 2]),
+        };
+        let (kb, n, b_batch) = match sb.len() {
+            0 => return Err("MatMul of a scalar".into()),
+            1 => (sb[0], 1, &sb[..0]),
+            r => (sb[r - 2], sb[r - 1], &sb[..r - 2]),
+        };
+        if kb != k {
+            return Err(format!("MatMul of {sa:?} and {sb:?}"));
+        }
+        // The output's batch dims, and each operand's stride (in elements) per batch dim.
+        let nb = a_batch.len().max(b_batch.len());
+        let (mut batch, mut stride_a, mut stride_b) = (vec![1usize; nb], vec![0i64; nb], vec![0i64; nb]);
+        for (dims, strides, matrix) in [(a_batch, &mut stride_a, m * k), (b_batch, &mut stride_b, k * n)] {
+            let off = nb - dims.len();
+            let mut step = matrix as i64;
+            for (j, &d) in dims.iter().enumerate().rev() {
+                match (batch[off + j], d) {
+                    (_, 1) => {}
+                    (1, d) => batch[off + j] = d,
+                    (have, d) if have == d => {}
+                    _ => return Err(format!("MatMul batch dims of {sa:?} and {sb:?} do not broadcast")),
+                }
+                if d != 1 {
+                    strides[off + j] = step;
+                }
+                step *= d as i64;
+            }
+        }
+        let ys = self.shape(y)?;
+        if numel(&ys) != numel(&batch) * m * n {
+            return Err(format!("MatMul output {ys:?} for {sa:?} × {sb:?}"));
+        }
+        if numel(&ys) == 0 {
+            return Ok(());
+        }
+        let e = self.p.storage.dtype().size() as u64;
+        let (ap, bp, yp) = (self.ptr(a)?, self.ptr(b)?, self.ptr(y)?);
+        if k == 0 {
+            return self.zero(yp, numel(&ys) * e as usize);
+        }
+        let inner = batch.last().copied().unwrap_or(1);
+        let (ia, ib) = (stride_a.last().copied().unwrap_or(0), stride_b.last().copied().unwrap_or(0));
+        let outer = &batch[..nb.saturating_sub(1)];
+        for o in 0..numel(outer) {
+            let (mut rem, mut off_a, mut off_b) = (o, 0i64, 0i64);
+            for j in (0..outer.len()).rev() {
+                let c = (rem % outer[j]) as i64;
+                rem /= outer[j];
+                off_a += c * stride_a[j];
+                off_b += c * stride_b[j];
+            }
+            let off_y = (o * inner * m * n) as u64;
+            self.blas.gemm(
+                self.p.storage,
+                self.p.tf32,
+                (m, n, k),
+                1.0,
+                (ap + off_a as u64 * e, k, false, ia),
+                (bp + off_b as u64 * e, n, false, ib),
+                (yp + off_y * e, n, (m * n) as i64),
+                inner,
+            )?;
+        }
+        Ok(())
     }
 
     /// Einsum: one thread per output element (einsum.rs plans the loops).
@@ -47,7 +124,10 @@ impl CudaSession {
         for (p, &x) in ptrs.iter_mut().zip(&xs) {
             *p = self.ptr(x)?;
         }
-        let f = self.p.typed("einsum")?;
+        let f = match self.device_dtype(y)? {
+            DType::F64 => self.p.func("einsum_f64")?,
+            _ => self.p.typed("einsum")?,
+        };
         let (yp, n64, n_ops) = (self.ptr(y)?, n as i64, xs.len() as i32);
         let (out_rank, sum_rank, loops) = (plan.out_shape.len() as i32, plan.summed as i32, plan.loops);
         let grid = self.grid(n);

@@ -13,6 +13,8 @@ pub(crate) enum SequenceOp {
     Rotary { heads: usize, rot: usize, interleaved: bool },
     /// Einsum (einsum.rs plans it at run-time shapes, `einsum` in sequence.cu runs it).
     Einsum { equation: String },
+    /// MatMul with a 1-D operand or batch dims that broadcast (lower.rs's Gemm takes the rest).
+    BroadcastMatMul,
 }
 
 /// The attributes of an Attention layer the launch needs (validated here, so the launch only
@@ -41,6 +43,7 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<Sequenc
         "Attention" => Some(attention(graph, layer).map(SequenceOp::Attention)),
         "RotaryEmbedding" => Some(rotary(graph, layer)),
         "Einsum" => Some(einsum(graph, layer)),
+        "MatMul" => broadcast_matmul(graph, layer),
         _ => None,
     }
 }
@@ -127,10 +130,26 @@ fn rotary(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String> {
 }
 
 fn einsum(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String> {
-    float_layer(graph, layer)?;
+    // f64 graphs keep f64 on the device; the kernel sums in f64 (einsum_f64).
+    let mut ids = layer.inputs.iter().chain(&layer.outputs).flatten();
+    if !ids.all(|id| tensor_dtype(graph, id.0) == Some(DType::F64)) {
+        float_layer(graph, layer)?;
+    }
     let equation = layer.attrs.string_opt("equation")?.ok_or("Einsum without an equation")?;
     if !crate::einsum::fits(&equation, layer.inputs.len()) || layer.inputs.iter().any(Option::is_none) {
         return Err(format!("Einsum of {} operands", layer.inputs.len()));
     }
     Ok(SequenceOp::Einsum { equation })
+}
+
+/// A plain MatMul (two inputs, nothing fused) whose operand ranks the fused Gemm path refuses:
+/// a 1-D operand, or batch dims of different ranks. `None` for every other MatMul.
+fn broadcast_matmul(graph: &EngineGraph, layer: &Layer) -> Option<Result<SequenceOp, String>> {
+    let (ra, rb) = (rank(graph, input(layer, 0)?)?, rank(graph, input(layer, 1)?)?);
+    let gemm_takes = ra >= 2 && (rb == 2 || rb == ra);
+    let plain = layer.inputs.len() == 2 && kiln_ir::Activation::from_attrs(&layer.attrs).is_ok_and(|a| a.is_none());
+    if gemm_takes || !plain {
+        return None;
+    }
+    Some(float_layer(graph, layer).map(|()| SequenceOp::BroadcastMatMul))
 }

@@ -457,7 +457,7 @@ fn padded_attention_and_rotary_embeddings_match_the_cpu() {
 }
 
 /// Einsum: a batched product, a diagonal under an ellipsis, an implicit output summing over
-/// the batch.
+/// the batch; MatMul with broadcast batch dims and with a 1-D operand.
 fn einsums() -> Network {
     let mut net = Network::new("einsums");
     let a = dyn_input(&mut net, "a", &[3, 4]);
@@ -473,14 +473,22 @@ fn einsums() -> Network {
         let y = layer(&mut net, name, "Einsum", eq(e), &inputs);
         net.mark_output(y).unwrap();
     }
+    let w = constant(&mut net, "w", &[2, 1, 4, 5], 21);
+    let y = layer(&mut net, "mm_bcast", "MatMul", Attributes::new(), &[Some(a), Some(w)]);
+    net.mark_output(y).unwrap();
+    let col = constant(&mut net, "col", &[4], 22);
+    let y = layer(&mut net, "mm_vec", "MatMul", Attributes::new(), &[Some(a), Some(col)]);
+    net.mark_output(y).unwrap();
+    let y = layer(&mut net, "vec_mm", "MatMul", Attributes::new(), &[Some(c), Some(b)]);
+    net.mark_output(y).unwrap();
     net
 }
 
 #[test]
-fn einsums_match_the_cpu() {
+fn einsums_and_broadcast_matmuls_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let inputs = [("a", vec![3, 4]), ("b", vec![4, 5]), ("d", vec![4, 4]), ("c", vec![4])];
-    assert_on_gpu(gpu.clone(), &einsums(), &inputs, 2, &["Einsum"]);
+    assert_on_gpu(gpu.clone(), &einsums(), &inputs, 2, &["Einsum", "MatMul"]);
     let err = check(gpu, &einsums(), &inputs, false, &[1, 3]);
     assert!(err < 1e-4, "fp32 relative error {err}");
 }

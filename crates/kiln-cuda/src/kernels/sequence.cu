@@ -102,8 +102,13 @@ KILN_INSTANTIATE(rotary_embedding,
 
 // ---- Einsum: one thread per output element, summing products over the summed labels ---------
 // (einsum.rs plans the loops: per output dim and per summed label its size and each operand's
-// stride.) Up to 4 operands; products and the sum in fp32.
+// stride.) Up to 4 operands; products and the sum in fp64, so f64 graphs (einsum_f64) keep
+// their precision.
 struct EinsumLoops { i64 out_shape[8]; i64 out_stride[4][8]; i64 sum_shape[8]; i64 sum_stride[4][8]; };
+struct EinsumF64 {
+  static __device__ __forceinline__ double ld(const void* p, i64 i) { return ((const double*)p)[i]; }
+  static __device__ __forceinline__ void st(void* p, i64 i, double v) { ((double*)p)[i] = v; }
+};
 template <class S>
 __device__ void einsum(const void* x0, const void* x1, const void* x2, const void* x3, void* y, i64 n, int n_ops,
                        int out_rank, int sum_rank, i64 n_sum, EinsumLoops L) {
@@ -116,7 +121,7 @@ __device__ void einsum(const void* x0, const void* x1, const void* x2, const voi
       rem /= L.out_shape[k];
       for (int p = 0; p < n_ops; ++p) base[p] += c * L.out_stride[p][k];
     }
-    float acc = 0.0f;
+    double acc = 0.0;
     for (i64 r = 0; r < n_sum; ++r) {
       i64 off[4] = {base[0], base[1], base[2], base[3]};
       i64 rr = r;
@@ -125,8 +130,8 @@ __device__ void einsum(const void* x0, const void* x1, const void* x2, const voi
         rr /= L.sum_shape[k];
         for (int p = 0; p < n_ops; ++p) off[p] += c * L.sum_stride[p][k];
       }
-      float prod = 1.0f;
-      for (int p = 0; p < n_ops; ++p) prod *= S::ld(xs[p], off[p]);
+      double prod = 1.0;
+      for (int p = 0; p < n_ops; ++p) prod *= (double)S::ld(xs[p], off[p]);
       acc += prod;
     }
     S::st(y, o, acc);
@@ -135,3 +140,7 @@ __device__ void einsum(const void* x0, const void* x1, const void* x2, const voi
 KILN_INSTANTIATE(einsum,
   (const void* x0, const void* x1, const void* x2, const void* x3, void* y, i64 n, int n_ops, int out_rank, int sum_rank, i64 n_sum, EinsumLoops L),
   (x0, x1, x2, x3, y, n, n_ops, out_rank, sum_rank, n_sum, L))
+extern "C" __global__ void einsum_f64(const void* x0, const void* x1, const void* x2, const void* x3, void* y, i64 n,
+                                      int n_ops, int out_rank, int sum_rank, i64 n_sum, EinsumLoops L) {
+  einsum<EinsumF64>(x0, x1, x2, x3, y, n, n_ops, out_rank, sum_rank, n_sum, L);
+}
