@@ -15,6 +15,7 @@ impl CudaSession {
             SequenceOp::Rotary { heads, rot, interleaved } => self.rotary(li, *heads, *rot, *interleaved),
             SequenceOp::Einsum { equation } => self.einsum(li, equation),
             SequenceOp::BroadcastMatMul => self.broadcast_matmul(li),
+            SequenceOp::QuantMatMul { qlinear } => self.quant_matmul(li, *qlinear),
         }
     }
 
@@ -34,38 +35,8 @@ impl CudaSession {
     fn broadcast_matmul(&mut self, li: usize) -> CudaResult<()> {
         let (a, b, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
         let (sa, sb) = (self.shape(a)?, self.shape(b)?);
-        let (m, k, a_batch) = match sa.len() {
-            0 => return Err("MatMul of a scalar".into()),
-            1 => (1, sa[0], &sa[..0]),
-            r => (sa[r - 2], sa[r - 1], &sa[..r - 2]),
-        };
-        let (kb, n, b_batch) = match sb.len() {
-            0 => return Err("MatMul of a scalar".into()),
-            1 => (sb[0], 1, &sb[..0]),
-            r => (sb[r - 2], sb[r - 1], &sb[..r - 2]),
-        };
-        if kb != k {
-            return Err(format!("MatMul of {sa:?} and {sb:?}"));
-        }
-        // The output's batch dims, and each operand's stride (in elements) per batch dim.
-        let nb = a_batch.len().max(b_batch.len());
-        let (mut batch, mut stride_a, mut stride_b) = (vec![1usize; nb], vec![0i64; nb], vec![0i64; nb]);
-        for (dims, strides, matrix) in [(a_batch, &mut stride_a, m * k), (b_batch, &mut stride_b, k * n)] {
-            let off = nb - dims.len();
-            let mut step = matrix as i64;
-            for (j, &d) in dims.iter().enumerate().rev() {
-                match (batch[off + j], d) {
-                    (_, 1) => {}
-                    (1, d) => batch[off + j] = d,
-                    (have, d) if have == d => {}
-                    _ => return Err(format!("MatMul batch dims of {sa:?} and {sb:?} do not broadcast")),
-                }
-                if d != 1 {
-                    strides[off + j] = step;
-                }
-                step *= d as i64;
-            }
-        }
+        let MatMulDims { m, k, n, batch, stride_a, stride_b } = matmul_dims(&sa, &sb)?;
+        let nb = batch.len();
         let ys = self.shape(y)?;
         if numel(&ys) != numel(&batch) * m * n {
             return Err(format!("MatMul output {ys:?} for {sa:?} × {sb:?}"));
@@ -102,6 +73,89 @@ impl CudaSession {
             )?;
         }
         Ok(())
+    }
+
+    /// MatMulInteger (inputs A, B, zero points) or QLinearMatMul (A, scale, zero point, B,
+    /// scale, zero point, Y's scale and zero point): `quant_matmul` in sequence.cu.
+    fn quant_matmul(&mut self, li: usize, qlinear: bool) -> CudaResult<()> {
+        let (ia, ib, iza, izb) = if qlinear { (0, 3, 2, 5) } else { (0, 1, 2, 3) };
+        let (a, b, y) = (self.required(li, ia)?, self.required(li, ib)?, self.output(li, 0)?);
+        let (sa, sb) = (self.shape(a)?, self.shape(b)?);
+        let MatMulDims { m, k, n, batch, stride_a, stride_b } = matmul_dims(&sa, &sb)?;
+        let total = numel(&self.shape(y)?);
+        if total != numel(&batch) * m * n || batch.len() > crate::kernels::MAX_RANK {
+            return Err(format!("{sa:?} × {sb:?} into {:?}", self.shape(y)?));
+        }
+        if total == 0 {
+            return Ok(());
+        }
+        let signed = |t: usize| -> CudaResult<i32> { Ok((self.device_dtype(t)? == DType::I8) as i32) };
+        // A zero point: its address and length, which must be 1 or `per` (rows of A, columns of B).
+        let zero_point = |k: usize, per: usize| -> CudaResult<(u64, i64)> {
+            let Some(z) = self.input(li, k) else { return Ok((0, 0)) };
+            let len = numel(&self.shape(z)?);
+            if len != 1 && len != per {
+                return Err(format!("zero point of {len} values for {per}"));
+            }
+            Ok((self.ptr(z)?, len as i64))
+        };
+        let ((za, za_len), (zb, zb_len)) = (zero_point(iza, m)?, zero_point(izb, n)?);
+        let mut d = QMatDims { m: m as i64, n: n as i64, k: k as i64, nb: batch.len() as i32, ..Default::default() };
+        for j in 0..batch.len() {
+            (d.batch[j], d.a_stride[j], d.b_stride[j]) = (batch[j] as i64, stride_a[j], stride_b[j]);
+        }
+        let (mut scales, mut lens, mut scale_load, mut scale_round) = ([0u64; 3], [1i64; 3], 0i32, 0i32);
+        let (mut y_zp, y_kind) = (0u64, crate::kernels::dtype_code(self.device_dtype(y)?).unwrap_or(-1));
+        if qlinear {
+            for (j, k) in [1, 4, 6].into_iter().enumerate() {
+                let s = self.required(li, k)?;
+                let len = numel(&self.shape(s)?);
+                if len != 1 && len != n {
+                    return Err(format!("a scale of {len} values for {n} columns"));
+                }
+                (scales[j], lens[j]) = (self.ptr(s)?, len as i64);
+                scale_load = crate::kernels::dtype_code(self.device_dtype(s)?).unwrap_or(-1);
+                scale_round = crate::kernels::dtype_code(self.graph_dtype(s)?).unwrap_or(-1);
+            }
+            if let Some(z) = self.input(li, 7) {
+                if numel(&self.shape(z)?) != 1 || self.device_dtype(z)? != self.device_dtype(y)? {
+                    return Err("y_zero_point must be one value of Y's type".into());
+                }
+                y_zp = self.ptr(z)?;
+            }
+        }
+        let f = self.p.func("quant_matmul")?;
+        let (ap, a_signed, bp, b_signed, yp, total64) =
+            (self.ptr(a)?, signed(a)?, self.ptr(b)?, signed(b)?, self.ptr(y)?, total as i64);
+        let grid = self.grid(total);
+        self.launch(
+            f,
+            grid,
+            256,
+            params!(
+                ap,
+                a_signed,
+                za,
+                za_len,
+                bp,
+                b_signed,
+                zb,
+                zb_len,
+                scales[0],
+                scales[1],
+                scales[2],
+                scale_load,
+                scale_round,
+                lens[0],
+                lens[1],
+                lens[2],
+                y_zp,
+                yp,
+                y_kind,
+                total64,
+                d
+            ),
+        )
     }
 
     /// Einsum: one thread per output element (einsum.rs plans the loops).
@@ -455,4 +509,63 @@ impl HeadView {
     fn at(&self, b: usize, h: usize, esize: usize) -> u64 {
         self.ptr + ((b as i64 * self.batch + h as i64 * self.head) * esize as i64) as u64
     }
+}
+
+/// A numpy matmul's sizes: [.., M, K] × [.., K, N] (a 1-D A is [1, K], a 1-D B [K, 1]), the
+/// broadcast batch dims and each operand's element stride per batch dim (0 where it broadcasts).
+pub(crate) struct MatMulDims {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub batch: Vec<usize>,
+    pub stride_a: Vec<i64>,
+    pub stride_b: Vec<i64>,
+}
+
+pub(crate) fn matmul_dims(sa: &[usize], sb: &[usize]) -> CudaResult<MatMulDims> {
+    let (m, k, a_batch) = match sa.len() {
+        0 => return Err("MatMul of a scalar".into()),
+        1 => (1, sa[0], &sa[..0]),
+        r => (sa[r - 2], sa[r - 1], &sa[..r - 2]),
+    };
+    let (kb, n, b_batch) = match sb.len() {
+        0 => return Err("MatMul of a scalar".into()),
+        1 => (sb[0], 1, &sb[..0]),
+        r => (sb[r - 2], sb[r - 1], &sb[..r - 2]),
+    };
+    if kb != k {
+        return Err(format!("MatMul of {sa:?} and {sb:?}"));
+    }
+    let nb = a_batch.len().max(b_batch.len());
+    let (mut batch, mut stride_a, mut stride_b) = (vec![1usize; nb], vec![0i64; nb], vec![0i64; nb]);
+    for (dims, strides, matrix) in [(a_batch, &mut stride_a, m * k), (b_batch, &mut stride_b, k * n)] {
+        let off = nb - dims.len();
+        let mut step = matrix as i64;
+        for (j, &d) in dims.iter().enumerate().rev() {
+            match (batch[off + j], d) {
+                (_, 1) => {}
+                (1, d) => batch[off + j] = d,
+                (have, d) if have == d => {}
+                _ => return Err(format!("MatMul batch dims of {sa:?} and {sb:?} do not broadcast")),
+            }
+            if d != 1 {
+                strides[off + j] = step;
+            }
+            step *= d as i64;
+        }
+    }
+    Ok(MatMulDims { m, k, n, batch, stride_a, stride_b })
+}
+
+/// `QMatDims` of sequence.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct QMatDims {
+    m: i64,
+    n: i64,
+    k: i64,
+    nb: i32,
+    batch: [i64; 8],
+    a_stride: [i64; 8],
+    b_stride: [i64; 8],
 }

@@ -15,6 +15,8 @@ pub(crate) enum SequenceOp {
     Einsum { equation: String },
     /// MatMul with a 1-D operand or batch dims that broadcast (lower.rs's Gemm takes the rest).
     BroadcastMatMul,
+    /// MatMulInteger and QLinearMatMul (`quant_matmul` in sequence.cu), exact in integers.
+    QuantMatMul { qlinear: bool },
 }
 
 /// The attributes of an Attention layer the launch needs (validated here, so the launch only
@@ -44,6 +46,7 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<Sequenc
         "RotaryEmbedding" => Some(rotary(graph, layer)),
         "Einsum" => Some(einsum(graph, layer)),
         "MatMul" => broadcast_matmul(graph, layer),
+        "MatMulInteger" | "QLinearMatMul" => Some(quant_matmul(graph, layer)),
         _ => None,
     }
 }
@@ -152,4 +155,26 @@ fn broadcast_matmul(graph: &EngineGraph, layer: &Layer) -> Option<Result<Sequenc
         return None;
     }
     Some(float_layer(graph, layer).map(|()| SequenceOp::BroadcastMatMul))
+}
+
+/// 8-bit operands (and zero points of their type), an int32 output (MatMulInteger) or an 8-bit
+/// one with float scales of one type (QLinearMatMul).
+fn quant_matmul(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String> {
+    let qlinear = layer.op == "QLinearMatMul";
+    let dtype = |k: usize| input(layer, k).and_then(|t| tensor_dtype(graph, t));
+    let eight_bit = |d: Option<DType>| matches!(d, Some(DType::I8 | DType::U8));
+    let (a, b) = if qlinear { (0, 3) } else { (0, 1) };
+    let out = layer.outputs.first().copied().flatten().and_then(|t| tensor_dtype(graph, t.0));
+    if !eight_bit(dtype(a)) || !eight_bit(dtype(b)) {
+        return Err(format!("{} of other than 8-bit operands", layer.op));
+    }
+    if qlinear {
+        let scales = [dtype(1), dtype(4), dtype(6)];
+        if !eight_bit(out) || !scales.iter().all(|d| d.is_some_and(DType::is_float) && *d == scales[0]) {
+            return Err("QLinearMatMul scales of mixed or non-float types".into());
+        }
+    } else if out != Some(DType::I32) {
+        return Err("MatMulInteger with a non-int32 output".into());
+    }
+    Ok(SequenceOp::QuantMatMul { qlinear })
 }

@@ -144,3 +144,52 @@ extern "C" __global__ void einsum_f64(const void* x0, const void* x1, const void
                                       int n_ops, int out_rank, int sum_rank, i64 n_sum, EinsumLoops L) {
   einsum<EinsumF64>(x0, x1, x2, x3, y, n, n_ops, out_rank, sum_rank, n_sum, L);
 }
+
+// ---- MatMulInteger / QLinearMatMul: exact integer products, one thread per output element ----
+// A [.., M, K] and B [.., K, N] are int8 (signed) or uint8, centred by their zero points (none,
+// a scalar, one per row of A / per column of B). y_kind 5 (int32): the sum itself
+// (MatMulInteger). y_kind 7/8 (int8/uint8): requantized as the reference does: the multiplier
+// a_scale·b_scale/y_scale rounded to the scales' type after each step (scale_round: dtype
+// code), rint(sum · multiplier) + y_zero_point, saturated. Scales hold 1 or N values.
+struct QMatDims { i64 m, n, k; int nb; i64 batch[8]; i64 a_stride[8]; i64 b_stride[8]; };
+__device__ __forceinline__ i64 load_q8(const void* p, i64 i, int is_signed) {
+  return is_signed ? (i64)((const signed char*)p)[i] : (i64)((const unsigned char*)p)[i];
+}
+__device__ __forceinline__ double round_to(double x, int code) {
+  switch (code) {
+    case 0: return (double)(float)x;
+    case 1: return (double)h2f(f2h((float)x));
+    case 2: return (double)b2f(f2b((float)x));
+    default: return x;
+  }
+}
+extern "C" __global__ void quant_matmul(const void* a, int a_signed, const void* a_zp, i64 a_zp_len, const void* b,
+                                        int b_signed, const void* b_zp, i64 b_zp_len, const void* a_scale,
+                                        const void* b_scale, const void* y_scale, int scale_load, int scale_round,
+                                        i64 a_sn, i64 b_sn, i64 y_sn, const void* y_zp, void* y, int y_kind, i64 total,
+                                        QMatDims d) {
+  GRID_STRIDE(o, total) {
+    i64 col = o % d.n, row = (o / d.n) % d.m, rem = o / (d.n * d.m), a_off = 0, b_off = 0;
+    for (int j = d.nb - 1; j >= 0; --j) {
+      i64 c = rem % d.batch[j];
+      rem /= d.batch[j];
+      a_off += c * d.a_stride[j];
+      b_off += c * d.b_stride[j];
+    }
+    i64 za = a_zp ? load_q8(a_zp, a_zp_len == 1 ? 0 : row, a_signed) : 0;
+    i64 zb = b_zp ? load_q8(b_zp, b_zp_len == 1 ? 0 : col, b_signed) : 0;
+    i64 acc = 0;
+    for (i64 kk = 0; kk < d.k; ++kk) {
+      acc += (load_q8(a, a_off + row * d.k + kk, a_signed) - za) * (load_q8(b, b_off + kk * d.n + col, b_signed) - zb);
+    }
+    if (y_kind == 5) { ((int*)y)[o] = (int)acc; continue; }
+    double mult = load_any(a_scale, a_sn == 1 ? 0 : col, scale_load);
+    mult = round_to(mult * load_any(b_scale, b_sn == 1 ? 0 : col, scale_load), scale_round);
+    mult = round_to(mult / load_any(y_scale, y_sn == 1 ? 0 : col, scale_load), scale_round);
+    double r = rint((double)acc * mult) + (y_zp ? (double)load_q8(y_zp, 0, y_kind == 7) : 0.0);
+    double lo = y_kind == 7 ? -128.0 : 0.0, hi = y_kind == 7 ? 127.0 : 255.0;
+    r = r != r ? 0.0 : fmin(fmax(r, lo), hi);
+    if (y_kind == 7) ((signed char*)y)[o] = (signed char)r;
+    else ((unsigned char*)y)[o] = (unsigned char)r;
+  }
+}
