@@ -16,6 +16,10 @@ impl CudaSession {
             SequenceOp::Einsum { equation } => self.einsum(li, equation),
             SequenceOp::BroadcastMatMul => self.broadcast_matmul(li),
             SequenceOp::QuantMatMul { qlinear } => self.quant_matmul(li, *qlinear),
+            SequenceOp::LinearAttention { q_heads, kv_heads, gating, delta, scale } => {
+                self.linear_attention(li, (*q_heads, *kv_heads), (*gating, *delta), *scale)
+            }
+            SequenceOp::CausalConv { silu } => self.causal_conv(li, *silu),
         }
     }
 
@@ -156,6 +160,118 @@ impl CudaSession {
                 d
             ),
         )
+    }
+
+    /// An optional output's tensor id.
+    fn optional_output(&self, li: usize, k: usize) -> Option<usize> {
+        self.p.graph.layers[li].layer.outputs.get(k).copied().flatten().map(|id| id.0)
+    }
+
+    /// LinearAttention, its shapes checked as the reference checks them; the fp32 state lives in
+    /// the workspace.
+    fn linear_attention(
+        &mut self,
+        li: usize,
+        (hq, hkv): (usize, usize),
+        (gating, delta): (bool, bool),
+        scale: f32,
+    ) -> CudaResult<()> {
+        let (q, k, v, y) = (self.required(li, 0)?, self.required(li, 1)?, self.required(li, 2)?, self.output(li, 0)?);
+        let (qs, ks, vs) = (self.shape(q)?, self.shape(k)?, self.shape(v)?);
+        let (b, t) = (qs[0], qs[1]);
+        if qs[2] % hq != 0 || vs[2] % hkv != 0 {
+            return Err(format!("query {qs:?} / value {vs:?} do not split into {hq} / {hkv} heads"));
+        }
+        let (dk, dv) = (qs[2] / hq, vs[2] / hkv);
+        if ks != [b, t, hkv * dk] || vs[..2] != [b, t] {
+            return Err(format!("query {qs:?}, key {ks:?} and value {vs:?} do not fit together"));
+        }
+        let state_shape = [b, hkv, dk, dv];
+        let past = self.input(li, 3);
+        if let Some(p) = past {
+            if self.shape(p)? != state_shape {
+                return Err(format!("past_state must be {state_shape:?}"));
+            }
+        }
+        let gw = match self.input(li, 4) {
+            None => 0,
+            Some(g) => {
+                let gs = self.shape(g)?;
+                let gw = if gs.last() == Some(&hkv) { 1 } else { dk };
+                if gs != [b, t, hkv * gw] {
+                    return Err(format!("decay {gs:?} for [{b}, {t}, {hkv} or {}]", hkv * dk));
+                }
+                gw
+            }
+        };
+        let hb = match self.input(li, 5) {
+            None => 0,
+            Some(bt) => {
+                let bs = self.shape(bt)?;
+                let last = bs.last().copied().unwrap_or(0);
+                if bs != [b, t, last] || !(last == hkv || last == 1) {
+                    return Err(format!("beta {bs:?} for [{b}, {t}, {hkv} or 1]"));
+                }
+                last
+            }
+        };
+        let threads = b * hkv * dv;
+        if threads == 0 {
+            return Ok(());
+        }
+        self.ensure_workspace(numel(&state_shape) * 4)?;
+        let opt =
+            |id: Option<usize>| -> CudaResult<u64> { id.map(|t| self.ptr(t)).transpose().map(|p| p.unwrap_or(0)) };
+        let (qp, kp, vp, yp) = (self.ptr(q)?, self.ptr(k)?, self.ptr(v)?, self.ptr(y)?);
+        let (pp, gp, bp, present) =
+            (opt(past)?, opt(self.input(li, 4))?, opt(self.input(li, 5))?, opt(self.optional_output(li, 1))?);
+        let state = self.workspace.ptr();
+        let scale = if scale == 0.0 { 1.0 / (dk as f32).sqrt() } else { scale };
+        let dims = [b, t, hq, hkv, dk, dv, gw, hb].map(|d| d as i64);
+        let (g, d) = (gating as i32, delta as i32);
+        let f = self.p.typed("linear_attention")?;
+        let grid = self.grid(threads);
+        self.launch(
+            f,
+            grid,
+            256,
+            params!(
+                qp, kp, vp, pp, gp, bp, yp, present, state, dims[0], dims[1], dims[2], dims[3], dims[4], dims[5],
+                dims[6], dims[7], g, d, scale
+            ),
+        )
+    }
+
+    /// CausalConvWithState: input [N, C, L], depthwise weight [C, 1, K], bias [C], past [N, C, K-1].
+    fn causal_conv(&mut self, li: usize, silu: bool) -> CudaResult<()> {
+        let (x, w, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
+        let (xs, ws) = (self.shape(x)?, self.shape(w)?);
+        if xs.len() != 3 || ws.len() != 3 || ws[0] != xs[1] || ws[1] != 1 || ws[2] == 0 {
+            return Err(format!("input {xs:?} and depthwise weight {ws:?}"));
+        }
+        let (nbc, c, l, k) = (xs[0] * xs[1], xs[1], xs[2], ws[2]);
+        if let Some(bias) = self.input(li, 2) {
+            if self.shape(bias)? != [c] {
+                return Err(format!("bias must have shape [{c}]"));
+            }
+        }
+        if let Some(p) = self.input(li, 3) {
+            if self.shape(p)? != [xs[0], c, k - 1] {
+                return Err(format!("past_state must have shape [{}, {c}, {}]", xs[0], k - 1));
+            }
+        }
+        let n = nbc * (l + k - 1);
+        if n == 0 {
+            return Ok(());
+        }
+        let opt =
+            |id: Option<usize>| -> CudaResult<u64> { id.map(|t| self.ptr(t)).transpose().map(|p| p.unwrap_or(0)) };
+        let (xp, wp, yp) = (self.ptr(x)?, self.ptr(w)?, self.ptr(y)?);
+        let (bp, pp, sp) = (opt(self.input(li, 2))?, opt(self.input(li, 3))?, opt(self.optional_output(li, 1))?);
+        let (nbc, c, l, k, silu) = (nbc as i64, c as i64, l as i64, k as i64, silu as i32);
+        let f = self.p.typed("causal_conv_state")?;
+        let grid = self.grid(n);
+        self.launch(f, grid, 256, params!(xp, wp, bp, pp, yp, sp, nbc, c, l, k, silu))
     }
 
     /// Einsum: one thread per output element (einsum.rs plans the loops).

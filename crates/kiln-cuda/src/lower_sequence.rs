@@ -17,6 +17,10 @@ pub(crate) enum SequenceOp {
     BroadcastMatMul,
     /// MatMulInteger and QLinearMatMul (`quant_matmul` in sequence.cu), exact in integers.
     QuantMatMul { qlinear: bool },
+    /// LinearAttention (`linear_attention` in sequence.cu).
+    LinearAttention { q_heads: usize, kv_heads: usize, gating: bool, delta: bool, scale: f32 },
+    /// CausalConvWithState (`causal_conv_state` in sequence.cu).
+    CausalConv { silu: bool },
 }
 
 /// The attributes of an Attention layer the launch needs (validated here, so the launch only
@@ -47,6 +51,8 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<Sequenc
         "Einsum" => Some(einsum(graph, layer)),
         "MatMul" => broadcast_matmul(graph, layer),
         "MatMulInteger" | "QLinearMatMul" => Some(quant_matmul(graph, layer)),
+        "LinearAttention" => Some(linear_attention(graph, layer)),
+        "CausalConvWithState" => Some(causal_conv(graph, layer)),
         _ => None,
     }
 }
@@ -177,4 +183,38 @@ fn quant_matmul(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String
         return Err("MatMulInteger with a non-int32 output".into());
     }
     Ok(SequenceOp::QuantMatMul { qlinear })
+}
+
+fn linear_attention(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String> {
+    float_layer(graph, layer)?;
+    let a = &layer.attrs;
+    let (gating, delta) = match a.string("update_rule", "gated_delta".into())?.as_str() {
+        "linear" => (false, false),
+        "gated" => (true, false),
+        "delta" => (false, true),
+        "gated_delta" => (true, true),
+        other => return Err(format!("update_rule {other}")),
+    };
+    if gating != input(layer, 4).is_some() || delta != input(layer, 5).is_some() {
+        return Err("decay or beta inputs not matching the update rule".into());
+    }
+    let (q, kv) = (a.int("q_num_heads", 0)?, a.int("kv_num_heads", 0)?);
+    if q <= 0 || kv <= 0 || q % kv != 0 {
+        return Err("head counts (q a positive multiple of kv)".into());
+    }
+    if [0, 1, 2].iter().any(|&k| input(layer, k).and_then(|t| rank(graph, t)) != Some(3)) {
+        return Err("LinearAttention inputs of rank other than 3".into());
+    }
+    let scale = a.float("scale", 0.0)?;
+    Ok(SequenceOp::LinearAttention { q_heads: q as usize, kv_heads: kv as usize, gating, delta, scale })
+}
+
+fn causal_conv(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String> {
+    float_layer(graph, layer)?;
+    let silu = match layer.attrs.string("activation", "none".into())?.as_str() {
+        "none" => false,
+        "silu" | "swish" => true,
+        other => return Err(format!("activation {other}")),
+    };
+    Ok(SequenceOp::CausalConv { silu })
 }

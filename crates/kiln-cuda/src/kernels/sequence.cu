@@ -193,3 +193,72 @@ extern "C" __global__ void quant_matmul(const void* a, int a_signed, const void*
     else ((unsigned char*)y)[o] = (unsigned char)r;
   }
 }
+
+// ---- LinearAttention: the recurrent form, one thread per (batch, kv head, value column) --------
+// Column c of a kv head's state S (d_k × d_v, fp32 in `state`, rows dv apart) depends on nothing
+// else, so each thread runs the whole sequence for its column: gating (S ·= exp(g), g per head
+// or per key dim), delta correction (v ← β (v − Sᵀk)), the write S += k vᵀ, and the read
+// y = scale · qᵀS for each query head of the group. Inputs are packed [B, T, H·D]; past
+// (optional) and present (optional) are [B, Hkv, dk, dv].
+template <class S>
+__device__ void linear_attention(const void* q, const void* k, const void* v, const void* past, const void* decay,
+                                 const void* beta, void* y, void* present, float* state, i64 nb, i64 t, i64 hq,
+                                 i64 hkv, i64 dk, i64 dv, i64 gw, i64 hb, int gating, int delta, float scale) {
+  GRID_STRIDE(idx, nb * hkv * dv) {
+    i64 c = idx % dv, h = (idx / dv) % hkv, b = idx / (dv * hkv), group = hq / hkv;
+    i64 sbase = (b * hkv + h) * dk * dv + c;
+    float* s = state + sbase;
+    for (i64 d = 0; d < dk; ++d) s[d * dv] = past ? S::ld(past, sbase + d * dv) : 0.0f;
+    for (i64 ti = 0; ti < t; ++ti) {
+      i64 row = b * t + ti, kb = row * hkv * dk + h * dk;
+      float vt = S::ld(v, row * hkv * dv + h * dv + c);
+      if (gating)
+        for (i64 d = 0; d < dk; ++d) s[d * dv] *= expf(S::ld(decay, row * hkv * gw + h * gw + (gw == 1 ? 0 : d)));
+      if (delta) {
+        float r = 0.0f;
+        for (i64 d = 0; d < dk; ++d) r += S::ld(k, kb + d) * s[d * dv];
+        vt = S::ld(beta, row * hb + (hb == 1 ? 0 : h)) * (vt - r);
+      }
+      for (i64 d = 0; d < dk; ++d) s[d * dv] += S::ld(k, kb + d) * vt;
+      for (i64 hh = h * group; hh < (h + 1) * group; ++hh) {
+        float o = 0.0f;
+        for (i64 d = 0; d < dk; ++d) o += S::ld(q, row * hq * dk + hh * dk + d) * s[d * dv];
+        S::st(y, (row * hq + hh) * dv + c, o * scale);
+      }
+    }
+    if (present)
+      for (i64 d = 0; d < dk; ++d) S::st(present, sbase + d * dv, s[d * dv]);
+  }
+}
+KILN_INSTANTIATE(linear_attention,
+  (const void* q, const void* k, const void* v, const void* past, const void* decay, const void* beta, void* y, void* present, float* state, i64 nb, i64 t, i64 hq, i64 hkv, i64 dk, i64 dv, i64 gw, i64 hb, int gating, int delta, float scale),
+  (q, k, v, past, decay, beta, y, present, state, nb, t, hq, hkv, dk, dv, gw, hb, gating, delta, scale))
+
+// ---- CausalConvWithState: depthwise causal 1-D convolution carrying its last k-1 inputs --------
+// Over the sequence padded on the left by past (or zeros): y[n, c, t] = bias[c] + Σ_j w[c, j] ·
+// padded[t + j] (then SiLU when silu), and the new state [n, c, k-1] = padded[l ..]. Elements
+// past nb·c·l are the state's.
+template <class S>
+__device__ __forceinline__ float causal_padded(const void* x, const void* past, i64 bc, i64 l, i64 km1, i64 i) {
+  if (i >= km1) return S::ld(x, bc * l + i - km1);
+  return past ? S::ld(past, bc * km1 + i) : 0.0f;
+}
+template <class S>
+__device__ void causal_conv_state(const void* x, const void* w, const void* bias, const void* past, void* y,
+                                  void* state, i64 nbc, i64 c, i64 l, i64 k, int silu) {
+  i64 ny = nbc * l;
+  GRID_STRIDE(e, ny + nbc * (k - 1)) {
+    if (e >= ny) {
+      i64 i = (e - ny) % (k - 1), bc = (e - ny) / (k - 1);
+      if (state) S::st(state, e - ny, causal_padded<S>(x, past, bc, l, k - 1, l + i));
+      continue;
+    }
+    i64 t = e % l, bc = e / l, ch = bc % c;
+    float v = bias ? S::ld(bias, ch) : 0.0f;
+    for (i64 j = 0; j < k; ++j) v += S::ld(w, ch * k + j) * causal_padded<S>(x, past, bc, l, k - 1, t + j);
+    S::st(y, e, silu ? v / (1.0f + expf(-v)) : v);
+  }
+}
+KILN_INSTANTIATE(causal_conv_state,
+  (const void* x, const void* w, const void* bias, const void* past, void* y, void* state, i64 nbc, i64 c, i64 l, i64 k, int silu),
+  (x, w, bias, past, y, state, nbc, c, l, k, silu))
