@@ -52,6 +52,7 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<Sequenc
         "MatMul" => broadcast_matmul(graph, layer),
         "MatMulInteger" | "QLinearMatMul" => Some(quant_matmul(graph, layer)),
         "LinearAttention" => Some(linear_attention(graph, layer)),
+        "FlexAttention" => Some(flex_attention(graph, layer).map(SequenceOp::Attention)),
         "CausalConvWithState" => Some(causal_conv(graph, layer)),
         _ => None,
     }
@@ -217,4 +218,31 @@ fn causal_conv(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String>
         other => return Err(format!("activation {other}")),
     };
     Ok(SequenceOp::CausalConv { silu })
+}
+
+/// FlexAttention without score_mod/prob_mod subgraphs is Attention on 4-D inputs with no mask
+/// (its scores are finite, so Attention's fully-masked-row guard never differs from its NaN).
+fn flex_attention(graph: &EngineGraph, layer: &Layer) -> Result<AttentionAttrs, String> {
+    float_layer(graph, layer)?;
+    let a = &layer.attrs;
+    if a.contains("score_mod") || a.contains("prob_mod") {
+        return Err("FlexAttention with score_mod or prob_mod subgraphs".into());
+    }
+    if a.int_opt("softmax_precision")?.is_some_and(|p| p != 1) {
+        return Err("FlexAttention with a softmax precision other than float".into());
+    }
+    if [0, 1, 2].iter().any(|&k| input(layer, k).and_then(|t| rank(graph, t)) != Some(4)) || layer.inputs.len() > 3 {
+        return Err("FlexAttention inputs other than 4-D Q, K, V".into());
+    }
+    Ok(AttentionAttrs {
+        q_heads: 0,
+        kv_heads: 0,
+        scale: a.float_opt("scale")?,
+        causal: false,
+        softcap: 0.0,
+        qk_mode: 0,
+        left: -1,
+        right: -1,
+        mask_broadcast: false,
+    })
 }

@@ -386,6 +386,10 @@ fn attention_variants() -> Network {
         .with("qk_matmul_output_mode", 3i64);
     let inputs = [Some(q3), Some(k3), Some(v3), Some(bmask)];
     multi_output(&mut net, "packed_window", "Attention", a, &inputs, &["y3", "", "", "qk3"]);
+    // FlexAttention without modifier subgraphs: plain grouped-query attention.
+    let y =
+        layer(&mut net, "flex", "FlexAttention", Attributes::new().with("scale", 0.5f32), &[Some(q), Some(k), Some(v)]);
+    net.mark_output(y).unwrap();
     net
 }
 
@@ -402,7 +406,7 @@ fn attention_variants_match_the_cpu() {
         ("k3", vec![7, 16]),
         ("v3", vec![7, 12]),
     ];
-    assert_on_gpu(gpu.clone(), &attention_variants(), &inputs, 2, &["Attention"]);
+    assert_on_gpu(gpu.clone(), &attention_variants(), &inputs, 2, &["Attention", "FlexAttention"]);
     let err = check(gpu.clone(), &attention_variants(), &inputs, false, &[1, 3]);
     assert!(err < 1e-4, "fp32 relative error {err}");
     let err = check(gpu, &attention_variants(), &inputs, true, &[2]);
