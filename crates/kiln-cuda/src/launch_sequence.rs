@@ -3,7 +3,7 @@
 use crate::error::CudaResult;
 use crate::kernels::strides;
 use crate::launch::{numel, params};
-use crate::lower_sequence::{AttentionAttrs, SequenceOp};
+use crate::lower_sequence::{AttentionAttrs, RecurrentAttrs, SequenceOp};
 use crate::session::CudaSession;
 use kiln_ir::DType;
 use std::ffi::c_void;
@@ -20,6 +20,7 @@ impl CudaSession {
                 self.linear_attention(li, (*q_heads, *kv_heads), (*gating, *delta), *scale)
             }
             SequenceOp::CausalConv { silu } => self.causal_conv(li, *silu),
+            SequenceOp::Recurrent(a) => self.recurrent(li, a),
         }
     }
 
@@ -272,6 +273,83 @@ impl CudaSession {
         let f = self.p.typed("causal_conv_state")?;
         let grid = self.grid(n);
         self.launch(f, grid, 256, params!(xp, wp, bp, pp, yp, sp, nbc, c, l, k, silu))
+    }
+
+    /// RNN, GRU or LSTM: Y zeroed (steps past a sequence length stay zero), then one block per
+    /// (direction, batch entry) runs the recurrence with its state in the fp32 workspace.
+    fn recurrent(&mut self, li: usize, a: &RecurrentAttrs) -> CudaResult<()> {
+        let (x, w, r) = (self.required(li, 0)?, self.required(li, 1)?, self.required(li, 2)?);
+        let (xs, ws, rs) = (self.shape(x)?, self.shape(w)?, self.shape(r)?);
+        if xs.len() != 3 || ws.len() != 3 || rs.len() != 3 {
+            return Err(format!("X {xs:?}, W {ws:?} and R {rs:?} must be 3-D"));
+        }
+        let (seq, batch) = if a.layout == 0 { (xs[0], xs[1]) } else { (xs[1], xs[0]) };
+        let (input, hidden, dirs) = (xs[2], rs[2], a.dirs);
+        let gh = [1, 3, 4][a.cell as usize] * hidden;
+        if a.hidden_size.is_some_and(|h| h != hidden) || ws != [dirs, gh, input] || rs != [dirs, gh, hidden] {
+            return Err(format!("W {ws:?} / R {rs:?} for {dirs} directions of {hidden} units over {input} inputs"));
+        }
+        let state = if a.layout == 0 { [dirs, batch, hidden] } else { [batch, dirs, hidden] };
+        let lstm = a.cell == 2;
+        let want = |k: usize, shape: &[usize], what: &str| -> CudaResult<u64> {
+            match self.input(li, k) {
+                None => Ok(0),
+                Some(t) if self.shape(t)? == shape => self.ptr(t),
+                Some(t) => Err(format!("{what} must be {shape:?}, got {:?}", self.shape(t)?)),
+            }
+        };
+        let bias = want(3, &[dirs, 2 * gh], "B")?;
+        let h0 = want(5, &state, "initial_h")?;
+        let (c0, peep) =
+            if lstm { (want(6, &state, "initial_c")?, want(7, &[dirs, 3 * hidden], "P")?) } else { (0, 0) };
+        let (lens, lens_i32) = match self.input(li, 4) {
+            None => (0, 0),
+            Some(t) => {
+                let is_i32 = match self.device_dtype(t)? {
+                    DType::I32 => 1,
+                    DType::I64 => 0,
+                    other => return Err(format!("sequence_lens of type {other}")),
+                };
+                (want(4, &[batch], "sequence_lens")?, is_i32)
+            }
+        };
+        let out = |k: usize| -> CudaResult<u64> {
+            self.optional_output(li, k).map(|t| self.ptr(t)).transpose().map(|p| p.unwrap_or(0))
+        };
+        let (y, yh, yc) = (out(0)?, out(1)?, if lstm { out(2)? } else { 0 });
+        let blocks = dirs * batch;
+        if blocks == 0 || hidden == 0 {
+            return Ok(());
+        }
+        let e = self.p.storage.dtype().size();
+        if y != 0 {
+            self.zero(y, seq * dirs * batch * hidden * e)?;
+        }
+        let n_state = dirs * batch * hidden;
+        self.ensure_workspace(4 * n_state * 4)?;
+        let scratch = self.workspace.ptr();
+        let d = RnnDims {
+            seq: seq as i64,
+            batch: batch as i64,
+            input: input as i64,
+            hidden: hidden as i64,
+            dirs: dirs as i64,
+            cell: a.cell,
+            linear_before_reset: a.linear_before_reset as i32,
+            input_forget: a.input_forget as i32,
+            layout: a.layout,
+            reverse: a.reverse as i32,
+            lens_i32,
+            clip: a.clip,
+        };
+        let mut acts = RnnActs::default();
+        for (j, &(code, alpha, beta)) in a.acts.iter().enumerate() {
+            (acts.code[j], acts.alpha[j], acts.beta[j]) = (code, alpha, beta);
+        }
+        let (xp, wp, rp, err) = (self.ptr(x)?, self.ptr(w)?, self.ptr(r)?, self.error_flag.ptr());
+        let blocks = u32::try_from(blocks).map_err(|_| format!("{blocks} sequences exceed one launch"))?;
+        let f = self.p.typed("recurrent")?;
+        self.launch(f, blocks, 128, params!(xp, wp, rp, bias, lens, h0, c0, peep, y, yh, yc, scratch, err, d, acts))
     }
 
     /// Einsum: one thread per output element (einsum.rs plans the loops).
@@ -684,4 +762,31 @@ struct QMatDims {
     batch: [i64; 8],
     a_stride: [i64; 8],
     b_stride: [i64; 8],
+}
+
+/// `RnnDims` of sequence.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RnnDims {
+    seq: i64,
+    batch: i64,
+    input: i64,
+    hidden: i64,
+    dirs: i64,
+    cell: i32,
+    linear_before_reset: i32,
+    input_forget: i32,
+    layout: i32,
+    reverse: i32,
+    lens_i32: i32,
+    clip: f32,
+}
+
+/// `RnnActs` of sequence.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RnnActs {
+    code: [i32; 6],
+    alpha: [f32; 6],
+    beta: [f32; 6],
 }

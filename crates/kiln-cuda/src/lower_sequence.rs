@@ -21,6 +21,24 @@ pub(crate) enum SequenceOp {
     LinearAttention { q_heads: usize, kv_heads: usize, gating: bool, delta: bool, scale: f32 },
     /// CausalConvWithState (`causal_conv_state` in sequence.cu).
     CausalConv { silu: bool },
+    /// RNN, GRU and LSTM (`recurrent` in sequence.cu).
+    Recurrent(RecurrentAttrs),
+}
+
+/// The attributes of a recurrent layer, resolved (activations with their alpha/beta).
+#[derive(Clone, Debug)]
+pub(crate) struct RecurrentAttrs {
+    /// 0 RNN, 1 GRU, 2 LSTM.
+    pub cell: i32,
+    pub linear_before_reset: bool,
+    pub input_forget: bool,
+    pub layout: i32,
+    pub dirs: usize,
+    pub reverse: bool,
+    pub clip: f32,
+    /// Activation codes of `rnn_act` per direction (f, g, h: 3 slots each) and their alpha/beta.
+    pub acts: [(i32, f32, f32); 6],
+    pub hidden_size: Option<usize>,
 }
 
 /// The attributes of an Attention layer the launch needs (validated here, so the launch only
@@ -54,6 +72,7 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<Sequenc
         "LinearAttention" => Some(linear_attention(graph, layer)),
         "FlexAttention" => Some(flex_attention(graph, layer).map(SequenceOp::Attention)),
         "CausalConvWithState" => Some(causal_conv(graph, layer)),
+        "RNN" | "GRU" | "LSTM" => Some(recurrent(graph, layer).map(SequenceOp::Recurrent)),
         _ => None,
     }
 }
@@ -244,5 +263,70 @@ fn flex_attention(graph: &EngineGraph, layer: &Layer) -> Result<AttentionAttrs, 
         left: -1,
         right: -1,
         mask_broadcast: false,
+    })
+}
+
+fn recurrent(graph: &EngineGraph, layer: &Layer) -> Result<RecurrentAttrs, String> {
+    float_layer(graph, layer)?;
+    let a = &layer.attrs;
+    let (cell, defaults): (i32, &[&str]) = match layer.op.as_str() {
+        "RNN" => (0, &["Tanh"]),
+        "GRU" => (1, &["Sigmoid", "Tanh"]),
+        _ => (2, &["Sigmoid", "Tanh", "Tanh"]),
+    };
+    let layout = a.int("layout", 0)?;
+    if layout != 0 && layout != 1 {
+        return Err(format!("layout {layout}"));
+    }
+    let direction = a.string("direction", "forward".into())?;
+    let dirs = match direction.as_str() {
+        "forward" | "reverse" => 1,
+        "bidirectional" => 2,
+        other => return Err(format!("direction {other}")),
+    };
+    // `n` activations per direction; a list of just `n` serves both; alpha/beta are consumed
+    // in order by the functions that take them (the reference kernel's parse).
+    let n = defaults.len();
+    let names: Vec<String> = match a.strings_opt("activations")? {
+        Some(v) if v.len() == n * dirs => v,
+        Some(v) if v.len() == n => v.iter().cycle().take(n * dirs).cloned().collect(),
+        Some(v) => return Err(format!("{} activations", v.len())),
+        None => defaults.iter().cycle().take(n * dirs).map(|s| s.to_string()).collect(),
+    };
+    let mut alphas = a.floats("activation_alpha", Vec::new())?.into_iter();
+    let mut betas = a.floats("activation_beta", Vec::new())?.into_iter();
+    let mut acts = [(1, 0.0, 0.0); 6];
+    for (j, name) in names.iter().enumerate() {
+        let mut alpha = |d: f32| alphas.next().unwrap_or(d);
+        let act = match name.to_ascii_lowercase().as_str() {
+            "relu" => (0, 0.0, 0.0),
+            "tanh" => (1, 0.0, 0.0),
+            "sigmoid" => (2, 0.0, 0.0),
+            "affine" => (3, alpha(1.0), betas.next().unwrap_or(0.0)),
+            "leakyrelu" => (4, alpha(0.01), 0.0),
+            "thresholdedrelu" => (5, alpha(1.0), 0.0),
+            "scaledtanh" => (6, alpha(1.0), betas.next().unwrap_or(1.0)),
+            "hardsigmoid" => (7, alpha(0.2), betas.next().unwrap_or(0.5)),
+            "elu" => (8, alpha(1.0), 0.0),
+            "softsign" => (9, 0.0, 0.0),
+            "softplus" => (10, 0.0, 0.0),
+            other => return Err(format!("activation {other}")),
+        };
+        acts[(j / n) * 3 + j % n] = act;
+    }
+    let clip = match a.float_opt("clip")? {
+        Some(c) if c.is_nan() || c <= 0.0 => return Err(format!("clip {c}")),
+        c => c.unwrap_or(0.0),
+    };
+    Ok(RecurrentAttrs {
+        cell,
+        linear_before_reset: a.int("linear_before_reset", 0)? != 0,
+        input_forget: a.int("input_forget", 0)? != 0,
+        layout: layout as i32,
+        dirs,
+        reverse: direction == "reverse",
+        clip,
+        acts,
+        hidden_size: a.int_opt("hidden_size")?.map(|h| h as usize),
     })
 }

@@ -577,3 +577,44 @@ fn recurrent_states_match_the_cpu() {
     let err = check(gpu, &recurrent_states(), &inputs, false, &[1, 3]);
     assert!(err < 1e-4, "fp32 relative error {err}");
 }
+
+/// LSTM (bidirectional, biases, sequence lengths, initial states, peepholes), GRU (reverse;
+/// and linear_before_reset with clip), RNN (layout 1, LeakyRelu), all outputs. X is
+/// [seq, 2, 3]; the symbolic first dim is the sequence (the batch for the layout-1 RNN).
+fn recurrent_layers() -> Network {
+    let mut net = Network::new("recurrent_layers");
+    let x = dyn_input(&mut net, "xs", &[2, 3]);
+    let c = |net: &mut Network, name: &str, shape: &[usize], seed: u64| constant(net, name, shape, seed);
+    let (w, r, b) =
+        (c(&mut net, "lw", &[2, 20, 3], 41), c(&mut net, "lr", &[2, 20, 5], 42), c(&mut net, "lb", &[2, 40], 43));
+    let lens = net.add_constant("lens", Tensor::from_vec(vec![2], vec![3i32, 4]).unwrap()).unwrap();
+    let (h0, c0, p) =
+        (c(&mut net, "h0", &[2, 2, 5], 44), c(&mut net, "c0", &[2, 2, 5], 45), c(&mut net, "p", &[2, 15], 46));
+    let a = Attributes::new().with("direction", "bidirectional".to_string()).with("hidden_size", 5i64);
+    let inputs = [Some(x), Some(w), Some(r), Some(b), Some(lens), Some(h0), Some(c0), Some(p)];
+    multi_output(&mut net, "lstm", "LSTM", a, &inputs, &["lstm_y", "lstm_h", "lstm_c"]);
+
+    let (w, r, b) =
+        (c(&mut net, "gw", &[1, 15, 3], 47), c(&mut net, "gr", &[1, 15, 5], 48), c(&mut net, "gb", &[1, 30], 49));
+    let a = Attributes::new().with("direction", "reverse".to_string());
+    multi_output(&mut net, "gru", "GRU", a, &[Some(x), Some(w), Some(r), Some(b)], &["gru_y", "gru_h"]);
+    let a = Attributes::new().with("linear_before_reset", 1i64).with("clip", 0.5f32);
+    multi_output(&mut net, "gru_lbr", "GRU", a, &[Some(x), Some(w), Some(r), Some(b)], &["", "gru_lbr_h"]);
+
+    let (w, r) = (c(&mut net, "rw", &[1, 5, 3], 50), c(&mut net, "rr", &[1, 5, 5], 51));
+    let a = Attributes::new()
+        .with("layout", 1i64)
+        .with("activations", kiln_ir::Attribute::Strings(vec!["LeakyRelu".to_string()]))
+        .with("activation_alpha", vec![0.1f32]);
+    multi_output(&mut net, "rnn", "RNN", a, &[Some(x), Some(w), Some(r)], &["rnn_y", "rnn_h"]);
+    net
+}
+
+#[test]
+fn recurrent_layers_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let inputs = [("xs", vec![2, 3])];
+    assert_on_gpu(gpu.clone(), &recurrent_layers(), &inputs, 4, &["LSTM", "GRU", "RNN"]);
+    let err = check(gpu, &recurrent_layers(), &inputs, false, &[4]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+}

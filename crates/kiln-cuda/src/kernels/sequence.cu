@@ -262,3 +262,127 @@ __device__ void causal_conv_state(const void* x, const void* w, const void* bias
 KILN_INSTANTIATE(causal_conv_state,
   (const void* x, const void* w, const void* bias, const void* past, void* y, void* state, i64 nbc, i64 c, i64 l, i64 k, int silu),
   (x, w, bias, past, y, state, nbc, c, l, k, silu))
+
+// ---- RNN / GRU / LSTM: one block per (direction, batch entry), threads over hidden units -------
+// Each step computes the gates' pre-activations X_t·Wᵀ + Wb + H·Rᵀ + Rb row by row (the block
+// syncs between reading the old state and writing the new one). Steps past a batch entry's
+// sequence length leave its state alone and its Y rows zero (Y is zeroed first); reverse runs
+// from the last valid step. Gate orders as ONNX: GRU z, r, h; LSTM i, o, f, c. Activation
+// codes: 0 Relu, 1 Tanh, 2 Sigmoid, 3 Affine, 4 LeakyRelu, 5 ThresholdedRelu, 6 ScaledTanh,
+// 7 HardSigmoid, 8 Elu, 9 Softsign, 10 Softplus (per direction: f, g, h).
+struct RnnActs { int code[6]; float alpha[6]; float beta[6]; };
+struct RnnDims {
+  i64 seq, batch, input, hidden, dirs;
+  int cell, linear_before_reset, input_forget, layout, reverse, lens_i32;
+  float clip;
+};
+__device__ __forceinline__ float rnn_act(const RnnActs& a, int i, float x) {
+  float al = a.alpha[i], be = a.beta[i];
+  switch (a.code[i]) {
+    case 0: return x > 0.0f ? x : 0.0f;
+    case 1: return tanhf(x);
+    case 2: return 1.0f / (1.0f + expf(-x));
+    case 3: return al * x + be;
+    case 4: return x >= 0.0f ? x : al * x;
+    case 5: return x > al ? x : 0.0f;
+    case 6: return al * tanhf(be * x);
+    case 7: return fminf(fmaxf(al * x + be, 0.0f), 1.0f);
+    case 8: return x >= 0.0f ? x : al * (expf(x) - 1.0f);
+    case 9: return x / (1.0f + fabsf(x));
+    default: return (float)log1p(exp((double)x));
+  }
+}
+template <class S>
+__device__ void recurrent(const void* x, const void* w, const void* r, const void* bias, const void* lens,
+                          const void* h0, const void* c0, const void* peep, void* y, void* yh, void* yc, float* scratch,
+                          int* err, RnnDims d, RnnActs acts) {
+  const i64 H = d.hidden, I = d.input, B = d.batch;
+  const int gates = d.cell == 0 ? 1 : (d.cell == 1 ? 3 : 4);
+  const i64 GH = gates * H;
+  i64 dir = blockIdx.x / B, b = blockIdx.x % B;
+  const int a0 = (int)dir * 3;
+  bool reverse = d.reverse || dir == 1;
+  // State index of (dir, b, k) in H0/C0/Y_h/Y_c, in either layout.
+  i64 sbase = (d.layout == 0 ? dir * B + b : b * d.dirs + dir) * H;
+  i64 n_state = d.dirs * B * H, own = (dir * B + b) * H;
+  float* h = scratch + own;
+  float* c = scratch + n_state + own;
+  float* hn = scratch + 2 * n_state + own;
+  float* rh = scratch + 3 * n_state + own;
+  i64 len = d.seq;
+  if (lens) {
+    len = d.lens_i32 ? (i64)((const int*)lens)[b] : ((const i64*)lens)[b];
+    if (len < 0 || len > d.seq) { if (err) *err = 1; len = 0; }
+  }
+  i64 w_off = dir * GH * I, r_off = dir * GH * H, b_off = dir * 2 * GH, p_off = dir * 3 * H;
+  for (i64 k = threadIdx.x; k < H; k += blockDim.x) {
+    h[k] = h0 ? S::ld(h0, sbase + k) : 0.0f;
+    c[k] = c0 ? S::ld(c0, sbase + k) : 0.0f;
+  }
+  __syncthreads();
+  auto clampv = [&](float v) { return d.clip > 0.0f ? fminf(fmaxf(v, -d.clip), d.clip) : v; };
+  // Pre-activation of gate g for unit k at time t: X_t·W_gᵀ + Wb (xpart) and H·R_gᵀ + Rb (hpart).
+  auto xpart = [&](i64 t, int g, i64 k) {
+    i64 xrow = d.layout == 0 ? (t * B + b) * I : (b * d.seq + t) * I;
+    float s = bias ? S::ld(bias, b_off + g * H + k) : 0.0f;
+    for (i64 i = 0; i < I; ++i) s += S::ld(x, xrow + i) * S::ld(w, w_off + (g * H + k) * I + i);
+    return s;
+  };
+  auto hpart = [&](const float* hv, int g, i64 k) {
+    float s = bias ? S::ld(bias, b_off + GH + g * H + k) : 0.0f;
+    for (i64 j = 0; j < H; ++j) s += hv[j] * S::ld(r, r_off + (g * H + k) * H + j);
+    return s;
+  };
+  for (i64 step = 0; step < len; ++step) {
+    i64 t = reverse ? len - 1 - step : step;
+    if (d.cell == 1 && !d.linear_before_reset) {
+      for (i64 k = threadIdx.x; k < H; k += blockDim.x)
+        rh[k] = rnn_act(acts, a0, clampv(xpart(t, 1, k) + hpart(h, 1, k))) * h[k];
+      __syncthreads();
+    }
+    for (i64 k = threadIdx.x; k < H; k += blockDim.x) {
+      float hv;
+      if (d.cell == 0) {
+        hv = rnn_act(acts, a0, clampv(xpart(t, 0, k) + hpart(h, 0, k)));
+      } else if (d.cell == 1) {
+        float z = rnn_act(acts, a0, clampv(xpart(t, 0, k) + hpart(h, 0, k)));
+        float pre;
+        if (d.linear_before_reset) {
+          float rg = rnn_act(acts, a0, clampv(xpart(t, 1, k) + hpart(h, 1, k)));
+          pre = xpart(t, 2, k) + rg * hpart(h, 2, k);
+        } else {
+          pre = xpart(t, 2, k) + hpart(rh, 2, k);
+        }
+        float cand = rnn_act(acts, a0 + 1, clampv(pre));
+        hv = (1.0f - z) * cand + z * h[k];
+      } else {
+        float cp = c[k];
+        float pi = peep ? S::ld(peep, p_off + k) : 0.0f, po = peep ? S::ld(peep, p_off + H + k) : 0.0f;
+        float pf = peep ? S::ld(peep, p_off + 2 * H + k) : 0.0f;
+        float ig = rnn_act(acts, a0, clampv(xpart(t, 0, k) + hpart(h, 0, k) + pi * cp));
+        float fg = d.input_forget ? 1.0f - ig : rnn_act(acts, a0, clampv(xpart(t, 2, k) + hpart(h, 2, k) + pf * cp));
+        float cand = rnn_act(acts, a0 + 1, clampv(xpart(t, 3, k) + hpart(h, 3, k)));
+        float cn = fg * cp + ig * cand;
+        float o = rnn_act(acts, a0, clampv(xpart(t, 1, k) + hpart(h, 1, k) + po * cn));
+        rh[k] = cn;  // the new cell state, committed after the sync
+        hv = o * rnn_act(acts, a0 + 2, cn);
+      }
+      hn[k] = hv;
+    }
+    __syncthreads();
+    for (i64 k = threadIdx.x; k < H; k += blockDim.x) {
+      h[k] = hn[k];
+      if (d.cell == 2) c[k] = rh[k];
+      i64 yi = d.layout == 0 ? ((t * d.dirs + dir) * B + b) * H + k : ((b * d.seq + t) * d.dirs + dir) * H + k;
+      if (y) S::st(y, yi, hn[k]);
+    }
+    __syncthreads();
+  }
+  for (i64 k = threadIdx.x; k < H; k += blockDim.x) {
+    if (yh) S::st(yh, sbase + k, h[k]);
+    if (yc) S::st(yc, sbase + k, c[k]);
+  }
+}
+KILN_INSTANTIATE(recurrent,
+  (const void* x, const void* w, const void* r, const void* bias, const void* lens, const void* h0, const void* c0, const void* peep, void* y, void* yh, void* yc, float* scratch, int* err, RnnDims d, RnnActs acts),
+  (x, w, r, bias, lens, h0, c0, peep, y, yh, yc, scratch, err, d, acts))
