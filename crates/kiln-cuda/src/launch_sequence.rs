@@ -19,7 +19,6 @@ impl CudaSession {
             SequenceOp::LinearAttention { q_heads, kv_heads, gating, delta, scale } => {
                 self.linear_attention(li, (*q_heads, *kv_heads), (*gating, *delta), *scale)
             }
-            SequenceOp::CausalConv { silu } => self.causal_conv(li, *silu),
             SequenceOp::Recurrent(a) => self.recurrent(li, a),
         }
     }
@@ -241,38 +240,6 @@ impl CudaSession {
                 dims[6], dims[7], g, d, scale
             ),
         )
-    }
-
-    /// CausalConvWithState: input [N, C, L], depthwise weight [C, 1, K], bias [C], past [N, C, K-1].
-    fn causal_conv(&mut self, li: usize, silu: bool) -> CudaResult<()> {
-        let (x, w, y) = (self.required(li, 0)?, self.required(li, 1)?, self.output(li, 0)?);
-        let (xs, ws) = (self.shape(x)?, self.shape(w)?);
-        if xs.len() != 3 || ws.len() != 3 || ws[0] != xs[1] || ws[1] != 1 || ws[2] == 0 {
-            return Err(format!("input {xs:?} and depthwise weight {ws:?}"));
-        }
-        let (nbc, c, l, k) = (xs[0] * xs[1], xs[1], xs[2], ws[2]);
-        if let Some(bias) = self.input(li, 2) {
-            if self.shape(bias)? != [c] {
-                return Err(format!("bias must have shape [{c}]"));
-            }
-        }
-        if let Some(p) = self.input(li, 3) {
-            if self.shape(p)? != [xs[0], c, k - 1] {
-                return Err(format!("past_state must have shape [{}, {c}, {}]", xs[0], k - 1));
-            }
-        }
-        let n = nbc * (l + k - 1);
-        if n == 0 {
-            return Ok(());
-        }
-        let opt =
-            |id: Option<usize>| -> CudaResult<u64> { id.map(|t| self.ptr(t)).transpose().map(|p| p.unwrap_or(0)) };
-        let (xp, wp, yp) = (self.ptr(x)?, self.ptr(w)?, self.ptr(y)?);
-        let (bp, pp, sp) = (opt(self.input(li, 2))?, opt(self.input(li, 3))?, opt(self.optional_output(li, 1))?);
-        let (nbc, c, l, k, silu) = (nbc as i64, c as i64, l as i64, k as i64, silu as i32);
-        let f = self.p.typed("causal_conv_state")?;
-        let grid = self.grid(n);
-        self.launch(f, grid, 256, params!(xp, wp, bp, pp, yp, sp, nbc, c, l, k, silu))
     }
 
     /// RNN, GRU or LSTM: Y zeroed (steps past a sequence length stay zero), then one block per

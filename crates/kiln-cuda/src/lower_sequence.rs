@@ -19,8 +19,6 @@ pub(crate) enum SequenceOp {
     QuantMatMul { qlinear: bool },
     /// LinearAttention (`linear_attention` in sequence.cu).
     LinearAttention { q_heads: usize, kv_heads: usize, gating: bool, delta: bool, scale: f32 },
-    /// CausalConvWithState (`causal_conv_state` in sequence.cu).
-    CausalConv { silu: bool },
     /// RNN, GRU and LSTM (`recurrent` in sequence.cu).
     Recurrent(RecurrentAttrs),
 }
@@ -71,7 +69,6 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<Sequenc
         "MatMulInteger" | "QLinearMatMul" => Some(quant_matmul(graph, layer)),
         "LinearAttention" => Some(linear_attention(graph, layer)),
         "FlexAttention" => Some(flex_attention(graph, layer).map(SequenceOp::Attention)),
-        "CausalConvWithState" => Some(causal_conv(graph, layer)),
         "RNN" | "GRU" | "LSTM" => Some(recurrent(graph, layer).map(SequenceOp::Recurrent)),
         _ => None,
     }
@@ -227,16 +224,6 @@ fn linear_attention(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, St
     }
     let scale = a.float("scale", 0.0)?;
     Ok(SequenceOp::LinearAttention { q_heads: q as usize, kv_heads: kv as usize, gating, delta, scale })
-}
-
-fn causal_conv(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String> {
-    float_layer(graph, layer)?;
-    let silu = match layer.attrs.string("activation", "none".into())?.as_str() {
-        "none" => false,
-        "silu" | "swish" => true,
-        other => return Err(format!("activation {other}")),
-    };
-    Ok(SequenceOp::CausalConv { silu })
 }
 
 /// FlexAttention without score_mod/prob_mod subgraphs is Attention on 4-D inputs with no mask

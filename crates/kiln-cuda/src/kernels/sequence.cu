@@ -234,35 +234,6 @@ KILN_INSTANTIATE(linear_attention,
   (const void* q, const void* k, const void* v, const void* past, const void* decay, const void* beta, void* y, void* present, float* state, i64 nb, i64 t, i64 hq, i64 hkv, i64 dk, i64 dv, i64 gw, i64 hb, int gating, int delta, float scale),
   (q, k, v, past, decay, beta, y, present, state, nb, t, hq, hkv, dk, dv, gw, hb, gating, delta, scale))
 
-// ---- CausalConvWithState: depthwise causal 1-D convolution carrying its last k-1 inputs --------
-// Over the sequence padded on the left by past (or zeros): y[n, c, t] = bias[c] + Σ_j w[c, j] ·
-// padded[t + j] (then SiLU when silu), and the new state [n, c, k-1] = padded[l ..]. Elements
-// past nb·c·l are the state's.
-template <class S>
-__device__ __forceinline__ float causal_padded(const void* x, const void* past, i64 bc, i64 l, i64 km1, i64 i) {
-  if (i >= km1) return S::ld(x, bc * l + i - km1);
-  return past ? S::ld(past, bc * km1 + i) : 0.0f;
-}
-template <class S>
-__device__ void causal_conv_state(const void* x, const void* w, const void* bias, const void* past, void* y,
-                                  void* state, i64 nbc, i64 c, i64 l, i64 k, int silu) {
-  i64 ny = nbc * l;
-  GRID_STRIDE(e, ny + nbc * (k - 1)) {
-    if (e >= ny) {
-      i64 i = (e - ny) % (k - 1), bc = (e - ny) / (k - 1);
-      if (state) S::st(state, e - ny, causal_padded<S>(x, past, bc, l, k - 1, l + i));
-      continue;
-    }
-    i64 t = e % l, bc = e / l, ch = bc % c;
-    float v = bias ? S::ld(bias, ch) : 0.0f;
-    for (i64 j = 0; j < k; ++j) v += S::ld(w, ch * k + j) * causal_padded<S>(x, past, bc, l, k - 1, t + j);
-    S::st(y, e, silu ? v / (1.0f + expf(-v)) : v);
-  }
-}
-KILN_INSTANTIATE(causal_conv_state,
-  (const void* x, const void* w, const void* bias, const void* past, void* y, void* state, i64 nbc, i64 c, i64 l, i64 k, int silu),
-  (x, w, bias, past, y, state, nbc, c, l, k, silu))
-
 // ---- RNN / GRU / LSTM: one block per (direction, batch entry), threads over hidden units -------
 // Each step computes the gates' pre-activations X_t·Wᵀ + Wb + H·Rᵀ + Rb row by row (the block
 // syncs between reading the old state and writing the new one). Steps past a batch entry's
