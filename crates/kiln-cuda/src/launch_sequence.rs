@@ -16,6 +16,7 @@ impl CudaSession {
             SequenceOp::Einsum { equation } => self.einsum(li, equation),
             SequenceOp::BroadcastMatMul => self.broadcast_matmul(li),
             SequenceOp::QuantMatMul { qlinear } => self.quant_matmul(li, *qlinear),
+            SequenceOp::QuantConv { qlinear } => self.quant_conv(li, *qlinear),
             SequenceOp::LinearAttention { q_heads, kv_heads, gating, delta, scale } => {
                 self.linear_attention(li, (*q_heads, *kv_heads), (*gating, *delta), *scale)
             }
@@ -93,73 +94,128 @@ impl CudaSession {
         if total == 0 {
             return Ok(());
         }
-        let signed = |t: usize| -> CudaResult<i32> { Ok((self.device_dtype(t)? == DType::I8) as i32) };
-        // A zero point: its address and length, which must be 1 or `per` (rows of A, columns of B).
-        let zero_point = |k: usize, per: usize| -> CudaResult<(u64, i64)> {
-            let Some(z) = self.input(li, k) else { return Ok((0, 0)) };
-            let len = numel(&self.shape(z)?);
-            if len != 1 && len != per {
-                return Err(format!("zero point of {len} values for {per}"));
-            }
-            Ok((self.ptr(z)?, len as i64))
-        };
-        let ((za, za_len), (zb, zb_len)) = (zero_point(iza, m)?, zero_point(izb, n)?);
+        let ((za, za_len), (zb, zb_len)) = (self.zero_point(li, iza, m)?, self.zero_point(li, izb, n)?);
         let mut d = QMatDims { m: m as i64, n: n as i64, k: k as i64, nb: batch.len() as i32, ..Default::default() };
         for j in 0..batch.len() {
             (d.batch[j], d.a_stride[j], d.b_stride[j]) = (batch[j] as i64, stride_a[j], stride_b[j]);
         }
-        let (mut scales, mut lens, mut scale_load, mut scale_round) = ([0u64; 3], [1i64; 3], 0i32, 0i32);
-        let (mut y_zp, y_kind) = (0u64, crate::kernels::dtype_code(self.device_dtype(y)?).unwrap_or(-1));
-        if qlinear {
-            for (j, k) in [1, 4, 6].into_iter().enumerate() {
-                let s = self.required(li, k)?;
-                let len = numel(&self.shape(s)?);
-                if len != 1 && len != n {
-                    return Err(format!("a scale of {len} values for {n} columns"));
-                }
-                (scales[j], lens[j]) = (self.ptr(s)?, len as i64);
-                scale_load = crate::kernels::dtype_code(self.device_dtype(s)?).unwrap_or(-1);
-                scale_round = crate::kernels::dtype_code(self.graph_dtype(s)?).unwrap_or(-1);
-            }
-            if let Some(z) = self.input(li, 7) {
-                if numel(&self.shape(z)?) != 1 || self.device_dtype(z)? != self.device_dtype(y)? {
-                    return Err("y_zero_point must be one value of Y's type".into());
-                }
-                y_zp = self.ptr(z)?;
-            }
-        }
+        let q = self.quant_out(li, qlinear, n)?;
         let f = self.p.func("quant_matmul")?;
-        let (ap, a_signed, bp, b_signed, yp, total64) =
-            (self.ptr(a)?, signed(a)?, self.ptr(b)?, signed(b)?, self.ptr(y)?, total as i64);
+        let (ap, a_signed, bp, b_signed) = (self.ptr(a)?, self.signed(a)?, self.ptr(b)?, self.signed(b)?);
+        let (yp, total64) = (self.ptr(y)?, total as i64);
         let grid = self.grid(total);
-        self.launch(
-            f,
-            grid,
-            256,
-            params!(
-                ap,
-                a_signed,
-                za,
-                za_len,
-                bp,
-                b_signed,
-                zb,
-                zb_len,
-                scales[0],
-                scales[1],
-                scales[2],
-                scale_load,
-                scale_round,
-                lens[0],
-                lens[1],
-                lens[2],
-                y_zp,
-                yp,
-                y_kind,
-                total64,
-                d
-            ),
-        )
+        self.launch(f, grid, 256, params!(ap, a_signed, za, za_len, bp, b_signed, zb, zb_len, yp, total64, d, q))
+    }
+
+    /// ConvInteger (X, W, zero points) or QLinearConv (X, scale, zero point, W, scale, zero
+    /// point, Y's scale and zero point, int32 bias): `quant_conv` in sequence.cu, 1 to 3
+    /// spatial dims, pads from the attributes (auto_pad from the inferred output size).
+    fn quant_conv(&mut self, li: usize, qlinear: bool) -> CudaResult<()> {
+        let (ix, iw, izx, izw) = if qlinear { (0, 3, 2, 5) } else { (0, 1, 2, 3) };
+        let (x, w, y) = (self.required(li, ix)?, self.required(li, iw)?, self.output(li, 0)?);
+        let (xs, ws, ys) = (self.shape(x)?, self.shape(w)?, self.shape(y)?);
+        let nsp = xs.len().saturating_sub(2);
+        let attrs = &self.p.graph.layers[li].layer.attrs;
+        let group = attrs.int("group", 1)?.max(1) as usize;
+        if !(1..=3).contains(&nsp) || ws.len() != xs.len() || ys.len() != xs.len() || ws[1] * group != xs[1] {
+            return Err(format!("X {xs:?}, W {ws:?} and Y {ys:?} with group {group}"));
+        }
+        if ws[0] % group != 0 || ys[0] != xs[0] || ys[1] != ws[0] {
+            return Err(format!("W {ws:?} and Y {ys:?} do not fit group {group}"));
+        }
+        let ints = |name: &str, default: i64| -> CudaResult<Vec<i64>> {
+            Ok(attrs.ints_opt(name)?.unwrap_or_else(|| vec![default; nsp]))
+        };
+        let (strides, dilations) = (ints("strides", 1)?, ints("dilations", 1)?);
+        let pads = attrs.ints_opt("pads")?.unwrap_or_else(|| vec![0; 2 * nsp]);
+        if strides.len() != nsp || dilations.len() != nsp || pads.len() != 2 * nsp {
+            return Err("strides, dilations or pads of the wrong length".into());
+        }
+        let auto_pad = attrs.string("auto_pad", "NOTSET".into())?;
+        let mut g = QConvGeom {
+            nsp: nsp as i32,
+            n: xs[0] as i64,
+            c: xs[1] as i64,
+            m: ws[0] as i64,
+            group: group as i64,
+            ..Default::default()
+        };
+        for s in 0..nsp {
+            let (inp, out, k) = (xs[2 + s] as i64, ys[2 + s] as i64, ws[2 + s] as i64);
+            (g.in_[s], g.out[s], g.k[s], g.stride[s], g.dil[s]) = (inp, out, k, strides[s], dilations[s]);
+            g.pad[s] = match auto_pad.as_str() {
+                "SAME_UPPER" | "SAME_LOWER" => {
+                    let total = ((out - 1) * strides[s] + (k - 1) * dilations[s] + 1 - inp).max(0);
+                    if auto_pad == "SAME_UPPER" {
+                        total / 2
+                    } else {
+                        total - total / 2
+                    }
+                }
+                "VALID" => 0,
+                _ => pads[s],
+            };
+        }
+        let total = numel(&ys);
+        if total == 0 {
+            return Ok(());
+        }
+        let ((zx, _), (zw, zw_len)) = (self.zero_point(li, izx, 1)?, self.zero_point(li, izw, ws[0])?);
+        let bias = match self.input(li, 8).filter(|_| qlinear) {
+            Some(b) if self.device_dtype(b)? == DType::I32 && numel(&self.shape(b)?) == ws[0] => self.ptr(b)?,
+            Some(_) => return Err(format!("B must be int32 with {} entries", ws[0])),
+            None => 0,
+        };
+        let q = self.quant_out(li, qlinear, ws[0])?;
+        let f = self.p.func("quant_conv")?;
+        let (xp, x_signed, wp, w_signed) = (self.ptr(x)?, self.signed(x)?, self.ptr(w)?, self.signed(w)?);
+        let (yp, total64) = (self.ptr(y)?, total as i64);
+        let grid = self.grid(total);
+        self.launch(f, grid, 256, params!(xp, x_signed, zx, wp, w_signed, zw, zw_len, bias, yp, total64, g, q))
+    }
+
+    /// Whether an 8-bit tensor is signed (int8) rather than uint8.
+    fn signed(&self, t: usize) -> CudaResult<i32> {
+        Ok((self.device_dtype(t)? == DType::I8) as i32)
+    }
+
+    /// Optional zero point input `k`: its address and length, which must be 1 or `per`.
+    fn zero_point(&self, li: usize, k: usize, per: usize) -> CudaResult<(u64, i64)> {
+        let Some(z) = self.input(li, k) else { return Ok((0, 0)) };
+        let len = numel(&self.shape(z)?);
+        if len != 1 && len != per {
+            return Err(format!("zero point of {len} values for {per}"));
+        }
+        Ok((self.ptr(z)?, len as i64))
+    }
+
+    /// The output side of a quantized product: int32 sums, or (qlinear: scales at inputs 1, 4
+    /// and 6, each of 1 or `channels` values, Y's zero point at input 7) requantized 8 bits.
+    fn quant_out(&self, li: usize, qlinear: bool, channels: usize) -> CudaResult<QOut> {
+        let y = self.output(li, 0)?;
+        let code = |d: DType| crate::kernels::dtype_code(d).unwrap_or(-1);
+        let mut q = QOut { y_kind: code(self.device_dtype(y)?), a_sn: 1, b_sn: 1, y_sn: 1, ..Default::default() };
+        if !qlinear {
+            return Ok(q);
+        }
+        let mut scales = [(0u64, 1i64); 3];
+        for (slot, k) in scales.iter_mut().zip([1, 4, 6]) {
+            let s = self.required(li, k)?;
+            let len = numel(&self.shape(s)?);
+            if len != 1 && len != channels {
+                return Err(format!("a scale of {len} values for {channels} channels"));
+            }
+            *slot = (self.ptr(s)?, len as i64);
+            (q.scale_load, q.scale_round) = (code(self.device_dtype(s)?), code(self.graph_dtype(s)?));
+        }
+        ((q.a_scale, q.a_sn), (q.b_scale, q.b_sn), (q.y_scale, q.y_sn)) = (scales[0], scales[1], scales[2]);
+        if let Some(z) = self.input(li, 7) {
+            if numel(&self.shape(z)?) != 1 || self.device_dtype(z)? != self.device_dtype(y)? {
+                return Err("y_zero_point must be one value of Y's type".into());
+            }
+            q.y_zp = self.ptr(z)?;
+        }
+        Ok(q)
     }
 
     /// An optional output's tensor id.
@@ -756,4 +812,37 @@ struct RnnActs {
     code: [i32; 6],
     alpha: [f32; 6],
     beta: [f32; 6],
+}
+
+/// `QOut` of sequence.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct QOut {
+    a_scale: u64,
+    b_scale: u64,
+    y_scale: u64,
+    y_zp: u64,
+    a_sn: i64,
+    b_sn: i64,
+    y_sn: i64,
+    scale_load: i32,
+    scale_round: i32,
+    y_kind: i32,
+}
+
+/// `QConvGeom` of sequence.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct QConvGeom {
+    nsp: i32,
+    n: i64,
+    c: i64,
+    m: i64,
+    group: i64,
+    in_: [i64; 3],
+    out: [i64; 3],
+    k: [i64; 3],
+    stride: [i64; 3],
+    pad: [i64; 3],
+    dil: [i64; 3],
 }

@@ -17,6 +17,8 @@ pub(crate) enum SequenceOp {
     BroadcastMatMul,
     /// MatMulInteger and QLinearMatMul (`quant_matmul` in sequence.cu), exact in integers.
     QuantMatMul { qlinear: bool },
+    /// ConvInteger and QLinearConv (`quant_conv` in sequence.cu), exact in integers.
+    QuantConv { qlinear: bool },
     /// LinearAttention (`linear_attention` in sequence.cu).
     LinearAttention { q_heads: usize, kv_heads: usize, gating: bool, delta: bool, scale: f32 },
     /// RNN, GRU and LSTM (`recurrent` in sequence.cu).
@@ -67,6 +69,7 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<Sequenc
         "Einsum" => Some(einsum(graph, layer)),
         "MatMul" => broadcast_matmul(graph, layer),
         "MatMulInteger" | "QLinearMatMul" => Some(quant_matmul(graph, layer)),
+        "ConvInteger" | "QLinearConv" => Some(quant_matmul(graph, layer)),
         "LinearAttention" => Some(linear_attention(graph, layer)),
         "FlexAttention" => Some(flex_attention(graph, layer).map(SequenceOp::Attention)),
         "RNN" | "GRU" | "LSTM" => Some(recurrent(graph, layer).map(SequenceOp::Recurrent)),
@@ -180,10 +183,11 @@ fn broadcast_matmul(graph: &EngineGraph, layer: &Layer) -> Option<Result<Sequenc
     Some(float_layer(graph, layer).map(|()| SequenceOp::BroadcastMatMul))
 }
 
-/// 8-bit operands (and zero points of their type), an int32 output (MatMulInteger) or an 8-bit
-/// one with float scales of one type (QLinearMatMul).
+/// Quantized products (MatMulInteger, QLinearMatMul) and convolutions (ConvInteger,
+/// QLinearConv): 8-bit operands (and zero points of their type), an int32 output or an 8-bit
+/// one with float scales of one type (QLinear*).
 fn quant_matmul(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String> {
-    let qlinear = layer.op == "QLinearMatMul";
+    let qlinear = layer.op.starts_with("QLinear");
     let dtype = |k: usize| input(layer, k).and_then(|t| tensor_dtype(graph, t));
     let eight_bit = |d: Option<DType>| matches!(d, Some(DType::I8 | DType::U8));
     let (a, b) = if qlinear { (0, 3) } else { (0, 1) };
@@ -197,7 +201,13 @@ fn quant_matmul(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String
             return Err("QLinearMatMul scales of mixed or non-float types".into());
         }
     } else if out != Some(DType::I32) {
-        return Err("MatMulInteger with a non-int32 output".into());
+        return Err(format!("{} with a non-int32 output", layer.op));
+    }
+    if layer.op.ends_with("Conv") {
+        if input(layer, 8).is_some_and(|b| tensor_dtype(graph, b) != Some(DType::I32)) {
+            return Err("QLinearConv with a non-int32 bias".into());
+        }
+        return Ok(SequenceOp::QuantConv { qlinear });
     }
     Ok(SequenceOp::QuantMatMul { qlinear })
 }

@@ -498,7 +498,8 @@ fn einsums_and_broadcast_matmuls_match_the_cpu() {
 }
 
 /// Quantized products on a quantized input: QLinearMatMul with per-column weight scales and
-/// zero points of uint8, MatMulInteger of uint8 by int8 with per-column zero points.
+/// zero points of uint8, MatMulInteger of uint8 by int8 with per-column zero points, and the
+/// quantized convolutions ConvInteger and QLinearConv.
 fn quantized_products() -> Network {
     let mut net = Network::new("quantized");
     let x = dyn_input(&mut net, "x", &[3, 4]);
@@ -522,6 +523,30 @@ fn quantized_products() -> Network {
     let y =
         layer(&mut net, "mm_int", "MatMulInteger", Attributes::new(), &[Some(xq), Some(wi), Some(x_zp), Some(wi_zp)]);
     net.mark_output(y).unwrap();
+    // xq as a 1-D signal [N, C = 3, L = 4]: ConvInteger with padding, QLinearConv with a stride,
+    // per-channel weight scales and an int32 bias.
+    let wc: Vec<u8> = (0..12).map(|i| (i * 53 % 256) as u8).collect();
+    let wc = scalar(&mut net, "wc", Tensor::from_vec(vec![2, 3, 2], wc).unwrap());
+    let wc_zp = scalar(&mut net, "wc_zp", Tensor::from_vec(vec![2], vec![100u8, 140]).unwrap());
+    let a = Attributes::new().with("pads", vec![1i64, 1]);
+    let y = layer(&mut net, "conv_int", "ConvInteger", a, &[Some(xq), Some(wc), Some(x_zp), Some(wc_zp)]);
+    net.mark_output(y).unwrap();
+    let wc_scale = scalar(&mut net, "wc_scale", Tensor::from_vec(vec![2], vec![0.01f32, 0.03]).unwrap());
+    let bias = scalar(&mut net, "bias", Tensor::from_vec(vec![2], vec![500i32, -700]).unwrap());
+    let a = Attributes::new().with("strides", vec![2i64]).with("pads", vec![1i64, 0]);
+    let inputs = [
+        Some(xq),
+        Some(x_scale),
+        Some(x_zp),
+        Some(wc),
+        Some(wc_scale),
+        Some(wc_zp),
+        Some(y_scale),
+        Some(y_zp),
+        Some(bias),
+    ];
+    let y = layer(&mut net, "qconv", "QLinearConv", a, &inputs);
+    net.mark_output(y).unwrap();
     net
 }
 
@@ -529,7 +554,13 @@ fn quantized_products() -> Network {
 fn quantized_products_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let inputs = [("x", vec![3, 4])];
-    assert_on_gpu(gpu.clone(), &quantized_products(), &inputs, 2, &["QLinearMatMul", "MatMulInteger"]);
+    assert_on_gpu(
+        gpu.clone(),
+        &quantized_products(),
+        &inputs,
+        2,
+        &["QLinearMatMul", "MatMulInteger", "ConvInteger", "QLinearConv"],
+    );
     // Exact integer sums; the requantized output may differ by one step where the CPU's and
     // the GPU's quantized input round a tie differently.
     let err = check(gpu, &quantized_products(), &inputs, false, &[1, 3]);

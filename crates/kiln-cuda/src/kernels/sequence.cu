@@ -163,11 +163,27 @@ __device__ __forceinline__ double round_to(double x, int code) {
     default: return x;
   }
 }
+// The output side of a quantized product: y_kind 5 (int32) stores the sum; 7/8 (int8/uint8)
+// requantize it with the multiplier of output channel `ch` (scales of 1 or N values).
+struct QOut {
+  const void* a_scale; const void* b_scale; const void* y_scale; const void* y_zp;
+  i64 a_sn, b_sn, y_sn;
+  int scale_load, scale_round, y_kind;
+};
+__device__ __forceinline__ void store_quantized(void* y, i64 o, i64 acc, i64 ch, const QOut& q) {
+  if (q.y_kind == 5) { ((int*)y)[o] = (int)acc; return; }
+  double mult = load_any(q.a_scale, q.a_sn == 1 ? 0 : ch, q.scale_load);
+  mult = round_to(mult * load_any(q.b_scale, q.b_sn == 1 ? 0 : ch, q.scale_load), q.scale_round);
+  mult = round_to(mult / load_any(q.y_scale, q.y_sn == 1 ? 0 : ch, q.scale_load), q.scale_round);
+  double r = rint((double)acc * mult) + (q.y_zp ? (double)load_q8(q.y_zp, 0, q.y_kind == 7) : 0.0);
+  double lo = q.y_kind == 7 ? -128.0 : 0.0, hi = q.y_kind == 7 ? 127.0 : 255.0;
+  r = r != r ? 0.0 : fmin(fmax(r, lo), hi);
+  if (q.y_kind == 7) ((signed char*)y)[o] = (signed char)r;
+  else ((unsigned char*)y)[o] = (unsigned char)r;
+}
 extern "C" __global__ void quant_matmul(const void* a, int a_signed, const void* a_zp, i64 a_zp_len, const void* b,
-                                        int b_signed, const void* b_zp, i64 b_zp_len, const void* a_scale,
-                                        const void* b_scale, const void* y_scale, int scale_load, int scale_round,
-                                        i64 a_sn, i64 b_sn, i64 y_sn, const void* y_zp, void* y, int y_kind, i64 total,
-                                        QMatDims d) {
+                                        int b_signed, const void* b_zp, i64 b_zp_len, void* y, i64 total, QMatDims d,
+                                        QOut q) {
   GRID_STRIDE(o, total) {
     i64 col = o % d.n, row = (o / d.n) % d.m, rem = o / (d.n * d.m), a_off = 0, b_off = 0;
     for (int j = d.nb - 1; j >= 0; --j) {
@@ -182,15 +198,49 @@ extern "C" __global__ void quant_matmul(const void* a, int a_signed, const void*
     for (i64 kk = 0; kk < d.k; ++kk) {
       acc += (load_q8(a, a_off + row * d.k + kk, a_signed) - za) * (load_q8(b, b_off + kk * d.n + col, b_signed) - zb);
     }
-    if (y_kind == 5) { ((int*)y)[o] = (int)acc; continue; }
-    double mult = load_any(a_scale, a_sn == 1 ? 0 : col, scale_load);
-    mult = round_to(mult * load_any(b_scale, b_sn == 1 ? 0 : col, scale_load), scale_round);
-    mult = round_to(mult / load_any(y_scale, y_sn == 1 ? 0 : col, scale_load), scale_round);
-    double r = rint((double)acc * mult) + (y_zp ? (double)load_q8(y_zp, 0, y_kind == 7) : 0.0);
-    double lo = y_kind == 7 ? -128.0 : 0.0, hi = y_kind == 7 ? 127.0 : 255.0;
-    r = r != r ? 0.0 : fmin(fmax(r, lo), hi);
-    if (y_kind == 7) ((signed char*)y)[o] = (signed char)r;
-    else ((unsigned char*)y)[o] = (unsigned char)r;
+    store_quantized(y, o, acc, col, q);
+  }
+}
+
+// ---- ConvInteger / QLinearConv: exact integer convolution, one thread per output element -------
+// X [N, C, spatial..] and W [M, C/group, kernel..] of 8 bits, centred by their zero points (X:
+// a scalar; W: a scalar or one per output channel); padding contributes zero (the zero point).
+// QLinearConv adds its int32 bias and requantizes per output channel (store_quantized).
+struct QConvGeom {
+  int nsp;
+  i64 n, c, m, group;
+  i64 in[3], out[3], k[3], stride[3], pad[3], dil[3];
+};
+extern "C" __global__ void quant_conv(const void* x, int x_signed, const void* x_zp, const void* w, int w_signed,
+                                      const void* w_zp, i64 w_zp_len, const int* bias, void* y, i64 total, QConvGeom g,
+                                      QOut q) {
+  i64 out_size = 1, in_size = 1, k_size = 1;
+  for (int s = 0; s < g.nsp; ++s) { out_size *= g.out[s]; in_size *= g.in[s]; k_size *= g.k[s]; }
+  i64 cg = g.c / g.group, mg = g.m / g.group;
+  GRID_STRIDE(o, total) {
+    i64 sp = o % out_size, m = (o / out_size) % g.m, n = o / (out_size * g.m), grp = m / mg;
+    i64 oc[3] = {0, 0, 0}, rem = sp;
+    for (int s = g.nsp - 1; s >= 0; --s) { oc[s] = rem % g.out[s]; rem /= g.out[s]; }
+    i64 zx = x_zp ? load_q8(x_zp, 0, x_signed) : 0;
+    i64 zw = w_zp ? load_q8(w_zp, w_zp_len == 1 ? 0 : m, w_signed) : 0;
+    i64 acc = bias ? (i64)bias[m] : 0;
+    for (i64 ci = 0; ci < cg; ++ci) {
+      i64 x_base = (n * g.c + grp * cg + ci) * in_size, w_base = (m * cg + ci) * k_size;
+      for (i64 kk = 0; kk < k_size; ++kk) {
+        i64 r = kk, off = 0, stride = 1;
+        bool inside = true;
+        for (int s = g.nsp - 1; s >= 0; --s) {
+          i64 kc = r % g.k[s];
+          r /= g.k[s];
+          i64 ic = oc[s] * g.stride[s] - g.pad[s] + kc * g.dil[s];
+          if (ic < 0 || ic >= g.in[s]) { inside = false; break; }
+          off += ic * stride;
+          stride *= g.in[s];
+        }
+        if (inside) acc += (load_q8(x, x_base + off, x_signed) - zx) * (load_q8(w, w_base + kk, w_signed) - zw);
+      }
+    }
+    store_quantized(y, o, acc, m, q);
   }
 }
 
