@@ -58,30 +58,13 @@ impl CudaSession {
         self.input(li, k).ok_or_else(|| format!("input {k} is missing"))
     }
 
-    /// Whether the GPU op handles this run's shapes; where not (broadcast MatMul batches,
-    /// grouped-query attention, a mask padded along the keys) the layer runs on the CPU.
+    /// Whether the GPU op handles this run's shapes; where not (broadcast MatMul batches) the
+    /// layer runs on the CPU.
     pub(crate) fn handles_shapes(&self, li: usize, op: &GpuOp) -> CudaResult<bool> {
         Ok(match op {
             GpuOp::Gemm { is_matmul: true, .. } => {
                 let (a, b) = (self.shape(self.required(li, 0)?)?, self.shape(self.required(li, 1)?)?);
                 b.len() == 2 || (a.len() == b.len() && a[..a.len() - 2] == b[..b.len() - 2])
-            }
-            GpuOp::Attention { .. } => {
-                let (q, k, v) = (
-                    self.shape(self.required(li, 0)?)?,
-                    self.shape(self.required(li, 1)?)?,
-                    self.shape(self.required(li, 2)?)?,
-                );
-                let keys = if k.len() == 4 { k[2] } else { k[1] };
-                let heads_match = q.len() != 4 || (q[1] == k[1] && k[1] == v[1]);
-                let mask_ok = match self.input(li, 3) {
-                    Some(m) => {
-                        let ms = self.shape(m)?;
-                        ms.len() <= 4 && ms.last().is_none_or(|&l| l == keys || l == 1)
-                    }
-                    None => true,
-                };
-                heads_match && mask_ok
             }
             GpuOp::LayerNorm { .. } => {
                 let (rows, cols) = self.norm_rows(li)?;
@@ -255,7 +238,6 @@ impl CudaSession {
                 unsafe { cudarc::driver::result::memcpy_dtod_async(yp, xp, bytes, self.stream) }
                     .map_err(|e| format!("device copy: {e:?}"))
             }
-            GpuOp::Attention { heads, scale } => self.attention(li, *heads, *scale),
             GpuOp::Typed { .. } => self.typed_elementwise(li),
             GpuOp::Reduce { kind } => self.reduce(li, *kind),
             GpuOp::LogSoftmax => {
@@ -443,6 +425,22 @@ impl CudaSession {
         src: &[i64],
         dst: &[i64],
     ) -> CudaResult<()> {
+        let esize = self.device_dtype(x)?.size();
+        let (xp, yp) = (self.ptr(x)? + (x_off as u64) * esize as u64, self.ptr(y)? + (y_off as u64) * esize as u64);
+        self.copy_strided(esize, xp, yp, shape, src, dst)
+    }
+
+    /// Copy a block of shape `shape` of `esize`-byte elements from address `xp` (strides `src`)
+    /// to address `yp` (strides `dst`).
+    pub(crate) fn copy_strided(
+        &self,
+        esize: usize,
+        xp: u64,
+        yp: u64,
+        shape: &[usize],
+        src: &[i64],
+        dst: &[i64],
+    ) -> CudaResult<()> {
         let n = numel(shape);
         if n == 0 {
             return Ok(());
@@ -450,7 +448,6 @@ impl CudaSession {
         if shape.len() > MAX_RANK {
             return Err("more than 8 dimensions".into());
         }
-        let esize = self.device_dtype(x)?.size();
         let f = self.p.func(&format!("copy_strided_{esize}"))?;
         let mut d = Dims8::default();
         for k in 0..shape.len() {
@@ -458,7 +455,6 @@ impl CudaSession {
             d.src_stride[k] = src[k];
             d.dst_stride[k] = dst[k];
         }
-        let (xp, yp) = (self.ptr(x)? + (x_off as u64) * esize as u64, self.ptr(y)? + (y_off as u64) * esize as u64);
         let (n64, rank) = (n as i64, shape.len() as i32);
         let grid = self.grid(n);
         self.launch(f, grid, 256, params!(xp, yp, n64, rank, d))
@@ -794,93 +790,5 @@ impl CudaSession {
         };
         let grid = self.grid(n);
         self.launch(f, grid, 256, params!(dp, ip, idx_is_i32, yp, outer, nidx, axis_len, inner, err))
-    }
-
-    /// Scaled dot-product attention per batch: S = Q·K^T (cuBLAS, heads batched), softmax of
-    /// scale·S + mask in place, Y = P·V (cuBLAS) written in Y's layout.
-    fn attention(&mut self, li: usize, heads_attr: usize, scale: Option<f32>) -> CudaResult<()> {
-        let (q, k, v, y) = (self.required(li, 0)?, self.required(li, 1)?, self.required(li, 2)?, self.output(li, 0)?);
-        let (qs, ks, vs) = (self.shape(q)?, self.shape(k)?, self.shape(v)?);
-        // (batch, heads, sequence, head size) and (row, head, batch) strides per tensor.
-        let (b, h, sq, sk, dk, dv, packed) = if qs.len() == 3 {
-            let h = heads_attr.max(1);
-            (qs[0], h, qs[1], ks[1], qs[2] / h, vs[2] / h, true)
-        } else {
-            (qs[0], qs[1], qs[2], ks[2], qs[3], vs[3], false)
-        };
-        let layout = |s: usize, d: usize| -> (usize, i64, i64) {
-            if packed {
-                (h * d, d as i64, (s * h * d) as i64)
-            } else {
-                (d, (s * d) as i64, (h * s * d) as i64)
-            }
-        };
-        let (q_ld, q_h, q_b) = layout(sq, dk);
-        let (k_ld, k_h, k_b) = layout(sk, dk);
-        let (v_ld, v_h, v_b) = layout(sk, dv);
-        let (y_ld, y_h, y_b) = layout(sq, dv);
-        if b * h * sq == 0 {
-            return Ok(());
-        }
-        let esize = self.p.storage.dtype().size();
-        let scores_per_batch = h * sq * sk;
-        self.ensure_workspace(b * scores_per_batch * esize)?;
-        let scores = self.workspace.ptr();
-        let (qp, kp, vp, yp) = (self.ptr(q)?, self.ptr(k)?, self.ptr(v)?, self.ptr(y)?);
-        let e = esize as u64;
-        for bi in 0..b {
-            let s_b = scores + (bi * scores_per_batch) as u64 * e;
-            self.blas.gemm(
-                self.p.storage,
-                self.p.tf32,
-                (sq, sk, dk),
-                1.0,
-                (qp + (bi as i64 * q_b) as u64 * e, q_ld, false, q_h),
-                (kp + (bi as i64 * k_b) as u64 * e, k_ld, true, k_h),
-                (s_b, sk, (sq * sk) as i64),
-                h,
-            )?;
-        }
-        // The mask, right-aligned against [batch, heads, q, k]; broadcast axes get stride 0.
-        let (mask, mst) = match self.input(li, 3) {
-            None => (0u64, [0i64; 4]),
-            Some(m) => {
-                let ms = self.shape(m)?;
-                if ms.len() > 4 || ms.last().is_some_and(|&l| l != sk && l != 1) {
-                    return Err(format!("attention mask of shape {ms:?} for {sk} keys"));
-                }
-                let st = strides(&ms);
-                let mut out = [0i64; 4];
-                let off = 4 - ms.len();
-                for (j, d) in ms.iter().enumerate() {
-                    out[off + j] = if *d == 1 { 0 } else { st[j] };
-                }
-                (self.ptr(m)?, out)
-            }
-        };
-        let scale = scale.unwrap_or(1.0 / (dk as f32).sqrt());
-        let f = self.p.typed("softmax_rows")?;
-        let rows = (b * h * sq) as u32;
-        let (cols, heads, sq64) = (sk as i64, h as i64, sq as i64);
-        self.launch(
-            f,
-            rows,
-            256,
-            params!(scores, scores, cols, scale, mask, heads, sq64, mst[0], mst[1], mst[2], mst[3]),
-        )?;
-        for bi in 0..b {
-            let s_b = scores + (bi * scores_per_batch) as u64 * e;
-            self.blas.gemm(
-                self.p.storage,
-                self.p.tf32,
-                (sq, dv, sk),
-                1.0,
-                (s_b, sk, false, (sq * sk) as i64),
-                (vp + (bi as i64 * v_b) as u64 * e, v_ld, false, v_h),
-                (yp + (bi as i64 * y_b) as u64 * e, y_ld, y_h),
-                h,
-            )?;
-        }
-        Ok(())
     }
 }

@@ -13,6 +13,7 @@ mod blas_lt;
 mod compile;
 mod device;
 mod dnn;
+mod einsum;
 mod error;
 mod kernels;
 mod launch;

@@ -64,11 +64,6 @@ pub(crate) enum GpuOp {
     },
     /// A reshape-like layer the memory plan did not make free: a plain copy.
     Copy,
-    /// Scaled dot-product attention: two cuBLAS batched products around a masked softmax.
-    Attention {
-        heads: usize,
-        scale: Option<f32>,
-    },
     /// A generated kernel with its operand types spelled out (kernels/typed.rs).
     Typed {
         op: String,
@@ -466,44 +461,6 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
         "Split" => Ok(GpuOp::Split { axis: a.int("axis", 0).map_err(|e| e.to_string())? }),
         "Concat" => Ok(GpuOp::Concat { axis: a.int("axis", 0).map_err(|e| e.to_string())? }),
         "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" => Ok(GpuOp::Copy),
-        "Attention" => {
-            float_layer()?;
-            only_first_output()?;
-            if layer.inputs.len() > 4 && layer.inputs[4..].iter().any(Option::is_some) {
-                return Err("a KV cache or padding lengths".into());
-            }
-            for (name, default) in [("is_causal", 0), ("qk_matmul_output_mode", 0)] {
-                if a.int(name, default).map_err(|e| e.to_string())? != default {
-                    return Err(format!("attribute {name}"));
-                }
-            }
-            if a.float("softcap", 0.0).map_err(|e| e.to_string())? != 0.0 {
-                return Err("softcap".into());
-            }
-            for name in ["left_window_size", "right_window_size"] {
-                if a.int(name, -1).map_err(|e| e.to_string())? != -1 {
-                    return Err(format!("attribute {name}"));
-                }
-            }
-            let heads = match x_rank {
-                Some(3) => {
-                    let q = a.int("q_num_heads", 0).map_err(|e| e.to_string())?;
-                    let kv = a.int("kv_num_heads", 0).map_err(|e| e.to_string())?;
-                    if q <= 0 || q != kv {
-                        return Err("grouped-query attention".into());
-                    }
-                    q as usize
-                }
-                Some(4) => 0, // read from the shapes at run time
-                _ => return Err("attention inputs of rank other than 3 or 4".into()),
-            };
-            if let Some(m) = input(3) {
-                if tensor_dtype(graph, m) != Some(DType::F32) {
-                    return Err("a boolean mask".into());
-                }
-            }
-            Ok(GpuOp::Attention { heads, scale: a.float_opt("scale").map_err(|e| e.to_string())? })
-        }
         "CastLike" => Ok(GpuOp::Cast),
         "LogSoftmax" => {
             float_layer()?;

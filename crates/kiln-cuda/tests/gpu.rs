@@ -758,3 +758,320 @@ fn col2im_and_affine_grid_match_the_cpu() {
     let err = check(gpu, &net, &inputs, false, &[2]);
     assert!(err < 1e-5, "fp32 relative error {err}");
 }
+
+/// Asserts that the GPU engine for `net` (at batch `batch`) runs every layer of the given ops on
+/// the GPU, so a comparison with the CPU checks the GPU kernels rather than the fallback.
+fn assert_on_gpu(backend: Arc<CudaBackend>, net: &Network, inputs: &[(&str, Vec<usize>)], batch: usize, ops: &[&str]) {
+    let mut config = BuilderConfig::default();
+    for (name, dims) in inputs {
+        let s = [vec![batch], dims.clone()].concat();
+        config.profile.inputs.insert(name.to_string(), ShapeRange { min: s.clone(), opt: s.clone(), max: s });
+    }
+    let engine = Builder::new(backend).build(net, &config).expect("GPU build");
+    let placements = engine.device_placements().expect("a device program");
+    let mut seen = 0;
+    for (el, p) in engine.graph().layers.iter().zip(&placements) {
+        if ops.contains(&el.layer.op.as_str()) {
+            assert_eq!(p, "gpu", "layer {} ({})", el.layer.name, el.layer.op);
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no layer of {ops:?} in the engine");
+}
+
+/// Adds `op` with several named outputs ("" for an absent one) and marks them all as outputs.
+fn multi_output(
+    net: &mut Network,
+    name: &str,
+    op: &str,
+    attrs: Attributes,
+    inputs: &[Option<TensorId>],
+    outs: &[&str],
+) {
+    for o in net.add_layer(name, op, attrs, inputs, outs).unwrap().into_iter().flatten() {
+        net.mark_output(o).unwrap();
+    }
+}
+
+/// Attention variants: 4-D grouped-query attention with a KV cache, causal rule, softcap, a
+/// float mask and every optional output; 3-D grouped-query attention with a boolean mask, a
+/// sliding window, an explicit scale and the probabilities as qk_matmul_output.
+fn attention_variants() -> Network {
+    let mut net = Network::new("attention_variants");
+    let q = dyn_input(&mut net, "q", &[4, 5, 8]);
+    let k = dyn_input(&mut net, "k", &[2, 6, 8]);
+    let v = dyn_input(&mut net, "v", &[2, 6, 3]);
+    let pk = dyn_input(&mut net, "past_k", &[2, 3, 8]);
+    let pv = dyn_input(&mut net, "past_v", &[2, 3, 3]);
+    let mask = constant(&mut net, "mask", &[5, 9], 11);
+    let a = Attributes::new().with("is_causal", 1i64).with("softcap", 2.0f32).with("qk_matmul_output_mode", 1i64);
+    let inputs = [Some(q), Some(k), Some(v), Some(mask), Some(pk), Some(pv)];
+    multi_output(&mut net, "gqa_cache", "Attention", a, &inputs, &["y4", "present_k", "present_v", "qk4"]);
+
+    let q3 = dyn_input(&mut net, "q3", &[5, 32]);
+    let k3 = dyn_input(&mut net, "k3", &[7, 16]);
+    let v3 = dyn_input(&mut net, "v3", &[7, 12]);
+    let pattern: Vec<bool> = (0..4 * 5 * 7).map(|i| i % 3 != 1).collect();
+    let bmask = net.add_constant("bmask", Tensor::from_vec(vec![4, 5, 7], pattern).unwrap()).unwrap();
+    let a = Attributes::new()
+        .with("q_num_heads", 4i64)
+        .with("kv_num_heads", 2i64)
+        .with("scale", 0.3f32)
+        .with("left_window_size", 2i64)
+        .with("right_window_size", 1i64)
+        .with("qk_matmul_output_mode", 3i64);
+    let inputs = [Some(q3), Some(k3), Some(v3), Some(bmask)];
+    multi_output(&mut net, "packed_window", "Attention", a, &inputs, &["y3", "", "", "qk3"]);
+    // FlexAttention without modifier subgraphs: plain grouped-query attention.
+    let y =
+        layer(&mut net, "flex", "FlexAttention", Attributes::new().with("scale", 0.5f32), &[Some(q), Some(k), Some(v)]);
+    net.mark_output(y).unwrap();
+    net
+}
+
+#[test]
+fn attention_variants_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let inputs = [
+        ("q", vec![4, 5, 8]),
+        ("k", vec![2, 6, 8]),
+        ("v", vec![2, 6, 3]),
+        ("past_k", vec![2, 3, 8]),
+        ("past_v", vec![2, 3, 3]),
+        ("q3", vec![5, 32]),
+        ("k3", vec![7, 16]),
+        ("v3", vec![7, 12]),
+    ];
+    assert_on_gpu(gpu.clone(), &attention_variants(), &inputs, 2, &["Attention", "FlexAttention"]);
+    let err = check(gpu.clone(), &attention_variants(), &inputs, false, &[1, 3]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+    let err = check(gpu, &attention_variants(), &inputs, true, &[2]);
+    assert!(err < 2e-2, "fp16 relative error {err}");
+}
+
+/// At batch 2: attention with nonpad_kv_seqlen (one sequence padded) and a causal rule;
+/// RotaryEmbedding on 4-D input with per-batch caches, and on 3-D input, interleaved, with
+/// position ids and a partial rotary_embedding_dim.
+fn padded_attention_and_rotary() -> Network {
+    let mut net = Network::new("padded_rotary");
+    let q = dyn_input(&mut net, "q", &[2, 3, 4]);
+    let k = dyn_input(&mut net, "k", &[2, 6, 4]);
+    let v = dyn_input(&mut net, "v", &[2, 6, 5]);
+    let lens = net.add_constant("lens", Tensor::from_vec(vec![2], vec![4i64, 6]).unwrap()).unwrap();
+    let inputs = [Some(q), Some(k), Some(v), None, None, None, Some(lens)];
+    let a = Attributes::new().with("is_causal", 1i64);
+    multi_output(&mut net, "nonpad", "Attention", a, &inputs, &["y_nonpad"]);
+
+    let x = dyn_input(&mut net, "x", &[4, 6, 8]);
+    let cos = dyn_input(&mut net, "cos", &[6, 4]);
+    let sin = dyn_input(&mut net, "sin", &[6, 4]);
+    let r = layer(&mut net, "rope4", "RotaryEmbedding", Attributes::new(), &[Some(x), Some(cos), Some(sin)]);
+    net.mark_output(r).unwrap();
+
+    let x3 = dyn_input(&mut net, "x3", &[6, 16]);
+    let cos_cache = constant(&mut net, "cos_cache", &[10, 2], 12);
+    let sin_cache = constant(&mut net, "sin_cache", &[10, 2], 13);
+    let ids: Vec<i64> = (0..12).map(|i| (i * 7 % 10) as i64).collect();
+    let pos = net.add_constant("pos", Tensor::from_vec(vec![2, 6], ids).unwrap()).unwrap();
+    let a = Attributes::new().with("num_heads", 2i64).with("interleaved", 1i64).with("rotary_embedding_dim", 4i64);
+    let r = layer(&mut net, "rope3", "RotaryEmbedding", a, &[Some(x3), Some(cos_cache), Some(sin_cache), Some(pos)]);
+    net.mark_output(r).unwrap();
+    net
+}
+
+#[test]
+fn padded_attention_and_rotary_embeddings_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let inputs = [
+        ("q", vec![2, 3, 4]),
+        ("k", vec![2, 6, 4]),
+        ("v", vec![2, 6, 5]),
+        ("x", vec![4, 6, 8]),
+        ("cos", vec![6, 4]),
+        ("sin", vec![6, 4]),
+        ("x3", vec![6, 16]),
+    ];
+    assert_on_gpu(gpu.clone(), &padded_attention_and_rotary(), &inputs, 2, &["Attention", "RotaryEmbedding"]);
+    let err = check(gpu, &padded_attention_and_rotary(), &inputs, false, &[2]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+}
+
+/// Einsum: a batched product, a diagonal under an ellipsis, an implicit output summing over
+/// the batch; MatMul with broadcast batch dims and with a 1-D operand.
+fn einsums() -> Network {
+    let mut net = Network::new("einsums");
+    let a = dyn_input(&mut net, "a", &[3, 4]);
+    let b = dyn_input(&mut net, "b", &[4, 5]);
+    let d = dyn_input(&mut net, "d", &[4, 4]);
+    let c = dyn_input(&mut net, "c", &[4]);
+    let eq = |e: &str| Attributes::new().with("equation", e.to_string());
+    for (name, e, inputs) in [
+        ("bmm", "bij, bjk -> bik", vec![Some(a), Some(b)]),
+        ("diag", "...ii->...i", vec![Some(d)]),
+        ("implicit", "bij,bj", vec![Some(a), Some(c)]),
+    ] {
+        let y = layer(&mut net, name, "Einsum", eq(e), &inputs);
+        net.mark_output(y).unwrap();
+    }
+    let w = constant(&mut net, "w", &[2, 1, 4, 5], 21);
+    let y = layer(&mut net, "mm_bcast", "MatMul", Attributes::new(), &[Some(a), Some(w)]);
+    net.mark_output(y).unwrap();
+    let col = constant(&mut net, "col", &[4], 22);
+    let y = layer(&mut net, "mm_vec", "MatMul", Attributes::new(), &[Some(a), Some(col)]);
+    net.mark_output(y).unwrap();
+    let y = layer(&mut net, "vec_mm", "MatMul", Attributes::new(), &[Some(c), Some(b)]);
+    net.mark_output(y).unwrap();
+    net
+}
+
+#[test]
+fn einsums_and_broadcast_matmuls_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let inputs = [("a", vec![3, 4]), ("b", vec![4, 5]), ("d", vec![4, 4]), ("c", vec![4])];
+    assert_on_gpu(gpu.clone(), &einsums(), &inputs, 2, &["Einsum", "MatMul"]);
+    let err = check(gpu, &einsums(), &inputs, false, &[1, 3]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+}
+
+/// Quantized products on a quantized input: QLinearMatMul with per-column weight scales and
+/// zero points of uint8, MatMulInteger of uint8 by int8 with per-column zero points, and the
+/// quantized convolutions ConvInteger and QLinearConv.
+fn quantized_products() -> Network {
+    let mut net = Network::new("quantized");
+    let x = dyn_input(&mut net, "x", &[3, 4]);
+    let scalar = |net: &mut Network, name: &str, t: Tensor| net.add_constant(name, t).unwrap();
+    let x_scale = scalar(&mut net, "x_scale", Tensor::scalar(0.02f32));
+    let x_zp = scalar(&mut net, "x_zp", Tensor::scalar(128u8));
+    let xq = layer(&mut net, "quantize", "QuantizeLinear", Attributes::new(), &[Some(x), Some(x_scale), Some(x_zp)]);
+    let w: Vec<u8> = (0..20).map(|i| (i * 37 % 256) as u8).collect();
+    let w = scalar(&mut net, "w", Tensor::from_vec(vec![4, 5], w).unwrap());
+    let w_scale =
+        scalar(&mut net, "w_scale", Tensor::from_vec(vec![5], vec![0.01f32, 0.02, 0.015, 0.03, 0.005]).unwrap());
+    let w_zp = scalar(&mut net, "w_zp", Tensor::scalar(120u8));
+    let y_scale = scalar(&mut net, "y_scale", Tensor::scalar(0.05f32));
+    let y_zp = scalar(&mut net, "y_zp", Tensor::scalar(100u8));
+    let inputs = [Some(xq), Some(x_scale), Some(x_zp), Some(w), Some(w_scale), Some(w_zp), Some(y_scale), Some(y_zp)];
+    let y = layer(&mut net, "qlinear", "QLinearMatMul", Attributes::new(), &inputs);
+    net.mark_output(y).unwrap();
+    let wi: Vec<i8> = (0..20).map(|i| (i * 29 % 256) as u8 as i8).collect();
+    let wi = scalar(&mut net, "wi", Tensor::from_vec(vec![4, 5], wi).unwrap());
+    let wi_zp = scalar(&mut net, "wi_zp", Tensor::from_vec(vec![5], vec![1i8, -2, 3, 0, -5]).unwrap());
+    let y =
+        layer(&mut net, "mm_int", "MatMulInteger", Attributes::new(), &[Some(xq), Some(wi), Some(x_zp), Some(wi_zp)]);
+    net.mark_output(y).unwrap();
+    // xq as a 1-D signal [N, C = 3, L = 4]: ConvInteger with padding, QLinearConv with a stride,
+    // per-channel weight scales and an int32 bias.
+    let wc: Vec<u8> = (0..12).map(|i| (i * 53 % 256) as u8).collect();
+    let wc = scalar(&mut net, "wc", Tensor::from_vec(vec![2, 3, 2], wc).unwrap());
+    let wc_zp = scalar(&mut net, "wc_zp", Tensor::from_vec(vec![2], vec![100u8, 140]).unwrap());
+    let a = Attributes::new().with("pads", vec![1i64, 1]);
+    let y = layer(&mut net, "conv_int", "ConvInteger", a, &[Some(xq), Some(wc), Some(x_zp), Some(wc_zp)]);
+    net.mark_output(y).unwrap();
+    let wc_scale = scalar(&mut net, "wc_scale", Tensor::from_vec(vec![2], vec![0.01f32, 0.03]).unwrap());
+    let bias = scalar(&mut net, "bias", Tensor::from_vec(vec![2], vec![500i32, -700]).unwrap());
+    let a = Attributes::new().with("strides", vec![2i64]).with("pads", vec![1i64, 0]);
+    let inputs = [
+        Some(xq),
+        Some(x_scale),
+        Some(x_zp),
+        Some(wc),
+        Some(wc_scale),
+        Some(wc_zp),
+        Some(y_scale),
+        Some(y_zp),
+        Some(bias),
+    ];
+    let y = layer(&mut net, "qconv", "QLinearConv", a, &inputs);
+    net.mark_output(y).unwrap();
+    net
+}
+
+#[test]
+fn quantized_products_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let inputs = [("x", vec![3, 4])];
+    assert_on_gpu(
+        gpu.clone(),
+        &quantized_products(),
+        &inputs,
+        2,
+        &["QLinearMatMul", "MatMulInteger", "ConvInteger", "QLinearConv"],
+    );
+    // Exact integer sums; the requantized output may differ by one step where the CPU's and
+    // the GPU's quantized input round a tie differently.
+    let err = check(gpu, &quantized_products(), &inputs, false, &[1, 3]);
+    assert!(err < 1e-2, "relative error {err}");
+}
+
+/// LinearAttention: gated delta rule, grouped heads, a past state, decay per key dim, beta per
+/// head, the present state.
+fn linear_attention() -> Network {
+    let mut net = Network::new("linear_attention");
+    let q = dyn_input(&mut net, "q", &[5, 4 * 3]);
+    let k = dyn_input(&mut net, "k", &[5, 2 * 3]);
+    let v = dyn_input(&mut net, "v", &[5, 2 * 4]);
+    let past = dyn_input(&mut net, "past", &[2, 3, 4]);
+    let decay = dyn_input(&mut net, "decay", &[5, 2 * 3]);
+    let beta = dyn_input(&mut net, "beta", &[5, 2]);
+    let a = Attributes::new().with("q_num_heads", 4i64).with("kv_num_heads", 2i64);
+    let inputs = [Some(q), Some(k), Some(v), Some(past), Some(decay), Some(beta)];
+    multi_output(&mut net, "linear_attention", "LinearAttention", a, &inputs, &["la_y", "la_state"]);
+    net
+}
+
+#[test]
+fn linear_attention_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let inputs = [
+        ("q", vec![5, 12]),
+        ("k", vec![5, 6]),
+        ("v", vec![5, 8]),
+        ("past", vec![2, 3, 4]),
+        ("decay", vec![5, 6]),
+        ("beta", vec![5, 2]),
+    ];
+    assert_on_gpu(gpu.clone(), &linear_attention(), &inputs, 2, &["LinearAttention"]);
+    let err = check(gpu, &linear_attention(), &inputs, false, &[1, 3]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+}
+
+/// LSTM (bidirectional, biases, sequence lengths, initial states, peepholes), GRU (reverse;
+/// and linear_before_reset with clip), RNN (layout 1, LeakyRelu), all outputs. X is
+/// [seq, 2, 3]; the symbolic first dim is the sequence (the batch for the layout-1 RNN).
+fn recurrent_layers() -> Network {
+    let mut net = Network::new("recurrent_layers");
+    let x = dyn_input(&mut net, "xs", &[2, 3]);
+    let c = |net: &mut Network, name: &str, shape: &[usize], seed: u64| constant(net, name, shape, seed);
+    let (w, r, b) =
+        (c(&mut net, "lw", &[2, 20, 3], 41), c(&mut net, "lr", &[2, 20, 5], 42), c(&mut net, "lb", &[2, 40], 43));
+    let lens = net.add_constant("lens", Tensor::from_vec(vec![2], vec![3i32, 4]).unwrap()).unwrap();
+    let (h0, c0, p) =
+        (c(&mut net, "h0", &[2, 2, 5], 44), c(&mut net, "c0", &[2, 2, 5], 45), c(&mut net, "p", &[2, 15], 46));
+    let a = Attributes::new().with("direction", "bidirectional".to_string()).with("hidden_size", 5i64);
+    let inputs = [Some(x), Some(w), Some(r), Some(b), Some(lens), Some(h0), Some(c0), Some(p)];
+    multi_output(&mut net, "lstm", "LSTM", a, &inputs, &["lstm_y", "lstm_h", "lstm_c"]);
+
+    let (w, r, b) =
+        (c(&mut net, "gw", &[1, 15, 3], 47), c(&mut net, "gr", &[1, 15, 5], 48), c(&mut net, "gb", &[1, 30], 49));
+    let a = Attributes::new().with("direction", "reverse".to_string());
+    multi_output(&mut net, "gru", "GRU", a, &[Some(x), Some(w), Some(r), Some(b)], &["gru_y", "gru_h"]);
+    let a = Attributes::new().with("linear_before_reset", 1i64).with("clip", 0.5f32);
+    multi_output(&mut net, "gru_lbr", "GRU", a, &[Some(x), Some(w), Some(r), Some(b)], &["", "gru_lbr_h"]);
+
+    let (w, r) = (c(&mut net, "rw", &[1, 5, 3], 50), c(&mut net, "rr", &[1, 5, 5], 51));
+    let a = Attributes::new()
+        .with("layout", 1i64)
+        .with("activations", kiln_ir::Attribute::Strings(vec!["LeakyRelu".to_string()]))
+        .with("activation_alpha", vec![0.1f32]);
+    multi_output(&mut net, "rnn", "RNN", a, &[Some(x), Some(w), Some(r)], &["rnn_y", "rnn_h"]);
+    net
+}
+
+#[test]
+fn recurrent_layers_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let inputs = [("xs", vec![2, 3])];
+    assert_on_gpu(gpu.clone(), &recurrent_layers(), &inputs, 4, &["LSTM", "GRU", "RNN"]);
+    let err = check(gpu, &recurrent_layers(), &inputs, false, &[4]);
+    assert!(err < 1e-4, "fp32 relative error {err}");
+}
