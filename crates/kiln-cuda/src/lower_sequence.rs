@@ -203,7 +203,7 @@ fn quant_matmul(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String
     } else if out != Some(DType::I32) {
         return Err(format!("{} with a non-int32 output", layer.op));
     }
-    if layer.op.ends_with("Conv") {
+    if layer.op == "ConvInteger" || layer.op == "QLinearConv" {
         if input(layer, 8).is_some_and(|b| tensor_dtype(graph, b) != Some(DType::I32)) {
             return Err("QLinearConv with a non-int32 bias".into());
         }
