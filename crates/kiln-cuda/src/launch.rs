@@ -119,7 +119,7 @@ impl CudaSession {
                 }
                 let k = self.const_ints(li, 1)?.and_then(|v| v.first().copied()).unwrap_or(0);
                 let (rows, cols) = (xs[xs.len() - 2] as i64, xs[xs.len() - 1] as i64);
-                let f = self.p.typed("trilu")?;
+                let f = self.p.func(&format!("trilu_{}", self.device_dtype(x)?.size()))?;
                 let (xp, yp, n64, up) = (self.ptr(x)?, self.ptr(y)?, n as i64, *upper as i32);
                 let grid = self.grid(n);
                 self.launch(f, grid, 256, params!(xp, yp, n64, rows, cols, k, up))
@@ -130,7 +130,7 @@ impl CudaSession {
             GpuOp::Sequence(op) => self.launch_sequence(li, op),
             GpuOp::Softmax => {
                 let Some((xp, yp, rows, cols)) = self.last_axis_rows(li)? else { return Ok(()) };
-                let f = self.p.typed("softmax_rows")?;
+                let f = self.typed_for("softmax_rows", self.required(li, 0)?)?;
                 let (scale, mask, one, zero) = (1.0f32, 0u64, 1i64, 0i64);
                 self.launch(f, rows, 256, params!(xp, yp, cols, scale, mask, one, one, zero, zero, zero, zero))
             }
@@ -245,11 +245,12 @@ impl CudaSession {
                     .map_err(|e| format!("device copy: {e:?}"))
             }
             GpuOp::Attention { heads, scale } => self.attention(li, *heads, *scale),
-            GpuOp::Typed { .. } => self.typed_elementwise(li),
+            GpuOp::Typed(_) => self.typed_elementwise(li),
+            GpuOp::Dropout => self.dropout(li),
             GpuOp::Reduce { kind } => self.reduce(li, *kind),
             GpuOp::LogSoftmax => {
                 let Some((xp, yp, rows, cols)) = self.last_axis_rows(li)? else { return Ok(()) };
-                let f = self.p.typed("log_softmax_rows")?;
+                let f = self.typed_for("log_softmax_rows", self.required(li, 0)?)?;
                 self.launch(f, rows, 256, params!(xp, yp, cols))
             }
             GpuOp::Expand => {
@@ -405,7 +406,7 @@ impl CudaSession {
         if n_out == 0 {
             return Ok(());
         }
-        let f = self.p.typed("reduce_axes")?;
+        let f = self.typed_for("reduce_axes", x)?;
         let (xp, yp, kr, rr) = (self.ptr(x)?, self.ptr(y)?, kr as i32, rr as i32);
         let grid = self.grid(n_out as usize);
         self.launch(
@@ -454,6 +455,7 @@ impl CudaSession {
     #[allow(clippy::too_many_arguments)]
     fn epilogue(
         &self,
+        storage: crate::kernels::Storage,
         y: u64,
         n: usize,
         beta: f32,
@@ -464,7 +466,7 @@ impl CudaSession {
         if bias.is_none() && residual.is_none() && act.is_none() || n == 0 {
             return Ok(());
         }
-        let f = self.p.typed("epilogue")?;
+        let f = self.p.func(&format!("epilogue_{}", storage.suffix()))?;
         let (bp, mode, cols, inner) = bias.unwrap_or((0, 0, 1, 1));
         let res = residual.unwrap_or(0);
         let (code, p0, p1) = activation_code(act);
@@ -526,7 +528,7 @@ impl CudaSession {
             Some(b) => Some((self.ptr(b)?, 2, shape.y[1] as i64, (shape.y[2] * shape.y[3]) as i64)),
             None => None,
         };
-        self.epilogue(yp, numel(&ys), 1.0, bias, residual, act)
+        self.epilogue(self.p.storage, yp, numel(&ys), 1.0, bias, residual, act)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -577,7 +579,7 @@ impl CudaSession {
             let lda = *as_.last().unwrap_or(&1);
             let ldb = *bs.last().unwrap_or(&1);
             self.blas.gemm(
-                self.p.storage,
+                self.float_storage(y)?,
                 self.p.tf32,
                 (m, n, k),
                 alpha,
@@ -607,7 +609,7 @@ impl CudaSession {
             }
         };
         let residual = self.input(li, 3).map(|r| self.ptr(r)).transpose()?;
-        self.epilogue(yp, numel(&ys), if is_matmul { 1.0 } else { beta }, bias, residual, act)
+        self.epilogue(self.float_storage(y)?, yp, numel(&ys), if is_matmul { 1.0 } else { beta }, bias, residual, act)
     }
 
     fn elementwise(&mut self, li: usize, num_inputs: usize) -> CudaResult<()> {
@@ -684,7 +686,7 @@ impl CudaSession {
         if n == 0 {
             return Ok(());
         }
-        let f = self.p.typed("fill")?;
+        let f = self.typed_for("fill", y)?;
         let (yp, n64) = (self.ptr(y)?, n as i64);
         let grid = self.grid(n);
         self.launch(f, grid, 256, params!(yp, n64, value))?;

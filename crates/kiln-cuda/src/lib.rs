@@ -15,6 +15,7 @@ mod dnn;
 mod error;
 mod kernels;
 mod launch;
+mod launch_dtypes;
 mod launch_index;
 mod launch_sequence;
 mod launch_spatial;
