@@ -500,7 +500,7 @@ impl CudaSession {
         let (xp, wp, yp) = (self.ptr(x)?, self.ptr(w)?, self.ptr(y)?);
         let stale = self.conv_plans.get(&li).is_none_or(|p| p.input_shape != shape.x.to_vec());
         if stale {
-            let (storage, tf32) = (self.p.storage, self.p.tf32);
+            let (storage, tf32) = (self.float_storage(x)?, self.p.tf32);
             let dnn = self.dnn.as_ref().ok_or("cuDNN is not loaded")?;
             let tactic = self.p.graph.layers[li].tactic.as_str();
             let mut plan = match tuning::tactic_algo(tactic) {
@@ -520,7 +520,7 @@ impl CudaSession {
         let residual = self.input(li, 3).map(|r| self.ptr(r)).transpose()?;
         let plan = &self.conv_plans[&li];
         if plan.use_gemm {
-            pointwise_gemm(&self.blas, self.p.storage, self.p.tf32, &shape, (xp, wp, yp))?;
+            pointwise_gemm(&self.blas, self.float_storage(x)?, self.p.tf32, &shape, (xp, wp, yp))?;
         } else {
             self.dnn.as_ref().ok_or("cuDNN is not loaded")?.forward(plan, xp, wp, yp, self.workspace.ptr())?;
         }
@@ -528,7 +528,7 @@ impl CudaSession {
             Some(b) => Some((self.ptr(b)?, 2, shape.y[1] as i64, (shape.y[2] * shape.y[3]) as i64)),
             None => None,
         };
-        self.epilogue(self.p.storage, yp, numel(&ys), 1.0, bias, residual, act)
+        self.epilogue(self.float_storage(x)?, yp, numel(&ys), 1.0, bias, residual, act)
     }
 
     #[allow(clippy::too_many_arguments)]

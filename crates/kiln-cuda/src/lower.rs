@@ -183,7 +183,7 @@ pub(crate) fn all_f32(graph: &EngineGraph, ids: impl Iterator<Item = usize>) -> 
 /// Ops whose launches instantiate their kernels (and cuBLAS) for the float type of their
 /// tensors, so native f16/bf16 graphs run as themselves (launch_dtypes.rs: typed_for).
 fn native_halves(op: &str) -> bool {
-    matches!(op, "MatMul" | "Gemm" | "Softmax" | "LogSoftmax" | "Pad")
+    matches!(op, "MatMul" | "Gemm" | "Conv" | "Softmax" | "LogSoftmax" | "Pad")
 }
 
 /// The one float dtype of the layer's float tensors (`None`: it has none): fp32, or with
