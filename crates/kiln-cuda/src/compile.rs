@@ -19,9 +19,7 @@ pub(crate) fn generated_source(placements: &[Placement], storage: Storage) -> Op
     for (li, p) in placements.iter().enumerate() {
         let code = match p {
             Placement::Gpu(GpuOp::Elementwise { program }) => elementwise::generate(li, program),
-            Placement::Gpu(GpuOp::Typed { op, inputs, out }) => {
-                typed::generate(li, op, inputs, *out, storage.struct_name())
-            }
+            Placement::Gpu(GpuOp::Typed(op)) => typed::generate(li, op, storage.struct_name()),
             _ => continue,
         };
         src.push('\n');
@@ -122,25 +120,18 @@ mod tests {
             return;
         }
         let program = Program::parse(&["in 0".into(), "in 1".into(), "Add".into(), "Gelu".into()]).unwrap();
-        let placements = vec![
-            Placement::Gpu(GpuOp::Elementwise { program }),
-            Placement::Gpu(GpuOp::Typed {
-                op: "Where".into(),
-                inputs: vec![Some(DType::Bool), Some(DType::F32), Some(DType::F32)],
-                out: DType::F32,
-            }),
-            Placement::Gpu(GpuOp::Typed {
-                op: "ModInt".into(),
-                inputs: vec![Some(DType::I64), Some(DType::I64)],
-                out: DType::I64,
-            }),
-            Placement::Gpu(GpuOp::Typed {
-                op: "BitShiftLeft".into(),
-                inputs: vec![Some(DType::U16), Some(DType::U16)],
-                out: DType::U16,
-            }),
-        ];
+        let typed_ops = typed::every_op_for_tests();
         for storage in [Storage::F32, Storage::F16, Storage::BF16] {
+            // Every typed op over every dtype combination it accepts; with 16-bit storage, those
+            // touching fp32 graph tensors (the only ones the storage type changes).
+            let touches_f32 = |op: &typed::TypedOp| op.out == DType::F32 || op.inputs.contains(&Some(DType::F32));
+            let mut placements = vec![Placement::Gpu(GpuOp::Elementwise { program: program.clone() })];
+            placements.extend(
+                typed_ops
+                    .iter()
+                    .filter(|op| storage == Storage::F32 || touches_f32(op))
+                    .map(|op| Placement::Gpu(GpuOp::Typed(op.clone()))),
+            );
             let code = engine_code(&placements, storage, (9, 0)).unwrap_or_else(|e| panic!("{e}"));
             let (library, generated) = split_code(&code).unwrap();
             assert!(!library.is_empty() && !generated.is_empty());

@@ -103,7 +103,7 @@ impl CudaSession {
                 }
                 let k = self.const_ints(li, 1)?.and_then(|v| v.first().copied()).unwrap_or(0);
                 let (rows, cols) = (xs[xs.len() - 2] as i64, xs[xs.len() - 1] as i64);
-                let f = self.p.typed("trilu")?;
+                let f = self.p.func(&format!("trilu_{}", self.device_dtype(x)?.size()))?;
                 let (xp, yp, n64, up) = (self.ptr(x)?, self.ptr(y)?, n as i64, *upper as i32);
                 let grid = self.grid(n);
                 self.launch(f, grid, 256, params!(xp, yp, n64, rows, cols, k, up))
@@ -124,7 +124,7 @@ impl CudaSession {
             GpuOp::Sequence(op) => self.launch_sequence(li, op),
             GpuOp::Softmax => {
                 let Some((xp, yp, rows, cols)) = self.last_axis_rows(li)? else { return Ok(()) };
-                let f = self.p.typed("softmax_rows")?;
+                let f = self.typed_for("softmax_rows", self.required(li, 0)?)?;
                 let (scale, mask, one, zero) = (1.0f32, 0u64, 1i64, 0i64);
                 self.launch(f, rows, 256, params!(xp, yp, cols, scale, mask, one, one, zero, zero, zero, zero))
             }
@@ -238,11 +238,12 @@ impl CudaSession {
                 unsafe { cudarc::driver::result::memcpy_dtod_async(yp, xp, bytes, self.stream) }
                     .map_err(|e| format!("device copy: {e:?}"))
             }
-            GpuOp::Typed { .. } => self.typed_elementwise(li),
+            GpuOp::Typed(_) => self.typed_elementwise(li),
+            GpuOp::Dropout => self.dropout(li),
             GpuOp::Reduce { kind } => self.reduce(li, *kind),
             GpuOp::LogSoftmax => {
                 let Some((xp, yp, rows, cols)) = self.last_axis_rows(li)? else { return Ok(()) };
-                let f = self.p.typed("log_softmax_rows")?;
+                let f = self.typed_for("log_softmax_rows", self.required(li, 0)?)?;
                 self.launch(f, rows, 256, params!(xp, yp, cols))
             }
             GpuOp::Expand => {
@@ -401,7 +402,7 @@ impl CudaSession {
         if n_out == 0 {
             return Ok(());
         }
-        let f = self.p.typed("reduce_axes")?;
+        let f = self.typed_for("reduce_axes", x)?;
         let (xp, yp, kr, rr) = (self.ptr(x)?, self.ptr(y)?, kr as i32, rr as i32);
         let grid = self.grid(n_out as usize);
         self.launch(
@@ -464,6 +465,7 @@ impl CudaSession {
     #[allow(clippy::too_many_arguments)]
     fn epilogue(
         &self,
+        storage: crate::kernels::Storage,
         y: u64,
         n: usize,
         beta: f32,
@@ -474,7 +476,7 @@ impl CudaSession {
         if bias.is_none() && residual.is_none() && act.is_none() || n == 0 {
             return Ok(());
         }
-        let f = self.p.typed("epilogue")?;
+        let f = self.p.func(&format!("epilogue_{}", storage.suffix()))?;
         let (bp, mode, cols, inner) = bias.unwrap_or((0, 0, 1, 1));
         let res = residual.unwrap_or(0);
         let (code, p0, p1) = activation_code(act);
@@ -508,7 +510,7 @@ impl CudaSession {
         let (xp, wp, yp) = (self.ptr(x)?, self.ptr(w)?, self.ptr(y)?);
         let stale = self.conv_plans.get(&li).is_none_or(|p| p.input_shape != shape.x.to_vec());
         if stale {
-            let (storage, tf32) = (self.p.storage, self.p.tf32);
+            let (storage, tf32) = (self.float_storage(x)?, self.p.tf32);
             let dnn = self.dnn.as_ref().ok_or("cuDNN is not loaded")?;
             let tactic = self.p.graph.layers[li].tactic.as_str();
             let mut plan = match tuning::tactic_algo(tactic) {
@@ -528,7 +530,7 @@ impl CudaSession {
         let residual = self.input(li, 3).map(|r| self.ptr(r)).transpose()?;
         let plan = &self.conv_plans[&li];
         if plan.use_gemm {
-            pointwise_gemm(&self.blas, self.p.storage, self.p.tf32, &shape, (xp, wp, yp))?;
+            pointwise_gemm(&self.blas, self.float_storage(x)?, self.p.tf32, &shape, (xp, wp, yp))?;
         } else {
             self.dnn.as_ref().ok_or("cuDNN is not loaded")?.forward(plan, xp, wp, yp, self.workspace.ptr())?;
         }
@@ -536,7 +538,7 @@ impl CudaSession {
             Some(b) => Some((self.ptr(b)?, 2, shape.y[1] as i64, (shape.y[2] * shape.y[3]) as i64)),
             None => None,
         };
-        self.epilogue(yp, numel(&ys), 1.0, bias, residual, act)
+        self.epilogue(self.float_storage(x)?, yp, numel(&ys), 1.0, bias, residual, act)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -590,7 +592,7 @@ impl CudaSession {
                 return Ok(());
             }
             self.blas.gemm(
-                self.p.storage,
+                self.float_storage(y)?,
                 self.p.tf32,
                 (m, n, k),
                 alpha,
@@ -620,7 +622,7 @@ impl CudaSession {
             }
         };
         let residual = self.input(li, 3).map(|r| self.ptr(r)).transpose()?;
-        self.epilogue(yp, numel(&ys), if is_matmul { 1.0 } else { beta }, bias, residual, act)
+        self.epilogue(self.float_storage(y)?, yp, numel(&ys), if is_matmul { 1.0 } else { beta }, bias, residual, act)
     }
 
     /// One product through cuBLASLt with its epilogue fused, where the epilogue is a bias per

@@ -17,6 +17,7 @@ mod einsum;
 mod error;
 mod kernels;
 mod launch;
+mod launch_dtypes;
 mod launch_index;
 mod launch_sequence;
 mod launch_spatial;

@@ -2,7 +2,7 @@
 //! at build time (to generate and compile the kernels) and at load time (to find them), so the
 //! plan needs to store nothing more than the compiled module.
 
-use crate::kernels::{dtype_code, elementwise, typed};
+use crate::kernels::{device_dtype, dtype_code, elementwise, typed};
 use kiln_engine::{Elision, EngineGraph, Storage};
 use kiln_ir::elementwise_program::{Program, KILN_ELEMENTWISE};
 use kiln_ir::{spec, Activation, Attributes, DType, Layer, ValueType};
@@ -65,11 +65,11 @@ pub(crate) enum GpuOp {
     /// A reshape-like layer the memory plan did not make free: a plain copy.
     Copy,
     /// A generated kernel with its operand types spelled out (kernels/typed.rs).
-    Typed {
-        op: String,
-        inputs: Vec<Option<DType>>,
-        out: DType,
-    },
+    Typed(typed::TypedOp),
+    /// Inference-mode Dropout: the input copied, the optional mask filled with true; training
+    /// mode with a nonzero ratio is reported as an error, as the CPU kernel does
+    /// (launch_dtypes.rs).
+    Dropout,
     /// Reduce* (kind codes of `reduce_axes` in library.cu) and ArgMax/ArgMin.
     Reduce {
         kind: i32,
@@ -214,14 +214,34 @@ pub(crate) fn lower(graph: &EngineGraph, li: usize) -> Placement {
 /// Float tensors of the layer must be fp32 in the graph (they take the engine's storage type
 /// on the device); f64 and native f16 graphs run on the host.
 pub(crate) fn all_f32(graph: &EngineGraph, ids: impl Iterator<Item = usize>) -> Result<(), String> {
+    one_float_type(graph, ids, false).map(|_| ())
+}
+
+/// Ops whose launches instantiate their kernels (and cuBLAS) for the float type of their
+/// tensors, so native f16/bf16 graphs run as themselves (launch_dtypes.rs: typed_for).
+fn native_halves(op: &str) -> bool {
+    matches!(op, "MatMul" | "Gemm" | "Conv" | "Softmax" | "LogSoftmax" | "Pad")
+}
+
+/// The one float dtype of the layer's float tensors (`None`: it has none): fp32, or with
+/// `halves` native f16 or bf16; f64 and mixed float types run on the host.
+fn one_float_type(
+    graph: &EngineGraph,
+    ids: impl Iterator<Item = usize>,
+    halves: bool,
+) -> Result<Option<DType>, String> {
+    let mut found = None;
     for id in ids {
-        if let Some(d) = tensor_dtype(graph, id) {
-            if d.is_float() && d != DType::F32 {
-                return Err(format!("{d} floats (the GPU path computes fp32 graphs)"));
-            }
+        let Some(d) = tensor_dtype(graph, id).filter(|d| d.is_float()) else { continue };
+        if !(d == DType::F32 || halves && matches!(d, DType::F16 | DType::BF16)) {
+            return Err(format!("{d} floats (this op's GPU kernels compute fp32 graphs)"));
+        }
+        match found {
+            Some(f) if f != d => return Err(format!("mixed {f} and {d} floats")),
+            _ => found = Some(d),
         }
     }
-    Ok(())
+    Ok(found)
 }
 
 pub(crate) fn ints(attrs: &Attributes, name: &str) -> Result<Option<Vec<i64>>, String> {
@@ -329,9 +349,9 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
     // Layers computing on floats: their data (input 0) is fp32 in the graph, as is every other
     // float tensor they touch (integer inputs are indices, shapes or pads).
     let float_layer = || {
-        all_f32(graph, inputs.iter().chain(&outputs).copied())?;
+        let float = one_float_type(graph, inputs.iter().chain(&outputs).copied(), native_halves(&layer.op))?;
         match input(0).and_then(|x| tensor_dtype(graph, x)) {
-            Some(DType::F32) => Ok(()),
+            Some(d) if Some(d) == float => Ok(()),
             Some(other) => Err(format!("{} on {other} tensors", layer.op)),
             None => Err("untyped input".to_string()),
         }
@@ -395,10 +415,8 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
                 rms: layer.op == "RMSNormalization",
             })
         }
-        "Trilu" => {
-            float_layer()?;
-            Ok(GpuOp::Trilu { upper: a.int("upper", 1).map_err(|e| e.to_string())? != 0 })
-        }
+        // Moves elements of any dtype (kernels by element size).
+        "Trilu" => Ok(GpuOp::Trilu { upper: a.int("upper", 1).map_err(|e| e.to_string())? != 0 }),
         "Pad" => {
             // Any element type: the fill is typed by code and the copy moves bytes.
             if a.string("mode", "constant".into()).map_err(|e| e.to_string())? != "constant" {
@@ -528,46 +546,45 @@ fn gpu_op(graph: &EngineGraph, layer: &Layer) -> Result<GpuOp, String> {
                 "ArgMax" => 10,
                 _ => 11,
             };
-            all_f32(graph, inputs[..1].iter().copied())?;
-            if input(0).and_then(|x| tensor_dtype(graph, x)) != Some(DType::F32) {
+            // Any float type the library instantiates (fp32, native f16/bf16); the output is
+            // of the input's type (ArgMax/ArgMin: int64).
+            if one_float_type(graph, inputs[..1].iter().chain(&outputs).copied(), true)?.is_none() {
                 return Err(format!("{op} over non-float tensors"));
             }
             Ok(GpuOp::Reduce { kind })
         }
         other => {
-            // Ops whose attributes change the expression get their own names.
-            let named = match other {
-                "BitShift" => match a.string("direction", String::new()).map_err(|e| e.to_string())?.as_str() {
-                    "LEFT" => "BitShiftLeft",
-                    "RIGHT" => "BitShiftRight",
-                    _ => return Err("BitShift without a direction".into()),
-                },
-                "Mod" if a.int("fmod", 0).map_err(|e| e.to_string())? == 0 => "ModInt",
-                other => other,
-            };
-            let other = named;
-            if let Some((lo, hi)) = typed::arity(other) {
-                let dtypes: Vec<Option<DType>> =
-                    layer.inputs.iter().map(|i| i.and_then(|id| tensor_dtype(graph, id.0))).collect();
-                let present = dtypes.iter().flatten().count();
-                let out = typed::output_dtype(other, &dtypes);
-                if (lo..=hi).contains(&dtypes.len()) && present >= lo {
-                    if let Some(out) = out {
-                        if outputs.first().and_then(|&o| tensor_dtype(graph, o)) == Some(out) {
-                            return Ok(GpuOp::Typed { op: other.to_string(), inputs: dtypes, out });
-                        }
-                    }
-                }
-            }
-            if let Some(program) = elementwise::single_op_program(other, a, inputs.len()) {
-                if all_f32(graph, inputs.iter().chain(&outputs).copied()).is_ok()
-                    && inputs.iter().chain(&outputs).all(|&t| tensor_dtype(graph, t) == Some(DType::F32))
-                {
+            // fp32 element-wise ops: the float programs (they take the engine's storage type).
+            if inputs.iter().chain(&outputs).all(|&t| tensor_dtype(graph, t) == Some(DType::F32)) {
+                if let Some(program) = elementwise::single_op_program(other, a, inputs.len()) {
                     return Ok(GpuOp::Elementwise { program });
                 }
-                return Err(format!("{other} on non-fp32 tensors"));
             }
-            Err(format!("no GPU kernel for {other}"))
+            let dtypes: Vec<Option<DType>> =
+                layer.inputs.iter().map(|i| i.and_then(|id| tensor_dtype(graph, id.0))).collect();
+            if let Some(op) = typed::plan(other, a, &dtypes)? {
+                only_first_output()?;
+                if outputs.first().and_then(|&o| tensor_dtype(graph, o)) != Some(op.out) {
+                    return Err(format!("{other} with an output of another dtype"));
+                }
+                return Ok(GpuOp::Typed(op));
+            }
+            match other {
+                // A reinterpretation of the bytes: a copy where both sides have one element size
+                // on the device (not an fp32 tensor stored in 16 bits).
+                "BitCast" => {
+                    let storage = crate::kernels::Storage::for_precisions(graph.build.precisions());
+                    let size = |t: Option<&usize>| {
+                        t.and_then(|&t| tensor_dtype(graph, t)).map(|d| device_dtype(d, storage).size())
+                    };
+                    if size(inputs.first()).is_none() || size(inputs.first()) != size(outputs.first()) {
+                        return Err("BitCast between element sizes that differ on the device".into());
+                    }
+                    Ok(GpuOp::Copy)
+                }
+                "Dropout" => Ok(GpuOp::Dropout),
+                _ => Err(format!("no GPU kernel for {other}")),
+            }
         }
     }
 }

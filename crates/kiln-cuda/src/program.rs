@@ -85,23 +85,16 @@ impl CudaProgram {
         };
         let library = load(library)?;
         let generated = if generated.is_empty() { None } else { Some(load(generated)?) };
-        // The library's kernels of this storage type (and the untyped ones).
-        let other_storage = |n: &str| {
-            [Storage::F32, Storage::F16, Storage::BF16]
-                .iter()
-                .any(|s| *s != storage && n.ends_with(&format!("_{}", s.suffix())))
-        };
-        let mut names: Vec<(String, &Module)> = crate::kernels::library_kernel_names()
-            .into_iter()
-            .filter(|n| !other_storage(n))
-            .map(|n| (n, &library))
-            .collect();
+        // Every library kernel: those of the storage type, and of the other float types for
+        // native f16/bf16 tensors (launch_dtypes.rs: typed_for).
+        let mut names: Vec<(String, &Module)> =
+            crate::kernels::library_kernel_names().into_iter().map(|n| (n, &library)).collect();
         for (li, p) in placements.iter().enumerate() {
             let name = match p {
                 Placement::Gpu(GpuOp::Elementwise { .. }) => {
                     format!("{}_{}", elementwise::kernel_name(li), storage.suffix())
                 }
-                Placement::Gpu(GpuOp::Typed { .. }) => crate::kernels::typed::kernel_name(li),
+                Placement::Gpu(GpuOp::Typed(_)) => crate::kernels::typed::kernel_name(li),
                 _ => continue,
             };
             let m = generated.as_ref().ok_or("the plan lacks its generated CUDA kernels")?;

@@ -715,8 +715,12 @@ impl DeviceSession for CudaSession {
         let mut flag = [0u8; 4];
         // SAFETY: a 4-byte device int.
         unsafe { result::memcpy_dtoh_sync(&mut flag, self.error_flag.ptr()) }.map_err(|e| dev(format!("{e:?}")))?;
-        if flag != [0; 4] {
-            return Err(dev(crate::launch_index::INDEX_ERROR_MESSAGE.into()));
+        match i32::from_le_bytes(flag) {
+            0 => {}
+            crate::launch_dtypes::DROPOUT_REFUSED => {
+                return Err(dev("Dropout in training mode with a nonzero ratio (or a ratio outside [0, 1))".into()))
+            }
+            _ => return Err(dev(crate::launch_index::INDEX_ERROR_MESSAGE.into())),
         }
         let mut outputs = Vec::with_capacity(p.graph.outputs.len());
         for &o in &p.graph.outputs {

@@ -1075,3 +1075,282 @@ fn recurrent_layers_match_the_cpu() {
     let err = check(gpu, &recurrent_layers(), &inputs, false, &[4]);
     assert!(err < 1e-4, "fp32 relative error {err}");
 }
+
+/// `x` cast to ONNX dtype code `to` (1 float, 2 uint8, 3 int8, 4 uint16, 5 int16, 6 int32,
+/// 7 int64, 9 bool, 10 float16, 11 double, 12 uint32, 13 uint64, 16 bfloat16).
+fn cast(net: &mut Network, name: &str, x: TensorId, to: i64) -> TensorId {
+    layer(net, name, "Cast", Attributes::new().with("to", to), &[Some(x)])
+}
+
+fn scalar_f32(net: &mut Network, name: &str, v: f32) -> TensorId {
+    net.add_constant(name, Tensor::from_vec(vec![], vec![v]).unwrap()).unwrap()
+}
+
+/// A scalar `v` of ONNX dtype code `to` (a constant, then a Cast).
+fn typed_scalar(net: &mut Network, name: &str, v: f32, to: i64) -> TensorId {
+    let c = scalar_f32(net, &format!("{name}_value"), v);
+    cast(net, name, c, to)
+}
+
+/// Integer arithmetic, remainders, bit operations, powers and comparisons on generated typed
+/// kernels: inputs scaled to integers in [-50, 50] and cast to each integer type; every result
+/// cast back to float as an output.
+fn integer_ops() -> Network {
+    let mut net = Network::new("ints");
+    let x = dyn_input(&mut net, "x", &[4, 6]);
+    let y = dyn_input(&mut net, "y", &[4, 6]);
+    let fifty = scalar_f32(&mut net, "fifty", 50.0);
+    let xs = layer(&mut net, "xs", "Mul", Attributes::new(), &[Some(x), Some(fifty)]);
+    let ys = layer(&mut net, "ys", "Mul", Attributes::new(), &[Some(y), Some(fifty)]);
+    let mut outs = Vec::new();
+    for (to, tag) in [(6i64, "i32"), (7, "i64"), (5, "i16"), (3, "i8"), (2, "u8"), (4, "u16"), (12, "u32"), (13, "u64")]
+    {
+        let a = cast(&mut net, &format!("a_{tag}"), xs, to);
+        let b = cast(&mut net, &format!("b_{tag}"), ys, to);
+        let bin = |net: &mut Network, op: &str, attrs: Attributes| {
+            layer(net, &format!("{op}_{tag}_{}", attrs.iter().count()), op, attrs, &[Some(a), Some(b)])
+        };
+        let mut results = vec![
+            bin(&mut net, "Add", Attributes::new()),
+            bin(&mut net, "Sub", Attributes::new()),
+            bin(&mut net, "Mul", Attributes::new()),
+            bin(&mut net, "Div", Attributes::new()),
+            bin(&mut net, "Mod", Attributes::new()),
+            bin(&mut net, "Mod", Attributes::new().with("fmod", 1i64)),
+            bin(&mut net, "Max", Attributes::new()),
+            bin(&mut net, "Min", Attributes::new()),
+            bin(&mut net, "BitwiseAnd", Attributes::new()),
+            bin(&mut net, "BitwiseXor", Attributes::new()),
+            layer(&mut net, &format!("not_{tag}"), "BitwiseNot", Attributes::new(), &[Some(a)]),
+            layer(&mut net, &format!("abs_{tag}"), "Abs", Attributes::new(), &[Some(a)]),
+            layer(&mut net, &format!("sign_{tag}"), "Sign", Attributes::new(), &[Some(a)]),
+        ];
+        // ONNX defines Neg on signed types and Pow on 32/64-bit integers only.
+        if !tag.starts_with('u') {
+            results.push(layer(&mut net, &format!("neg_{tag}"), "Neg", Attributes::new(), &[Some(a)]));
+        }
+        let less = bin(&mut net, "Less", Attributes::new());
+        results.push(layer(
+            &mut net,
+            &format!("where_{tag}"),
+            "Where",
+            Attributes::new(),
+            &[Some(less), Some(a), Some(b)],
+        ));
+        let eq = bin(&mut net, "Equal", Attributes::new());
+        results.push(cast(&mut net, &format!("eq_{tag}"), eq, 1));
+        // Small shift amounts and exponents: b mod 9 (and mod 4).
+        let nine = typed_scalar(&mut net, &format!("nine_{tag}"), 9.0, to);
+        let amount = layer(&mut net, &format!("amount_{tag}"), "Mod", Attributes::new(), &[Some(b), Some(nine)]);
+        for dir in ["LEFT", "RIGHT"] {
+            let attrs = Attributes::new().with("direction", dir);
+            results.push(layer(&mut net, &format!("shift_{dir}_{tag}"), "BitShift", attrs, &[Some(a), Some(amount)]));
+        }
+        if tag == "i32" || tag == "i64" {
+            let four = typed_scalar(&mut net, &format!("four_{tag}"), 4.0, to);
+            let e = layer(&mut net, &format!("exp_{tag}"), "Mod", Attributes::new(), &[Some(b), Some(four)]);
+            results.push(layer(&mut net, &format!("pow_{tag}"), "Pow", Attributes::new(), &[Some(a), Some(e)]));
+        }
+        let lo = typed_scalar(&mut net, &format!("lo_{tag}"), 3.0, to);
+        let hi = typed_scalar(&mut net, &format!("hi_{tag}"), 30.0, to);
+        results.push(layer(
+            &mut net,
+            &format!("clip_{tag}"),
+            "Clip",
+            Attributes::new(),
+            &[Some(a), Some(lo), Some(hi)],
+        ));
+        for (k, r) in results.into_iter().enumerate() {
+            outs.push(cast(&mut net, &format!("out{k}_{tag}"), r, 1));
+        }
+    }
+    // Mixed-type Pow: an integer base with a float exponent and the reverse.
+    let a = cast(&mut net, "pa", xs, 7);
+    let a = layer(&mut net, "pa_abs", "Abs", Attributes::new(), &[Some(a)]);
+    let half = scalar_f32(&mut net, "half", 0.5);
+    let pf = layer(&mut net, "pow_i_f", "Pow", Attributes::new(), &[Some(a), Some(half)]);
+    outs.push(cast(&mut net, "pow_i_f_out", pf, 1));
+    let two = net.add_constant("two", Tensor::from_vec(vec![], vec![2i64]).unwrap()).unwrap();
+    outs.push(layer(&mut net, "pow_f_i", "Pow", Attributes::new(), &[Some(x), Some(two)]));
+    for o in outs {
+        net.mark_output(o).unwrap();
+    }
+    net
+}
+
+#[test]
+fn integer_arithmetic_bits_and_comparisons_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let err = check(gpu, &integer_ops(), &[("x", vec![4, 6]), ("y", vec![4, 6])], false, &[1, 3]);
+    assert!(err < 1e-6, "relative error {err}");
+}
+
+/// Every float function and activation the typed kernels generate, on fp32 inputs in (-0.9,
+/// 0.9) (Log, Sqrt on 1 + x²; Acosh on 3.7·(1 + x²)), and on native f16, bf16 and f64 tensors
+/// cast from them.
+fn float_functions() -> Network {
+    let mut net = Network::new("floats");
+    let x0 = dyn_input(&mut net, "x", &[5, 7]);
+    let s = scalar_f32(&mut net, "s", 0.9);
+    let x = layer(&mut net, "x09", "Mul", Attributes::new(), &[Some(x0), Some(s)]);
+    let one = scalar_f32(&mut net, "one", 1.0);
+    let sq = layer(&mut net, "sq", "Mul", Attributes::new(), &[Some(x), Some(x)]);
+    let big = layer(&mut net, "big", "Add", Attributes::new(), &[Some(sq), Some(one)]);
+    let slope = constant(&mut net, "slope", &[7], 3);
+    // A dividend in [3.7, 6.7) for a divisor in [1, 1.81): never a zero divisor.
+    let k = scalar_f32(&mut net, "k", 3.7);
+    let dividend = layer(&mut net, "dividend", "Mul", Attributes::new(), &[Some(big), Some(k)]);
+    let mut outs = Vec::new();
+    for (to, tag) in [(1i64, "f32"), (10, "f16"), (16, "bf16"), (11, "f64")] {
+        let (xt, bt, st, dt) = if to == 1 {
+            (x, big, slope, dividend)
+        } else {
+            (
+                cast(&mut net, &format!("x_{tag}"), x, to),
+                cast(&mut net, &format!("big_{tag}"), big, to),
+                cast(&mut net, &format!("slope_{tag}"), slope, to),
+                cast(&mut net, &format!("dividend_{tag}"), dividend, to),
+            )
+        };
+        let unary = [
+            ("Acos", Attributes::new()),
+            ("Asin", Attributes::new()),
+            ("Atan", Attributes::new()),
+            ("Atanh", Attributes::new()),
+            ("Asinh", Attributes::new()),
+            ("Tan", Attributes::new()),
+            ("Sinh", Attributes::new()),
+            ("Cosh", Attributes::new()),
+            ("Round", Attributes::new()),
+            ("Sign", Attributes::new()),
+            ("Exp", Attributes::new()),
+            ("Sigmoid", Attributes::new()),
+            ("Mish", Attributes::new()),
+            ("Softplus", Attributes::new()),
+            ("HardSwish", Attributes::new()),
+            ("Celu", Attributes::new().with("alpha", 2.0f32)),
+            ("Selu", Attributes::new()),
+            ("Elu", Attributes::new()),
+            ("Swish", Attributes::new().with("alpha", 1.5f32)),
+            ("ThresholdedRelu", Attributes::new().with("alpha", 0.2f32)),
+            ("Shrink", Attributes::new().with("lambd", 0.3f32).with("bias", 0.1f32)),
+            ("Gelu", Attributes::new().with("approximate", "tanh")),
+            ("LeakyRelu", Attributes::new().with("alpha", 0.3f32)),
+        ];
+        let mut results = Vec::new();
+        for (op, attrs) in unary {
+            results.push(layer(&mut net, &format!("{op}_{tag}"), op, attrs, &[Some(xt)]));
+        }
+        // Away from 1, where Acosh's slope would magnify the rounding of 16-bit storage.
+        results.push(layer(&mut net, &format!("acosh_{tag}"), "Acosh", Attributes::new(), &[Some(dt)]));
+        results.push(layer(&mut net, &format!("log_{tag}"), "Log", Attributes::new(), &[Some(bt)]));
+        results.push(layer(&mut net, &format!("sqrt_{tag}"), "Sqrt", Attributes::new(), &[Some(bt)]));
+        results.push(layer(&mut net, &format!("prelu_{tag}"), "PRelu", Attributes::new(), &[Some(xt), Some(st)]));
+        results.push(layer(&mut net, &format!("div_{tag}"), "Div", Attributes::new(), &[Some(xt), Some(bt)]));
+        results.push(layer(
+            &mut net,
+            &format!("mod_{tag}"),
+            "Mod",
+            Attributes::new().with("fmod", 1i64),
+            &[Some(dt), Some(bt)],
+        ));
+        results.push(layer(&mut net, &format!("modf_{tag}"), "Mod", Attributes::new(), &[Some(dt), Some(bt)]));
+        results.push(layer(&mut net, &format!("pow_{tag}"), "Pow", Attributes::new(), &[Some(bt), Some(xt)]));
+        let sum = layer(&mut net, &format!("sum_{tag}"), "Sum", Attributes::new(), &[Some(xt), Some(bt), Some(xt)]);
+        results.push(sum);
+        results.push(layer(&mut net, &format!("mean_{tag}"), "Mean", Attributes::new(), &[Some(xt), Some(bt)]));
+        results.push(layer(&mut net, &format!("max_{tag}"), "Max", Attributes::new(), &[Some(xt), Some(st), Some(bt)]));
+        let nan = layer(&mut net, &format!("isnan_{tag}"), "IsNaN", Attributes::new(), &[Some(xt)]);
+        // Against zero: 16-bit storage keeps every input's sign, so no comparison flips.
+        let zero = typed_scalar(&mut net, &format!("zero_{tag}"), 0.0, to);
+        let gt = layer(&mut net, &format!("gt_{tag}"), "Greater", Attributes::new(), &[Some(xt), Some(zero)]);
+        let either = layer(&mut net, &format!("or_{tag}"), "Or", Attributes::new(), &[Some(nan), Some(gt)]);
+        results.push(layer(
+            &mut net,
+            &format!("where_{tag}"),
+            "Where",
+            Attributes::new(),
+            &[Some(either), Some(xt), Some(bt)],
+        ));
+        for (k, r) in results.into_iter().enumerate() {
+            outs.push(if to == 1 { r } else { cast(&mut net, &format!("out{k}_{tag}"), r, 1) });
+        }
+    }
+    for o in outs {
+        net.mark_output(o).unwrap();
+    }
+    net
+}
+
+#[test]
+fn float_functions_on_every_float_dtype_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    // Native f16/bf16 results are rounded once to their type, as on the CPU; a last-place
+    // difference of the f32 math before rounding may flip one rounding.
+    let err = check(gpu.clone(), &float_functions(), &[("x", vec![5, 7])], false, &[1, 2]);
+    assert!(err < 1e-2, "relative error {err}");
+    let err = check(gpu, &float_functions(), &[("x", vec![5, 7])], true, &[2]);
+    assert!(err < 2e-2, "fp16 storage: relative error {err}");
+}
+
+/// Dropout at inference (with its mask), BitCast, and Trilu on integers.
+fn dtype_moves() -> Network {
+    let mut net = Network::new("moves");
+    let x = dyn_input(&mut net, "x", &[6, 6]);
+    let outs = net.add_layer("drop", "Dropout", Attributes::new(), &[Some(x)], &["drop_y", "drop_mask"]).unwrap();
+    let (dy, mask) = (outs[0].unwrap(), outs[1].unwrap());
+    let maskf = cast(&mut net, "maskf", mask, 1);
+    let hundred = scalar_f32(&mut net, "hundred", 100.0);
+    let xs = layer(&mut net, "xs", "Mul", Attributes::new(), &[Some(dy), Some(hundred)]);
+    let xi = cast(&mut net, "xi", xs, 7);
+    let tri = layer(&mut net, "tri", "Trilu", Attributes::new().with("upper", 0i64), &[Some(xi)]);
+    let trif = cast(&mut net, "trif", tri, 1);
+    let bits = layer(&mut net, "bits", "BitCast", Attributes::new().with("to", 6i64), &[Some(xs)]);
+    let back = layer(&mut net, "back", "BitCast", Attributes::new().with("to", 1i64), &[Some(bits)]);
+    for o in [maskf, trif, back] {
+        net.mark_output(o).unwrap();
+    }
+    net
+}
+
+#[test]
+fn dropout_bitcast_and_integer_triangles_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let err = check(gpu, &dtype_moves(), &[("x", vec![6, 6])], false, &[1, 2]);
+    assert!(err < 1e-6, "relative error {err}");
+}
+
+/// The layers of `net` the CUDA backend would leave on the CPU, with why: placement decided from
+/// a CPU-built engine graph, as the conformance census does (no GPU needed). The CPU reference
+/// runs the network too, so it is known to be valid.
+fn host_layers(net: &Network, inputs: &[(&str, Vec<usize>)]) -> Vec<String> {
+    let mut config = BuilderConfig::default();
+    let mut values = HashMap::new();
+    for (k, (name, dims)) in inputs.iter().enumerate() {
+        let shape = [vec![2], dims.clone()].concat();
+        config.profile.inputs.insert(name.to_string(), ShapeRange::fixed(shape.clone()));
+        values.insert(name.to_string(), Value::Tensor(random(&shape, k as u64 + 1)));
+    }
+    kiln_cpu::execute_named(net, values).expect("CPU reference");
+    let engine = Builder::new(Arc::new(kiln_engine::cpu::CpuBackend)).build(net, &config).expect("CPU build");
+    let places = kiln_cuda::placement_census(engine.graph());
+    assert!(places.len() >= 8, "too few layers: {places:?}");
+    places
+        .iter()
+        .zip(&engine.graph().layers)
+        .filter(|(p, _)| p.starts_with("cpu"))
+        .map(|(p, l)| format!("{} {p}", l.layer.op))
+        .collect()
+}
+
+#[test]
+fn typed_ops_of_every_dtype_are_placed_on_the_gpu() {
+    for (net, inputs) in [
+        (integer_ops(), vec![("x", vec![4, 6]), ("y", vec![4, 6])]),
+        (float_functions(), vec![("x", vec![5, 7])]),
+        (dtype_moves(), vec![("x", vec![6, 6])]),
+    ] {
+        let host = host_layers(&net, &inputs);
+        assert!(host.is_empty(), "{}: {host:?}", net.name);
+    }
+}

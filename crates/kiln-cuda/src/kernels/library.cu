@@ -66,6 +66,17 @@ __device__ __forceinline__ i64 bcast_offset(i64 i, int rank, const Str8& shape, 
 __device__ __forceinline__ float nan_max(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b); }
 __device__ __forceinline__ float nan_min(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }
 
+// Float → integer as kiln-cpu's Cast (compiled C on x86-64, numpy's astype): truncation toward
+// zero; NaN and out-of-range values give the converting instruction's minimum. 8/16-bit and
+// int32 targets go through int, u32 and i64 through i64, u64 through its own rule.
+__device__ __forceinline__ int kiln_f2i32(double v) { return (v > -2147483649.0 && v < 2147483648.0) ? (int)v : (-2147483647 - 1); }
+__device__ __forceinline__ i64 kiln_f2i64(double v) {
+  return (v >= -9223372036854775808.0 && v < 9223372036854775808.0) ? (i64)v : (-9223372036854775807LL - 1);
+}
+__device__ __forceinline__ unsigned long long kiln_f2u64(double v) {
+  return (v >= 9223372036854775808.0 && v < 18446744073709551616.0) ? (unsigned long long)v : (unsigned long long)kiln_f2i64(v);
+}
+
 // ==== kernels (above: the prelude generated kernels share) ====
 
 // ---- the epilogue of a convolution or matrix product, in place on its output -----------------
@@ -153,17 +164,6 @@ KILN_INSTANTIATE(layer_norm,
 template <class S>
 __device__ void fill(void* y, i64 n, float v) { GRID_STRIDE(i, n) S::st(y, i, v); }
 KILN_INSTANTIATE(fill, (void* y, i64 n, float v), (y, n, v))
-
-// ---- Trilu: keep the upper (j - i >= k) or lower (j - i <= k) triangle of each matrix ---------
-template <class S>
-__device__ void trilu(const void* x, void* y, i64 n, i64 rows, i64 cols, i64 k, int upper) {
-  GRID_STRIDE(e, n) {
-    i64 j = e % cols, i = (e / cols) % rows;
-    bool keep = upper ? (j - i >= k) : (j - i <= k);
-    S::st(y, e, keep ? S::ld(x, e) : 0.0f);
-  }
-}
-KILN_INSTANTIATE(trilu, (const void* x, void* y, i64 n, i64 rows, i64 cols, i64 k, int upper), (x, y, n, rows, cols, k, upper))
 
 // ---- Softmax over rows: y = softmax(scale * x + mask) -----------------------------------------
 // mask (optional, storage type) is read at m_off(row) + col * m_col, where row = ((b*H + h)*Sq +
@@ -298,6 +298,9 @@ extern "C" __global__ void copy_strided_4(const unsigned* s, unsigned* d, i64 n,
 extern "C" __global__ void copy_strided_8(const i64* s, i64* d, i64 n, int rank, Dims8 dims) { copy_strided(s, d, n, rank, dims); }
 
 // ---- Cast between element types (codes: kiln_cuda::kernels::dtype_code) -----------------------
+// As kiln-cpu's Cast: integers convert between themselves exactly (wrapping to the target width),
+// floats into integers as kiln_f2i32/kiln_f2i64/kiln_f2u64, integers into f32 with one rounding,
+// anything nonzero (NaN included) into true.
 __device__ __forceinline__ double load_any(const void* p, i64 i, int t) {
   switch (t) {
     case 0: return ((const float*)p)[i];
@@ -316,6 +319,32 @@ __device__ __forceinline__ double load_any(const void* p, i64 i, int t) {
     default: return 0.0;
   }
 }
+__device__ __forceinline__ bool float_code(int t) { return t <= 3; }
+__device__ __forceinline__ bool signed_code(int t) { return t == 4 || t == 5 || t == 7 || t == 9; }
+// An integer (or bool) element as 64 bits: sign-extended for signed types.
+__device__ __forceinline__ unsigned long long load_int(const void* p, i64 i, int t) {
+  switch (t) {
+    case 4: return (unsigned long long)((const i64*)p)[i];
+    case 5: return (unsigned long long)(i64)((const int*)p)[i];
+    case 7: return (unsigned long long)(i64)((const signed char*)p)[i];
+    case 9: return (unsigned long long)(i64)((const short*)p)[i];
+    case 6: case 8: return ((const unsigned char*)p)[i];
+    case 10: return ((const unsigned short*)p)[i];
+    case 11: return ((const unsigned*)p)[i];
+    case 12: return ((const unsigned long long*)p)[i];
+    default: return 0;
+  }
+}
+// The low bits of v stored as integer type t (two's complement wrapping).
+__device__ __forceinline__ void store_int(void* p, i64 i, int t, unsigned long long v) {
+  switch (t) {
+    case 4: case 12: ((unsigned long long*)p)[i] = v; break;
+    case 5: case 11: ((unsigned*)p)[i] = (unsigned)v; break;
+    case 6: ((unsigned char*)p)[i] = v != 0; break;
+    case 7: case 8: ((unsigned char*)p)[i] = (unsigned char)v; break;
+    case 9: case 10: ((u16*)p)[i] = (u16)v; break;
+  }
+}
 __device__ __forceinline__ void store_float(void* p, i64 i, int t, double v) {
   switch (t) {
     case 0: ((float*)p)[i] = (float)v; break;
@@ -324,44 +353,26 @@ __device__ __forceinline__ void store_float(void* p, i64 i, int t, double v) {
     case 3: ((double*)p)[i] = v; break;
   }
 }
-// Integers are stored exactly (not through a double); a float type code stores the value as float.
-__device__ __forceinline__ void store_int(void* p, i64 i, int t, i64 v) {
-  switch (t) {
-    case 4: ((i64*)p)[i] = v; break;
-    case 5: ((int*)p)[i] = (int)v; break;
-    case 6: ((unsigned char*)p)[i] = v != 0; break;
-    case 7: ((signed char*)p)[i] = (signed char)v; break;
-    case 8: ((unsigned char*)p)[i] = (unsigned char)v; break;
-    case 9: ((short*)p)[i] = (short)v; break;
-    case 10: ((unsigned short*)p)[i] = (unsigned short)v; break;
-    case 11: ((unsigned*)p)[i] = (unsigned)v; break;
-    case 12: ((unsigned long long*)p)[i] = (unsigned long long)v; break;
-    default: store_float(p, i, t, (double)v); break;
-  }
-}
-// Integers truncate toward zero and saturate (CUDA's float-to-int conversions, as Rust's `as`
-// on the CPU), so each integer type converts from the double directly rather than through
-// store_int; bool stores v != 0.
+// A double stored as type t: floats rounded once, integers as Cast converts floats (kiln_f2*),
+// bool as v != 0.
 __device__ __forceinline__ void store_any(void* p, i64 i, int t, double v) {
-  switch (t) {
-    case 4: ((i64*)p)[i] = (i64)v; break;
-    case 5: ((int*)p)[i] = (int)v; break;
-    case 6: ((unsigned char*)p)[i] = v != 0.0; break;
-    case 7: ((signed char*)p)[i] = (signed char)v; break;
-    case 8: ((unsigned char*)p)[i] = (unsigned char)v; break;
-    case 9: ((short*)p)[i] = (short)v; break;
-    case 10: ((unsigned short*)p)[i] = (unsigned short)v; break;
-    case 11: ((unsigned*)p)[i] = (unsigned)v; break;
-    case 12: ((unsigned long long*)p)[i] = (unsigned long long)v; break;
-    default: store_float(p, i, t, v); break;
-  }
+  if (t == 6) ((unsigned char*)p)[i] = v != 0.0;
+  else if (float_code(t)) store_float(p, i, t, v);
+  else if (t == 12) store_int(p, i, t, kiln_f2u64(v));
+  else if (t == 4 || t == 11) store_int(p, i, t, (unsigned long long)kiln_f2i64(v));
+  else store_int(p, i, t, (unsigned long long)(i64)kiln_f2i32(v));
 }
-// bool (code 6) outputs are 0/1; integer outputs truncate toward zero (as ONNX Cast does).
 extern "C" __global__ void cast_any(const void* x, int xt, void* y, int yt, i64 n) {
   GRID_STRIDE(i, n) {
-    double v = load_any(x, i, xt);
-    if (yt == 6) { ((unsigned char*)y)[i] = v != 0.0; continue; }
-    store_any(y, i, yt, v);
+    if (float_code(xt)) {
+      store_any(y, i, yt, load_any(x, i, xt));
+    } else {
+      unsigned long long b = load_int(x, i, xt);
+      bool s = signed_code(xt);
+      if (yt == 0) ((float*)y)[i] = s ? (float)(i64)b : (float)b;
+      else if (float_code(yt)) store_float(y, i, yt, s ? (double)(i64)b : (double)b);
+      else store_int(y, i, yt, b);
+    }
   }
 }
 

@@ -14,6 +14,7 @@ pub(crate) const LIBRARY: &str = concat!(
     include_str!("index.cu"),
     include_str!("spatial.cu"),
     include_str!("sequence.cu"),
+    include_str!("dtypes.cu"),
 );
 
 /// Every kernel the library defines, as the module names it: `extern "C" __global__ void NAME(`

@@ -42,18 +42,6 @@ extern "C" __global__ void gather_axes_8(const i64* x, i64* y, i64 n, int rank, 
 // Order: by value (largest or smallest first; NaN above every number, as the CPU's total order),
 // ties by the lower index. The r-th pick is the first element in that order after pick r-1, so
 // no scratch memory is needed (k·dim comparisons per lane).
-__device__ __forceinline__ i64 load_int(const void* p, i64 i, int t) {
-  switch (t) {
-    case 4: return ((const i64*)p)[i];
-    case 5: return ((const int*)p)[i];
-    case 6: case 8: return ((const unsigned char*)p)[i];
-    case 7: return ((const signed char*)p)[i];
-    case 9: return ((const short*)p)[i];
-    case 10: return ((const unsigned short*)p)[i];
-    case 11: return ((const unsigned*)p)[i];
-    default: return (i64)((const unsigned long long*)p)[i];
-  }
-}
 // -1, 0 or 1: element a against element b by value alone.
 __device__ __forceinline__ int cmp_values(const void* x, i64 a, i64 b, int t) {
   if (t >= 4) {
@@ -61,7 +49,7 @@ __device__ __forceinline__ int cmp_values(const void* x, i64 a, i64 b, int t) {
       unsigned long long va = ((const unsigned long long*)x)[a], vb = ((const unsigned long long*)x)[b];
       return va < vb ? -1 : (va > vb ? 1 : 0);
     }
-    i64 va = load_int(x, a, t), vb = load_int(x, b, t);
+    i64 va = (i64)load_int(x, a, t), vb = (i64)load_int(x, b, t);
     return va < vb ? -1 : (va > vb ? 1 : 0);
   }
   double va = load_any(x, a, t), vb = load_any(x, b, t);
