@@ -1289,8 +1289,11 @@ fn float_functions_on_every_float_dtype_match_the_cpu() {
     // difference of the f32 math before rounding may flip one rounding.
     let err = check(gpu.clone(), &float_functions(), &[("x", vec![5, 7])], false, &[1, 2]);
     assert!(err < 1e-2, "relative error {err}");
+    // With fp16 storage the f32 tensors are fp16 on the device, so a Cast to bf16 rounds twice
+    // (f32 → fp16 → bf16) and may land one bf16 unit (2^-8) away from the CPU's single rounding;
+    // Mod of such a dividend moves by that unit, 2.5e-2 of its result here (measured on the H100).
     let err = check(gpu, &float_functions(), &[("x", vec![5, 7])], true, &[2]);
-    assert!(err < 2e-2, "fp16 storage: relative error {err}");
+    assert!(err < 4e-2, "fp16 storage: relative error {err}");
 }
 
 /// Dropout at inference (with its mask), BitCast, and Trilu on integers.

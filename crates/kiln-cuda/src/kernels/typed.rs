@@ -341,6 +341,14 @@ fn double_to_int(v: &str, d: DType) -> String {
 /// into one source.
 const HELPERS: &str = r#"#ifndef KILN_TYPED_HELPERS
 #define KILN_TYPED_HELPERS
+// pow for an integer base and a float exponent, truncated to an integer afterwards: CUDA's pow
+// may miss an exact integer result by an ulp (36^0.5 as 5.999...), which truncation would turn
+// into 5 where kiln-cpu (glibc's correctly rounded pow) gives 6; such near-integers snap to it.
+__device__ double kt_pow_exact(double a, double b) {
+  double r = pow(a, b), n = rint(r);
+  if (n != r && fabs(r - n) <= 4.0 * fabs(n) * 2.220446049250313e-16) r = n;
+  return r;
+}
 // base^e wrapping in the unsigned type U; a negative e gives the truncated 1 / base^|e|.
 template <class T, class U, bool SIGNED>
 __device__ T kt_pow_int(T base, long long e) {
@@ -466,7 +474,7 @@ pub(crate) fn generate(li: usize, t: &TypedOp, storage: &str) -> String {
                 // In f64, rounded once (kiln-cpu's float bases).
                 format!("pow((double){}, (double){})", x(0), x(1))
             } else if kind(e) == Some(Kind::Float) {
-                double_to_int(&format!("pow((double){}, (double){})", x(0), x(1)), first)
+                double_to_int(&format!("kt_pow_exact((double){}, (double){})", x(0), x(1)), first)
             } else {
                 format!("kt_pow_int<{ty}, {wide}, {signed}>({}, (long long){})", x(0), x(1))
             }
