@@ -161,6 +161,18 @@ pub(crate) fn rank(graph: &EngineGraph, id: usize) -> Option<usize> {
     }
 }
 
+/// Every float the layer touches is fp32 in the graph (it takes the engine's storage type on the
+/// device), its data (input 0) included: the op families whose kernels compute fp32 graphs only.
+pub(crate) fn fp32_layer(graph: &EngineGraph, layer: &Layer) -> Result<(), String> {
+    let ids = layer.inputs.iter().chain(&layer.outputs).flatten().map(|id| id.0);
+    all_f32(graph, ids)?;
+    match layer.inputs.first().copied().flatten().and_then(|x| tensor_dtype(graph, x.0)) {
+        Some(DType::F32) => Ok(()),
+        Some(other) => Err(format!("{} on {other} tensors", layer.op)),
+        None => Err("untyped input".into()),
+    }
+}
+
 /// Element count of tensor `id` where its shape is static.
 fn static_numel(graph: &EngineGraph, id: usize) -> Option<usize> {
     match &graph.tensors[id].ty {

@@ -3,7 +3,7 @@
 //! ops that compute run on fp32 graph floats (the engine's storage type on the device), and
 //! CumSum/CumProd on int32/int64/f64 too.
 
-use crate::lower::{all_f32, tensor_dtype};
+use crate::lower::{fp32_layer, tensor_dtype};
 use kiln_engine::EngineGraph;
 use kiln_ir::{Attributes, DType, Layer};
 
@@ -86,7 +86,7 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<IndexOp
         "ScatterND" => scatter_reduction(graph, layer).map(|reduction| IndexOp::ScatterND { reduction }),
         "TensorScatter" => tensor_scatter(graph, layer),
         "CumSum" | "CumProd" => cum_scan(graph, layer),
-        "Hardmax" => float_data(graph, layer).and_then(|()| {
+        "Hardmax" => fp32_layer(graph, layer).and_then(|()| {
             Ok(IndexOp::Hardmax {
                 axis: layer.attrs.int("axis", -1)?,
                 coerce_2d: layer.attrs.int(kiln_ir::spec::COERCE_2D_ATTR, 0)? != 0,
@@ -96,7 +96,7 @@ pub(crate) fn lower(graph: &EngineGraph, layer: &Layer) -> Option<Result<IndexOp
         "DepthToSpace" | "SpaceToDepth" => block_shuffle(layer),
         "ReverseSequence" => reverse_sequence(graph, layer),
         "QuantizeLinear" | "DequantizeLinear" => quantize(graph, layer),
-        "DynamicQuantizeLinear" => float_data(graph, layer).map(|()| IndexOp::DynamicQuantize),
+        "DynamicQuantizeLinear" => fp32_layer(graph, layer).map(|()| IndexOp::DynamicQuantize),
         "MaxUnpool" => max_unpool(graph, layer),
         _ => return None,
     };
@@ -115,23 +115,12 @@ fn indices(graph: &EngineGraph, layer: &Layer, k: usize) -> Result<(), String> {
     }
 }
 
-/// Every float the layer touches is fp32 in the graph, its data (input 0) included.
-fn float_data(graph: &EngineGraph, layer: &Layer) -> Result<(), String> {
-    let ids = layer.inputs.iter().chain(&layer.outputs).flatten().map(|id| id.0);
-    all_f32(graph, ids)?;
-    match input(layer, 0).and_then(|x| tensor_dtype(graph, x)) {
-        Some(DType::F32) => Ok(()),
-        Some(other) => Err(format!("{} on {other} tensors", layer.op)),
-        None => Err("untyped input".into()),
-    }
-}
-
 fn attr_string(a: &Attributes, name: &str, default: &str) -> Result<String, String> {
     a.string(name, default.into())
 }
 
 fn loss(graph: &EngineGraph, layer: &Layer) -> Result<IndexOp, String> {
-    float_data(graph, layer)?;
+    fp32_layer(graph, layer)?;
     indices(graph, layer, 1)?;
     let reduction = match attr_string(&layer.attrs, "reduction", "mean")?.as_str() {
         "none" => 0,
@@ -158,7 +147,7 @@ fn scatter_reduction(graph: &EngineGraph, layer: &Layer) -> Result<i32, String> 
         "min" => 4,
         other => return Err(format!("reduction {other}")),
     };
-    float_data(graph, layer).map_err(|_| format!("{} reductions on non-fp32 tensors", layer.op))?;
+    fp32_layer(graph, layer).map_err(|_| format!("{} reductions on non-fp32 tensors", layer.op))?;
     Ok(code)
 }
 
@@ -177,7 +166,7 @@ fn cum_scan(graph: &EngineGraph, layer: &Layer) -> Result<IndexOp, String> {
     // Integers and f64 keep their type (the kernels accumulate as the reference does).
     match input(layer, 0).and_then(|x| tensor_dtype(graph, x)) {
         Some(DType::I32 | DType::I64 | DType::F64) => {}
-        _ => float_data(graph, layer)?,
+        _ => fp32_layer(graph, layer)?,
     }
     Ok(IndexOp::CumScan {
         product: layer.op == "CumProd",
@@ -229,7 +218,7 @@ fn quantize(graph: &EngineGraph, layer: &Layer) -> Result<IndexOp, String> {
 }
 
 fn max_unpool(graph: &EngineGraph, layer: &Layer) -> Result<IndexOp, String> {
-    float_data(graph, layer)?;
+    fp32_layer(graph, layer)?;
     if input(layer, 1).and_then(|i| tensor_dtype(graph, i)) != Some(DType::I64) {
         return Err("MaxUnpool indices other than int64".into());
     }

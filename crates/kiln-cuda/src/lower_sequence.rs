@@ -1,6 +1,6 @@
 //! Placement of the attention variants, recurrent layers, Einsum and other product-shaped ops: which of them the GPU runs, and with what.
 
-use crate::lower::{all_f32, rank, tensor_dtype};
+use crate::lower::{fp32_layer, rank, tensor_dtype};
 use kiln_engine::EngineGraph;
 use kiln_ir::{spec, DType, Layer};
 
@@ -81,20 +81,8 @@ fn input(layer: &Layer, k: usize) -> Option<usize> {
     layer.inputs.get(k).copied().flatten().map(|id| id.0)
 }
 
-/// Float tensors of the layer are fp32 in the graph (they take the engine's storage type on the
-/// device), its data input (input 0) among them.
-fn float_layer(graph: &EngineGraph, layer: &Layer) -> Result<(), String> {
-    let ids = layer.inputs.iter().chain(&layer.outputs).flatten().map(|id| id.0);
-    all_f32(graph, ids)?;
-    match input(layer, 0).and_then(|x| tensor_dtype(graph, x)) {
-        Some(DType::F32) => Ok(()),
-        Some(other) => Err(format!("{} on {other} tensors", layer.op)),
-        None => Err("untyped input".into()),
-    }
-}
-
 fn attention(graph: &EngineGraph, layer: &Layer) -> Result<AttentionAttrs, String> {
-    float_layer(graph, layer)?;
+    fp32_layer(graph, layer)?;
     let a = &layer.attrs;
     let (q_heads, kv_heads) = match input(layer, 0).and_then(|q| rank(graph, q)) {
         Some(3) => {
@@ -138,7 +126,7 @@ fn attention(graph: &EngineGraph, layer: &Layer) -> Result<AttentionAttrs, Strin
 }
 
 fn rotary(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String> {
-    float_layer(graph, layer)?;
+    fp32_layer(graph, layer)?;
     let a = &layer.attrs;
     let heads = match input(layer, 0).and_then(|x| rank(graph, x)) {
         Some(3) => match a.int("num_heads", 0)? {
@@ -162,7 +150,7 @@ fn einsum(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String> {
     // f64 graphs keep f64 on the device; the kernel sums in f64 (einsum_f64).
     let mut ids = layer.inputs.iter().chain(&layer.outputs).flatten();
     if !ids.all(|id| tensor_dtype(graph, id.0) == Some(DType::F64)) {
-        float_layer(graph, layer)?;
+        fp32_layer(graph, layer)?;
     }
     let equation = layer.attrs.string_opt("equation")?.ok_or("Einsum without an equation")?;
     if !crate::einsum::fits(&equation, layer.inputs.len()) || layer.inputs.iter().any(Option::is_none) {
@@ -180,7 +168,7 @@ fn broadcast_matmul(graph: &EngineGraph, layer: &Layer) -> Option<Result<Sequenc
     if gemm_takes || !plain {
         return None;
     }
-    Some(float_layer(graph, layer).map(|()| SequenceOp::BroadcastMatMul))
+    Some(fp32_layer(graph, layer).map(|()| SequenceOp::BroadcastMatMul))
 }
 
 /// Quantized products (MatMulInteger, QLinearMatMul) and convolutions (ConvInteger,
@@ -213,7 +201,7 @@ fn quant_matmul(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String
 }
 
 fn linear_attention(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, String> {
-    float_layer(graph, layer)?;
+    fp32_layer(graph, layer)?;
     let a = &layer.attrs;
     let (gating, delta) = match a.string("update_rule", "gated_delta".into())?.as_str() {
         "linear" => (false, false),
@@ -239,7 +227,7 @@ fn linear_attention(graph: &EngineGraph, layer: &Layer) -> Result<SequenceOp, St
 /// FlexAttention without score_mod/prob_mod subgraphs is Attention on 4-D inputs with no mask
 /// (its scores are finite, so Attention's fully-masked-row guard never differs from its NaN).
 fn flex_attention(graph: &EngineGraph, layer: &Layer) -> Result<AttentionAttrs, String> {
-    float_layer(graph, layer)?;
+    fp32_layer(graph, layer)?;
     let a = &layer.attrs;
     if a.contains("score_mod") || a.contains("prob_mod") {
         return Err("FlexAttention with score_mod or prob_mod subgraphs".into());
@@ -264,7 +252,7 @@ fn flex_attention(graph: &EngineGraph, layer: &Layer) -> Result<AttentionAttrs, 
 }
 
 fn recurrent(graph: &EngineGraph, layer: &Layer) -> Result<RecurrentAttrs, String> {
-    float_layer(graph, layer)?;
+    fp32_layer(graph, layer)?;
     let a = &layer.attrs;
     let (cell, defaults): (i32, &[&str]) = match layer.op.as_str() {
         "RNN" => (0, &["Tanh"]),
