@@ -150,6 +150,10 @@ mod tests {
         let cubin = compile_cached(crate::kernels::LIBRARY, (9, 0)).unwrap_or_else(|e| panic!("{e}"));
         let names = crate::kernels::library_kernel_names();
         assert!(names.len() > 20, "too few kernels found in the source: {names:?}");
+        // One of each way a kernel is declared: plain, per storage type, per element size.
+        for expected in ["cast_any", "epilogue_f16", "gather_elements_4"] {
+            assert!(names.iter().any(|n| n == expected), "{expected} was not found in the source");
+        }
         for name in names {
             let symbol = format!("{name}\0");
             assert!(cubin.windows(symbol.len()).any(|w| w == symbol.as_bytes()), "{name} is not in the cubin");

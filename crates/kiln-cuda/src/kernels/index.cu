@@ -23,12 +23,6 @@ __device__ __forceinline__ i64 resolve_index(i64 k, i64 len, int* err) {
   return k;
 }
 
-// One entry point per element size, for kernels that only move elements.
-#define KILN_BY_SIZE_TYPE_1 unsigned char
-#define KILN_BY_SIZE_TYPE_2 u16
-#define KILN_BY_SIZE_TYPE_4 unsigned
-#define KILN_BY_SIZE_TYPE_8 unsigned long long
-
 // ---- NegativeLogLikelihoodLoss / SoftmaxCrossEntropyLoss ---------------------------------------
 // x is viewed as [N, C, D] (D: the product of the trailing dims), target as [N, D]. Element
 // (n, d) with target t: loss = -w[t] * lp(n, t, d), 0 where t == ignore (has_ignore), where lp
@@ -93,10 +87,7 @@ __device__ void gather_elements(const void* data, const void* idx, int idx_i32, 
 }
 #define GATHER_ELEMENTS_PARAMS const void* data, const void* idx, int idx_i32, void* out, i64 n, int rank, Str8 ishape, Str8 dstride, int axis, i64 axis_len, int* err
 #define GATHER_ELEMENTS_ARGS data, idx, idx_i32, out, n, rank, ishape, dstride, axis, axis_len, err
-extern "C" __global__ void gather_elements_1(GATHER_ELEMENTS_PARAMS) { gather_elements<KILN_BY_SIZE_TYPE_1>(GATHER_ELEMENTS_ARGS); }
-extern "C" __global__ void gather_elements_2(GATHER_ELEMENTS_PARAMS) { gather_elements<KILN_BY_SIZE_TYPE_2>(GATHER_ELEMENTS_ARGS); }
-extern "C" __global__ void gather_elements_4(GATHER_ELEMENTS_PARAMS) { gather_elements<KILN_BY_SIZE_TYPE_4>(GATHER_ELEMENTS_ARGS); }
-extern "C" __global__ void gather_elements_8(GATHER_ELEMENTS_PARAMS) { gather_elements<KILN_BY_SIZE_TYPE_8>(GATHER_ELEMENTS_ARGS); }
+KILN_BY_SIZE(gather_elements, (GATHER_ELEMENTS_PARAMS), (GATHER_ELEMENTS_ARGS))
 
 // ---- GatherND -----------------------------------------------------------------------------------
 // Index tuple t (k indices, the last axis of idx) addresses a block of `block` elements of data
@@ -119,10 +110,7 @@ __device__ void gather_nd(const void* data, const void* idx, int idx_i32, void* 
 }
 #define GATHER_ND_PARAMS const void* data, const void* idx, int idx_i32, void* out, i64 n, i64 block, int k, i64 per_batch, i64 batch_size, int b, Str8 dshape, Str8 dstride, int* err
 #define GATHER_ND_ARGS data, idx, idx_i32, out, n, block, k, per_batch, batch_size, b, dshape, dstride, err
-extern "C" __global__ void gather_nd_1(GATHER_ND_PARAMS) { gather_nd<KILN_BY_SIZE_TYPE_1>(GATHER_ND_ARGS); }
-extern "C" __global__ void gather_nd_2(GATHER_ND_PARAMS) { gather_nd<KILN_BY_SIZE_TYPE_2>(GATHER_ND_ARGS); }
-extern "C" __global__ void gather_nd_4(GATHER_ND_PARAMS) { gather_nd<KILN_BY_SIZE_TYPE_4>(GATHER_ND_ARGS); }
-extern "C" __global__ void gather_nd_8(GATHER_ND_PARAMS) { gather_nd<KILN_BY_SIZE_TYPE_8>(GATHER_ND_ARGS); }
+KILN_BY_SIZE(gather_nd, (GATHER_ND_PARAMS), (GATHER_ND_ARGS))
 
 // ---- ScatterElements / ScatterND, on a copy of data already in out ------------------------------
 // How an update lands: replaced (any dtype, by element size), or reduced into the old value
@@ -227,10 +215,7 @@ __device__ void tensor_scatter(void* out, const void* upd, const void* writes, i
 }
 #define TENSOR_SCATTER_PARAMS void* out, const void* upd, const void* writes, int w_i32, i64 n, i64 seq, i64 max_len, i64 inner, i64 per_batch, int circular, int* err
 #define TENSOR_SCATTER_ARGS out, upd, writes, w_i32, n, seq, max_len, inner, per_batch, circular, err
-extern "C" __global__ void tensor_scatter_1(TENSOR_SCATTER_PARAMS) { tensor_scatter<KILN_BY_SIZE_TYPE_1>(TENSOR_SCATTER_ARGS); }
-extern "C" __global__ void tensor_scatter_2(TENSOR_SCATTER_PARAMS) { tensor_scatter<KILN_BY_SIZE_TYPE_2>(TENSOR_SCATTER_ARGS); }
-extern "C" __global__ void tensor_scatter_4(TENSOR_SCATTER_PARAMS) { tensor_scatter<KILN_BY_SIZE_TYPE_4>(TENSOR_SCATTER_ARGS); }
-extern "C" __global__ void tensor_scatter_8(TENSOR_SCATTER_PARAMS) { tensor_scatter<KILN_BY_SIZE_TYPE_8>(TENSOR_SCATTER_ARGS); }
+KILN_BY_SIZE(tensor_scatter, (TENSOR_SCATTER_PARAMS), (TENSOR_SCATTER_ARGS))
 
 // ---- ReverseSequence: the first lens[b] steps of each batch entry reversed, the rest kept ------
 // Element i at batch coordinate (i / b_stride) % batch and time (i / t_stride) % time.
@@ -250,10 +235,7 @@ __device__ void reverse_sequence(const void* x, const void* lens, int lens_i32, 
 }
 #define REVERSE_SEQUENCE_PARAMS const void* x, const void* lens, int lens_i32, void* y, i64 n, i64 batch, i64 b_stride, i64 time, i64 t_stride, int* err
 #define REVERSE_SEQUENCE_ARGS x, lens, lens_i32, y, n, batch, b_stride, time, t_stride, err
-extern "C" __global__ void reverse_sequence_1(REVERSE_SEQUENCE_PARAMS) { reverse_sequence<KILN_BY_SIZE_TYPE_1>(REVERSE_SEQUENCE_ARGS); }
-extern "C" __global__ void reverse_sequence_2(REVERSE_SEQUENCE_PARAMS) { reverse_sequence<KILN_BY_SIZE_TYPE_2>(REVERSE_SEQUENCE_ARGS); }
-extern "C" __global__ void reverse_sequence_4(REVERSE_SEQUENCE_PARAMS) { reverse_sequence<KILN_BY_SIZE_TYPE_4>(REVERSE_SEQUENCE_ARGS); }
-extern "C" __global__ void reverse_sequence_8(REVERSE_SEQUENCE_PARAMS) { reverse_sequence<KILN_BY_SIZE_TYPE_8>(REVERSE_SEQUENCE_ARGS); }
+KILN_BY_SIZE(reverse_sequence, (REVERSE_SEQUENCE_PARAMS), (REVERSE_SEQUENCE_ARGS))
 
 // ---- CumSum / CumProd along an axis --------------------------------------------------------------
 // The axis is read on the device (an int32/int64 scalar, constant or computed): `shape` split

@@ -35,6 +35,18 @@ struct BF16 {
   extern "C" __global__ void NAME##_f16 PARAMS { NAME<F16> ARGS; } \
   extern "C" __global__ void NAME##_bf16 PARAMS { NAME<BF16> ARGS; }
 
+// One extern "C" entry point per element size (NAME_1, _2, _4, _8), for kernels that only move
+// elements whatever their type.
+#define KILN_BY_SIZE_TYPE_1 unsigned char
+#define KILN_BY_SIZE_TYPE_2 u16
+#define KILN_BY_SIZE_TYPE_4 unsigned
+#define KILN_BY_SIZE_TYPE_8 unsigned long long
+#define KILN_BY_SIZE(NAME, PARAMS, ARGS) \
+  extern "C" __global__ void NAME##_1 PARAMS { NAME<KILN_BY_SIZE_TYPE_1> ARGS; } \
+  extern "C" __global__ void NAME##_2 PARAMS { NAME<KILN_BY_SIZE_TYPE_2> ARGS; } \
+  extern "C" __global__ void NAME##_4 PARAMS { NAME<KILN_BY_SIZE_TYPE_4> ARGS; } \
+  extern "C" __global__ void NAME##_8 PARAMS { NAME<KILN_BY_SIZE_TYPE_8> ARGS; }
+
 #define GRID_STRIDE(i, n) for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
 // ---- activations: kiln_ir::Activation, codes as in activation_code() on the Rust side --------

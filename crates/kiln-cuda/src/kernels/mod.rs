@@ -18,8 +18,8 @@ pub(crate) const LIBRARY: &str = concat!(
 );
 
 /// Every kernel the library defines, as the module names it: `extern "C" __global__ void NAME(`
-/// once, and `KILN_INSTANTIATE(NAME, ..)` once per storage type (`NAME_f32`, `NAME_f16`,
-/// `NAME_bf16`). Read from the source, so a new kernel cannot be left out of the lookup table.
+/// once, `KILN_INSTANTIATE(NAME, ..)` once per storage type (`NAME_f32`, `NAME_f16`,
+/// `NAME_bf16`) and `KILN_BY_SIZE(NAME, ..)` once per element size (`NAME_1` .. `NAME_8`). Read from the source, so a new kernel cannot be left out of the lookup table.
 pub(crate) fn library_kernel_names() -> Vec<String> {
     let mut names = Vec::new();
     for line in LIBRARY.lines() {
@@ -32,6 +32,11 @@ pub(crate) fn library_kernel_names() -> Vec<String> {
             let name = rest.split(',').next().unwrap_or("").trim();
             for storage in [Storage::F32, Storage::F16, Storage::BF16] {
                 names.push(format!("{name}_{}", storage.suffix()));
+            }
+        } else if let Some(rest) = line.strip_prefix("KILN_BY_SIZE(") {
+            let name = rest.split(',').next().unwrap_or("").trim();
+            for size in [1, 2, 4, 8] {
+                names.push(format!("{name}_{size}"));
             }
         }
     }
