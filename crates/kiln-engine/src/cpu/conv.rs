@@ -248,8 +248,15 @@ fn product_in_column_blocks(
 /// columns within one output row is a zero-filled border around one contiguous (stride 1) or
 /// strided copy, so there is no bounds test per element.
 fn im2col_columns(g: &Geometry, x: &[f32], col: &mut [f32], j0: usize, nb: usize) {
+    im2col_panel(g, x, col, j0, nb, nb)
+}
+
+/// [`im2col_columns`] into rows `ld ≥ nb` apart (a packed column panel whose width is rounded
+/// up to whole vectors; the columns past `nb` are left as they are).
+pub(super) fn im2col_panel(g: &Geometry, x: &[f32], col: &mut [f32], j0: usize, nb: usize, ld: usize) {
     let taps = g.kh * g.kw;
-    for (r, row) in col.chunks_mut(nb).enumerate() {
+    for (r, row) in col.chunks_mut(ld).enumerate() {
+        let row = &mut row[..nb];
         let (c, kh, kw) = (r / taps, r % taps / g.kw, r % g.kw);
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         let offset = (kw * g.dilation[1]) as isize - g.pad_begin[1] as isize;

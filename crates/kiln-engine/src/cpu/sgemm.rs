@@ -20,7 +20,7 @@ impl<'a> Mat<'a> {
     }
 
     /// Whether every element of a `rows × cols` matrix lies inside `data`.
-    fn covers(&self, rows: usize, cols: usize) -> bool {
+    pub(crate) fn covers(&self, rows: usize, cols: usize) -> bool {
         rows == 0 || cols == 0 || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
     }
 }

@@ -1,0 +1,146 @@
+//! The AVX-512 register tile of kiln's own packed matrix multiply (packed_gemm.rs).
+//!
+//! One call computes a whole `MR × (16·NV)` block of `C = A · B` over the full depth `k`, in
+//! registers, and stores it once with the epilogue fused (bias, residual, ReLU/Clip): there is
+//! no second pass over the output and no partial sums written back. Operands are packed:
+//! - `a`: `[k][MR]`, the MR rows of one row panel interleaved (weights pre-packed once, or
+//!   activations packed per call);
+//! - `b`: `[k][16·NV]`, one column panel (an im2col block, a pre-packed weight panel).
+//!
+//! Each depth step loads NV vectors of `b` and broadcasts MR values of `a` into `MR · NV`
+//! independent multiply-add chains (24 for 8 × 48), enough to cover the FMA latency on Zen 4
+//! and Intel cores alike while leaving registers for the operands.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Rows per register tile (the broadcast operand).
+pub(crate) const MR: usize = 8;
+/// f32 lanes per vector.
+pub(crate) const LANES: usize = 16;
+/// Vectors per tile row at most: the widest panel is `LANES · MAX_NV` columns.
+pub(crate) const MAX_NV: usize = 3;
+/// Columns of a full column panel.
+pub(crate) const NR: usize = LANES * MAX_NV;
+
+/// What the tile's store adds and clamps: `out = clamp(acc + row_bias[r] + col_bias[j] +
+/// residual[r][j])`, each part optional. Pointers are to the tile's own first row/column.
+#[derive(Clone, Copy)]
+pub(crate) struct TileEpilogue {
+    pub row_bias: *const f32,
+    pub col_bias: *const f32,
+    /// The residual tile, rows `residual_stride` apart (null: none).
+    pub residual: *const f32,
+    pub residual_stride: usize,
+    pub clamp: Option<(f32, f32)>,
+}
+
+impl TileEpilogue {
+    pub(crate) const NONE: TileEpilogue = TileEpilogue {
+        row_bias: std::ptr::null(),
+        col_bias: std::ptr::null(),
+        residual: std::ptr::null(),
+        residual_stride: 0,
+        clamp: None,
+    };
+}
+
+/// Whether this CPU runs the AVX-512 tile.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::vecmath::level() == super::vecmath::Level::Avx512
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `C[rows × cols] = epilogue(A_panel · B_panel)` for one tile: `rows ≤ MR`, `cols ≤ NR`;
+/// `b` holds `16 · ceil(cols / 16)` columns per depth step.
+///
+/// # Safety
+/// [`available`] must be true; `a` must hold `k · MR` values, `b` `k · 16 · ceil(cols/16)`;
+/// `c` must be writable at `r · ldc + j` for r < rows, j < cols, and the epilogue's pointers
+/// readable at the same tile positions.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    epi: &TileEpilogue,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match cols.div_ceil(LANES) {
+            1 => tile_nv::<1>(k, a, b, c, ldc, rows, cols, epi),
+            2 => tile_nv::<2>(k, a, b, c, ldc, rows, cols, epi),
+            _ => tile_nv::<3>(k, a, b, c, ldc, rows, cols, epi),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_nv<const NV: usize>(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    epi: &TileEpilogue,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    let (mut a, mut b) = (a, b);
+    // SAFETY: the caller guarantees `k` depth steps of both packed panels.
+    unsafe {
+        for _ in 0..k {
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = _mm512_loadu_ps(b.add(v * LANES));
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(r));
+                for v in 0..NV {
+                    acc[v] = _mm512_fmadd_ps(av, bv[v], acc[v]);
+                }
+            }
+            a = a.add(MR);
+            b = b.add(NV * LANES);
+        }
+        let (lo, hi) = epi.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        for (r, acc) in acc.iter().enumerate().take(rows) {
+            let row_bias = if epi.row_bias.is_null() { 0.0 } else { *epi.row_bias.add(r) };
+            for (v, &x) in acc.iter().enumerate() {
+                let j = v * LANES;
+                if j >= cols {
+                    break;
+                }
+                let mask: __mmask16 = if cols - j >= LANES { 0xffff } else { (1u16 << (cols - j)) - 1 };
+                let mut x = _mm512_add_ps(x, _mm512_set1_ps(row_bias));
+                if !epi.col_bias.is_null() {
+                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, epi.col_bias.add(j)));
+                }
+                if !epi.residual.is_null() {
+                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, epi.residual.add(r * epi.residual_stride + j)));
+                }
+                if epi.clamp.is_some() {
+                    // vmaxps/vminps return their second operand when either is NaN: with x
+                    // second, NaN stays NaN, as in the scalar clip.
+                    x = _mm512_min_ps(hi, _mm512_max_ps(lo, x));
+                }
+                _mm512_mask_storeu_ps(c.add(r * ldc + j), mask, x);
+            }
+        }
+    }
+}

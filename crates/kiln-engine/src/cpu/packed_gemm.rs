@@ -1,0 +1,375 @@
+//! kiln's own packed f32 matrix multiply: `C = epilogue(A · B)` from panels packed for the
+//! AVX-512 register tile (microkernel.rs), with the constant operand — a layer's weight —
+//! packed once, when the kernel is made, instead of on every call as a general GEMM must.
+//!
+//! - Row panels (`A`, the broadcast operand): `MR` rows interleaved per depth step,
+//!   `[panel][k][MR]`, the last panel zero-padded. Convolution weights (`cout × K`) are packed
+//!   so; MatMul activations are packed so per call, a chunk of rows at a time.
+//! - Column panels (`B`, the vector operand): `[panel][k][w]` with `w = 16·ceil(cols/16)` ≤ NR.
+//!   MatMul weights are packed so once; convolution inputs per call, one panel at a time
+//!   straight from the image (im2col writes the panel: no separate unrolled matrix).
+//!
+//! Work is split into (row chunk × column chunk) units across the rayon pool; each unit walks
+//! its column panels and, per panel, every row panel, so the packed column panel is read from
+//! L1/L2 by every tile that needs it.
+
+use super::io::OutPtr;
+use super::microkernel::{self, TileEpilogue, LANES, MR, NR};
+use super::sgemm::Mat;
+use kiln_ir::Activation;
+use rayon::prelude::*;
+
+/// Width of column panel `p` of an `n`-column matrix, in packed columns (whole vectors).
+fn panel_width(n: usize, p: usize) -> usize {
+    (n - p * NR).min(NR).div_ceil(LANES) * LANES
+}
+
+/// Row panels of an `m × k` matrix: `[panel][k][MR]`.
+pub(crate) fn pack_rows(a: Mat, m: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m.div_ceil(MR) * MR * k];
+    pack_rows_into(a, 0, m, k, &mut out);
+    out
+}
+
+/// Rows `[r0, r1)` of `a` as row panels into `out` (`ceil((r1 − r0)/MR) · k · MR` values).
+fn pack_rows_into(a: Mat, r0: usize, r1: usize, k: usize, out: &mut [f32]) {
+    for (pi, panel) in out.chunks_mut(k * MR).enumerate().take((r1 - r0).div_ceil(MR)) {
+        let rows = (r1 - r0 - pi * MR).min(MR);
+        for r in 0..MR {
+            if r >= rows {
+                for p in 0..k {
+                    panel[p * MR + r] = 0.0;
+                }
+                continue;
+            }
+            let base = (r0 + pi * MR + r) * a.row_stride;
+            if a.col_stride == 1 {
+                for (p, &v) in a.data[base..base + k].iter().enumerate() {
+                    panel[p * MR + r] = v;
+                }
+            } else {
+                for p in 0..k {
+                    panel[p * MR + r] = a.data[base + p * a.col_stride];
+                }
+            }
+        }
+    }
+}
+
+/// Column panels of a `k × n` matrix: `[panel][k][w]`.
+pub(crate) fn pack_columns(b: Mat, k: usize, n: usize) -> Vec<f32> {
+    let panels = n.div_ceil(NR);
+    let len = (0..panels).map(|p| k * panel_width(n, p)).sum();
+    let mut out = vec![0f32; len];
+    let mut at = 0;
+    for p in 0..panels {
+        let (j0, w) = (p * NR, panel_width(n, p));
+        let cols = (n - j0).min(NR);
+        for kk in 0..k {
+            let dst = &mut out[at + kk * w..at + kk * w + cols];
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = b.data[kk * b.row_stride + (j0 + j) * b.col_stride];
+            }
+        }
+        at += k * w;
+    }
+    out
+}
+
+/// Where a product's operand comes from.
+pub(crate) enum Operand<'a> {
+    /// Packed when the kernel was made ([`pack_rows`] for A, [`pack_columns`] for B).
+    Packed(&'a [f32]),
+    /// A plain matrix, packed per call (A only).
+    Matrix(Mat<'a>),
+    /// Filled per column panel by the caller: `fill(j0, cols, w, panel)` writes the `k × cols`
+    /// block starting at column `j0` into `panel`, rows `w` apart (B only).
+    Panels(&'a (dyn Fn(usize, usize, usize, &mut [f32]) + Sync)),
+}
+
+/// The fused epilogue of a whole product (bias per row or per column, a residual with C's
+/// layout, an activation).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    pub row_bias: Option<&'a [f32]>,
+    pub col_bias: Option<&'a [f32]>,
+    pub residual: Option<&'a [f32]>,
+    pub activation: Option<Activation>,
+}
+
+thread_local! {
+    /// Per thread: the packed row chunk and column panel of the unit it runs.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Rows of a unit whose A is packed per call: 64 rows × k stay in L2 while every column panel
+/// passes over them.
+const ROW_CHUNK: usize = 64;
+
+/// `C[m × n] = epilogue(A · B)`, C's rows `ldc` apart from `c`, across the current pool.
+///
+/// # Safety
+/// [`microkernel::available`] must be true, `c` valid for writes of `c[r·ldc + j]` (r < m,
+/// j < n) that no other thread touches during the call, and a residual (if any) must hold
+/// `(m − 1)·ldc + n` values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &Operand,
+    b: &Operand,
+    c: OutPtr,
+    ldc: usize,
+    epilogue: &Epilogue,
+    parallel: bool,
+) -> Result<(), String> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (row_panels, col_panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    match a {
+        Operand::Packed(p) if p.len() < row_panels * MR * k => return Err("packed A is too small".into()),
+        Operand::Matrix(mat) if !mat.covers(m, k) => return Err("A is smaller than its shape".into()),
+        Operand::Panels(_) => return Err("A cannot be filled by panels".into()),
+        _ => {}
+    }
+    match b {
+        Operand::Packed(p) if p.len() < (0..col_panels).map(|q| k * panel_width(n, q)).sum() => {
+            return Err("packed B is too small".into())
+        }
+        Operand::Matrix(_) => return Err("B is packed or filled by panels".into()),
+        _ => {}
+    }
+    if epilogue.row_bias.is_some_and(|v| v.len() < m) || epilogue.col_bias.is_some_and(|v| v.len() < n) {
+        return Err("bias shorter than the product".into());
+    }
+    if epilogue.residual.is_some_and(|r| r.len() < (m - 1) * ldc + n) {
+        return Err("residual shorter than the product".into());
+    }
+    // Units: row chunks × column chunks, about four per thread for balance. A packed per call
+    // is chunked by ROW_CHUNK rows anyway (its packed copy must stay in cache).
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    let want = if threads > 1 { 4 * threads } else { 1 };
+    let base_row_chunks = match a {
+        Operand::Matrix(_) => m.div_ceil(ROW_CHUNK),
+        _ => 1,
+    };
+    let col_chunks = col_panels.min(want.div_ceil(base_row_chunks)).max(1);
+    let row_chunks = base_row_chunks.max(want.div_ceil(col_chunks)).min(row_panels);
+    let rows_per_chunk = row_panels.div_ceil(row_chunks) * MR;
+    let panels_per_chunk = col_panels.div_ceil(col_chunks);
+    let row_chunks = m.div_ceil(rows_per_chunk);
+    let col_chunks = col_panels.div_ceil(panels_per_chunk);
+    let unit = |u: usize| {
+        let (rc, cc) = (u / col_chunks, u % col_chunks);
+        let (r0, r1) = (rc * rows_per_chunk, ((rc + 1) * rows_per_chunk).min(m));
+        let (q0, q1) = (cc * panels_per_chunk, ((cc + 1) * panels_per_chunk).min(col_panels));
+        SCRATCH.with(|s| {
+            let (a_buf, b_buf) = &mut *s.borrow_mut();
+            let a_rows: &[f32] = match a {
+                Operand::Packed(p) => &p[r0 * k..],
+                Operand::Matrix(mat) => {
+                    let len = (r1 - r0).div_ceil(MR) * MR * k;
+                    if a_buf.len() < len {
+                        a_buf.resize(len, 0.0);
+                    }
+                    pack_rows_into(*mat, r0, r1, k, a_buf);
+                    a_buf
+                }
+                Operand::Panels(_) => unreachable!("checked above"),
+            };
+            let mut b_at: usize = (0..q0).map(|q| k * panel_width(n, q)).sum();
+            for q in q0..q1 {
+                let (j0, w) = (q * NR, panel_width(n, q));
+                let cols = (n - j0).min(NR);
+                let panel: &[f32] = match b {
+                    Operand::Packed(p) => &p[b_at..b_at + k * w],
+                    Operand::Panels(fill) => {
+                        if b_buf.len() < k * w {
+                            b_buf.resize(k * w, 0.0);
+                        }
+                        fill(j0, cols, w, &mut b_buf[..k * w]);
+                        &b_buf[..k * w]
+                    }
+                    Operand::Matrix(_) => unreachable!("checked above"),
+                };
+                b_at += k * w;
+                for i0 in (r0..r1).step_by(MR) {
+                    let rows = (r1 - i0).min(MR);
+                    let at = |v: Option<&[f32]>, i: usize| v.map_or(std::ptr::null(), |v| v[i..].as_ptr());
+                    let epi = TileEpilogue {
+                        row_bias: at(epilogue.row_bias, i0),
+                        col_bias: at(epilogue.col_bias, j0),
+                        residual: at(epilogue.residual, i0 * ldc + j0),
+                        residual_stride: ldc,
+                        clamp: match epilogue.activation {
+                            Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
+                            Some(Activation::Clip { min, max }) => Some((min, max)),
+                            _ => None,
+                        },
+                    };
+                    let a_panel = &a_rows[(i0 - r0) * k..(i0 - r0 + MR) * k];
+                    // SAFETY: the panels hold k depth steps (checked above); the tile's
+                    // outputs (rows i0.., columns j0..) belong to this unit alone (caller).
+                    unsafe {
+                        microkernel::tile(k, a_panel.as_ptr(), panel.as_ptr(), c.at(i0 * ldc + j0), ldc, rows, cols, &epi);
+                    }
+                    if let Some(act) = epilogue.activation.filter(|a| !matches!(a, Activation::Relu | Activation::Clip { .. })) {
+                        for r in 0..rows {
+                            // SAFETY: a row of this unit's own tile, just written.
+                            let seg = unsafe { std::slice::from_raw_parts_mut(c.at((i0 + r) * ldc + j0), cols) };
+                            super::epilogue::activate(seg, act);
+                        }
+                    }
+                }
+            }
+        });
+    };
+    let units = row_chunks * col_chunks;
+    if units > 1 && threads > 1 {
+        (0..units).into_par_iter().for_each(unit);
+    } else {
+        (0..units).for_each(unit);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every combination of packed/per-call operands, tails in both dimensions and the
+    /// epilogue, against a float64 product.
+    #[test]
+    fn matches_a_float64_product() {
+        if !microkernel::available() {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        for (m, n, k) in [(1, 1, 1), (8, 48, 16), (13, 49, 37), (70, 100, 5), (130, 17, 64), (9, 200, 300)] {
+            let a = random(m * k, 1 + m as u64);
+            let b = random(k * n, 2 + n as u64);
+            let bias = random(m.max(n), 3);
+            let residual = random(m * n, 4);
+            let want = |i: usize, j: usize| (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum::<f64>();
+            let packed_a = pack_rows(Mat::row_major(&a, k), m, k);
+            let packed_b = pack_columns(Mat::row_major(&b, n), k, n);
+            let fill = |j0: usize, cols: usize, w: usize, panel: &mut [f32]| {
+                for p in 0..k {
+                    panel[p * w..p * w + cols].copy_from_slice(&b[p * n + j0..p * n + j0 + cols]);
+                }
+            };
+            for (case, (ao, bo)) in [
+                (Operand::Packed(&packed_a), Operand::Panels(&fill)),
+                (Operand::Matrix(Mat::row_major(&a, k)), Operand::Packed(&packed_b)),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                for parallel in [false, true] {
+                    let epi = if case == 0 {
+                        Epilogue { row_bias: Some(&bias), residual: Some(&residual), activation: Some(Activation::Relu), ..Default::default() }
+                    } else {
+                        Epilogue { col_bias: Some(&bias), activation: Some(Activation::GeluErf), ..Default::default() }
+                    };
+                    let mut c = vec![f32::NAN; m * n];
+                    unsafe { gemm(m, n, k, &ao, &bo, OutPtr(c.as_mut_ptr()), n, &epi, parallel).unwrap() };
+                    for i in 0..m {
+                        for j in 0..n {
+                            let w = if case == 0 {
+                                (want(i, j) + bias[i] as f64 + residual[i * n + j] as f64).max(0.0)
+                            } else {
+                                let x = want(i, j) + bias[j] as f64;
+                                0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
+                            };
+                            let got = c[i * n + j] as f64;
+                            assert!((got - w).abs() < 1e-4 * (1.0 + w.abs()), "{m}x{n}x{k} case {case} [{i},{j}]: {got} vs {w}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn erf(x: f64) -> f64 {
+        // Abramowitz–Stegun 7.1.26 is too coarse for 1e-4; integrate instead (Simpson).
+        let steps = 2000;
+        let h = x / steps as f64;
+        let f = |t: f64| (-t * t).exp();
+        let mut s = f(0.0) + f(x);
+        for i in 1..steps {
+            s += f(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
+        }
+        s * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Not a test: GFLOP/s of the packed tile against the gemm crate on ResNet/BERT shapes
+    /// (`cargo test --release -p kiln-engine packed_rates -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn packed_rates() {
+        if !microkernel::available() {
+            return;
+        }
+        for (m, n, k) in [
+            (64usize, 3136usize, 576usize),
+            (256, 3136, 64),
+            (64, 3136, 256),
+            (256, 196, 2304),
+            (512, 49, 4608),
+            (2048, 49, 512),
+            (128, 3072, 768),
+            (128, 768, 3072),
+        ] {
+            let a = vec![0.5f32; m * k];
+            let b = vec![0.25f32; k * n];
+            let mut c = vec![0f32; m * n];
+            let packed_a = pack_rows(Mat::row_major(&a, k), m, k);
+            let packed_b = pack_columns(Mat::row_major(&b, n), k, n);
+            let fill = |j0: usize, cols: usize, w: usize, panel: &mut [f32]| {
+                for p in 0..k {
+                    panel[p * w..p * w + cols].copy_from_slice(&b[p * n + j0..p * n + j0 + cols]);
+                }
+            };
+            let rate = |f: &mut dyn FnMut()| {
+                let mut best = f64::MAX;
+                for _ in 0..10 {
+                    let t = std::time::Instant::now();
+                    f();
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                2.0 * (m * n * k) as f64 / best / 1e9
+            };
+            let ptr = OutPtr(c.as_mut_ptr());
+            let conv = rate(&mut || unsafe {
+                gemm(m, n, k, &Operand::Packed(&packed_a), &Operand::Panels(&fill), ptr, n, &Epilogue::default(), false)
+                    .unwrap()
+            });
+            let linear = rate(&mut || unsafe {
+                gemm(m, n, k, &Operand::Matrix(Mat::row_major(&a, k)), &Operand::Packed(&packed_b), ptr, n, &Epilogue::default(), false)
+                    .unwrap()
+            });
+            let crate_rate = rate(&mut || {
+                super::super::sgemm::sgemm_serial(m, n, k, Mat::row_major(&a, k), Mat::row_major(&b, n), &mut c).unwrap()
+            });
+            println!("{m}x{n}x{k}: packed A {conv:.1}, packed B {linear:.1}, gemm crate {crate_rate:.1} GFLOP/s");
+        }
+    }
+}
