@@ -31,6 +31,9 @@ pub(crate) fn tactics(desc: &LayerDesc) -> Vec<Tactic> {
         out.push(Tactic::new(super::depthwise_c16::TACTIC));
         out.push(Tactic::new(DEPTHWISE));
     }
+    if super::conv_packed::fits(&geo) {
+        out.push(Tactic::new(super::conv_packed::TACTIC));
+    }
     let col_bytes = geo.cin_g * geo.kh * geo.kw * geo.oh * geo.ow * 4;
     out.push(Tactic { name: IM2COL.to_string(), workspace_bytes: col_bytes });
     if super::winograd::fits(&geo) {

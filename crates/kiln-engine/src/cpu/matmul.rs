@@ -4,12 +4,45 @@
 //! place from the engine's weight memory.
 
 use super::epilogue::{apply, Bias};
+use super::io::OutPtr;
 use super::io::{f32_input, opt_f32_input, write_f32_output};
+use super::packed_gemm::{self, pack_columns, Epilogue, Operand};
 use super::sgemm::{sgemm, Mat};
 use crate::backend::{LayerDesc, LayerIo, LayerKernel};
 use kiln_ir::{Activation, DType, ValueType};
 
 pub const TACTIC: &str = "gemm";
+/// The same product through kiln's own packed multiply, the weight packed into column panels
+/// once (at build time where the plan stores it so).
+pub const PACKED: &str = "gemm-packed";
+
+/// Whether the packed tactic applies: [`applies`], AVX-512, and a plain product (alpha 1) whose
+/// bias, if any, is one value per output column.
+pub(crate) fn packed_applies(desc: &LayerDesc) -> bool {
+    if !applies(desc) {
+        return false;
+    }
+    let a = &desc.layer.attrs;
+    let bias_per_column = match (desc.input_types.get(2), desc.weights.get(1).copied().flatten()) {
+        (None | Some(None), _) => true,
+        (Some(Some(ValueType::Tensor(t))), Some(w)) => {
+            let n = if a.int("transB", 0).unwrap_or(0) != 0 { w.shape[0] } else { w.shape[1] };
+            let dims = t.shape.as_deref().and_then(kiln_ir::concrete);
+            dims.is_some_and(|d| d.iter().product::<usize>() == n && d.last() == Some(&n))
+        }
+        _ => false,
+    };
+    super::microkernel::available() && a.float("alpha", 1.0).is_ok_and(|v| v == 1.0) && bias_per_column
+}
+
+/// The weight as column panels: `[k, n]`, or `[n, k]` with transB.
+pub(super) fn pack_weight(w: &[f32], shape: &[usize], trans_b: bool) -> Result<Vec<f32>, String> {
+    let [r, c] = shape else { return Err(format!("weight of shape {shape:?} is not 2-D")) };
+    if w.len() != r * c {
+        return Err(format!("weight of {} values for shape {shape:?}", w.len()));
+    }
+    Ok(if trans_b { pack_columns(Mat::col_major(w, *c), *c, *r) } else { pack_columns(Mat::row_major(w, *c), *r, *c) })
+}
 
 /// Whether the tactic applies: f32, a 2-D constant right-hand side, and (Gemm) a bias the
 /// epilogue can broadcast.
@@ -38,18 +71,29 @@ pub(crate) struct MatMulKernel {
     trans_a: bool,
     trans_b: bool,
     activation: Option<Activation>,
+    /// [`PACKED`]: the weight packed, unless the plan stores it packed.
+    packed: Option<Option<Vec<f32>>>,
 }
 
 impl MatMulKernel {
-    pub fn new(desc: &LayerDesc) -> Result<Self, String> {
+    pub fn new(desc: &LayerDesc, tactic: &str) -> Result<Self, String> {
         let a = &desc.layer.attrs;
         let gemm = desc.layer.op == "Gemm";
+        let trans_b = gemm && a.int("transB", 0)? != 0;
+        let packed = if tactic == PACKED {
+            let w = desc.weights.get(1).copied().flatten().ok_or("gemm-packed needs a constant weight")?;
+            let values: &[f32] = bytemuck::try_cast_slice(w.bytes).map_err(|e| format!("weight bytes: {e:?}"))?;
+            Some(Some(pack_weight(values, w.shape, trans_b)?))
+        } else {
+            None
+        };
         Ok(MatMulKernel {
+            packed,
             gemm,
             alpha: if gemm { a.float("alpha", 1.0)? } else { 1.0 },
             beta: if gemm { a.float("beta", 1.0)? } else { 1.0 },
             trans_a: gemm && a.int("transA", 0)? != 0,
-            trans_b: gemm && a.int("transB", 0)? != 0,
+            trans_b,
             activation: Activation::from_attrs(a)?,
         })
     }
@@ -119,6 +163,37 @@ impl LayerKernel for MatMulKernel {
         let b_mat = if self.trans_b { Mat::col_major(b, k) } else { Mat::row_major(b, n) };
         let (alpha, act) = (self.alpha, self.activation);
         let residual = residual.map(|(r, _)| r);
+        if let Some(packed) = &self.packed {
+            let b_packed: &[f32] = packed.as_deref().unwrap_or(b);
+            if alpha != 1.0 || !matches!(bias, Bias::None | Bias::PerColumn(_)) {
+                return Err("gemm-packed: alpha or a bias that is not per column".into());
+            }
+            let epilogue = Epilogue {
+                col_bias: if let Bias::PerColumn(c) = bias { Some(c) } else { None },
+                residual,
+                activation: act,
+                ..Default::default()
+            };
+            return write_f32_output(io, 0, out_shape, |out| {
+                if !super::microkernel::available() {
+                    return Err("gemm-packed needs AVX-512".into());
+                }
+                // SAFETY: AVX-512 checked; `out` holds the rows × n output (its shape above).
+                unsafe {
+                    packed_gemm::gemm(
+                        rows,
+                        n,
+                        k,
+                        &Operand::Matrix(a_mat),
+                        &Operand::Packed(b_packed),
+                        OutPtr(out.as_mut_ptr()),
+                        n,
+                        &epilogue,
+                        true,
+                    )
+                }
+            });
+        }
         write_f32_output(io, 0, out_shape, |out| {
             sgemm(rows, n, k, a_mat, b_mat, out, false)?;
             if alpha != 1.0 {

@@ -35,16 +35,6 @@ pub(crate) struct TileEpilogue {
     pub clamp: Option<(f32, f32)>,
 }
 
-impl TileEpilogue {
-    pub(crate) const NONE: TileEpilogue = TileEpilogue {
-        row_bias: std::ptr::null(),
-        col_bias: std::ptr::null(),
-        residual: std::ptr::null(),
-        residual_stride: 0,
-        clamp: None,
-    };
-}
-
 /// Whether this CPU runs the AVX-512 tile.
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]

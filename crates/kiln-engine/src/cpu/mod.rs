@@ -2,6 +2,7 @@
 
 mod attention;
 mod conv;
+mod conv_packed;
 mod depthwise_c16;
 mod epilogue;
 mod global_pool;
@@ -44,6 +45,9 @@ impl Backend for CpuBackend {
         if matmul::applies(layer) {
             out.push(Tactic::new(matmul::TACTIC));
         }
+        if matmul::packed_applies(layer) {
+            out.push(Tactic::new(matmul::PACKED));
+        }
         if attention::applies(layer) {
             out.push(Tactic::new(attention::TACTIC));
         }
@@ -68,7 +72,7 @@ impl Backend for CpuBackend {
     fn instantiate(&self, layer: &LayerDesc, tactic: &str) -> Result<Arc<dyn LayerKernel>, String> {
         match tactic {
             reference::TACTIC => Ok(Arc::new(ReferenceKernel::new(layer.layer)?)),
-            matmul::TACTIC => Ok(Arc::new(matmul::MatMulKernel::new(layer)?)),
+            matmul::TACTIC | matmul::PACKED => Ok(Arc::new(matmul::MatMulKernel::new(layer, tactic)?)),
             attention::TACTIC => Ok(Arc::new(attention::AttentionKernel::new(layer)?)),
             norm::TACTIC => Ok(Arc::new(norm::LayerNormKernel::new(layer)?)),
             pool::TACTIC => Ok(Arc::new(pool::MaxPoolKernel::new(layer)?)),
@@ -78,6 +82,7 @@ impl Backend for CpuBackend {
             conv::IM2COL => Ok(Arc::new(conv::ConvKernel::new(layer, conv::IM2COL)?)),
             conv::DEPTHWISE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::DEPTHWISE)?)),
             depthwise_c16::TACTIC => Ok(Arc::new(conv::ConvKernel::new(layer, depthwise_c16::TACTIC)?)),
+            conv_packed::TACTIC => Ok(Arc::new(conv_packed::PackedConvKernel::new(layer)?)),
             winograd::TACTIC => Ok(Arc::new(winograd::WinogradKernel::new(layer)?)),
             other => Err(format!("the CPU backend has no tactic '{other}' for {}", layer.layer.op)),
         }

@@ -214,9 +214,20 @@ pub(crate) unsafe fn gemm(
                     // SAFETY: the panels hold k depth steps (checked above); the tile's
                     // outputs (rows i0.., columns j0..) belong to this unit alone (caller).
                     unsafe {
-                        microkernel::tile(k, a_panel.as_ptr(), panel.as_ptr(), c.at(i0 * ldc + j0), ldc, rows, cols, &epi);
+                        microkernel::tile(
+                            k,
+                            a_panel.as_ptr(),
+                            panel.as_ptr(),
+                            c.at(i0 * ldc + j0),
+                            ldc,
+                            rows,
+                            cols,
+                            &epi,
+                        );
                     }
-                    if let Some(act) = epilogue.activation.filter(|a| !matches!(a, Activation::Relu | Activation::Clip { .. })) {
+                    if let Some(act) =
+                        epilogue.activation.filter(|a| !matches!(a, Activation::Relu | Activation::Clip { .. }))
+                    {
                         for r in 0..rows {
                             // SAFETY: a row of this unit's own tile, just written.
                             let seg = unsafe { std::slice::from_raw_parts_mut(c.at((i0 + r) * ldc + j0), cols) };
@@ -280,7 +291,12 @@ mod tests {
             {
                 for parallel in [false, true] {
                     let epi = if case == 0 {
-                        Epilogue { row_bias: Some(&bias), residual: Some(&residual), activation: Some(Activation::Relu), ..Default::default() }
+                        Epilogue {
+                            row_bias: Some(&bias),
+                            residual: Some(&residual),
+                            activation: Some(Activation::Relu),
+                            ..Default::default()
+                        }
                     } else {
                         Epilogue { col_bias: Some(&bias), activation: Some(Activation::GeluErf), ..Default::default() }
                     };
@@ -295,7 +311,10 @@ mod tests {
                                 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
                             };
                             let got = c[i * n + j] as f64;
-                            assert!((got - w).abs() < 1e-4 * (1.0 + w.abs()), "{m}x{n}x{k} case {case} [{i},{j}]: {got} vs {w}");
+                            assert!(
+                                (got - w).abs() < 1e-4 * (1.0 + w.abs()),
+                                "{m}x{n}x{k} case {case} [{i},{j}]: {got} vs {w}"
+                            );
                         }
                     }
                 }
@@ -363,11 +382,22 @@ mod timing {
                     .unwrap()
             });
             let linear = rate(&mut || unsafe {
-                gemm(m, n, k, &Operand::Matrix(Mat::row_major(&a, k)), &Operand::Packed(&packed_b), ptr, n, &Epilogue::default(), false)
-                    .unwrap()
+                gemm(
+                    m,
+                    n,
+                    k,
+                    &Operand::Matrix(Mat::row_major(&a, k)),
+                    &Operand::Packed(&packed_b),
+                    ptr,
+                    n,
+                    &Epilogue::default(),
+                    false,
+                )
+                .unwrap()
             });
             let crate_rate = rate(&mut || {
-                super::super::sgemm::sgemm_serial(m, n, k, Mat::row_major(&a, k), Mat::row_major(&b, n), &mut c).unwrap()
+                super::super::sgemm::sgemm_serial(m, n, k, Mat::row_major(&a, k), Mat::row_major(&b, n), &mut c)
+                    .unwrap()
             });
             println!("{m}x{n}x{k}: packed A {conv:.1}, packed B {linear:.1}, gemm crate {crate_rate:.1} GFLOP/s");
         }

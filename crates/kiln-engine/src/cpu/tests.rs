@@ -198,7 +198,9 @@ fn convolution_tactics_match_the_reference() {
             let residual = random(want.shape(), 300 + j as u64);
             let with_res = [(x.clone(), false), (w.clone(), true), (b.clone(), true), (residual, false)];
             let want_res = run("Conv", &attrs, &with_res, super::reference::TACTIC).unwrap();
-            for t in *tactics {
+            let packed =
+                (ws[1] * *g as usize != ws[0] && super::microkernel::available()).then_some(super::conv_packed::TACTIC);
+            for t in tactics.iter().chain(packed.iter()) {
                 assert_close(&run("Conv", &attrs, &base, t).unwrap(), &want, &format!("case {i} act {j} {t}"));
                 assert_close(
                     &run("Conv", &attrs, &with_res, t).unwrap(),
@@ -226,6 +228,9 @@ fn matmul_and_gemm_tactics_match_the_reference() {
         ] {
             let want = run("MatMul", &attrs, &inputs, super::reference::TACTIC).unwrap();
             assert_close(&run("MatMul", &attrs, &inputs, super::matmul::TACTIC).unwrap(), &want, "MatMul");
+            if super::microkernel::available() {
+                assert_close(&run("MatMul", &attrs, &inputs, super::matmul::PACKED).unwrap(), &want, "MatMul packed");
+            }
         }
     }
     let a = random(&[6, 10], 5);
@@ -244,6 +249,10 @@ fn matmul_and_gemm_tactics_match_the_reference() {
     ] {
         let want = run("Gemm", &attrs, &inputs, super::reference::TACTIC).unwrap();
         assert_close(&run("Gemm", &attrs, &inputs, super::matmul::TACTIC).unwrap(), &want, "Gemm");
+        let per_column = attrs.float("alpha", 1.0).unwrap() == 1.0 && inputs[2].0.len() == 9;
+        if per_column && super::microkernel::available() {
+            assert_close(&run("Gemm", &attrs, &inputs, super::matmul::PACKED).unwrap(), &want, "Gemm packed");
+        }
     }
 }
 
