@@ -33,6 +33,7 @@ pub(crate) fn tactics(desc: &LayerDesc) -> Vec<Tactic> {
     }
     if super::conv_packed::fits(&geo) {
         out.push(Tactic::new(super::conv_packed::TACTIC));
+        out.push(Tactic::new(super::conv_packed::TRANSPOSED));
     }
     let col_bytes = geo.cin_g * geo.kh * geo.kw * geo.oh * geo.ow * 4;
     out.push(Tactic { name: IM2COL.to_string(), workspace_bytes: col_bytes });
@@ -251,19 +252,106 @@ fn product_in_column_blocks(
 /// columns within one output row is a zero-filled border around one contiguous (stride 1) or
 /// strided copy, so there is no bounds test per element.
 fn im2col_columns(g: &Geometry, x: &[f32], col: &mut [f32], j0: usize, nb: usize) {
-    im2col_panel(g, x, col, j0, nb, nb)
+    im2col_panel(g, x, col, j0, nb, nb, false)
+}
+
+/// Length of one row of a column-phased plane (see [`phase_columns`]).
+pub(super) fn phased_row_len(g: &Geometry) -> usize {
+    g.w.div_ceil(g.stride[1]) * g.stride[1]
+}
+
+/// Every input row of `x` (`channels` planes of `g`'s input) split into its `s = stride[1]`
+/// column phases: phase r, at `r · ceil(w/s)` in the row, holds columns r, r + s, r + 2s, … .
+/// A strided convolution's patches then read consecutive elements of one phase, so im2col
+/// copies runs instead of gathering element by element.
+pub(super) fn phase_columns(g: &Geometry, x: &[f32], channels: usize, out: &mut [f32]) {
+    let (s, row_len) = (g.stride[1], phased_row_len(g));
+    let half = row_len / s;
+    for (src, dst) in x[..channels * g.h * g.w].chunks(g.w).zip(out.chunks_mut(row_len)) {
+        for r in 0..s.min(g.w) {
+            gather_phase(&mut dst[r * half..(r + 1) * half], &src[r..], s);
+        }
+    }
 }
 
 /// [`im2col_columns`] into rows `ld ≥ nb` apart (a packed column panel whose width is rounded
-/// up to whole vectors; the columns past `nb` are left as they are).
-pub(super) fn im2col_panel(g: &Geometry, x: &[f32], col: &mut [f32], j0: usize, nb: usize, ld: usize) {
+/// up to whole vectors; the columns past `nb` are left as they are). With `phased`, `x` holds
+/// [`phase_columns`]'s layout.
+///
+/// The block's split into output-row segments and each tap's valid column range are worked
+/// out once per call, not per unrolled row: a panel is only 48 pixels wide, so per-row
+/// divisions and range computations cost as much as the copies.
+pub(super) fn im2col_panel(g: &Geometry, x: &[f32], col: &mut [f32], j0: usize, nb: usize, ld: usize, phased: bool) {
+    let sw = g.stride[1];
+    let row_len = if phased { phased_row_len(g) } else { g.w };
+    let half = row_len / sw;
+    // (output row, first column, last column + 1, offset in the panel row)
+    let mut segments = [(0usize, 0usize, 0usize, 0usize); 64];
+    let mut count = 0;
+    let mut p = j0;
+    while p < j0 + nb {
+        let (oh, ow0) = (p / g.ow, p % g.ow);
+        let ow1 = g.ow.min(ow0 + (j0 + nb - p));
+        if count == segments.len() {
+            // A block spanning more than 64 output rows (very narrow images): the slow way.
+            return im2col_rows(g, x, col, j0, nb, ld, phased);
+        }
+        segments[count] = (oh, ow0, ow1, p - j0);
+        count += 1;
+        p += ow1 - ow0;
+    }
+    let segments = &segments[..count];
+    let plane_len = g.h * row_len;
+    let mut rows = col.chunks_mut(ld);
+    for c in 0..g.cin_g {
+        let plane = &x[c * plane_len..(c + 1) * plane_len];
+        for kh in 0..g.kh {
+            for kw in 0..g.kw {
+                let Some(row) = rows.next() else { return };
+                let row = &mut row[..nb];
+                let offset = (kw * g.dilation[1]) as isize - g.pad_begin[1] as isize;
+                let (lo, hi) = valid_columns(offset, sw, g.w, g.ow);
+                for &(oh, ow0, ow1, at) in segments {
+                    let dst = &mut row[at..at + (ow1 - ow0)];
+                    let ih = (oh * g.stride[0] + kh * g.dilation[0]) as isize - g.pad_begin[0] as isize;
+                    let (a, b) = (lo.clamp(ow0, ow1), hi.clamp(ow0, ow1));
+                    if ih < 0 || ih >= g.h as isize || a >= b {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[ih as usize * row_len..(ih as usize + 1) * row_len];
+                    dst[..a - ow0].fill(0.0);
+                    dst[b - ow0..].fill(0.0);
+                    let first = ((a * sw) as isize + offset) as usize;
+                    let seg = &mut dst[a - ow0..b - ow0];
+                    if sw == 1 {
+                        seg.copy_from_slice(&src[first..first + (b - a)]);
+                    } else if phased {
+                        let at = (first % sw) * half + first / sw;
+                        seg.copy_from_slice(&src[at..at + (b - a)]);
+                    } else {
+                        for (d, &v) in seg.iter_mut().zip(src[first..].iter().step_by(sw)) {
+                            *d = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col_panel`] one unrolled row at a time (for blocks of many short output rows).
+fn im2col_rows(g: &Geometry, x: &[f32], col: &mut [f32], j0: usize, nb: usize, ld: usize, phased: bool) {
     let taps = g.kh * g.kw;
+    let sw = g.stride[1];
+    let row_len = if phased { phased_row_len(g) } else { g.w };
+    let half = row_len / sw;
     for (r, row) in col.chunks_mut(ld).enumerate() {
         let row = &mut row[..nb];
         let (c, kh, kw) = (r / taps, r % taps / g.kw, r % g.kw);
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        let plane = &x[c * g.h * row_len..(c + 1) * g.h * row_len];
         let offset = (kw * g.dilation[1]) as isize - g.pad_begin[1] as isize;
-        let (lo, hi) = valid_columns(offset, g.stride[1], g.w, g.ow);
+        let (lo, hi) = valid_columns(offset, sw, g.w, g.ow);
         let mut p = j0;
         while p < j0 + nb {
             let (oh, ow0) = (p / g.ow, p % g.ow);
@@ -276,15 +364,18 @@ pub(super) fn im2col_panel(g: &Geometry, x: &[f32], col: &mut [f32], j0: usize, 
                 dst.fill(0.0);
                 continue;
             }
-            let src = &plane[ih as usize * g.w..(ih as usize + 1) * g.w];
+            let src = &plane[ih as usize * row_len..(ih as usize + 1) * row_len];
             dst[..a - ow0].fill(0.0);
             dst[b - ow0..].fill(0.0);
-            let first = (a * g.stride[1]) as isize + offset;
+            let first = ((a * sw) as isize + offset) as usize;
             let seg = &mut dst[a - ow0..b - ow0];
-            if g.stride[1] == 1 {
-                seg.copy_from_slice(&src[first as usize..first as usize + (b - a)]);
+            if sw == 1 {
+                seg.copy_from_slice(&src[first..first + (b - a)]);
+            } else if phased {
+                let at = (first % sw) * half + first / sw;
+                seg.copy_from_slice(&src[at..at + (b - a)]);
             } else {
-                for (d, &v) in seg.iter_mut().zip(src[first as usize..].iter().step_by(g.stride[1])) {
+                for (d, &v) in seg.iter_mut().zip(src[first..].iter().step_by(sw)) {
                     *d = v;
                 }
             }

@@ -8,13 +8,14 @@
 //! segments; otherwise im2col of those 48 pixels): no unrolled matrix, no repacking. Bias,
 //! residual and ReLU/Clip are applied as each tile is stored.
 
-use super::conv::{checked_epilogue, im2col_panel, Geometry};
+use super::conv::{checked_epilogue, im2col_panel, phase_columns, phased_row_len, Geometry};
 use super::io::{f32_input, opt_f32_input, write_f32_output, OutPtr};
-use super::microkernel::{self, MR};
-use super::packed_gemm::{gemm, pack_rows, Epilogue, Operand};
+use super::microkernel::{self, TileEpilogue, LANES, MR, NR};
+use super::packed_gemm::{gemm, pack_columns, pack_rows, Epilogue, Operand};
 use super::sgemm::Mat;
 use crate::backend::{LayerDesc, LayerIo, LayerKernel};
 use kiln_ir::{Activation, Attributes};
+use rayon::prelude::*;
 
 pub const TACTIC: &str = "conv-packed";
 
@@ -43,6 +44,7 @@ fn group_len(g: &Geometry) -> usize {
 }
 
 pub(crate) struct PackedConvKernel {
+    transposed: bool,
     attrs: Attributes,
     activation: Option<Activation>,
     /// The packed weight, when the plan holds the ONNX layout (else it is read from the plan).
@@ -50,14 +52,20 @@ pub(crate) struct PackedConvKernel {
 }
 
 impl PackedConvKernel {
-    pub fn new(desc: &LayerDesc) -> Result<Self, String> {
+    pub fn new(desc: &LayerDesc, tactic: &str) -> Result<Self, String> {
+        let transposed = tactic == TRANSPOSED;
         let w = desc.weights.get(1).copied().flatten().ok_or("conv-packed needs a constant weight")?;
         let group = desc.layer.attrs.int("group", 1)?.max(1) as usize;
         let packed = {
             let values: &[f32] = bytemuck::try_cast_slice(w.bytes).map_err(|e| format!("weight bytes: {e:?}"))?;
-            Some(pack_weight(values, w.shape, group)?)
+            Some(if transposed {
+                pack_weight_transposed(values, w.shape, group)?
+            } else {
+                pack_weight(values, w.shape, group)?
+            })
         };
         Ok(PackedConvKernel {
+            transposed,
             attrs: desc.layer.attrs.clone(),
             activation: Activation::from_attrs(&desc.layer.attrs)?,
             packed,
@@ -74,57 +82,279 @@ impl LayerKernel for PackedConvKernel {
         let g = Geometry::new(&self.attrs, x_shape, w_shape)?;
         let (out_shape, residual) = checked_epilogue(&g, bias, residual)?;
         let packed: &[f32] = self.packed.as_deref().unwrap_or(w);
-        if packed.len() != g.group * group_len(&g) {
-            return Err(format!("packed weight of {} values, expected {}", packed.len(), g.group * group_len(&g)));
+        let expected = g.group * if self.transposed { group_len_transposed(&g) } else { group_len(&g) };
+        if packed.len() != expected {
+            return Err(format!("packed weight of {} values, expected {expected}", packed.len()));
         }
         if !microkernel::available() {
             return Err("conv-packed needs AVX-512".into());
         }
         let act = self.activation;
-        write_f32_output(io, 0, out_shape, |out| {
-            let (pixels, in_plane, k) = (g.oh * g.ow, g.h * g.w, g.cin_g * g.kh * g.kw);
-            let out_ptr = OutPtr(out.as_mut_ptr());
-            for n in 0..g.n {
-                for grp in 0..g.group {
-                    let image = &x[(n * g.cin + grp * g.cin_g) * in_plane..][..g.cin_g * in_plane];
-                    let pointwise =
-                        g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad_begin == [0, 0] && pixels == in_plane;
-                    let fill = |j0: usize, cols: usize, w: usize, panel: &mut [f32]| {
-                        if pointwise {
-                            for (c, dst) in panel.chunks_mut(w).enumerate() {
-                                dst[..cols].copy_from_slice(&image[c * in_plane + j0..c * in_plane + j0 + cols]);
-                            }
-                        } else {
-                            im2col_panel(&g, image, panel, j0, cols, w);
-                        }
-                    };
-                    let first = (n * g.cout + grp * g.cout_g) * pixels;
-                    let epilogue = Epilogue {
-                        row_bias: bias.map(|b| &b[grp * g.cout_g..(grp + 1) * g.cout_g]),
-                        residual: residual.map(|r| &r[first..first + g.cout_g * pixels]),
-                        activation: act,
-                        ..Default::default()
-                    };
-                    let a = Operand::Packed(&packed[grp * group_len(&g)..(grp + 1) * group_len(&g)]);
-                    // SAFETY: AVX-512 checked above; this (image, group)'s output block is
-                    // cout_g rows of `pixels`, inside `out` (its shape was checked), and the
-                    // calls run one after the other.
-                    unsafe {
-                        gemm(
-                            g.cout_g,
-                            pixels,
-                            k,
-                            &a,
-                            &Operand::Panels(&fill),
-                            OutPtr(out_ptr.at(first)),
-                            pixels,
-                            &epilogue,
-                            true,
-                        )?
-                    };
+        let pointwise =
+            g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad_begin == [0, 0] && g.oh * g.ow == g.h * g.w;
+        with_phased_input(&g, x, !pointwise, |x, phased| {
+            write_f32_output(io, 0, out_shape, |out| {
+                if self.transposed {
+                    transposed_conv(&g, x, phased, packed, out, bias, residual, act)
+                } else {
+                    direct_conv(&g, x, phased, pointwise, packed, out, bias, residual, act)
                 }
-            }
-            Ok(())
+            })
         })
     }
+}
+
+/// Run `f` on the input as im2col should read it: column-phased when the convolution has a
+/// column stride (and `may_phase`), else as it is. The phased copy lives in a per-thread
+/// buffer kept between runs.
+fn with_phased_input<R>(g: &Geometry, x: &[f32], may_phase: bool, f: impl FnOnce(&[f32], bool) -> R) -> R {
+    if !may_phase || g.stride[1] == 1 {
+        return f(x, false);
+    }
+    let plane = g.h * phased_row_len(g);
+    let len = g.n * g.cin * plane;
+    let fill = |buf: &mut Vec<f32>| {
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        buf[..len]
+            .par_chunks_mut(plane)
+            .zip(x.par_chunks(g.h * g.w))
+            .for_each(|(dst, src)| phase_columns(g, src, 1, dst));
+    };
+    PHASED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            fill(&mut buf);
+            f(&buf[..len], true)
+        }
+        // In use by a convolution further up this thread's stack (rayon ran another context's
+        // layer here while that one waits): a buffer of its own.
+        Err(_) => {
+            let mut buf = Vec::new();
+            fill(&mut buf);
+            f(&buf[..len], true)
+        }
+    })
+}
+
+thread_local! {
+    /// The column-phased input of a strided convolution, kept between runs.
+    static PHASED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `out[cout × pixels] = W · patches` per image and group (`x` column-phased when `phased`).
+#[allow(clippy::too_many_arguments)]
+fn direct_conv(
+    g: &Geometry,
+    x: &[f32],
+    phased: bool,
+    pointwise: bool,
+    packed: &[f32],
+    out: &mut [f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    act: Option<Activation>,
+) -> Result<(), String> {
+    let in_plane = g.h * if phased { phased_row_len(g) } else { g.w };
+    let (pixels, k) = (g.oh * g.ow, g.cin_g * g.kh * g.kw);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    for n in 0..g.n {
+        for grp in 0..g.group {
+            let image = &x[(n * g.cin + grp * g.cin_g) * in_plane..][..g.cin_g * in_plane];
+            let fill = |j0: usize, cols: usize, w: usize, panel: &mut [f32]| {
+                if pointwise {
+                    for (c, dst) in panel.chunks_mut(w).enumerate() {
+                        dst[..cols].copy_from_slice(&image[c * in_plane + j0..c * in_plane + j0 + cols]);
+                    }
+                } else {
+                    im2col_panel(g, image, panel, j0, cols, w, phased);
+                }
+            };
+            let first = (n * g.cout + grp * g.cout_g) * pixels;
+            let epilogue = Epilogue {
+                row_bias: bias.map(|b| &b[grp * g.cout_g..(grp + 1) * g.cout_g]),
+                residual: residual.map(|r| &r[first..first + g.cout_g * pixels]),
+                activation: act,
+                ..Default::default()
+            };
+            let a = Operand::Packed(&packed[grp * group_len(g)..(grp + 1) * group_len(g)]);
+            // SAFETY: AVX-512 checked by the caller; this (image, group)'s output block is
+            // cout_g rows of `pixels`, inside `out` (its shape was checked), and the calls run
+            // one after the other.
+            unsafe {
+                gemm(
+                    g.cout_g,
+                    pixels,
+                    k,
+                    &a,
+                    &Operand::Panels(&fill),
+                    OutPtr(out_ptr.at(first)),
+                    pixels,
+                    &epilogue,
+                    true,
+                )?
+            };
+        }
+    }
+    Ok(())
+}
+
+/// `conv-packed-transposed`: the same convolution as `out^T[pixels × cout] = patches^T ·
+/// W^T`, pixels in the broadcast operand and output channels in the vectors. Late layers have
+/// few pixels per image (49 at 7×7) and many channels: as vector columns 49 pixels fill 64
+/// lanes (77 %), as rows they waste nothing, and the rows run on across the images of a batch
+/// (a tile may hold pixels of two images). The weight is packed as column panels (K × cout);
+/// each tile is written back to the NCHW planes through a small staging block, with the
+/// residual and activation applied there.
+pub const TRANSPOSED: &str = "conv-packed-transposed";
+
+/// The weight `[cout, cin/group, kh, kw]` as column panels of `W^T`, group after group.
+pub(super) fn pack_weight_transposed(w: &[f32], shape: &[usize], group: usize) -> Result<Vec<f32>, String> {
+    let [cout, cin_g, kh, kw] = shape else { return Err(format!("weight of shape {shape:?} is not 4-D")) };
+    let (k, cout_g) = (cin_g * kh * kw, cout / group.max(1));
+    if w.len() != cout * k || group == 0 || cout % group != 0 {
+        return Err(format!("weight of {} values for shape {shape:?} and group {group}", w.len()));
+    }
+    let mut out = Vec::new();
+    for grp in 0..group {
+        out.extend(pack_columns(Mat::col_major(&w[grp * cout_g * k..(grp + 1) * cout_g * k], k), k, cout_g));
+    }
+    Ok(out)
+}
+
+/// Packed values of one group's transposed weight.
+fn group_len_transposed(g: &Geometry) -> usize {
+    let k = g.cin_g * g.kh * g.kw;
+    (0..g.cout_g.div_ceil(NR)).map(|p| k * ((g.cout_g - p * NR).min(NR).div_ceil(LANES) * LANES)).sum()
+}
+
+/// Pixel rows per work unit: enough tiles to amortize a task, few enough for balance.
+const PIXEL_CHUNK: usize = 8 * MR;
+
+#[allow(clippy::too_many_arguments)]
+fn transposed_conv(
+    g: &Geometry,
+    x: &[f32],
+    phased: bool,
+    packed: &[f32],
+    out: &mut [f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    act: Option<Activation>,
+) -> Result<(), String> {
+    let in_plane = g.h * if phased { phased_row_len(g) } else { g.w };
+    let (pixels, k) = (g.oh * g.ow, g.cin_g * g.kh * g.kw);
+    let rows_total = g.n * pixels;
+    if rows_total == 0 || g.cout_g == 0 {
+        return Ok(());
+    }
+    let col_panels = g.cout_g.div_ceil(NR);
+    let panel_at: Vec<usize> = (0..=col_panels)
+        .map(|p| (0..p).map(|q| k * ((g.cout_g - q * NR).min(NR).div_ceil(LANES) * LANES)).sum())
+        .collect();
+    let threads = rayon::current_num_threads();
+    let row_chunks = rows_total.div_ceil(PIXEL_CHUNK);
+    // Split the channels too when there are too few pixel chunks to go round.
+    let col_chunks = if threads > 1 { (4 * threads).div_ceil(row_chunks).min(col_panels) } else { 1 };
+    let panels_per_chunk = col_panels.div_ceil(col_chunks);
+    let col_chunks = col_panels.div_ceil(panels_per_chunk);
+    let clamp = match act {
+        Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
+        Some(Activation::Clip { min, max }) => Some((min, max)),
+        _ => None,
+    };
+    let other_act = act.filter(|_| clamp.is_none());
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let unit = |grp: usize, u: usize| {
+        let (rc, cc) = (u / col_chunks, u % col_chunks);
+        let (r0, r1) = (rc * PIXEL_CHUNK, ((rc + 1) * PIXEL_CHUNK).min(rows_total));
+        let (q0, q1) = (cc * panels_per_chunk, ((cc + 1) * panels_per_chunk).min(col_panels));
+        let weights = &packed[grp * group_len_transposed(g)..];
+        STAGE.with(|s| {
+            let (a_buf, stage) = &mut *s.borrow_mut();
+            let len = (r1 - r0).div_ceil(MR) * MR * k;
+            if a_buf.len() < len {
+                a_buf.resize(len, 0.0);
+            }
+            // Row panels of patches: 8 pixels per panel, split where an image ends.
+            for (pi, panel) in a_buf[..len].chunks_mut(MR * k).enumerate() {
+                let i0 = r0 + pi * MR;
+                let rows = (r1 - i0).min(MR);
+                let mut done = 0;
+                while done < rows {
+                    let (img, p) = ((i0 + done) / pixels, (i0 + done) % pixels);
+                    let take = (rows - done).min(pixels - p);
+                    let image = &x[(img * g.cin + grp * g.cin_g) * in_plane..][..g.cin_g * in_plane];
+                    im2col_panel(g, image, &mut panel[done..], p, take, MR, phased);
+                    done += take;
+                }
+            }
+            for q in q0..q1 {
+                let (j0, cols) = (q * NR, (g.cout_g - q * NR).min(NR));
+                let b_panel = &weights[panel_at[q]..panel_at[q + 1]];
+                let epi = TileEpilogue {
+                    row_bias: std::ptr::null(),
+                    col_bias: bias.map_or(std::ptr::null(), |b| b[grp * g.cout_g + j0..].as_ptr()),
+                    residual: std::ptr::null(),
+                    residual_stride: 0,
+                    clamp: None,
+                };
+                for i0 in (r0..r1).step_by(MR) {
+                    let rows = (r1 - i0).min(MR);
+                    let a_panel = &a_buf[(i0 - r0) * k..(i0 - r0 + MR) * k];
+                    // SAFETY: AVX-512 checked by the caller; both panels hold k depth steps
+                    // and the stage holds MR rows of NR.
+                    unsafe {
+                        microkernel::tile(
+                            k,
+                            a_panel.as_ptr(),
+                            b_panel.as_ptr(),
+                            stage.as_mut_ptr(),
+                            NR,
+                            rows,
+                            cols,
+                            &epi,
+                        )
+                    };
+                    // Back to NCHW: channel j of pixel row r → plane (img, grp·cout_g + j0 + j).
+                    for r in 0..rows {
+                        let (img, p) = ((i0 + r) / pixels, (i0 + r) % pixels);
+                        let base = (img * g.cout + grp * g.cout_g + j0) * pixels + p;
+                        for j in 0..cols {
+                            let at = base + j * pixels;
+                            let mut v = stage[r * NR + j];
+                            if let Some(res) = residual {
+                                v += res[at];
+                            }
+                            if let Some((lo, hi)) = clamp {
+                                v = if v < lo { lo } else { v };
+                                v = if v > hi { hi } else { v };
+                            }
+                            // SAFETY: (img, channel, pixel) of this unit's own rows and
+                            // channels, inside the output whose shape the caller checked.
+                            unsafe { *out_ptr.at(at) = v };
+                        }
+                    }
+                }
+            }
+        });
+    };
+    let units = row_chunks * col_chunks;
+    for grp in 0..g.group {
+        if threads > 1 && units > 1 {
+            (0..units).into_par_iter().for_each(|u| unit(grp, u));
+        } else {
+            (0..units).for_each(|u| unit(grp, u));
+        }
+    }
+    if let Some(a) = other_act {
+        super::epilogue::activate(&mut out[..g.n * g.cout * pixels], a);
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// Per thread: the unit's packed pixel rows and one staged tile.
+    static STAGE: std::cell::RefCell<(Vec<f32>, [f32; MR * NR])> =
+        const { std::cell::RefCell::new((Vec::new(), [0.0; MR * NR])) };
 }

@@ -82,7 +82,9 @@ impl Backend for CpuBackend {
             conv::IM2COL => Ok(Arc::new(conv::ConvKernel::new(layer, conv::IM2COL)?)),
             conv::DEPTHWISE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::DEPTHWISE)?)),
             depthwise_c16::TACTIC => Ok(Arc::new(conv::ConvKernel::new(layer, depthwise_c16::TACTIC)?)),
-            conv_packed::TACTIC => Ok(Arc::new(conv_packed::PackedConvKernel::new(layer)?)),
+            conv_packed::TACTIC | conv_packed::TRANSPOSED => {
+                Ok(Arc::new(conv_packed::PackedConvKernel::new(layer, tactic)?))
+            }
             winograd::TACTIC => Ok(Arc::new(winograd::WinogradKernel::new(layer)?)),
             other => Err(format!("the CPU backend has no tactic '{other}' for {}", layer.layer.op)),
         }

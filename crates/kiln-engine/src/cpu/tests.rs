@@ -198,9 +198,13 @@ fn convolution_tactics_match_the_reference() {
             let residual = random(want.shape(), 300 + j as u64);
             let with_res = [(x.clone(), false), (w.clone(), true), (b.clone(), true), (residual, false)];
             let want_res = run("Conv", &attrs, &with_res, super::reference::TACTIC).unwrap();
-            let packed =
-                (ws[1] * *g as usize != ws[0] && super::microkernel::available()).then_some(super::conv_packed::TACTIC);
-            for t in tactics.iter().chain(packed.iter()) {
+            let depthwise = ws[1] == 1 && *g as usize == ws[0] && xs[1] == ws[0];
+            let packed: &[&str] = if !depthwise && super::microkernel::available() {
+                &[super::conv_packed::TACTIC, super::conv_packed::TRANSPOSED]
+            } else {
+                &[]
+            };
+            for t in tactics.iter().chain(packed) {
                 assert_close(&run("Conv", &attrs, &base, t).unwrap(), &want, &format!("case {i} act {j} {t}"));
                 assert_close(
                     &run("Conv", &attrs, &with_res, t).unwrap(),
@@ -475,6 +479,16 @@ fn tactic_timings() {
         ([1, 64, 56, 56], [64, 64, 3, 3], 1, 1, 1),
         ([1, 256, 14, 14], [256, 256, 3, 3], 1, 1, 1),
         ([1, 512, 7, 7], [512, 512, 3, 3], 1, 1, 1),
+        // ResNet-50's other shapes: the stem, 1×1 expand/reduce, strided, late layers.
+        ([1, 3, 224, 224], [64, 3, 7, 7], 2, 3, 1),
+        ([1, 64, 56, 56], [256, 64, 1, 1], 1, 0, 1),
+        ([1, 256, 56, 56], [64, 256, 1, 1], 1, 0, 1),
+        ([1, 128, 56, 56], [128, 128, 3, 3], 2, 1, 1),
+        ([1, 256, 56, 56], [512, 256, 1, 1], 2, 0, 1),
+        ([1, 1024, 14, 14], [256, 1024, 1, 1], 1, 0, 1),
+        ([1, 2048, 7, 7], [512, 2048, 1, 1], 1, 0, 1),
+        ([1, 512, 7, 7], [2048, 512, 1, 1], 1, 0, 1),
+        ([8, 512, 7, 7], [2048, 512, 1, 1], 1, 0, 1),
     ];
     // KILN_TIMING_CASE=i times only case i (for a profiler).
     let only: Option<usize> = std::env::var("KILN_TIMING_CASE").ok().and_then(|v| v.parse().ok());
@@ -490,7 +504,8 @@ fn tactic_timings() {
             super::conv::ONE_BY_ONE,
             super::conv::IM2COL,
             super::winograd::TACTIC,
-            super::reference::TACTIC,
+            super::conv_packed::TACTIC,
+            super::conv_packed::TRANSPOSED,
         ] {
             if let Some(us) = time_tactic("Conv", &attrs, &inputs, t, if only.is_some() { 300 } else { 15 }) {
                 println!("{xs:?} {ws:?} s{s}: {t} {us:.1} us");
