@@ -34,6 +34,17 @@ struct Report {
     /// What pruning removed: per-layer changes, parameters and FLOPs before and after (`null`
     /// when off or nothing was removed).
     pruned: Option<kiln::opt::PruneReport>,
+    /// Weights stored in a tactic's own layout (packed at build time) instead of the ONNX one.
+    packed_weights: Vec<PackedWeightReport>,
+}
+
+#[derive(Serialize)]
+struct PackedWeightReport {
+    name: String,
+    /// The tactic whose kernel reads it.
+    tactic: String,
+    /// Bytes of the packed form.
+    bytes: usize,
 }
 
 #[derive(Serialize)]
@@ -132,6 +143,14 @@ fn report(engine: &Engine) -> Report {
         flops: g.build.cost.flops,
         prune: g.build.prune,
         pruned: g.build.pruned.clone(),
+        packed_weights: g
+            .weights
+            .iter()
+            .filter_map(|w| {
+                let tactic = w.packed_for.clone()?;
+                Some(PackedWeightReport { name: w.name.clone(), tactic, bytes: w.bytes })
+            })
+            .collect(),
     }
 }
 
@@ -223,6 +242,13 @@ fn print_text(engine: &Engine, r: &Report) {
     }
     println!("activations: arena {}, peak live {}", human_bytes(r.activation_bytes), human_bytes(r.peak_live_bytes));
     println!("weights: {} in {} tensors", human_bytes(r.weight_bytes), r.weight_count);
+    if !r.packed_weights.is_empty() {
+        let bytes = r.packed_weights.iter().map(|w| w.bytes).sum::<usize>();
+        println!("  {} stored packed for their tactics ({}):", r.packed_weights.len(), human_bytes(bytes));
+        for w in &r.packed_weights {
+            println!("    {}  {}  {}", w.name, w.tactic, human_bytes(w.bytes));
+        }
+    }
     println!("cost: {} params, {:.3} GFLOPs per run at the opt shapes", r.params, r.flops as f64 / 1e9);
     match &r.pruned {
         Some(p) => println!("{}", prune_summary(p)),

@@ -40,6 +40,19 @@ pub trait Backend: Send + Sync {
         true
     }
 
+    /// Weight inputs `tactic` wants stored in its own layout (packed for its kernel): (input index, bytes), made at build time and written to the plan in place of the ONNX layout. Empty: every weight as is.
+    ///
+    /// Called once per layer after its tactic is chosen, on the weights in the ONNX layout. The
+    /// builder stores a packed form only for a weight that this one input slot of this one
+    /// layer reads (no other layer, slot or subgraph, not a graph output), and the layer must
+    /// not be elided; otherwise the weight stays as is and the kernel gets it unpacked.
+    /// `instantiate` then sees [`WeightView::packed`] set, and at run time the input arrives as
+    /// [`Arg::PackedWeight`]. A plan is untrusted input: a kernel given packed bytes must check
+    /// their length itself.
+    fn pack_weights(&self, _layer: &LayerDesc, _tactic: &str) -> Result<Vec<(usize, Vec<u8>)>, String> {
+        Ok(Vec::new())
+    }
+
     /// Device code for a whole engine, compiled at build time and stored in the plan, so that
     /// loading compiles nothing. Empty for host backends. A device backend also records here
     /// where each layer runs (its tactic) and in which precision.
@@ -112,6 +125,11 @@ pub struct WeightView<'a> {
     pub dtype: DType,
     pub shape: &'a [usize],
     pub bytes: &'a [u8],
+    /// `bytes` are the form [`Backend::pack_weights`] made for this layer's tactic, not the
+    /// ONNX layout: `dtype` and `shape` stay the logical ones, and `bytes.len()` may differ
+    /// from numel·size. `false`: the ONNX layout (a kernel that wants another packs it itself,
+    /// as during tactic timing or for a weight the builder could not store packed).
+    pub packed: bool,
 }
 
 /// One candidate implementation.
@@ -140,6 +158,10 @@ pub enum Arg<'a> {
     /// A weight: its bytes (mapped from the plan), and the engine's shared object form of it,
     /// made on first use by a kernel that wants one.
     Weight { dtype: DType, shape: &'a [usize], bytes: &'a [u8], value: &'a OnceLock<Value> },
+    /// A weight stored packed for this layer's tactic ([`Backend::pack_weights`]): `bytes` are
+    /// the tactic's own layout (mapped from the plan); `dtype` and `shape` are the logical ones.
+    /// Only the kernel whose tactic packed it knows the layout: [`Arg::value`] refuses it.
+    PackedWeight { dtype: DType, shape: &'a [usize], bytes: &'a [u8] },
     /// A value held as an object: sequences, optionals, results too large for their slot.
     Value(&'a Value),
 }
@@ -156,12 +178,15 @@ impl Arg<'_> {
                 }
                 Ok(Cow::Borrowed(value.get().expect("set above")))
             }
+            Arg::PackedWeight { dtype, shape, .. } => Err(format!(
+                "a weight ({dtype} {shape:?}) is stored packed for its layer's tactic; only that tactic's kernel can read it"
+            )),
         }
     }
 
     pub fn shape(&self) -> Option<&[usize]> {
         match self {
-            Arg::Bytes { shape, .. } | Arg::Weight { shape, .. } => Some(shape),
+            Arg::Bytes { shape, .. } | Arg::Weight { shape, .. } | Arg::PackedWeight { shape, .. } => Some(shape),
             Arg::Value(Value::Tensor(t)) => Some(t.shape()),
             Arg::Value(_) => None,
         }

@@ -1,6 +1,6 @@
 //! The builder: Network + BuilderConfig → Engine. Resolves the shape profile, specializes and
 //! optimizes the graph, lays out the weights, picks a tactic per layer (timed, with a cache),
-//! and plans activation memory.
+//! plans activation memory, and stores the weights that a chosen tactic packs in its own layout.
 
 use crate::backend::{Backend, Tactic};
 use crate::config::BuilderConfig;
@@ -93,8 +93,8 @@ impl Builder {
             .map(|t| concrete_type(&at_opt, &t.name).map(ValueType::Tensor).or_else(|| t.ty.clone()))
             .collect();
         let mut selector = TacticSelector::new(self.backend.as_ref(), config)?;
-        let bytes = weight_bytes.as_slice();
         for layer in net.layers() {
+            let bytes = weight_bytes.as_slice();
             let desc = crate::engine::layer_desc(&graph, bytes, layer, |i| opt_types[i].clone(), config.precisions());
             let candidates: Vec<Tactic> = self.backend.tactics(&desc);
             let chosen = selector.choose(&desc, candidates)?;
@@ -124,6 +124,9 @@ impl Builder {
             })
             .collect();
         crate::memory_assign::assign(&net, &mut graph, &max_bytes, self.backend.elides_concat());
+        // The networks hold their own copy of every weight: gone before packed copies are made.
+        drop((net, at_opt, at_max));
+        let weight_bytes = pack_weights(self.backend.as_ref(), &mut graph, weight_bytes, &opt_types)?;
         tracing::info!(
             arena = graph.arena_bytes,
             peak_live = graph.peak_live_bytes,
@@ -154,6 +157,7 @@ fn lay_out_weights(net: &Network) -> Result<(Vec<WeightMeta>, AlignedBytes, Vec<
                     shape: t.shape().to_vec(),
                     offset: total,
                     bytes,
+                    packed_for: None,
                 });
                 total += align_up(bytes);
                 Storage::Weight(metas.len() - 1)
@@ -171,4 +175,97 @@ fn lay_out_weights(net: &Network) -> Result<(Vec<WeightMeta>, AlignedBytes, Vec<
         }
     }
     Ok((metas, buf, tensors))
+}
+
+/// The weights the chosen tactics want in their own layout ([`Backend::pack_weights`]), stored
+/// so: each packed weight's bytes replace its ONNX-layout ones and the buffer is laid out again
+/// (64-byte aligned offsets, as [`lay_out_weights`]), the unpacked bytes dropped. A weight is
+/// stored packed only for the one input slot of the one running layer that reads it (see
+/// [`sole_readers`](crate::engine::sole_readers)); others stay as they are.
+fn pack_weights(
+    backend: &dyn Backend,
+    graph: &mut EngineGraph,
+    weights: AlignedBytes,
+    types: &[Option<ValueType>],
+) -> Result<AlignedBytes, EngineError> {
+    let readers = crate::engine::sole_readers(graph);
+    // Per weight: the packed bytes and the layer whose tactic made them.
+    let mut packs: Vec<Option<(Vec<u8>, usize)>> = vec![None; graph.weights.len()];
+    for (li, el) in graph.layers.iter().enumerate() {
+        if el.elided.is_some() {
+            continue;
+        }
+        let layer_error =
+            |message: String| EngineError::Layer { layer: el.layer.name.clone(), op: el.layer.op.clone(), message };
+        let desc = crate::engine::layer_desc(
+            graph,
+            weights.as_slice(),
+            &el.layer,
+            |i| types.get(i).cloned().flatten(),
+            graph.build.precisions(),
+        );
+        let packed = backend
+            .pack_weights(&desc, &el.tactic)
+            .map_err(|e| layer_error(format!("packing weights for tactic '{}': {e}", el.tactic)))?;
+        for (k, bytes) in packed {
+            let w = match el.layer.inputs.get(k).copied().flatten().map(|id| graph.tensors[id.0].storage) {
+                Some(Storage::Weight(w)) => w,
+                _ => {
+                    return Err(layer_error(format!("tactic '{}' packed input {k}, which is not a weight", el.tactic)))
+                }
+            };
+            if readers[w] != Some((li, k)) {
+                tracing::debug!(
+                    layer = %el.layer.name,
+                    weight = %graph.weights[w].name,
+                    tactic = %el.tactic,
+                    "weight kept unpacked: another input, layer or subgraph reads it, or it is a graph output"
+                );
+                continue;
+            }
+            if packs[w].is_some() {
+                return Err(layer_error(format!("tactic '{}' packed input {k} twice", el.tactic)));
+            }
+            packs[w] = Some((bytes, li));
+        }
+    }
+    if packs.iter().all(Option::is_none) {
+        return Ok(weights);
+    }
+
+    let mut offsets = Vec::with_capacity(packs.len());
+    let mut total = 0usize;
+    for (m, p) in graph.weights.iter().zip(&packs) {
+        offsets.push(total);
+        let len = p.as_ref().map_or(m.bytes, |(b, _)| b.len());
+        total = total.checked_add(align_up(len)).ok_or_else(|| {
+            let el = &graph.layers[p.as_ref().map_or(0, |&(_, l)| l)];
+            EngineError::Layer {
+                layer: el.layer.name.clone(),
+                op: el.layer.op.clone(),
+                message: "packed weights overflow the address space".into(),
+            }
+        })?;
+    }
+    let mut buf = AlignedBytes::zeroed(total);
+    let out = buf.as_mut_slice();
+    let old = weights.as_slice();
+    let (mut count, mut packed_bytes) = (0usize, 0usize);
+    for ((m, p), offset) in graph.weights.iter_mut().zip(packs).zip(offsets) {
+        match p {
+            Some((bytes, li)) => {
+                let tactic = graph.layers[li].tactic.clone();
+                out[offset..offset + bytes.len()].copy_from_slice(&bytes);
+                tracing::debug!(weight = %m.name, tactic = %tactic, from = m.bytes, to = bytes.len(), "weight stored packed");
+                count += 1;
+                packed_bytes += bytes.len();
+                m.bytes = bytes.len();
+                m.packed_for = Some(tactic);
+            }
+            None => out[offset..offset + m.bytes].copy_from_slice(&old[m.offset..m.offset + m.bytes]),
+        }
+        m.offset = offset;
+    }
+    tracing::info!(weights = count, bytes = packed_bytes, total, "weights stored packed for their tactics");
+    Ok(buf)
 }

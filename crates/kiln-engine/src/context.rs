@@ -295,18 +295,8 @@ impl ExecutionContext {
         }
         let t = &self.engine.graph.tensors[id];
         match t.storage {
-            Storage::Weight(w) => {
-                let view = self.engine.weight_view(w);
-                Arg::Weight {
-                    dtype: view.dtype,
-                    shape: view.shape,
-                    bytes: view.bytes,
-                    value: &self.engine.weight_values[w],
-                }
-                .value()
-                .ok()
-                .map(|v| v.into_owned())
-            }
+            // A packed weight has no value (its bytes are one kernel's layout).
+            Storage::Weight(w) => self.engine.weight_arg(w).value().ok().map(|v| v.into_owned()),
             Storage::Arena { offset, .. } => {
                 let shape = self.shapes[id].as_ref()?;
                 let dtype = dtype_of(t.ty.as_ref())?;
@@ -499,15 +489,7 @@ impl ExecutionContext {
         }
         let t = &self.engine.graph.tensors[id];
         match t.storage {
-            Storage::Weight(w) => {
-                let view = self.engine.weight_view(w);
-                Some(Arg::Weight {
-                    dtype: view.dtype,
-                    shape: view.shape,
-                    bytes: view.bytes,
-                    value: &self.engine.weight_values[w],
-                })
-            }
+            Storage::Weight(w) => Some(self.engine.weight_arg(w)),
             Storage::Arena { offset, bytes } => {
                 let shape = self.shapes[id].as_deref()?;
                 let dtype = dtype_of(t.ty.as_ref())?;

@@ -4,7 +4,7 @@
 //!
 //! [`ExecutionContext`]: crate::ExecutionContext
 
-use crate::backend::{Backend, DeviceProgram, LayerDesc, LayerKernel, WeightView};
+use crate::backend::{Arg, Backend, DeviceProgram, LayerDesc, LayerKernel, WeightView};
 use crate::config::ShapeRange;
 use crate::memory_plan::ARENA_ALIGN;
 use crate::EngineError;
@@ -102,6 +102,11 @@ pub struct WeightMeta {
     /// Byte offset in the weight store (a multiple of 64) and length.
     pub offset: usize,
     pub bytes: usize,
+    /// The tactic whose [`Backend::pack_weights`] made these bytes: they are that kernel's own
+    /// layout (`bytes` need not be numel·size), and the original ONNX-layout bytes are not
+    /// stored. `None`: the ONNX layout.
+    #[serde(default)]
+    pub packed_for: Option<String>,
 }
 
 /// The bytes all weights live in: the mapped plan file, or memory the builder filled.
@@ -241,14 +246,68 @@ impl Engine {
         self.graph.weights.iter().map(|w| w.bytes).sum()
     }
 
-    pub(crate) fn weight_view(&self, index: usize) -> WeightView<'_> {
-        weight_view(&self.graph, self.weight_bytes.bytes(), index)
+    /// Weight `index` as a kernel argument: [`Arg::PackedWeight`] when it is stored packed.
+    pub(crate) fn weight_arg(&self, index: usize) -> Arg<'_> {
+        let view = weight_view(&self.graph, self.weight_bytes.bytes(), index);
+        if view.packed {
+            Arg::PackedWeight { dtype: view.dtype, shape: view.shape, bytes: view.bytes }
+        } else {
+            Arg::Weight { dtype: view.dtype, shape: view.shape, bytes: view.bytes, value: &self.weight_values[index] }
+        }
     }
 }
 
 pub(crate) fn weight_view<'a>(graph: &'a EngineGraph, bytes: &'a [u8], index: usize) -> WeightView<'a> {
     let w = &graph.weights[index];
-    WeightView { dtype: w.dtype, shape: &w.shape, bytes: &bytes[w.offset..w.offset + w.bytes] }
+    WeightView {
+        dtype: w.dtype,
+        shape: &w.shape,
+        bytes: &bytes[w.offset..w.offset + w.bytes],
+        packed: w.packed_for.is_some(),
+    }
+}
+
+/// Per weight of `graph`: the one (layer, input slot) that reads it, where exactly one input
+/// slot of one layer does (no other slot, layer or subgraph capture) and it is not a graph
+/// output; `None` otherwise. Only such a weight may be stored packed for its reader's tactic,
+/// so that no other kernel ever sees the packed bytes. Ids out of range are ignored
+/// ([`validate`] refuses them).
+pub(crate) fn sole_readers(graph: &EngineGraph) -> Vec<Option<(usize, usize)>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Uses {
+        None,
+        One(usize, usize),
+        Many,
+    }
+    let mut uses = vec![Uses::None; graph.weights.len()];
+    let weight_of = |t: usize| match graph.tensors.get(t).map(|t| t.storage) {
+        Some(Storage::Weight(w)) if w < graph.weights.len() => Some(w),
+        _ => None,
+    };
+    let mut add = |t: usize, at: Uses| {
+        if let Some(w) = weight_of(t) {
+            uses[w] = if uses[w] == Uses::None { at } else { Uses::Many };
+        }
+    };
+    for (li, el) in graph.layers.iter().enumerate() {
+        for (k, id) in el.layer.inputs.iter().enumerate() {
+            if let Some(id) = id {
+                add(id.0, Uses::One(li, k));
+            }
+        }
+        for id in &el.layer.implicit_inputs {
+            add(id.0, Uses::Many);
+        }
+    }
+    for &o in &graph.outputs {
+        add(o, Uses::Many);
+    }
+    uses.into_iter()
+        .map(|u| match u {
+            Uses::One(l, k) => Some((l, k)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// What a backend sees of `layer`: input types from `types` (opt shapes at build time) or the
@@ -282,10 +341,9 @@ fn validate(graph: &EngineGraph, weight_len: usize, source: &str) -> Result<(), 
     for (i, w) in graph.weights.iter().enumerate() {
         let elems = kiln_ir::checked_numel(&w.shape).map_err(|e| bad(format!("weight {i}: {e}")))?;
         let end = w.offset.checked_add(w.bytes);
-        if end.is_none_or(|e| e > weight_len)
-            || elems.checked_mul(w.dtype.size()) != Some(w.bytes)
-            || w.offset % ARENA_ALIGN != 0
-        {
+        // A packed weight is in its tactic's own layout, of any length.
+        let size_ok = w.packed_for.is_some() || elems.checked_mul(w.dtype.size()) == Some(w.bytes);
+        if end.is_none_or(|e| e > weight_len) || !size_ok || w.offset % ARENA_ALIGN != 0 {
             return Err(bad(format!("weight {i} ('{}') has an invalid range or size", w.name)));
         }
     }
@@ -319,6 +377,19 @@ fn validate(graph: &EngineGraph, weight_len: usize, source: &str) -> Result<(), 
     }
     if graph.inputs.iter().chain(&graph.outputs).any(|&i| i >= nt) {
         return Err(bad("an input or output names a tensor that does not exist".into()));
+    }
+    // A packed weight reaches only the kernel of the tactic that packed it: one input slot of
+    // one running layer, whose tactic it names.
+    let readers = sole_readers(graph);
+    for (i, w) in graph.weights.iter().enumerate() {
+        let Some(tactic) = &w.packed_for else { continue };
+        let packer = readers[i].map(|(l, _)| &graph.layers[l]).filter(|el| el.elided.is_none());
+        if packer.is_none_or(|el| el.tactic != *tactic) {
+            return Err(bad(format!(
+                "weight {i} ('{}') is stored packed for tactic '{tactic}', but is not read by exactly one layer running that tactic",
+                w.name
+            )));
+        }
     }
     // Arenas come from the plan; refuse absurd sizes rather than abort on allocation.
     const MAX_ARENA: usize = 1 << 40;

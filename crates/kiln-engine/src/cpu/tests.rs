@@ -40,7 +40,7 @@ fn test_desc<'a>(layer: &'a Layer, inputs: &'a [(Tensor, bool)], bytes: &'a [Vec
         weights: inputs
             .iter()
             .zip(bytes)
-            .map(|((t, w), b)| w.then(|| WeightView { dtype: t.dtype(), shape: t.shape(), bytes: b }))
+            .map(|((t, w), b)| w.then(|| WeightView { dtype: t.dtype(), shape: t.shape(), bytes: b, packed: false }))
             .collect(),
         precisions: Default::default(),
     }

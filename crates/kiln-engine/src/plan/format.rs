@@ -31,8 +31,11 @@ use std::sync::OnceLock;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 pub const MAGIC: [u8; 8] = *b"KILNPLAN";
-/// The plan format this kiln writes and reads. Bump on any layout change.
-pub const FORMAT_VERSION: u32 = 2;
+/// The plan format this kiln writes and reads. Bump on any layout change, including a change
+/// of the engine metadata's types (postcard is not self-describing, and the kiln version does
+/// not change between builds of one release). 3: weights may be stored packed for a tactic
+/// (`WeightMeta::packed_for`).
+pub const FORMAT_VERSION: u32 = 3;
 /// The kiln version written into plans (the kiln-engine crate version).
 pub const KILN_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Alignment of each section and of each weight blob, in the file and (the file being mapped at
