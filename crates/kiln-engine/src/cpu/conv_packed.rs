@@ -9,9 +9,9 @@
 //! residual and ReLU/Clip are applied as each tile is stored.
 
 use super::conv::{checked_epilogue, im2col_panel, phase_columns, phased_row_len, Geometry};
-use super::io::{f32_input, opt_f32_input, write_f32_output, OutPtr};
+use super::io::{f32_input, opt_f32_input, weight_panels, write_f32_output, OutPtr};
 use super::microkernel::{self, TileEpilogue, LANES, MR, NR};
-use super::packed_gemm::{gemm, pack_columns, pack_rows, Epilogue, Operand};
+use super::packed_gemm::{gemm, pack_columns, pack_rows, packed_columns_len, packed_rows_len, Epilogue, Operand};
 use super::sgemm::Mat;
 use crate::backend::{LayerDesc, LayerIo, LayerKernel};
 use kiln_ir::{Activation, Attributes};
@@ -24,51 +24,72 @@ pub(super) fn fits(g: &Geometry) -> bool {
     microkernel::available() && !g.is_depthwise() && g.cout_g > 0 && g.cin_g * g.kh * g.kw > 0
 }
 
-/// The weight `[cout, cin/group, kh, kw]` as row panels, group after group.
-pub(super) fn pack_weight(w: &[f32], shape: &[usize], group: usize) -> Result<Vec<f32>, String> {
-    let [cout, cin_g, kh, kw] = shape else { return Err(format!("weight of shape {shape:?} is not 4-D")) };
-    let (k, cout_g) = (cin_g * kh * kw, cout / group.max(1));
-    if w.len() != cout * k || group == 0 || cout % group != 0 {
-        return Err(format!("weight of {} values for shape {shape:?} and group {group}", w.len()));
+/// The weight `[cout, cin/group, kh, kw]` packed for `tactic` (row panels of W for
+/// [`TACTIC`], column panels of Wᵀ for [`TRANSPOSED`]), group after group.
+pub(super) fn pack_weight(tactic: &str, w: &[f32], shape: &[usize], group: usize) -> Result<Vec<f32>, String> {
+    let (k, cout_g) = weight_dims(shape, group)?;
+    if w.len() != group * cout_g * k {
+        return Err(format!("weight of {} values for shape {shape:?}", w.len()));
     }
-    let mut out = Vec::with_capacity(group * cout_g.div_ceil(MR) * MR * k);
+    let mut out = Vec::with_capacity(packed_len(tactic, shape, group)?);
     for grp in 0..group {
-        out.extend(pack_rows(Mat::row_major(&w[grp * cout_g * k..(grp + 1) * cout_g * k], k), cout_g, k));
+        let wg = &w[grp * cout_g * k..(grp + 1) * cout_g * k];
+        if tactic == TRANSPOSED {
+            out.extend(pack_columns(Mat::col_major(wg, k), k, cout_g));
+        } else {
+            out.extend(pack_rows(Mat::row_major(wg, k), cout_g, k));
+        }
     }
     Ok(out)
 }
 
-/// Packed values of one group's weight.
-fn group_len(g: &Geometry) -> usize {
-    g.cout_g.div_ceil(MR) * MR * g.cin_g * g.kh * g.kw
+/// (K, cout per group) of a weight `[cout, cin/group, kh, kw]`.
+fn weight_dims(shape: &[usize], group: usize) -> Result<(usize, usize), String> {
+    let [cout, cin_g, kh, kw] = shape else { return Err(format!("weight of shape {shape:?} is not 4-D")) };
+    if group == 0 || cout % group != 0 {
+        return Err(format!("group {group} does not divide the {cout} output channels"));
+    }
+    Ok((cin_g * kh * kw, cout / group))
+}
+
+/// Values [`pack_weight`] makes for `tactic`.
+pub(super) fn packed_len(tactic: &str, shape: &[usize], group: usize) -> Result<usize, String> {
+    let (k, cout_g) = weight_dims(shape, group)?;
+    Ok(group * if tactic == TRANSPOSED { packed_columns_len(k, cout_g) } else { packed_rows_len(cout_g, k) })
 }
 
 pub(crate) struct PackedConvKernel {
     transposed: bool,
     attrs: Attributes,
     activation: Option<Activation>,
-    /// The packed weight, when the plan holds the ONNX layout (else it is read from the plan).
+    /// The packed weight, when the plan holds the ONNX layout (else the plan's packed bytes
+    /// are read in place).
     packed: Option<Vec<f32>>,
+    /// Packed values per group.
+    group_len: usize,
 }
 
 impl PackedConvKernel {
     pub fn new(desc: &LayerDesc, tactic: &str) -> Result<Self, String> {
-        let transposed = tactic == TRANSPOSED;
         let w = desc.weights.get(1).copied().flatten().ok_or("conv-packed needs a constant weight")?;
         let group = desc.layer.attrs.int("group", 1)?.max(1) as usize;
-        let packed = {
+        let len = packed_len(tactic, w.shape, group)?;
+        let packed = if w.packed {
+            // A plan is untrusted: its packed bytes must be exactly what packing makes.
+            if w.bytes.len() != len * 4 {
+                return Err(format!("packed weight of {} bytes, expected {}", w.bytes.len(), len * 4));
+            }
+            None
+        } else {
             let values: &[f32] = bytemuck::try_cast_slice(w.bytes).map_err(|e| format!("weight bytes: {e:?}"))?;
-            Some(if transposed {
-                pack_weight_transposed(values, w.shape, group)?
-            } else {
-                pack_weight(values, w.shape, group)?
-            })
+            Some(pack_weight(tactic, values, w.shape, group)?)
         };
         Ok(PackedConvKernel {
-            transposed,
+            transposed: tactic == TRANSPOSED,
             attrs: desc.layer.attrs.clone(),
             activation: Activation::from_attrs(&desc.layer.attrs)?,
             packed,
+            group_len: len / group,
         })
     }
 }
@@ -76,15 +97,13 @@ impl PackedConvKernel {
 impl LayerKernel for PackedConvKernel {
     fn run(&self, io: &mut LayerIo<'_>) -> Result<(), String> {
         let (x, x_shape) = f32_input(io, 0)?;
-        let (w, w_shape) = f32_input(io, 1)?;
+        let (packed, w_shape) = weight_panels(io, 1, self.packed.as_deref())?;
         let bias = opt_f32_input(io, 2)?.map(|(b, _)| b);
         let residual = opt_f32_input(io, 3)?;
         let g = Geometry::new(&self.attrs, x_shape, w_shape)?;
         let (out_shape, residual) = checked_epilogue(&g, bias, residual)?;
-        let packed: &[f32] = self.packed.as_deref().unwrap_or(w);
-        let expected = g.group * if self.transposed { group_len_transposed(&g) } else { group_len(&g) };
-        if packed.len() != expected {
-            return Err(format!("packed weight of {} values, expected {expected}", packed.len()));
+        if packed.len() != g.group * self.group_len {
+            return Err(format!("packed weight of {} values, expected {}", packed.len(), g.group * self.group_len));
         }
         if !microkernel::available() {
             return Err("conv-packed needs AVX-512".into());
@@ -177,7 +196,8 @@ fn direct_conv(
                 activation: act,
                 ..Default::default()
             };
-            let a = Operand::Packed(&packed[grp * group_len(g)..(grp + 1) * group_len(g)]);
+            let per_group = packed.len() / g.group;
+            let a = Operand::Packed(&packed[grp * per_group..(grp + 1) * per_group]);
             // SAFETY: AVX-512 checked by the caller; this (image, group)'s output block is
             // cout_g rows of `pixels`, inside `out` (its shape was checked), and the calls run
             // one after the other.
@@ -207,26 +227,6 @@ fn direct_conv(
 /// each tile is written back to the NCHW planes through a small staging block, with the
 /// residual and activation applied there.
 pub const TRANSPOSED: &str = "conv-packed-transposed";
-
-/// The weight `[cout, cin/group, kh, kw]` as column panels of `W^T`, group after group.
-pub(super) fn pack_weight_transposed(w: &[f32], shape: &[usize], group: usize) -> Result<Vec<f32>, String> {
-    let [cout, cin_g, kh, kw] = shape else { return Err(format!("weight of shape {shape:?} is not 4-D")) };
-    let (k, cout_g) = (cin_g * kh * kw, cout / group.max(1));
-    if w.len() != cout * k || group == 0 || cout % group != 0 {
-        return Err(format!("weight of {} values for shape {shape:?} and group {group}", w.len()));
-    }
-    let mut out = Vec::new();
-    for grp in 0..group {
-        out.extend(pack_columns(Mat::col_major(&w[grp * cout_g * k..(grp + 1) * cout_g * k], k), k, cout_g));
-    }
-    Ok(out)
-}
-
-/// Packed values of one group's transposed weight.
-fn group_len_transposed(g: &Geometry) -> usize {
-    let k = g.cin_g * g.kh * g.kw;
-    (0..g.cout_g.div_ceil(NR)).map(|p| k * ((g.cout_g - p * NR).min(NR).div_ceil(LANES) * LANES)).sum()
-}
 
 /// Pixel rows per work unit: enough tiles to amortize a task, few enough for balance.
 const PIXEL_CHUNK: usize = 8 * MR;
@@ -269,7 +269,7 @@ fn transposed_conv(
         let (rc, cc) = (u / col_chunks, u % col_chunks);
         let (r0, r1) = (rc * PIXEL_CHUNK, ((rc + 1) * PIXEL_CHUNK).min(rows_total));
         let (q0, q1) = (cc * panels_per_chunk, ((cc + 1) * panels_per_chunk).min(col_panels));
-        let weights = &packed[grp * group_len_transposed(g)..];
+        let weights = &packed[grp * (packed.len() / g.group)..];
         STAGE.with(|s| {
             let (a_buf, stage) = &mut *s.borrow_mut();
             let len = (r1 - r0).div_ceil(MR) * MR * k;

@@ -23,6 +23,32 @@ pub(crate) fn f32_input<'a>(io: &LayerIo<'a>, index: usize) -> Result<(&'a [f32]
     }
 }
 
+/// Input `index` as its tactic packed it at build time ([`Arg::PackedWeight`]): the packed f32
+/// values (length checked by the kernel) and the weight's logical shape.
+pub(crate) fn packed_f32_input<'a>(io: &LayerIo<'a>, index: usize) -> Result<(&'a [f32], &'a [usize]), String> {
+    match io.inputs.get(index) {
+        Some(Some(Arg::PackedWeight { dtype: DType::F32, shape, bytes })) => {
+            let (shape, bytes): (&'a [usize], &'a [u8]) = (shape, bytes);
+            let v = bytemuck::try_cast_slice::<u8, f32>(bytes).map_err(|e| format!("input {index}: {e:?}"))?;
+            Ok((v, shape))
+        }
+        _ => Err(format!("input {index} is not the packed f32 weight this tactic was built with")),
+    }
+}
+
+/// The packed-or-plain f32 weight `index`: packed at build time when `owned` is `None`, else
+/// `owned` (packed when the kernel was made) with the plain input's shape.
+pub(crate) fn weight_panels<'a>(
+    io: &LayerIo<'a>,
+    index: usize,
+    owned: Option<&'a [f32]>,
+) -> Result<(&'a [f32], &'a [usize]), String> {
+    match owned {
+        None => packed_f32_input(io, index),
+        Some(p) => Ok((p, f32_input(io, index)?.1)),
+    }
+}
+
 /// An f32 input's elements and shape.
 pub(crate) type F32View<'a> = (&'a [f32], &'a [usize]);
 

@@ -5,8 +5,8 @@
 
 use super::epilogue::{apply, Bias};
 use super::io::OutPtr;
-use super::io::{f32_input, opt_f32_input, write_f32_output};
-use super::packed_gemm::{self, pack_columns, Epilogue, Operand};
+use super::io::{f32_input, opt_f32_input, packed_f32_input, write_f32_output};
+use super::packed_gemm::{self, pack_columns, packed_columns_len, Epilogue, Operand};
 use super::sgemm::{sgemm, Mat};
 use crate::backend::{LayerDesc, LayerIo, LayerKernel};
 use kiln_ir::{Activation, DType, ValueType};
@@ -44,6 +44,11 @@ pub(super) fn pack_weight(w: &[f32], shape: &[usize], trans_b: bool) -> Result<V
     Ok(if trans_b { pack_columns(Mat::col_major(w, *c), *c, *r) } else { pack_columns(Mat::row_major(w, *c), *r, *c) })
 }
 
+/// Whether a Gemm layer multiplies by its weight transposed.
+pub(super) fn trans_b(desc: &LayerDesc) -> Result<bool, String> {
+    Ok(desc.layer.op == "Gemm" && desc.layer.attrs.int("transB", 0)? != 0)
+}
+
 /// Whether the tactic applies: f32, a 2-D constant right-hand side, and (Gemm) a bias the
 /// epilogue can broadcast.
 pub(crate) fn applies(desc: &LayerDesc) -> bool {
@@ -79,11 +84,21 @@ impl MatMulKernel {
     pub fn new(desc: &LayerDesc, tactic: &str) -> Result<Self, String> {
         let a = &desc.layer.attrs;
         let gemm = desc.layer.op == "Gemm";
-        let trans_b = gemm && a.int("transB", 0)? != 0;
+        let trans_b = trans_b(desc)?;
         let packed = if tactic == PACKED {
             let w = desc.weights.get(1).copied().flatten().ok_or("gemm-packed needs a constant weight")?;
-            let values: &[f32] = bytemuck::try_cast_slice(w.bytes).map_err(|e| format!("weight bytes: {e:?}"))?;
-            Some(Some(pack_weight(values, w.shape, trans_b)?))
+            let &[r, c] = w.shape else { return Err(format!("weight of shape {:?} is not 2-D", w.shape)) };
+            let (k, n) = if trans_b { (c, r) } else { (r, c) };
+            if w.packed {
+                // A plan is untrusted: its packed bytes must be exactly what packing makes.
+                if w.bytes.len() != packed_columns_len(k, n) * 4 {
+                    return Err(format!("packed weight of {} bytes for shape {:?}", w.bytes.len(), w.shape));
+                }
+                Some(None)
+            } else {
+                let values: &[f32] = bytemuck::try_cast_slice(w.bytes).map_err(|e| format!("weight bytes: {e:?}"))?;
+                Some(Some(pack_weight(values, w.shape, trans_b)?))
+            }
         } else {
             None
         };
@@ -102,7 +117,11 @@ impl MatMulKernel {
 impl LayerKernel for MatMulKernel {
     fn run(&self, io: &mut LayerIo<'_>) -> Result<(), String> {
         let (a, a_shape) = f32_input(io, 0)?;
-        let (b, b_shape) = f32_input(io, 1)?;
+        // Packed at build time: the plan's panels (their length was checked when made).
+        let (b, b_shape) = match &self.packed {
+            Some(None) => packed_f32_input(io, 1)?,
+            _ => f32_input(io, 1)?,
+        };
         let (bias, residual) = (opt_f32_input(io, 2)?, opt_f32_input(io, 3)?);
         if b_shape.len() != 2 || a_shape.len() < 2 {
             return Err(format!("gemm tactic: operands of rank {} and {}", a_shape.len(), b_shape.len()));

@@ -69,7 +69,28 @@ impl Backend for CpuBackend {
         out
     }
 
+    /// The packed-multiply tactics keep their weight as register-tile panels in the plan.
+    fn pack_weights(&self, layer: &LayerDesc, tactic: &str) -> Result<Vec<(usize, Vec<u8>)>, String> {
+        let Some(Some(w)) = layer.weights.get(1) else { return Ok(Vec::new()) };
+        let values = || -> Result<&[f32], String> {
+            bytemuck::try_cast_slice(w.bytes).map_err(|e| format!("weight bytes: {e:?}"))
+        };
+        let packed = match tactic {
+            conv_packed::TACTIC | conv_packed::TRANSPOSED => {
+                let group = layer.layer.attrs.int("group", 1)?.max(1) as usize;
+                conv_packed::pack_weight(tactic, values()?, w.shape, group)?
+            }
+            matmul::PACKED => matmul::pack_weight(values()?, w.shape, matmul::trans_b(layer)?)?,
+            _ => return Ok(Vec::new()),
+        };
+        Ok(vec![(1, bytemuck::cast_slice(&packed).to_vec())])
+    }
+
     fn instantiate(&self, layer: &LayerDesc, tactic: &str) -> Result<Arc<dyn LayerKernel>, String> {
+        let packs = matches!(tactic, conv_packed::TACTIC | conv_packed::TRANSPOSED | matmul::PACKED);
+        if !packs && layer.weights.iter().flatten().any(|w| w.packed) {
+            return Err(format!("tactic {tactic} reads no packed weights, but the plan stores one packed"));
+        }
         match tactic {
             reference::TACTIC => Ok(Arc::new(ReferenceKernel::new(layer.layer)?)),
             matmul::TACTIC | matmul::PACKED => Ok(Arc::new(matmul::MatMulKernel::new(layer, tactic)?)),

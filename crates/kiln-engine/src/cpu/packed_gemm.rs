@@ -24,9 +24,19 @@ fn panel_width(n: usize, p: usize) -> usize {
     (n - p * NR).min(NR).div_ceil(LANES) * LANES
 }
 
+/// Values [`pack_rows`] makes for an `m × k` matrix.
+pub(crate) fn packed_rows_len(m: usize, k: usize) -> usize {
+    m.div_ceil(MR) * MR * k
+}
+
+/// Values [`pack_columns`] makes for a `k × n` matrix.
+pub(crate) fn packed_columns_len(k: usize, n: usize) -> usize {
+    (0..n.div_ceil(NR)).map(|p| k * panel_width(n, p)).sum()
+}
+
 /// Row panels of an `m × k` matrix: `[panel][k][MR]`.
 pub(crate) fn pack_rows(a: Mat, m: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0f32; m.div_ceil(MR) * MR * k];
+    let mut out = vec![0f32; packed_rows_len(m, k)];
     pack_rows_into(a, 0, m, k, &mut out);
     out
 }
@@ -59,8 +69,7 @@ fn pack_rows_into(a: Mat, r0: usize, r1: usize, k: usize, out: &mut [f32]) {
 /// Column panels of a `k × n` matrix: `[panel][k][w]`.
 pub(crate) fn pack_columns(b: Mat, k: usize, n: usize) -> Vec<f32> {
     let panels = n.div_ceil(NR);
-    let len = (0..panels).map(|p| k * panel_width(n, p)).sum();
-    let mut out = vec![0f32; len];
+    let mut out = vec![0f32; packed_columns_len(k, n)];
     let mut at = 0;
     for p in 0..panels {
         let (j0, w) = (p * NR, panel_width(n, p));
@@ -130,15 +139,13 @@ pub(crate) unsafe fn gemm(
     }
     let (row_panels, col_panels) = (m.div_ceil(MR), n.div_ceil(NR));
     match a {
-        Operand::Packed(p) if p.len() < row_panels * MR * k => return Err("packed A is too small".into()),
+        Operand::Packed(p) if p.len() < packed_rows_len(m, k) => return Err("packed A is too small".into()),
         Operand::Matrix(mat) if !mat.covers(m, k) => return Err("A is smaller than its shape".into()),
         Operand::Panels(_) => return Err("A cannot be filled by panels".into()),
         _ => {}
     }
     match b {
-        Operand::Packed(p) if p.len() < (0..col_panels).map(|q| k * panel_width(n, q)).sum() => {
-            return Err("packed B is too small".into())
-        }
+        Operand::Packed(p) if p.len() < packed_columns_len(k, n) => return Err("packed B is too small".into()),
         Operand::Matrix(_) => return Err("B is packed or filled by panels".into()),
         _ => {}
     }
