@@ -181,13 +181,13 @@ fn direct_conv(
         for grp in 0..g.group {
             let image = &x[(n * g.cin + grp * g.cin_g) * in_plane..][..g.cin_g * in_plane];
             let fill = |j0: usize, cols: usize, w: usize, panel: &mut [f32]| {
-                if pointwise {
-                    for (c, dst) in panel.chunks_mut(w).enumerate() {
-                        dst[..cols].copy_from_slice(&image[c * in_plane + j0..c * in_plane + j0 + cols]);
-                    }
-                } else {
-                    im2col_panel(g, image, panel, j0, cols, w, phased);
-                }
+                im2col_panel(g, image, panel, j0, cols, w, phased);
+            };
+            // A 1×1 stride-1 convolution's patches are the image itself, read in place.
+            let b = if pointwise {
+                Operand::Matrix(Mat { data: image, row_stride: in_plane, col_stride: 1 })
+            } else {
+                Operand::Panels(&fill)
             };
             let first = (n * g.cout + grp * g.cout_g) * pixels;
             let epilogue = Epilogue {
@@ -201,19 +201,7 @@ fn direct_conv(
             // SAFETY: AVX-512 checked by the caller; this (image, group)'s output block is
             // cout_g rows of `pixels`, inside `out` (its shape was checked), and the calls run
             // one after the other.
-            unsafe {
-                gemm(
-                    g.cout_g,
-                    pixels,
-                    k,
-                    &a,
-                    &Operand::Panels(&fill),
-                    OutPtr(out_ptr.at(first)),
-                    pixels,
-                    &epilogue,
-                    true,
-                )?
-            };
+            unsafe { gemm(g.cout_g, pixels, k, &a, &b, OutPtr(out_ptr.at(first)), pixels, &epilogue, true)? };
         }
     }
     Ok(())
@@ -309,6 +297,7 @@ fn transposed_conv(
                             k,
                             a_panel.as_ptr(),
                             b_panel.as_ptr(),
+                            cols.div_ceil(LANES) * LANES,
                             stage.as_mut_ptr(),
                             NR,
                             rows,

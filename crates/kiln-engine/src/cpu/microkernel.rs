@@ -48,10 +48,12 @@ pub(crate) fn available() -> bool {
 }
 
 /// `C[rows × cols] = epilogue(A_panel · B_panel)` for one tile: `rows ≤ MR`, `cols ≤ NR`;
-/// `b` holds `16 · ceil(cols / 16)` columns per depth step.
+/// depth step p of `b` is the `cols` values at `b + p · ldb` (a packed panel: `ldb` =
+/// `16 · ceil(cols / 16)`; a plain row-major matrix: its row length).
 ///
 /// # Safety
-/// [`available`] must be true; `a` must hold `k · MR` values, `b` `k · 16 · ceil(cols/16)`;
+/// [`available`] must be true; `a` must hold `k · MR` values, `b` be readable at
+/// `p · ldb + j` for p < k, j < cols;
 /// `c` must be writable at `r · ldc + j` for r < rows, j < cols, and the epilogue's pointers
 /// readable at the same tile positions.
 #[cfg(target_arch = "x86_64")]
@@ -60,6 +62,7 @@ pub(crate) unsafe fn tile(
     k: usize,
     a: *const f32,
     b: *const f32,
+    ldb: usize,
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -69,9 +72,9 @@ pub(crate) unsafe fn tile(
     // SAFETY: forwarded from the caller.
     unsafe {
         match cols.div_ceil(LANES) {
-            1 => tile_nv::<1>(k, a, b, c, ldc, rows, cols, epi),
-            2 => tile_nv::<2>(k, a, b, c, ldc, rows, cols, epi),
-            _ => tile_nv::<3>(k, a, b, c, ldc, rows, cols, epi),
+            1 => tile_nv::<1>(k, a, b, ldb, c, ldc, rows, cols, epi),
+            2 => tile_nv::<2>(k, a, b, ldb, c, ldc, rows, cols, epi),
+            _ => tile_nv::<3>(k, a, b, ldb, c, ldc, rows, cols, epi),
         }
     }
 }
@@ -83,6 +86,7 @@ unsafe fn tile_nv<const NV: usize>(
     k: usize,
     a: *const f32,
     b: *const f32,
+    ldb: usize,
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -91,12 +95,20 @@ unsafe fn tile_nv<const NV: usize>(
 ) {
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     let (mut a, mut b) = (a, b);
-    // SAFETY: the caller guarantees `k` depth steps of both packed panels.
+    // The last vector of a row of `b` loads only the tile's columns: `b` may be a plain matrix
+    // read in place, whose row ends there.
+    let tail = cols - (NV - 1) * LANES;
+    let last: __mmask16 = if tail >= LANES { 0xffff } else { (1u16 << tail) - 1 };
+    // SAFETY: the caller guarantees `k` depth steps of both operands.
     unsafe {
         for _ in 0..k {
             let mut bv = [_mm512_setzero_ps(); NV];
             for (v, bv) in bv.iter_mut().enumerate() {
-                *bv = _mm512_loadu_ps(b.add(v * LANES));
+                *bv = if v + 1 == NV {
+                    _mm512_maskz_loadu_ps(last, b.add(v * LANES))
+                } else {
+                    _mm512_loadu_ps(b.add(v * LANES))
+                };
             }
             for (r, acc) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(*a.add(r));
@@ -105,7 +117,7 @@ unsafe fn tile_nv<const NV: usize>(
                 }
             }
             a = a.add(MR);
-            b = b.add(NV * LANES);
+            b = b.add(ldb);
         }
         let (lo, hi) = epi.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
         let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));

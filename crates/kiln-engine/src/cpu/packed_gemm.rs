@@ -85,15 +85,19 @@ pub(crate) fn pack_columns(b: Mat, k: usize, n: usize) -> Vec<f32> {
     out
 }
 
+/// Writes one column panel of B: `fill(j0, cols, w, panel)`.
+pub(crate) type PanelFill<'a> = dyn Fn(usize, usize, usize, &mut [f32]) + Sync + 'a;
+
 /// Where a product's operand comes from.
 pub(crate) enum Operand<'a> {
     /// Packed when the kernel was made ([`pack_rows`] for A, [`pack_columns`] for B).
     Packed(&'a [f32]),
-    /// A plain matrix, packed per call (A only).
+    /// A plain matrix: A is packed per call, a chunk of rows at a time; B (row-major) is read
+    /// in place, with no copy.
     Matrix(Mat<'a>),
     /// Filled per column panel by the caller: `fill(j0, cols, w, panel)` writes the `k × cols`
     /// block starting at column `j0` into `panel`, rows `w` apart (B only).
-    Panels(&'a (dyn Fn(usize, usize, usize, &mut [f32]) + Sync)),
+    Panels(&'a PanelFill<'a>),
 }
 
 /// The fused epilogue of a whole product (bias per row or per column, a residual with C's
@@ -146,7 +150,9 @@ pub(crate) unsafe fn gemm(
     }
     match b {
         Operand::Packed(p) if p.len() < packed_columns_len(k, n) => return Err("packed B is too small".into()),
-        Operand::Matrix(_) => return Err("B is packed or filled by panels".into()),
+        Operand::Matrix(mat) if mat.col_stride != 1 || !mat.covers(k, n) => {
+            return Err("B read in place must be a row-major matrix covering its shape".into())
+        }
         _ => {}
     }
     if epilogue.row_bias.is_some_and(|v| v.len() < m) || epilogue.col_bias.is_some_and(|v| v.len() < n) {
@@ -191,16 +197,17 @@ pub(crate) unsafe fn gemm(
             for q in q0..q1 {
                 let (j0, w) = (q * NR, panel_width(n, q));
                 let cols = (n - j0).min(NR);
-                let panel: &[f32] = match b {
-                    Operand::Packed(p) => &p[b_at..b_at + k * w],
+                let (panel, ldb): (&[f32], usize) = match b {
+                    Operand::Packed(p) => (&p[b_at..b_at + k * w], w),
                     Operand::Panels(fill) => {
                         if b_buf.len() < k * w {
                             b_buf.resize(k * w, 0.0);
                         }
                         fill(j0, cols, w, &mut b_buf[..k * w]);
-                        &b_buf[..k * w]
+                        (&b_buf[..k * w], w)
                     }
-                    Operand::Matrix(_) => unreachable!("checked above"),
+                    // Read in place: the tile loads row segments `row_stride` apart.
+                    Operand::Matrix(mat) => (&mat.data[j0..], mat.row_stride),
                 };
                 b_at += k * w;
                 for i0 in (r0..r1).step_by(MR) {
@@ -225,6 +232,7 @@ pub(crate) unsafe fn gemm(
                             k,
                             a_panel.as_ptr(),
                             panel.as_ptr(),
+                            ldb,
                             c.at(i0 * ldc + j0),
                             ldc,
                             rows,
@@ -363,6 +371,10 @@ mod timing {
             (2048, 49, 512),
             (128, 3072, 768),
             (128, 768, 3072),
+            (197, 2304, 768),
+            (197, 3072, 768),
+            (197, 768, 3072),
+            (1576, 768, 768),
         ] {
             let a = vec![0.5f32; m * k];
             let b = vec![0.25f32; k * n];
@@ -388,6 +400,20 @@ mod timing {
                 gemm(m, n, k, &Operand::Packed(&packed_a), &Operand::Panels(&fill), ptr, n, &Epilogue::default(), false)
                     .unwrap()
             });
+            let direct = rate(&mut || unsafe {
+                gemm(
+                    m,
+                    n,
+                    k,
+                    &Operand::Packed(&packed_a),
+                    &Operand::Matrix(Mat::row_major(&b, n)),
+                    ptr,
+                    n,
+                    &Epilogue::default(),
+                    false,
+                )
+                .unwrap()
+            });
             let linear = rate(&mut || unsafe {
                 gemm(
                     m,
@@ -406,7 +432,26 @@ mod timing {
                 super::super::sgemm::sgemm_serial(m, n, k, Mat::row_major(&a, k), Mat::row_major(&b, n), &mut c)
                     .unwrap()
             });
-            println!("{m}x{n}x{k}: packed A {conv:.1}, packed B {linear:.1}, gemm crate {crate_rate:.1} GFLOP/s");
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+            let linear2 = rate(&mut || {
+                pool.install(|| unsafe {
+                    gemm(
+                        m,
+                        n,
+                        k,
+                        &Operand::Matrix(Mat::row_major(&a, k)),
+                        &Operand::Packed(&packed_b),
+                        ptr,
+                        n,
+                        &Epilogue::default(),
+                        true,
+                    )
+                    .unwrap()
+                })
+            });
+            println!(
+                "{m}x{n}x{k}: packed A {conv:.1} (B in place {direct:.1}), packed B {linear:.1} (2 threads {linear2:.1}), gemm crate {crate_rate:.1} GFLOP/s"
+            );
         }
     }
 }
