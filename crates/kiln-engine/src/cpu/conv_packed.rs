@@ -177,34 +177,40 @@ fn direct_conv(
     let in_plane = g.h * if phased { phased_row_len(g) } else { g.w };
     let (pixels, k) = (g.oh * g.ow, g.cin_g * g.kh * g.kw);
     let out_ptr = OutPtr(out.as_mut_ptr());
-    for n in 0..g.n {
-        for grp in 0..g.group {
-            let image = &x[(n * g.cin + grp * g.cin_g) * in_plane..][..g.cin_g * in_plane];
-            let fill = |j0: usize, cols: usize, w: usize, panel: &mut [f32]| {
-                im2col_panel(g, image, panel, j0, cols, w, phased);
-            };
-            // A 1×1 stride-1 convolution's patches are the image itself, read in place.
-            let b = if pointwise {
-                Operand::Matrix(Mat { data: image, row_stride: in_plane, col_stride: 1 })
-            } else {
-                Operand::Panels(&fill)
-            };
-            let first = (n * g.cout + grp * g.cout_g) * pixels;
-            let epilogue = Epilogue {
-                row_bias: bias.map(|b| &b[grp * g.cout_g..(grp + 1) * g.cout_g]),
-                residual: residual.map(|r| &r[first..first + g.cout_g * pixels]),
-                activation: act,
-                ..Default::default()
-            };
-            let per_group = packed.len() / g.group;
-            let a = Operand::Packed(&packed[grp * per_group..(grp + 1) * per_group]);
-            // SAFETY: AVX-512 checked by the caller; this (image, group)'s output block is
-            // cout_g rows of `pixels`, inside `out` (its shape was checked), and the calls run
-            // one after the other.
-            unsafe { gemm(g.cout_g, pixels, k, &a, &b, OutPtr(out_ptr.at(first)), pixels, &epilogue, true)? };
-        }
+    let units = g.n * g.group;
+    // Several images (or groups) and threads: whole products side by side, one per task,
+    // rather than each product split across the pool in turn.
+    let side_by_side = units >= 2 * rayon::current_num_threads() && rayon::current_num_threads() > 1;
+    let one = |u: usize| -> Result<(), String> {
+        let (n, grp) = (u / g.group, u % g.group);
+        let image = &x[(n * g.cin + grp * g.cin_g) * in_plane..][..g.cin_g * in_plane];
+        let fill = |j0: usize, cols: usize, w: usize, panel: &mut [f32]| {
+            im2col_panel(g, image, panel, j0, cols, w, phased);
+        };
+        // A 1×1 stride-1 convolution's patches are the image itself, read in place.
+        let b = if pointwise {
+            Operand::Matrix(Mat { data: image, row_stride: in_plane, col_stride: 1 })
+        } else {
+            Operand::Panels(&fill)
+        };
+        let first = (n * g.cout + grp * g.cout_g) * pixels;
+        let epilogue = Epilogue {
+            row_bias: bias.map(|b| &b[grp * g.cout_g..(grp + 1) * g.cout_g]),
+            residual: residual.map(|r| &r[first..first + g.cout_g * pixels]),
+            activation: act,
+            ..Default::default()
+        };
+        let per_group = packed.len() / g.group;
+        let a = Operand::Packed(&packed[grp * per_group..(grp + 1) * per_group]);
+        // SAFETY: AVX-512 checked by the caller; this (image, group)'s output block is cout_g
+        // rows of `pixels`, inside `out` (its shape was checked), written by this unit alone.
+        unsafe { gemm(g.cout_g, pixels, k, &a, &b, OutPtr(out_ptr.at(first)), pixels, &epilogue, !side_by_side) }
+    };
+    if side_by_side {
+        (0..units).into_par_iter().try_for_each(one)
+    } else {
+        (0..units).try_for_each(one)
     }
-    Ok(())
 }
 
 /// `conv-packed-transposed`: the same convolution as `out^T[pixels × cout] = patches^T ·
