@@ -492,6 +492,8 @@ fn tactic_timings() {
     ];
     // KILN_TIMING_CASE=i times only case i (for a profiler).
     let only: Option<usize> = std::env::var("KILN_TIMING_CASE").ok().and_then(|v| v.parse().ok());
+    // KILN_TIMING_TACTIC=name times only that tactic.
+    let only_tactic = std::env::var("KILN_TIMING_TACTIC").ok();
     for (i, (xs, ws, s, p, g)) in cases.iter().enumerate() {
         if only.is_some_and(|o| o != i) {
             continue;
@@ -507,6 +509,9 @@ fn tactic_timings() {
             super::conv_packed::TACTIC,
             super::conv_packed::TRANSPOSED,
         ] {
+            if only_tactic.as_deref().is_some_and(|o| o != t) {
+                continue;
+            }
             if let Some(us) = time_tactic("Conv", &attrs, &inputs, t, if only.is_some() { 300 } else { 15 }) {
                 println!("{xs:?} {ws:?} s{s}: {t} {us:.1} us");
             }

@@ -16,6 +16,7 @@ use super::conv::{checked_epilogue, Geometry};
 use super::epilogue::{apply, Bias};
 use super::io::{f32_input, opt_f32_input, write_f32_output, OutPtr};
 use super::sgemm::{sgemm_strided, Mat};
+use super::vecmath::multiversion;
 use crate::backend::{LayerDesc, LayerIo, LayerKernel};
 use kiln_ir::{Activation, Attributes};
 use rayon::prelude::*;
@@ -94,33 +95,6 @@ fn transform_filter(f: &[f32]) -> [f32; 16] {
     out
 }
 
-/// `Bᵀ d B` of a 4×4 tile, Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]].
-#[inline(always)]
-fn transform_input(d: &[[f32; 4]; 4]) -> [[f32; 4]; 4] {
-    let bt = |x: [f32; 4]| [x[0] - x[2], x[1] + x[2], x[2] - x[1], x[1] - x[3]];
-    let mut t = [[0f32; 4]; 4];
-    for j in 0..4 {
-        let c = bt([d[0][j], d[1][j], d[2][j], d[3][j]]);
-        for i in 0..4 {
-            t[i][j] = c[i];
-        }
-    }
-    t.map(bt)
-}
-
-/// `Aᵀ m A` of a 4×4 tile, Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]].
-#[inline(always)]
-fn transform_output(m: &[[f32; 4]; 4]) -> [[f32; 2]; 2] {
-    let at = |x: [f32; 4]| [x[0] + x[1] + x[2], x[1] - x[2] - x[3]];
-    let mut t = [[0f32; 4]; 2];
-    for j in 0..4 {
-        let c = at([m[0][j], m[1][j], m[2][j], m[3][j]]);
-        t[0][j] = c[0];
-        t[1][j] = c[1];
-    }
-    [at(t[0]), at(t[1])]
-}
-
 thread_local! {
     /// The transformed input and the products of one image, kept between runs.
     static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
@@ -180,59 +154,240 @@ impl LayerKernel for WinogradKernel {
     }
 }
 
-/// One channel's input tiles, transformed: `vc[ξ][tile]`.
-fn input_tiles(g: &Geometry, plane: &[f32], vc: &mut [f32]) {
-    let (tw, t) = (g.ow.div_ceil(2), tiles(g));
-    let (pt, pl) = (g.pad_begin[0] as isize, g.pad_begin[1] as isize);
-    for th in 0..g.oh.div_ceil(2) {
-        for tx in 0..tw {
-            let mut d = [[0f32; 4]; 4];
-            for (i, row) in d.iter_mut().enumerate() {
-                let ih = (2 * th + i) as isize - pt;
-                if ih < 0 || ih >= g.h as isize {
-                    continue;
-                }
-                let src = &plane[ih as usize * g.w..(ih as usize + 1) * g.w];
-                for (j, e) in row.iter_mut().enumerate() {
-                    let iw = (2 * tx + j) as isize - pl;
-                    if iw >= 0 && iw < g.w as isize {
-                        *e = src[iw as usize];
+/// Tiles transformed together: one AVX-512 register of f32 per tile position.
+const LANES: usize = 16;
+
+type Lanes = [f32; LANES];
+
+/// [`input_tiles`] for `n ≤ 16` tiles in AVX-512 registers: `padded` points at tile column
+/// tx0 of the even half of padded row 2·th (the odd half is `half` further, the next row
+/// `2·half`); `vc` at tile th·tw + tx0 of transform position 0 (position ξ is `ξ·t` further).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn input_chunk_avx512(padded: *const f32, half: usize, vc: *mut f32, t: usize, n: usize) {
+    use std::arch::x86_64::*;
+    let mask: __mmask16 = if n >= LANES { 0xffff } else { (1u16 << n) - 1 };
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        // d[i][j] = padded row i, column 2·tx + j: half j % 2, element tx + j / 2.
+        let d = |i: usize, j: usize| _mm512_loadu_ps(padded.add(i * 2 * half + (j % 2) * half + j / 2));
+        let bt = |x: [__m512; 4]| {
+            [_mm512_sub_ps(x[0], x[2]), _mm512_add_ps(x[1], x[2]), _mm512_sub_ps(x[2], x[1]), _mm512_sub_ps(x[1], x[3])]
+        };
+        // Bᵀ over i for each column j, then over j for each row i.
+        let mut c = [[_mm512_setzero_ps(); 4]; 4];
+        for (j, cj) in c.iter_mut().enumerate() {
+            *cj = bt([d(0, j), d(1, j), d(2, j), d(3, j)]);
+        }
+        for i in 0..4 {
+            let v = bt([c[0][i], c[1][i], c[2][i], c[3][i]]);
+            for (j, &vj) in v.iter().enumerate() {
+                _mm512_mask_storeu_ps(vc.add((i * 4 + j) * t), mask, vj);
+            }
+        }
+    }
+}
+
+/// [`output_tiles`] for `n ≤ 16` tiles in AVX-512 registers: `mc` points at the first tile's
+/// product for ξ = 0 (position ξ is `ξ·t` further); writes 2n columns of each output row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn output_chunk_avx512(mc: *const f32, t: usize, n: usize, row0: *mut f32, row1: *mut f32) {
+    use std::arch::x86_64::*;
+    let lanes = |k: usize| -> __mmask16 {
+        if k >= LANES {
+            0xffff
+        } else {
+            (1u16 << k) - 1
+        }
+    };
+    let (load, store_lo, store_hi) = (lanes(n), lanes(2 * n), lanes((2 * n).saturating_sub(LANES)));
+    // SAFETY: the caller guarantees the products' n lanes and the two rows' 2n columns;
+    // masked lanes are neither read nor written.
+    unsafe {
+        let m = |i: usize, j: usize| _mm512_maskz_loadu_ps(load, mc.add((i * 4 + j) * t));
+        // Aᵀ over i: r0 = m0 + m1 + m2, r1 = m1 − m2 − m3, per column j.
+        let mut r = [[_mm512_setzero_ps(); 4]; 2];
+        for j in 0..4 {
+            let (m0, m1, m2, m3) = (m(0, j), m(1, j), m(2, j), m(3, j));
+            r[0][j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+            r[1][j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+        }
+        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        for (ra, row) in r.iter().zip([row0, row1]) {
+            // Aᵀ over j: even and odd output columns, interleaved into 32 consecutive ones.
+            let even = _mm512_add_ps(_mm512_add_ps(ra[0], ra[1]), ra[2]);
+            let odd = _mm512_sub_ps(_mm512_sub_ps(ra[1], ra[2]), ra[3]);
+            _mm512_mask_storeu_ps(row, store_lo, _mm512_permutex2var_ps(even, lo, odd));
+            _mm512_mask_storeu_ps(row.add(LANES), store_hi, _mm512_permutex2var_ps(even, hi, odd));
+        }
+    }
+}
+
+/// `dst = src[..dst.len()]`, a whole-register store when all 16 lanes are wanted (a
+/// variable-length copy is a library call per 64 bytes).
+#[inline(always)]
+fn copy_lanes(dst: &mut [f32], src: &Lanes) {
+    if let Ok(whole) = <&mut Lanes>::try_from(&mut *dst) {
+        *whole = *src;
+    } else {
+        dst.copy_from_slice(&src[..dst.len()]);
+    }
+}
+
+/// `Bᵀ x B` along one axis for 16 tiles at once.
+#[inline(always)]
+fn bt_lanes(x: [&Lanes; 4]) -> [Lanes; 4] {
+    let mut out = [[0f32; LANES]; 4];
+    for l in 0..LANES {
+        out[0][l] = x[0][l] - x[2][l];
+        out[1][l] = x[1][l] + x[2][l];
+        out[2][l] = x[2][l] - x[1][l];
+        out[3][l] = x[1][l] - x[3][l];
+    }
+    out
+}
+
+multiversion! {
+    /// One channel's input tiles, transformed: `vc[ξ][tile]`, 16 tiles of a tile row at a
+    /// time. The plane is first copied into a zero-padded buffer split into even and odd
+    /// columns, so tile column `tx`'s four input columns are element `tx` (and `tx + 1`) of
+    /// those two halves: every load is a contiguous run of 16, with no bounds tests.
+    fn input_tiles(g: &Geometry, plane: &[f32], vc: &mut [f32]) {
+        let (th_count, tw, t) = (g.oh.div_ceil(2), g.ow.div_ceil(2), tiles(g));
+        let (pt, pl) = (g.pad_begin[0], g.pad_begin[1]);
+        // Padded rows 2·th .. 2·th + 3; each half holds tw + 1 columns plus room for a whole
+        // last group of 16.
+        let rows = 2 * th_count + 2;
+        let half = (tw + 1).next_multiple_of(LANES) + LANES;
+        let mut padded = vec![0f32; rows * 2 * half];
+        for r in 0..rows {
+            let Some(ih) = (r as isize - pt as isize).try_into().ok().filter(|&ih: &usize| ih < g.h) else { continue };
+            let src = &plane[ih * g.w..(ih + 1) * g.w];
+            let (even, odd) = padded[r * 2 * half..(r + 1) * 2 * half].split_at_mut(half);
+            for (c, &v) in src.iter().enumerate() {
+                let pc = c + pl;
+                if pc / 2 < half {
+                    if pc % 2 == 0 {
+                        even[pc / 2] = v;
+                    } else {
+                        odd[pc / 2] = v;
                     }
                 }
             }
-            let tile = th * tw + tx;
-            for (i, r) in transform_input(&d).iter().enumerate() {
-                for (j, &e) in r.iter().enumerate() {
-                    vc[(i * 4 + j) * t + tile] = e;
+        }
+        let lanes = |r: usize, odd: usize, u: usize| -> &Lanes {
+            let at = r * 2 * half + odd * half + u;
+            padded[at..at + LANES].try_into().expect("16 lanes")
+        };
+        for th in 0..th_count {
+            for tx0 in (0..tw).step_by(LANES) {
+                let n = LANES.min(tw - tx0);
+                #[cfg(target_arch = "x86_64")]
+                if super::microkernel::available() {
+                    // SAFETY: AVX-512 checked; rows 2·th .. 2·th + 3 of the padded halves
+                    // hold 16 lanes from tx0 + 1 (their width has a group of 16 to spare),
+                    // and `vc` holds n tiles at th·tw + tx0 for every ξ.
+                    unsafe {
+                        input_chunk_avx512(
+                            padded[2 * th * 2 * half + tx0..].as_ptr(),
+                            half,
+                            vc[th * tw + tx0..].as_mut_ptr(),
+                            t,
+                            n,
+                        )
+                    };
+                    continue;
+                }
+                // d[i][j] for 16 tiles: input row 2·th + i, column 2·tx + j.
+                let mut cols = [[[0f32; LANES]; 4]; 4]; // [j][i] after the first pass
+                for (j, col) in cols.iter_mut().enumerate() {
+                    let (odd, shift) = (j % 2, j / 2);
+                    let r = 2 * th;
+                    let u = tx0 + shift;
+                    *col = bt_lanes([lanes(r, odd, u), lanes(r + 1, odd, u), lanes(r + 2, odd, u), lanes(r + 3, odd, u)]);
+                }
+                for i in 0..4 {
+                    let v = bt_lanes([&cols[0][i], &cols[1][i], &cols[2][i], &cols[3][i]]); // over j
+                    for (j, lanes) in v.iter().enumerate() {
+                        let at = (i * 4 + j) * t + th * tw + tx0;
+                        copy_lanes(&mut vc[at..at + n], lanes);
+                    }
                 }
             }
         }
     }
 }
 
-/// One output channel's plane from its products `mc[ξ][tile]`.
-fn output_tiles(g: &Geometry, mc: &[f32], plane: &mut [f32]) {
-    let (tw, t) = (g.ow.div_ceil(2), tiles(g));
-    for th in 0..g.oh.div_ceil(2) {
-        for tx in 0..tw {
-            let tile = th * tw + tx;
-            let mut m = [[0f32; 4]; 4];
-            for (i, row) in m.iter_mut().enumerate() {
-                for (j, e) in row.iter_mut().enumerate() {
-                    *e = mc[(i * 4 + j) * t + tile];
-                }
-            }
-            let y = transform_output(&m);
-            for (i, r) in y.iter().enumerate() {
-                let oh = 2 * th + i;
-                if oh >= g.oh {
+multiversion! {
+    /// One output channel's plane from its products `mc[ξ][tile]`, 16 tiles of a tile row at
+    /// a time: `Y = Aᵀ m A` with Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]], the two output rows
+    /// assembled in a staging pair and copied into the plane (odd sizes drop the extra row or
+    /// column).
+    fn output_tiles(g: &Geometry, mc: &[f32], plane: &mut [f32]) {
+        let (th_count, tw, t) = (g.oh.div_ceil(2), g.ow.div_ceil(2), tiles(g));
+        let mut stage = vec![0f32; 2 * (2 * tw.next_multiple_of(LANES))];
+        let width = 2 * tw.next_multiple_of(LANES);
+        for th in 0..th_count {
+            for tx0 in (0..tw).step_by(LANES) {
+                let n = LANES.min(tw - tx0);
+                #[cfg(target_arch = "x86_64")]
+                if super::microkernel::available() {
+                    let (row0, row1) = stage.split_at_mut(width);
+                    // SAFETY: AVX-512 checked; n tiles of all 16 products lie in `mc` (tile
+                    // th·tw + tx0 + n − 1 < t) and 32 columns at 2·tx0 in each staged row
+                    // (rows are whole groups of 16 tiles wide).
+                    unsafe {
+                        output_chunk_avx512(
+                            mc[th * tw + tx0..].as_ptr(),
+                            t,
+                            n,
+                            row0[2 * tx0..2 * tx0 + 2 * LANES].as_mut_ptr(),
+                            row1[2 * tx0..2 * tx0 + 2 * LANES].as_mut_ptr(),
+                        )
+                    };
                     continue;
                 }
-                for (j, &e) in r.iter().enumerate() {
-                    let ow = 2 * tx + j;
-                    if ow < g.ow {
-                        plane[oh * g.ow + ow] = e;
+                let mut m = [[[0f32; LANES]; 4]; 4];
+                for (i, row) in m.iter_mut().enumerate() {
+                    for (j, lanes) in row.iter_mut().enumerate() {
+                        let at = (i * 4 + j) * t + th * tw + tx0;
+                        if n == LANES {
+                            *lanes = mc[at..at + LANES].try_into().expect("16 lanes");
+                        } else {
+                            lanes[..n].copy_from_slice(&mc[at..at + n]);
+                        }
                     }
+                }
+                // Aᵀ over i: two rows of four columns.
+                let mut r = [[[0f32; LANES]; 4]; 2];
+                for j in 0..4 {
+                    for l in 0..LANES {
+                        r[0][j][l] = m[0][j][l] + m[1][j][l] + m[2][j][l];
+                        r[1][j][l] = m[1][j][l] - m[2][j][l] - m[3][j][l];
+                    }
+                }
+                for (a, ra) in r.iter().enumerate() {
+                    // Aᵀ over j: the even and odd output columns, then interleaved.
+                    let (mut even, mut odd) = ([0f32; LANES], [0f32; LANES]);
+                    for l in 0..LANES {
+                        even[l] = ra[0][l] + ra[1][l] + ra[2][l];
+                        odd[l] = ra[1][l] - ra[2][l] - ra[3][l];
+                    }
+                    let out: &mut [f32; 2 * LANES] = (&mut stage[a * width + 2 * tx0..a * width + 2 * tx0 + 2 * LANES])
+                        .try_into()
+                        .expect("32 columns");
+                    for l in 0..LANES {
+                        out[2 * l] = even[l];
+                        out[2 * l + 1] = odd[l];
+                    }
+                }
+            }
+            for a in 0..2 {
+                let oh = 2 * th + a;
+                if oh < g.oh {
+                    plane[oh * g.ow..(oh + 1) * g.ow].copy_from_slice(&stage[a * width..a * width + g.ow]);
                 }
             }
         }
