@@ -81,13 +81,14 @@ impl Backend for CpuBackend {
                 conv_packed::pack_weight(tactic, values()?, w.shape, group)?
             }
             matmul::PACKED => matmul::pack_weight(values()?, w.shape, matmul::trans_b(layer)?)?,
+            winograd::TACTIC if microkernel::available() => winograd::pack_weight(values()?, w.shape)?,
             _ => return Ok(Vec::new()),
         };
         Ok(vec![(1, bytemuck::cast_slice(&packed).to_vec())])
     }
 
     fn instantiate(&self, layer: &LayerDesc, tactic: &str) -> Result<Arc<dyn LayerKernel>, String> {
-        let packs = matches!(tactic, conv_packed::TACTIC | conv_packed::TRANSPOSED | matmul::PACKED);
+        let packs = matches!(tactic, conv_packed::TACTIC | conv_packed::TRANSPOSED | matmul::PACKED | winograd::TACTIC);
         if !packs && layer.weights.iter().flatten().any(|w| w.packed) {
             return Err(format!("tactic {tactic} reads no packed weights, but the plan stores one packed"));
         }

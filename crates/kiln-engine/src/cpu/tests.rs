@@ -46,14 +46,52 @@ fn test_desc<'a>(layer: &'a Layer, inputs: &'a [(Tensor, bool)], bytes: &'a [Vec
     }
 }
 
-/// Run `tactic` on a layer whose inputs are `activations` (by position) and weights.
+/// Run `tactic` on a layer whose inputs are `activations` (by position) and weights. A tactic
+/// that stores its weights packed in the plan also runs from its packed weights (as a loaded
+/// plan hands them over), which must give the very same result.
 fn run(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: &str) -> Result<Tensor, String> {
+    let plain = run_once(op, attrs, inputs, tactic, false)?.expect("always runs");
+    if let Some(packed) = run_once(op, attrs, inputs, tactic, true)? {
+        assert_eq!(packed.to_f64_vec(), plain.to_f64_vec(), "{tactic}: packed in the plan vs packed when made");
+    }
+    Ok(plain)
+}
+
+/// [`run`] once; with `from_packed`, from the weights `pack_weights` makes (`None` when the
+/// tactic packs none).
+fn run_once(
+    op: &str,
+    attrs: &Attributes,
+    inputs: &[(Tensor, bool)],
+    tactic: &str,
+    from_packed: bool,
+) -> Result<Option<Tensor>, String> {
     let layer = test_layer(op, attrs, inputs.len(), 1);
-    let bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
-    let desc = test_desc(&layer, inputs, &bytes);
+    let mut bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
     let backend = CpuBackend;
-    if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
-        return Err(format!("tactic {tactic} not offered"));
+    let mut packed = vec![false; inputs.len()];
+    {
+        let desc = test_desc(&layer, inputs, &bytes);
+        if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
+            return Err(format!("tactic {tactic} not offered"));
+        }
+        if from_packed {
+            let packs = backend.pack_weights(&desc, tactic)?;
+            if packs.is_empty() {
+                return Ok(None);
+            }
+            drop(desc);
+            for (i, b) in packs {
+                bytes[i] = b;
+                packed[i] = true;
+            }
+        }
+    }
+    let mut desc = test_desc(&layer, inputs, &bytes);
+    for (w, &p) in desc.weights.iter_mut().zip(&packed) {
+        if let Some(w) = w {
+            w.packed = p;
+        }
     }
     let kernel = backend.instantiate(&desc, tactic)?;
     let values: Vec<Value> = inputs.iter().map(|(t, _)| Value::Tensor(t.clone())).collect();
@@ -61,8 +99,13 @@ fn run(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: &str) ->
         .iter()
         .zip(&values)
         .zip(&bytes)
-        .map(|(((t, w), v), b)| {
-            Some(if *w { Arg::Bytes { dtype: t.dtype(), shape: t.shape(), bytes: b } } else { Arg::Value(v) })
+        .zip(&packed)
+        .map(|((((t, w), v), b), &p)| {
+            Some(match (*w, p) {
+                (true, true) => Arg::PackedWeight { dtype: t.dtype(), shape: t.shape(), bytes: b },
+                (true, false) => Arg::Bytes { dtype: t.dtype(), shape: t.shape(), bytes: b },
+                _ => Arg::Value(v),
+            })
         })
         .collect();
     // An arena slot large enough for any result here, so native kernels write in place.
@@ -76,14 +119,35 @@ fn run(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: &str) ->
     };
     kernel.run(&mut io)?;
     match io.results.pop().flatten() {
-        Some(Produced::Value(Value::Tensor(t))) => Ok(t),
+        Some(Produced::Value(Value::Tensor(t))) => Ok(Some(t)),
         Some(Produced::InSlot(shape)) => {
             let n: usize = shape.iter().product();
             drop(io);
             let v: &[f32] = bytemuck::cast_slice(&slot[..n]);
-            Ok(Tensor::from_vec(shape, v.to_vec()).unwrap())
+            Ok(Some(Tensor::from_vec(shape, v.to_vec()).unwrap()))
         }
         other => Err(format!("unexpected result {other:?}")),
+    }
+}
+
+/// A packed weight of the wrong size (a forged plan) is refused when the kernel is made, and
+/// a tactic that packs nothing refuses a packed weight.
+#[test]
+fn packed_weights_of_the_wrong_size_are_refused() {
+    if !super::microkernel::available() {
+        return;
+    }
+    let attrs = conv_attrs(1, 1, 1, 1, None);
+    let inputs = [(random(&[1, 8, 6, 6], 1), false), (random(&[16, 8, 3, 3], 2), true)];
+    let layer = test_layer("Conv", &attrs, 2, 1);
+    for tactic in
+        [super::conv_packed::TACTIC, super::conv_packed::TRANSPOSED, super::winograd::TACTIC, super::conv::IM2COL]
+    {
+        let short = vec![0u8; 64];
+        let bytes = vec![inputs[0].0.data().to_le_bytes(), short];
+        let mut desc = test_desc(&layer, &inputs, &bytes);
+        desc.weights[1].as_mut().unwrap().packed = true;
+        assert!(CpuBackend.instantiate(&desc, tactic).is_err(), "{tactic}");
     }
 }
 

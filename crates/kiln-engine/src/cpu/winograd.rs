@@ -3,8 +3,9 @@
 //! in 16 multiplies per channel pair instead of 36, as 16 matrix products
 //! `M_ξ[cout × tiles] = U_ξ[cout × cin] · V_ξ[cin × tiles]` (ξ the 16 transform positions):
 //!
-//! - weights `U = G g Gᵀ`, transformed once when the kernel is made (the engine's plan keeps
-//!   the ONNX weights; the transformed copy lives with the kernel);
+//! - weights `U = G g Gᵀ`, transformed once: on AVX-512 CPUs at build time, stored in the
+//!   plan as the packed multiply's row panels (pack_weights); elsewhere when the kernel is
+//!   made, for the gemm crate;
 //! - input tiles `V = Bᵀ d B` (zero padding read as 0), laid out [cin][ξ][tiles] so each
 //!   channel is one task's contiguous chunk and each ξ a strided matrix for the product;
 //! - outputs `Y = Aᵀ m A`, then the fused epilogue per output plane.
@@ -14,7 +15,8 @@
 
 use super::conv::{checked_epilogue, Geometry};
 use super::epilogue::{apply, Bias};
-use super::io::{f32_input, opt_f32_input, write_f32_output, OutPtr};
+use super::io::{f32_input, opt_f32_input, packed_f32_input, write_f32_output, OutPtr};
+use super::packed_gemm::{self, pack_rows, packed_rows_len, Epilogue, Operand};
 use super::sgemm::{sgemm_strided, Mat};
 use super::vecmath::multiversion;
 use crate::backend::{LayerDesc, LayerIo, LayerKernel};
@@ -43,29 +45,66 @@ pub(super) fn workspace(g: &Geometry) -> usize {
 pub(crate) struct WinogradKernel {
     attrs: Attributes,
     activation: Option<Activation>,
-    /// `U` as [ξ][cout][cin].
-    u: Vec<f32>,
+    /// The transformed filter, unless the plan stores it ([`UForm`]).
+    u: Option<UForm>,
     cout: usize,
     cin: usize,
+}
+
+/// Where the transformed filter `U` lives.
+enum UForm {
+    /// `[ξ][cout][cin]`, for the gemm crate (CPUs without AVX-512).
+    Plain(Vec<f32>),
+    /// Each `U_ξ` as row panels for kiln's packed multiply, ξ after ξ (as the plan stores it).
+    Panels(Vec<f32>),
+}
+
+/// `U = G g Gᵀ` of every filter, `[ξ][cout][cin]`.
+fn transform_filters(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    let mut u = vec![0f32; XI * cout * cin];
+    for (oc_ic, f) in w.chunks_exact(9).enumerate() {
+        for (xi, v) in transform_filter(f).into_iter().enumerate() {
+            u[xi * cout * cin + oc_ic] = v;
+        }
+    }
+    u
+}
+
+/// The weight `[cout, cin, 3, 3]` as the packed multiply reads it: each `U_ξ` as row panels.
+pub(super) fn pack_weight(w: &[f32], shape: &[usize]) -> Result<Vec<f32>, String> {
+    let &[cout, cin, 3, 3] = shape else { return Err(format!("Winograd needs a 3x3 weight, not {shape:?}")) };
+    if w.len() != cout * cin * 9 {
+        return Err("weight size does not match its shape".into());
+    }
+    let u = transform_filters(w, cout, cin);
+    Ok((0..XI)
+        .flat_map(|xi| pack_rows(Mat::row_major(&u[xi * cout * cin..(xi + 1) * cout * cin], cin), cout, cin))
+        .collect())
 }
 
 impl WinogradKernel {
     pub fn new(desc: &LayerDesc) -> Result<Self, String> {
         let w = desc.weights.get(1).copied().flatten().ok_or("Winograd needs constant weights")?;
-        if w.shape.len() != 4 || w.shape[2] != 3 || w.shape[3] != 3 {
+        let &[cout, cin, 3, 3] = w.shape else {
             return Err(format!("Winograd F(2x2, 3x3) needs a 3x3 kernel, weight {:?}", w.shape));
-        }
-        let g: &[f32] = bytemuck::try_cast_slice(w.bytes).map_err(|e| format!("weight bytes: {e:?}"))?;
-        let (cout, cin) = (w.shape[0], w.shape[1]);
-        if g.len() != cout * cin * 9 {
-            return Err("weight size does not match its shape".into());
-        }
-        let mut u = vec![0f32; XI * cout * cin];
-        for (oc_ic, f) in g.chunks_exact(9).enumerate() {
-            for (xi, v) in transform_filter(f).into_iter().enumerate() {
-                u[xi * cout * cin + oc_ic] = v;
+        };
+        let u = if w.packed {
+            // A plan is untrusted: its packed bytes must be exactly what packing makes.
+            if w.bytes.len() != XI * packed_rows_len(cout, cin) * 4 || !super::microkernel::available() {
+                return Err(format!("packed Winograd weight of {} bytes for shape {:?}", w.bytes.len(), w.shape));
             }
-        }
+            None
+        } else {
+            let g: &[f32] = bytemuck::try_cast_slice(w.bytes).map_err(|e| format!("weight bytes: {e:?}"))?;
+            Some(if super::microkernel::available() {
+                UForm::Panels(pack_weight(g, w.shape)?)
+            } else {
+                if g.len() != cout * cin * 9 {
+                    return Err("weight size does not match its shape".into());
+                }
+                UForm::Plain(transform_filters(g, cout, cin))
+            })
+        };
         Ok(WinogradKernel {
             attrs: desc.layer.attrs.clone(),
             activation: Activation::from_attrs(&desc.layer.attrs)?,
@@ -103,7 +142,11 @@ thread_local! {
 impl LayerKernel for WinogradKernel {
     fn run(&self, io: &mut LayerIo<'_>) -> Result<(), String> {
         let (x, x_shape) = f32_input(io, 0)?;
-        let (_, w_shape) = f32_input(io, 1)?;
+        let (u, w_shape) = match &self.u {
+            None => packed_f32_input(io, 1)?,
+            Some(UForm::Panels(p) | UForm::Plain(p)) => (p.as_slice(), f32_input(io, 1)?.1),
+        };
+        let plain = matches!(self.u, Some(UForm::Plain(_)));
         let bias = opt_f32_input(io, 2)?.map(|(b, _)| b);
         let residual = opt_f32_input(io, 3)?;
         let g = Geometry::new(&self.attrs, x_shape, w_shape)?;
@@ -112,45 +155,124 @@ impl LayerKernel for WinogradKernel {
         }
         let (out_shape, residual) = checked_epilogue(&g, bias, residual)?;
         let act = self.activation;
+        let threads = rayon::current_num_threads();
         write_f32_output(io, 0, out_shape, |out| {
-            SCRATCH.with(|buf| {
-                let (v_buf, m_buf) = &mut *buf.borrow_mut();
-                let t = tiles(&g);
-                // Grow only: the buffers serve every Winograd layer run on this thread.
-                if v_buf.len() < g.cin * XI * t {
-                    v_buf.resize(g.cin * XI * t, 0.0);
-                }
-                if m_buf.len() < g.cout * XI * t {
-                    m_buf.resize(g.cout * XI * t, 0.0);
-                }
-                let (v, m) = (&mut v_buf[..g.cin * XI * t], &mut m_buf[..g.cout * XI * t]);
-                let out_plane = g.oh * g.ow;
-                for n in 0..g.n {
-                    let image = &x[n * g.cin * g.h * g.w..(n + 1) * g.cin * g.h * g.w];
-                    v.par_chunks_mut(XI * t)
-                        .enumerate()
-                        .for_each(|(c, vc)| input_tiles(&g, &image[c * g.h * g.w..(c + 1) * g.h * g.w], vc));
-                    let mp = OutPtr(m.as_mut_ptr());
-                    let v: &[f32] = v;
-                    (0..XI).into_par_iter().try_for_each(|xi| {
-                        let u = Mat::row_major(&self.u[xi * g.cout * g.cin..(xi + 1) * g.cout * g.cin], g.cin);
-                        let vm = Mat { data: &v[xi * t..], row_stride: XI * t, col_stride: 1 };
-                        // SAFETY: this task writes rows c·16t + ξ·t .. + t of `m` (c < cout): its
-                        // own ξ's columns, disjoint from the other tasks' and inside `m`.
-                        unsafe { sgemm_strided(g.cout, t, g.cin, u, vm, mp.at(xi * t), XI * t, false, false) }
-                    })?;
-                    let dst = &mut out[n * g.cout * out_plane..(n + 1) * g.cout * out_plane];
-                    let res = residual.map(|r| &r[n * g.cout * out_plane..(n + 1) * g.cout * out_plane]);
-                    let m: &[f32] = m;
-                    dst.par_chunks_mut(out_plane).enumerate().for_each(|(c, plane)| {
-                        output_tiles(&g, &m[c * XI * t..(c + 1) * XI * t], plane);
-                        let b = bias.map_or(Bias::None, |b| Bias::PerRow(&b[c..c + 1]));
-                        apply(plane, out_plane, &b, res.map(|r| &r[c * out_plane..(c + 1) * out_plane]), act);
-                    });
-                }
-                Ok(())
-            })
+            let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * g.oh * g.ow);
+            let one = |n: usize, dst: &mut [f32], parallel: bool| {
+                let image = &x[n * in_len..(n + 1) * in_len];
+                let res = residual.map(|r| &r[n * out_len..(n + 1) * out_len]);
+                let (v_len, m_len) = (g.cin * XI * tiles(&g), g.cout * XI * tiles(&g));
+                let mut run = |v: &mut Vec<f32>, m: &mut Vec<f32>| {
+                    // Grow only: the buffers serve every Winograd layer run on this thread.
+                    if v.len() < v_len {
+                        v.resize(v_len, 0.0);
+                    }
+                    if m.len() < m_len {
+                        m.resize(m_len, 0.0);
+                    }
+                    let step = Step { g: &g, u, plain, parallel };
+                    step.image(image, &mut v[..v_len], &mut m[..m_len], dst, bias, res, act)
+                };
+                SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut buf) => {
+                        let (v, m) = &mut *buf;
+                        run(v, m)
+                    }
+                    // In use further up this thread's stack (rayon ran another layer here
+                    // while that one waits): buffers of its own.
+                    Err(_) => run(&mut Vec::new(), &mut Vec::new()),
+                })
+            };
+            let out = &mut out[..g.n * out_len];
+            if g.n >= 2 * threads && threads > 1 {
+                // Enough images for the pool: one whole image per task.
+                out.par_chunks_mut(out_len.max(1)).enumerate().try_for_each(|(n, dst)| one(n, dst, false))
+            } else {
+                out.chunks_mut(out_len.max(1)).enumerate().try_for_each(|(n, dst)| one(n, dst, true))
+            }
         })
+    }
+}
+
+/// One image's convolution, the transformed filter in hand.
+struct Step<'a> {
+    g: &'a Geometry,
+    u: &'a [f32],
+    /// `u` is `[ξ][cout][cin]` for the gemm crate (else the packed multiply's panels).
+    plain: bool,
+    /// Split the image's work across the pool (else run it on this thread).
+    parallel: bool,
+}
+
+impl Step<'_> {
+    /// Transform the input, the 16 products, transform the output and apply the epilogue.
+    #[allow(clippy::too_many_arguments)]
+    fn image(
+        &self,
+        image: &[f32],
+        v: &mut [f32],
+        m: &mut [f32],
+        dst: &mut [f32],
+        bias: Option<&[f32]>,
+        res: Option<&[f32]>,
+        act: Option<Activation>,
+    ) -> Result<(), String> {
+        let g = self.g;
+        let (t, in_plane, out_plane) = (tiles(g), g.h * g.w, g.oh * g.ow);
+        let input = |(c, vc): (usize, &mut [f32])| input_tiles(g, &image[c * in_plane..(c + 1) * in_plane], vc);
+        if self.parallel {
+            v.par_chunks_mut(XI * t).enumerate().for_each(input);
+        } else {
+            v.chunks_mut(XI * t).enumerate().for_each(input);
+        }
+        let mp = OutPtr(m.as_mut_ptr());
+        let v: &[f32] = v;
+        if self.parallel {
+            (0..XI).into_par_iter().try_for_each(|xi| self.product(xi, v, mp))?;
+        } else {
+            (0..XI).try_for_each(|xi| self.product(xi, v, mp))?;
+        }
+        let m: &[f32] = m;
+        let output = |(c, plane): (usize, &mut [f32])| {
+            output_tiles(g, &m[c * XI * t..(c + 1) * XI * t], plane);
+            let b = bias.map_or(Bias::None, |b| Bias::PerRow(&b[c..c + 1]));
+            apply(plane, out_plane, &b, res.map(|r| &r[c * out_plane..(c + 1) * out_plane]), act);
+        };
+        if self.parallel {
+            dst.par_chunks_mut(out_plane.max(1)).enumerate().for_each(output);
+        } else {
+            dst.chunks_mut(out_plane.max(1)).enumerate().for_each(output);
+        }
+        Ok(())
+    }
+
+    /// `M_ξ = U_ξ · V_ξ` into its columns of `m` (`[cout][ξ][tile]`).
+    fn product(&self, xi: usize, v: &[f32], m: OutPtr) -> Result<(), String> {
+        let (g, t) = (self.g, tiles(self.g));
+        let vm = Mat { data: &v[xi * t..], row_stride: XI * t, col_stride: 1 };
+        if self.plain {
+            let u = Mat::row_major(&self.u[xi * g.cout * g.cin..(xi + 1) * g.cout * g.cin], g.cin);
+            // SAFETY: this call writes rows c·16t + ξ·t .. + t of `m` (c < cout): its own ξ's
+            // columns, disjoint from the other positions' and inside `m`.
+            return unsafe { sgemm_strided(g.cout, t, g.cin, u, vm, m.at(xi * t), XI * t, false, false) };
+        }
+        let per_xi = packed_rows_len(g.cout, g.cin);
+        let panels = self.u.get(xi * per_xi..(xi + 1) * per_xi).ok_or("packed Winograd weight too short")?;
+        // SAFETY: panels exist only where AVX-512 is (checked when the kernel was made); this
+        // call writes only its own ξ's columns of `m`, as above.
+        unsafe {
+            packed_gemm::gemm(
+                g.cout,
+                t,
+                g.cin,
+                &Operand::Packed(panels),
+                &Operand::Matrix(vm),
+                OutPtr(m.at(xi * t)),
+                XI * t,
+                &Epilogue::default(),
+                false,
+            )
+        }
     }
 }
 
