@@ -5,7 +5,8 @@ For every (model, batch, threads) the two runtimes take turns, round after round
 even rounds, onnxruntime first in odd ones), each round in a fresh child process, so that load
 from other work on the machine hits both alike and each runtime's peak resident memory (the
 child's VmHWM, polled from /proc while it runs) is its own. A round runs `--warmup` untimed and
-`--iterations` timed inferences and reports its median; the table shows the median of the
+`--iterations` timed inferences (more for fast models: enough for about `--round-ms`, sized by a
+short kiln probe, the same counts for both runtimes) and reports its median; the table shows the median of the
 rounds' medians and the largest peak RSS of any round.
 
 kiln runs a plan built once per (model, batch) with static shapes (`kiln build --shapes ...`,
@@ -18,7 +19,8 @@ Models: ResNet-50, MobileNetV2, BERT-base (sequence 128) and a ViT-B/16 encoder 
 scripts/gen_models.py (made on first use when missing).
 
 usage: .venv/bin/python bench/bench.py [--models resnet50,bert_base] [--batches 1,8]
-       [--threads 1,2] [--rounds 3] [--iterations 5] [--warmup 2] [--kiln target/release/kiln]
+       [--threads 1,2] [--rounds 3] [--iterations 5] [--warmup 2] [--round-ms 500]
+       [--kiln target/release/kiln]
 """
 import argparse
 import json
@@ -145,11 +147,26 @@ def kiln_plan(kiln, name, path, batch, rebuild):
     return plan
 
 
+def run_counts(args, plan, threads):
+    """(iterations, warmup) per round: at least --iterations/--warmup, and for fast models enough
+    runs that a round lasts about --round-ms (a 5 ms model timed 5 times is mostly start-up:
+    thread pools waking, first-touch page faults). One short kiln probe sizes it; both runtimes
+    then get the same counts."""
+    if args.round_ms <= 0:
+        return args.iterations, args.warmup
+    out, _ = run_child([args.kiln, "bench", plan, "--json", "--threads", str(threads), "--iterations", "3",
+                        "--warmup", "1"])
+    ms = json.loads(out.strip().splitlines()[-1])["latency_ms"]["median"]
+    iterations = max(args.iterations, min(200, int(args.round_ms / max(ms, 1e-3))))
+    return iterations, max(args.warmup, iterations // 5)
+
+
 def bench_config(args, name, path, plan, batch, threads):
+    iterations, warmup = run_counts(args, plan, threads)
     kiln_cmd = [args.kiln, "bench", plan, "--json", "--threads", str(threads), "--iterations",
-                str(args.iterations), "--warmup", str(args.warmup)]
+                str(iterations), "--warmup", str(warmup)]
     ort_cmd = [sys.executable, os.path.abspath(__file__), "_ort", path, "--batch", str(batch), "--threads",
-               str(threads), "--iterations", str(args.iterations), "--warmup", str(args.warmup)]
+               str(threads), "--iterations", str(iterations), "--warmup", str(warmup)]
     res = {"kiln": ([], []), "ort": ([], [])}
     for r in range(args.rounds):
         order = [("kiln", kiln_cmd), ("ort", ort_cmd)]
@@ -170,6 +187,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per configuration (default 3)")
     ap.add_argument("--iterations", type=int, default=5, help="timed runs per round (default 5)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs per round (default 2)")
+    ap.add_argument("--round-ms", type=float, default=500.0,
+                    help="more timed runs for fast models, so a round lasts about this long (0: off; "
+                         "default 500)")
     ap.add_argument("--kiln", default=os.path.join(ROOT, "target/release/kiln"))
     ap.add_argument("--rebuild", action="store_true", help="rebuild kiln plans even when cached")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
