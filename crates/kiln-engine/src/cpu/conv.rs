@@ -481,7 +481,7 @@ const DW_BLOCK: usize = 16;
 multiversion! {
     /// `dst[i] = src[i·s]` while both last; stride 2 (the common case) as a pairwise loop the
     /// compiler turns into shuffles (a `step_by` iterator stayed scalar and cost ~1 ns each).
-    fn gather_phase(dst: &mut [f32], src: &[f32], s: usize) {
+    pub(super) fn gather_phase(dst: &mut [f32], src: &[f32], s: usize) {
         if s == 2 {
             for (d, pair) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 *d = pair[0];
