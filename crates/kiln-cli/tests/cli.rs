@@ -226,7 +226,11 @@ fn bench_reports_latency_throughput_profile_and_trace() {
     }
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
     let events = v["traceEvents"].as_array().unwrap();
-    assert!(!events.is_empty() && events.len() % 4 == 0, "one event per layer per iteration: {}", events.len());
+    assert!(
+        !events.is_empty() && events.len().is_multiple_of(4),
+        "one event per layer per iteration: {}",
+        events.len()
+    );
     for e in events {
         assert_eq!(e["ph"], "X", "{e}");
         assert!(e["name"].as_str().is_some() && e["cat"].as_str().is_some(), "{e}");

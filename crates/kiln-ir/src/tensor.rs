@@ -258,7 +258,7 @@ impl TensorData {
     /// whole number of elements.
     pub fn from_le_bytes(dtype: DType, bytes: &[u8]) -> Result<TensorData, IrError> {
         let size = dtype.size();
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return Err(IrError::DataLength {
                 what: format!("{} bytes of {dtype}", bytes.len()),
                 expected: bytes.len() / size * size,

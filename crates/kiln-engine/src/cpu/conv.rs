@@ -597,7 +597,11 @@ impl Geometry {
             }
         };
         let (stride, dilation) = (pair("strides")?, pair("dilations")?);
-        if group <= 0 || x[1] % group as usize != 0 || w[0] % group as usize != 0 || w[1] * group as usize != x[1] {
+        if group <= 0
+            || !x[1].is_multiple_of(group as usize)
+            || !w[0].is_multiple_of(group as usize)
+            || w[1] * group as usize != x[1]
+        {
             return Err(format!("group {group} does not divide channels (input {x:?}, weight {w:?})"));
         }
         let group = group as usize;

@@ -68,7 +68,7 @@ impl SplitKernel {
                 let chunk = dim.div_ceil(k);
                 (0..k).map(|i| chunk.min(dim.saturating_sub(i * chunk))).collect()
             }
-            (None, None) => (n > 0 && dim % n == 0).then(|| vec![dim / n; n])?,
+            (None, None) => (n > 0 && dim.is_multiple_of(n)).then(|| vec![dim / n; n])?,
         };
         (sizes.len() == n && sizes.iter().sum::<usize>() == dim).then_some(sizes)
     }

@@ -286,6 +286,7 @@ type Lanes = [f32; LANES];
 /// `2·half`); `vc` at tile th·tw + tx0 of transform position 0 (position ξ is `ξ·t` further).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // i, j are the tile's matrix indices on both sides
 unsafe fn input_chunk_avx512(padded: *const f32, half: usize, vc: *mut f32, t: usize, n: usize) {
     use std::arch::x86_64::*;
     let mask: __mmask16 = if n >= LANES { 0xffff } else { (1u16 << n) - 1 };
@@ -314,6 +315,7 @@ unsafe fn input_chunk_avx512(padded: *const f32, half: usize, vc: *mut f32, t: u
 /// product for ξ = 0 (position ξ is `ξ·t` further); writes 2n columns of each output row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // i, j are the tile's matrix indices on both sides
 unsafe fn output_chunk_avx512(mc: *const f32, t: usize, n: usize, row0: *mut f32, row1: *mut f32) {
     use std::arch::x86_64::*;
     let lanes = |k: usize| -> __mmask16 {
@@ -376,6 +378,7 @@ multiversion! {
     /// time. The plane is first copied into a zero-padded buffer split into even and odd
     /// columns, so tile column `tx`'s four input columns are element `tx` (and `tx + 1`) of
     /// those two halves: every load is a contiguous run of 16, with no bounds tests.
+    #[allow(clippy::needless_range_loop)] // i, j are the tile's matrix indices on both sides
     fn input_tiles(g: &Geometry, plane: &[f32], vc: &mut [f32]) {
         let (th_count, tw, t) = (g.oh.div_ceil(2), g.ow.div_ceil(2), tiles(g));
         let (pt, pl) = (g.pad_begin[0], g.pad_begin[1]);

@@ -282,7 +282,7 @@ fn parse(path: &str, b: &[u8], expect: &PlanExpectation) -> Result<Parsed, PlanE
         let end = off
             .checked_add(len)
             .ok_or_else(|| corrupt(format!("weight {i}: offset {off} + length {len} overflows")))?;
-        if off % WEIGHT_ALIGN as u64 != 0 {
+        if !off.is_multiple_of(WEIGHT_ALIGN as u64) {
             return Err(corrupt(format!("weight {i} at offset {off} is not {WEIGHT_ALIGN}-byte aligned")));
         }
         if off < prev_end {

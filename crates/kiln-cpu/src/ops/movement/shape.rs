@@ -59,7 +59,7 @@ fn reshape_target(input: &[usize], target: &[i64], allowzero: bool) -> Result<Ve
     }
     if let Some(i) = infer_at {
         let known = out.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape is too large")?;
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {input:?} to {target:?}: -1 cannot be inferred"));
         }
         out[i] = total / known;

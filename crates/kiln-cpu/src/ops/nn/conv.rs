@@ -611,7 +611,7 @@ impl TransposeSpec {
         }
         let nsp = x.len() - 2;
         let group = attrs.int("group", 1)?;
-        if group < 1 || x[1] != w[0] || x[1] % group as usize != 0 {
+        if group < 1 || x[1] != w[0] || !x[1].is_multiple_of(group as usize) {
             return Err(format!("X {x:?} and W {w:?} do not match group {group}"));
         }
         let group = group as usize;
