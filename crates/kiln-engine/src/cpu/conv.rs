@@ -282,25 +282,31 @@ pub(super) fn phase_columns(g: &Geometry, x: &[f32], channels: usize, out: &mut 
 /// out once per call, not per unrolled row: a panel is only 48 pixels wide, so per-row
 /// divisions and range computations cost as much as the copies.
 pub(super) fn im2col_panel(g: &Geometry, x: &[f32], col: &mut [f32], j0: usize, nb: usize, ld: usize, phased: bool) {
+    if nb == 0 || g.ow == 0 {
+        return;
+    }
     let sw = g.stride[1];
     let row_len = if phased { phased_row_len(g) } else { g.w };
     let half = row_len / sw;
-    // (output row, first column, last column + 1, offset in the panel row)
-    let mut segments = [(0usize, 0usize, 0usize, 0usize); 64];
-    let mut count = 0;
+    // (output row, first column, last column + 1, offset in the panel row); on the stack for
+    // the usual block of a few output rows.
+    let spans = (j0 + nb - 1) / g.ow - j0 / g.ow + 1;
+    let mut stack = [(0usize, 0usize, 0usize, 0usize); 64];
+    let mut heap = Vec::new();
+    let segments = if spans <= stack.len() {
+        &mut stack[..spans]
+    } else {
+        heap.resize(spans, (0, 0, 0, 0));
+        &mut heap[..]
+    };
     let mut p = j0;
-    while p < j0 + nb {
+    for seg in segments.iter_mut() {
         let (oh, ow0) = (p / g.ow, p % g.ow);
         let ow1 = g.ow.min(ow0 + (j0 + nb - p));
-        if count == segments.len() {
-            // A block spanning more than 64 output rows (very narrow images): the slow way.
-            return im2col_rows(g, x, col, j0, nb, ld, phased);
-        }
-        segments[count] = (oh, ow0, ow1, p - j0);
-        count += 1;
+        *seg = (oh, ow0, ow1, p - j0);
         p += ow1 - ow0;
     }
-    let segments = &segments[..count];
+    let segments = &*segments;
     let plane_len = g.h * row_len;
     let mut rows = col.chunks_mut(ld);
     for c in 0..g.cin_g {
@@ -334,49 +340,6 @@ pub(super) fn im2col_panel(g: &Geometry, x: &[f32], col: &mut [f32], j0: usize, 
                             *d = v;
                         }
                     }
-                }
-            }
-        }
-    }
-}
-
-/// [`im2col_panel`] one unrolled row at a time (for blocks of many short output rows).
-fn im2col_rows(g: &Geometry, x: &[f32], col: &mut [f32], j0: usize, nb: usize, ld: usize, phased: bool) {
-    let taps = g.kh * g.kw;
-    let sw = g.stride[1];
-    let row_len = if phased { phased_row_len(g) } else { g.w };
-    let half = row_len / sw;
-    for (r, row) in col.chunks_mut(ld).enumerate() {
-        let row = &mut row[..nb];
-        let (c, kh, kw) = (r / taps, r % taps / g.kw, r % g.kw);
-        let plane = &x[c * g.h * row_len..(c + 1) * g.h * row_len];
-        let offset = (kw * g.dilation[1]) as isize - g.pad_begin[1] as isize;
-        let (lo, hi) = valid_columns(offset, sw, g.w, g.ow);
-        let mut p = j0;
-        while p < j0 + nb {
-            let (oh, ow0) = (p / g.ow, p % g.ow);
-            let ow1 = g.ow.min(ow0 + (j0 + nb - p));
-            let dst = &mut row[p - j0..p - j0 + (ow1 - ow0)];
-            p += ow1 - ow0;
-            let ih = (oh * g.stride[0] + kh * g.dilation[0]) as isize - g.pad_begin[0] as isize;
-            let (a, b) = (lo.clamp(ow0, ow1), hi.clamp(ow0, ow1));
-            if ih < 0 || ih >= g.h as isize || a >= b {
-                dst.fill(0.0);
-                continue;
-            }
-            let src = &plane[ih as usize * row_len..(ih as usize + 1) * row_len];
-            dst[..a - ow0].fill(0.0);
-            dst[b - ow0..].fill(0.0);
-            let first = ((a * sw) as isize + offset) as usize;
-            let seg = &mut dst[a - ow0..b - ow0];
-            if sw == 1 {
-                seg.copy_from_slice(&src[first..first + (b - a)]);
-            } else if phased {
-                let at = (first % sw) * half + first / sw;
-                seg.copy_from_slice(&src[at..at + (b - a)]);
-            } else {
-                for (d, &v) in seg.iter_mut().zip(src[first..].iter().step_by(sw)) {
-                    *d = v;
                 }
             }
         }

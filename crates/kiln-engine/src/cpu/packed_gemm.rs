@@ -324,7 +324,7 @@ mod tests {
                                 (want(i, j) + bias[i] as f64 + residual[i * n + j] as f64).max(0.0)
                             } else {
                                 let x = want(i, j) + bias[j] as f64;
-                                0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
+                                0.5 * x * (1.0 + kiln_ir::activation::erf(x / std::f64::consts::SQRT_2, 1e-15))
                             };
                             let got = c[i * n + j] as f64;
                             assert!(
@@ -336,18 +336,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    fn erf(x: f64) -> f64 {
-        // Abramowitz–Stegun 7.1.26 is too coarse for 1e-4; integrate instead (Simpson).
-        let steps = 2000;
-        let h = x / steps as f64;
-        let f = |t: f64| (-t * t).exp();
-        let mut s = f(0.0) + f(x);
-        for i in 1..steps {
-            s += f(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
-        }
-        s * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
     }
 }
 
