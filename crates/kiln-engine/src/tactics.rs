@@ -100,14 +100,13 @@ impl<'a> TacticSelector<'a> {
             return Ok(best);
         }
         let inputs = timing_inputs(desc).map_err(fail)?;
+        let times = time_tactics(self.backend, desc, &fitting, &inputs);
         let mut best: Option<(f64, &Tactic)> = None;
-        let mut times = Vec::new();
-        for t in &fitting {
-            match time_tactic(self.backend, desc, &t.name, &inputs, best.map(|(b, _)| b)) {
+        for (t, r) in fitting.iter().zip(&times) {
+            match r {
                 Ok(us) => {
-                    times.push((t.name.clone(), us));
-                    if best.is_none_or(|(b, _)| us < b) {
-                        best = Some((us, t));
+                    if best.is_none_or(|(b, _)| *us < b) {
+                        best = Some((*us, t));
                     }
                 }
                 Err(e) => {
@@ -115,6 +114,8 @@ impl<'a> TacticSelector<'a> {
                 }
             }
         }
+        let times: Vec<(String, f64)> =
+            fitting.iter().zip(&times).filter_map(|(t, r)| r.as_ref().ok().map(|us| (t.name.clone(), *us))).collect();
         let (_, tactic) = best.ok_or_else(|| fail("every tactic failed while timing".into()))?;
         tracing::debug!(layer = %layer.name, chosen = %tactic.name, ?times, "tactics timed");
         self.cache.insert(key, tactic.name.clone(), times);
@@ -197,26 +198,70 @@ fn timing_inputs(desc: &LayerDesc) -> Result<Vec<Option<Value>>, String> {
         .collect()
 }
 
-/// Best time of one tactic over a few runs, in microseconds (after one warm-up run). A
-/// tactic clearly slower than `best` (the fastest so far) is given up on early: it cannot win,
-/// and timing a slow reference kernel in full would dominate the build.
+/// Each tactic's best time over a few runs, in microseconds (after one warm-up run each).
+///
+/// The candidates take turns — one run of each per round — so that a burst of other work on
+/// the machine slows every candidate alike instead of whichever happened to be timed then (a
+/// shared machine picked a tactic 30 % slower that way). A tactic clearly slower than the best
+/// so far (3×) is given up on after its first timed run: it cannot win, and timing a slow
+/// reference kernel in full would dominate the build.
 ///
 /// The warm-up run keeps its results as values; the timed runs write into buffers of those
 /// results' sizes, as an engine writes into its arena. Otherwise a kernel that writes its
 /// output would pay for a fresh, page-faulting allocation per run, while one that returns a
 /// shared value (a reference Split) would copy nothing: timing would favour the wrong one.
-fn time_tactic(
+fn time_tactics(
     backend: &dyn Backend,
     desc: &LayerDesc,
-    tactic: &str,
+    tactics: &[Tactic],
     inputs: &[Option<Value>],
-    best: Option<f64>,
-) -> Result<f64, String> {
-    let kernel = backend.instantiate(desc, tactic)?;
-    let mut samples = Vec::with_capacity(TIMING_RUNS);
-    // Per output, after the warm-up: an 8-byte-aligned buffer of the tensor result's size.
-    let mut slots: Option<Vec<Option<Vec<u64>>>> = None;
-    for run in 0..=TIMING_RUNS {
+) -> Vec<Result<f64, String>> {
+    let mut candidates: Vec<Result<Candidate, String>> = tactics
+        .iter()
+        .map(|t| {
+            let mut c = Candidate {
+                kernel: backend.instantiate(desc, &t.name)?,
+                slots: None,
+                warm_up: 0.0,
+                best: f64::INFINITY,
+            };
+            c.warm_up = c.run(desc, inputs)?; // also sizes the output buffers
+            Ok(c)
+        })
+        .collect();
+    let fastest_warm_up = candidates.iter().flatten().map(|c| c.warm_up).fold(f64::INFINITY, f64::min);
+    for round in 0..TIMING_RUNS {
+        let leader = candidates.iter().flatten().map(|c| c.best).fold(f64::INFINITY, f64::min);
+        for c in candidates.iter_mut() {
+            let Ok(cand) = c else { continue };
+            let hopeless = if round == 0 { cand.warm_up > 3.0 * fastest_warm_up } else { cand.best > 3.0 * leader };
+            if hopeless {
+                continue;
+            }
+            match cand.run(desc, inputs) {
+                Ok(us) => cand.best = cand.best.min(us),
+                Err(e) => *c = Err(e),
+            }
+        }
+    }
+    // The fastest run: other work on the machine only ever adds time, so the minimum is the
+    // least disturbed estimate.
+    candidates.into_iter().map(|c| c.map(|c| if c.best.is_finite() { c.best } else { c.warm_up })).collect()
+}
+
+/// One tactic being timed: its kernel and, after the warm-up, its output buffers.
+struct Candidate {
+    kernel: std::sync::Arc<dyn crate::backend::LayerKernel>,
+    /// Per output: an 8-byte-aligned buffer of the warm-up result's size.
+    slots: Option<Vec<Option<Vec<u64>>>>,
+    /// The warm-up run's time (what a tactic given up on before any timed run reports).
+    warm_up: f64,
+    best: f64,
+}
+
+impl Candidate {
+    /// One run, in microseconds (the first one keeps its results as values and sizes `slots`).
+    fn run(&mut self, desc: &LayerDesc, inputs: &[Option<Value>]) -> Result<f64, String> {
         let args: Vec<Option<Arg>> = inputs
             .iter()
             .zip(&desc.weights)
@@ -226,8 +271,8 @@ fn time_tactic(
                 (None, None) => None,
             })
             .collect();
-        let warm_up = slots.is_none();
-        let outputs = match &mut slots {
+        let warm_up = self.slots.is_none();
+        let outputs = match &mut self.slots {
             None => desc.layer.outputs.iter().map(|o| o.map(|_| OutputSlot::Heap)).collect(),
             Some(bufs) => desc
                 .layer
@@ -245,7 +290,7 @@ fn time_tactic(
         let results = desc.layer.outputs.iter().map(|_| None).collect();
         let mut io = LayerIo { inputs: args, captures: Vec::new(), outputs, results };
         let start = Instant::now();
-        kernel.run(&mut io)?;
+        self.kernel.run(&mut io)?;
         let us = start.elapsed().as_secs_f64() * 1e6;
         if warm_up {
             let sizes: Vec<Option<Vec<u64>>> = io
@@ -259,18 +304,8 @@ fn time_tactic(
                 })
                 .collect();
             drop(io);
-            slots = Some(sizes);
-        } else {
-            drop(io);
+            self.slots = Some(sizes);
         }
-        if best.is_some_and(|b| us > 3.0 * b) {
-            return Ok(us);
-        }
-        if run > 0 {
-            samples.push(us);
-        }
+        Ok(us)
     }
-    // The fastest run: other work on the machine only ever adds time, so the minimum is the
-    // least disturbed estimate (a median still picked a 2x slower tactic on a busy machine).
-    Ok(samples.into_iter().fold(f64::INFINITY, f64::min))
 }
