@@ -9,9 +9,12 @@
 //! residual and ReLU/Clip are applied as each tile is stored.
 
 use super::conv::{checked_epilogue, im2col_panel, phase_columns, phased_row_len, Geometry};
+use super::epilogue::clamp_of;
 use super::io::{f32_input, opt_f32_input, weight_panels, write_f32_output, OutPtr};
-use super::microkernel::{self, TileEpilogue, LANES, MR, NR};
-use super::packed_gemm::{gemm, pack_columns, pack_rows, packed_columns_len, packed_rows_len, Epilogue, Operand};
+use super::microkernel::{self, TileEpilogue, MR, NR};
+use super::packed_gemm::{
+    gemm, pack_columns, pack_rows, packed_columns_len, packed_rows_len, panel_width, Epilogue, Operand,
+};
 use super::sgemm::Mat;
 use crate::backend::{LayerDesc, LayerIo, LayerKernel};
 use kiln_ir::{Activation, Attributes};
@@ -243,20 +246,14 @@ fn transposed_conv(
         return Ok(());
     }
     let col_panels = g.cout_g.div_ceil(NR);
-    let panel_at: Vec<usize> = (0..=col_panels)
-        .map(|p| (0..p).map(|q| k * ((g.cout_g - q * NR).min(NR).div_ceil(LANES) * LANES)).sum())
-        .collect();
+    let panel_at: Vec<usize> = (0..=col_panels).map(|p| (0..p).map(|q| k * panel_width(g.cout_g, q)).sum()).collect();
     let threads = rayon::current_num_threads();
     let row_chunks = rows_total.div_ceil(PIXEL_CHUNK);
     // Split the channels too when there are too few pixel chunks to go round.
     let col_chunks = if threads > 1 { (4 * threads).div_ceil(row_chunks).min(col_panels) } else { 1 };
     let panels_per_chunk = col_panels.div_ceil(col_chunks);
     let col_chunks = col_panels.div_ceil(panels_per_chunk);
-    let clamp = match act {
-        Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
-        Some(Activation::Clip { min, max }) => Some((min, max)),
-        _ => None,
-    };
+    let clamp = clamp_of(act);
     let other_act = act.filter(|_| clamp.is_none());
     let out_ptr = OutPtr(out.as_mut_ptr());
     let unit = |grp: usize, u: usize| {
@@ -303,7 +300,7 @@ fn transposed_conv(
                             k,
                             a_panel.as_ptr(),
                             b_panel.as_ptr(),
-                            cols.div_ceil(LANES) * LANES,
+                            panel_width(g.cout_g, q),
                             stage.as_mut_ptr(),
                             NR,
                             rows,

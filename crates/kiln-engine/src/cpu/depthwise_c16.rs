@@ -11,7 +11,7 @@
 //! ReLU/Clip fused, while it is in L1.
 
 use super::conv::Geometry;
-use super::epilogue::activate;
+use super::epilogue::{activate, clamp_of};
 use super::vecmath::multiversion;
 #[cfg(target_arch = "x86_64")]
 use super::vecmath::{level, Level};
@@ -51,11 +51,7 @@ pub(super) fn depthwise_c16(
         return;
     }
     // ReLU and Clip are applied in the transpose back; any other activation after it.
-    let clamp = match act {
-        Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
-        Some(Activation::Clip { min, max }) => Some((min, max)),
-        _ => None,
-    };
+    let clamp = clamp_of(act);
     let other_act = act.filter(|_| clamp.is_none());
     let out = &mut out[..g.n * g.cout * out_plane];
     out.par_chunks_mut(g.cout * out_plane).enumerate().for_each(|(n, image)| {

@@ -16,6 +16,15 @@ pub(crate) enum Bias<'a> {
     Full(&'a [f32]),
 }
 
+/// ReLU and Clip as the clamp a store can fuse (`None` for no activation or any other one).
+pub(crate) fn clamp_of(act: Option<Activation>) -> Option<(f32, f32)> {
+    match act {
+        Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
+        Some(Activation::Clip { min, max }) => Some((min, max)),
+        _ => None,
+    }
+}
+
 /// `out = act(out + bias + residual)` over a row-major `rows × cols` block; `residual` has
 /// the block's layout.
 pub(crate) fn apply(out: &mut [f32], cols: usize, bias: &Bias, residual: Option<&[f32]>, act: Option<Activation>) {
@@ -33,9 +42,7 @@ pub(crate) fn apply(out: &mut [f32], cols: usize, bias: &Bias, residual: Option<
         };
         let clamp = match act {
             None => Some(None),
-            Some(Activation::Relu) => Some(Some((0.0, f32::INFINITY))),
-            Some(Activation::Clip { min, max }) => Some(Some((min, max))),
-            Some(_) => None,
+            a => clamp_of(a).map(Some),
         };
         if let (Some(b), Some(clamp)) = (row_bias, clamp) {
             fused_row(row, b, residual.map(|res| &res[r * cols..(r + 1) * cols]), clamp);

@@ -5,7 +5,7 @@
 
 use super::epilogue::{apply, Bias};
 use super::io::OutPtr;
-use super::io::{f32_input, opt_f32_input, packed_f32_input, write_f32_output};
+use super::io::{f32_input, opt_f32_input, weight_panels, write_f32_output};
 use super::packed_gemm::{self, pack_columns, packed_columns_len, Epilogue, Operand};
 use super::sgemm::{sgemm, Mat};
 use crate::backend::{LayerDesc, LayerIo, LayerKernel};
@@ -26,7 +26,7 @@ pub(crate) fn packed_applies(desc: &LayerDesc) -> bool {
     let bias_per_column = match (desc.input_types.get(2), desc.weights.get(1).copied().flatten()) {
         (None | Some(None), _) => true,
         (Some(Some(ValueType::Tensor(t))), Some(w)) => {
-            let n = if a.int("transB", 0).unwrap_or(0) != 0 { w.shape[0] } else { w.shape[1] };
+            let n = if trans_b(desc).unwrap_or(false) { w.shape[0] } else { w.shape[1] };
             let dims = t.shape.as_deref().and_then(kiln_ir::concrete);
             dims.is_some_and(|d| d.iter().product::<usize>() == n && d.last() == Some(&n))
         }
@@ -117,10 +117,10 @@ impl MatMulKernel {
 impl LayerKernel for MatMulKernel {
     fn run(&self, io: &mut LayerIo<'_>) -> Result<(), String> {
         let (a, a_shape) = f32_input(io, 0)?;
-        // Packed at build time: the plan's panels (their length was checked when made).
+        // gemm-packed: `b` is the weight's column panels (the plan's, or packed when made).
         let (b, b_shape) = match &self.packed {
-            Some(None) => packed_f32_input(io, 1)?,
-            _ => f32_input(io, 1)?,
+            Some(owned) => weight_panels(io, 1, owned.as_deref())?,
+            None => f32_input(io, 1)?,
         };
         let (bias, residual) = (opt_f32_input(io, 2)?, opt_f32_input(io, 3)?);
         if b_shape.len() != 2 || a_shape.len() < 2 {
@@ -182,8 +182,7 @@ impl LayerKernel for MatMulKernel {
         let b_mat = if self.trans_b { Mat::col_major(b, k) } else { Mat::row_major(b, n) };
         let (alpha, act) = (self.alpha, self.activation);
         let residual = residual.map(|(r, _)| r);
-        if let Some(packed) = &self.packed {
-            let b_packed: &[f32] = packed.as_deref().unwrap_or(b);
+        if self.packed.is_some() {
             if alpha != 1.0 || !matches!(bias, Bias::None | Bias::PerColumn(_)) {
                 return Err("gemm-packed: alpha or a bias that is not per column".into());
             }
@@ -204,7 +203,7 @@ impl LayerKernel for MatMulKernel {
                         n,
                         k,
                         &Operand::Matrix(a_mat),
-                        &Operand::Packed(b_packed),
+                        &Operand::Packed(b),
                         OutPtr(out.as_mut_ptr()),
                         n,
                         &epilogue,

@@ -25,6 +25,9 @@ use std::sync::Arc;
 
 pub use reference::ReferenceKernel;
 
+/// The tactics whose kernels read the weight [`CpuBackend::pack_weights`] packs for them.
+const PACKING_TACTICS: [&str; 4] = [conv_packed::TACTIC, conv_packed::TRANSPOSED, matmul::PACKED, winograd::TACTIC];
+
 /// Runs layers on the host CPU.
 #[derive(Default)]
 pub struct CpuBackend;
@@ -88,8 +91,7 @@ impl Backend for CpuBackend {
     }
 
     fn instantiate(&self, layer: &LayerDesc, tactic: &str) -> Result<Arc<dyn LayerKernel>, String> {
-        let packs = matches!(tactic, conv_packed::TACTIC | conv_packed::TRANSPOSED | matmul::PACKED | winograd::TACTIC);
-        if !packs && layer.weights.iter().flatten().any(|w| w.packed) {
+        if !PACKING_TACTICS.contains(&tactic) && layer.weights.iter().flatten().any(|w| w.packed) {
             return Err(format!("tactic {tactic} reads no packed weights, but the plan stores one packed"));
         }
         match tactic {

@@ -13,6 +13,7 @@
 //! its column panels and, per panel, every row panel, so the packed column panel is read from
 //! L1/L2 by every tile that needs it.
 
+use super::epilogue::clamp_of;
 use super::io::OutPtr;
 use super::microkernel::{self, TileEpilogue, LANES, MR, NR};
 use super::sgemm::Mat;
@@ -20,7 +21,7 @@ use kiln_ir::Activation;
 use rayon::prelude::*;
 
 /// Width of column panel `p` of an `n`-column matrix, in packed columns (whole vectors).
-fn panel_width(n: usize, p: usize) -> usize {
+pub(crate) fn panel_width(n: usize, p: usize) -> usize {
     (n - p * NR).min(NR).div_ceil(LANES) * LANES
 }
 
@@ -176,6 +177,9 @@ pub(crate) unsafe fn gemm(
     let panels_per_chunk = col_panels.div_ceil(col_chunks);
     let row_chunks = m.div_ceil(rows_per_chunk);
     let col_chunks = col_panels.div_ceil(panels_per_chunk);
+    // ReLU/Clip go into the tile's store; any other activation runs on the tile after it.
+    let clamp = clamp_of(epilogue.activation);
+    let other_act = epilogue.activation.filter(|_| clamp.is_none());
     let unit = |u: usize| {
         let (rc, cc) = (u / col_chunks, u % col_chunks);
         let (r0, r1) = (rc * rows_per_chunk, ((rc + 1) * rows_per_chunk).min(m));
@@ -219,11 +223,7 @@ pub(crate) unsafe fn gemm(
                         col_bias: at(epilogue.col_bias, j0),
                         residual: at(epilogue.residual, i0 * ldc + j0),
                         residual_stride: ldc,
-                        clamp: match epilogue.activation {
-                            Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
-                            Some(Activation::Clip { min, max }) => Some((min, max)),
-                            _ => None,
-                        },
+                        clamp,
                     };
                     let a_panel = &a_rows[(i0 - r0) * k..(i0 - r0 + MR) * k];
                     // SAFETY: the panels hold k depth steps (checked above); the tile's
@@ -241,9 +241,7 @@ pub(crate) unsafe fn gemm(
                             &epi,
                         );
                     }
-                    if let Some(act) =
-                        epilogue.activation.filter(|a| !matches!(a, Activation::Relu | Activation::Clip { .. }))
-                    {
+                    if let Some(act) = other_act {
                         for r in 0..rows {
                             // SAFETY: a row of this unit's own tile, just written.
                             let seg = unsafe { std::slice::from_raw_parts_mut(c.at((i0 + r) * ldc + j0), cols) };

@@ -15,7 +15,7 @@
 
 use super::conv::{checked_epilogue, Geometry};
 use super::epilogue::{apply, Bias};
-use super::io::{f32_input, opt_f32_input, packed_f32_input, write_f32_output, OutPtr};
+use super::io::{f32_input, opt_f32_input, weight_panels, write_f32_output, OutPtr};
 use super::packed_gemm::{self, pack_rows, packed_rows_len, Epilogue, Operand};
 use super::sgemm::{sgemm_strided, Mat};
 use super::vecmath::multiversion;
@@ -142,10 +142,10 @@ thread_local! {
 impl LayerKernel for WinogradKernel {
     fn run(&self, io: &mut LayerIo<'_>) -> Result<(), String> {
         let (x, x_shape) = f32_input(io, 0)?;
-        let (u, w_shape) = match &self.u {
-            None => packed_f32_input(io, 1)?,
-            Some(UForm::Panels(p) | UForm::Plain(p)) => (p.as_slice(), f32_input(io, 1)?.1),
-        };
+        let owned = self.u.as_ref().map(|u| match u {
+            UForm::Panels(p) | UForm::Plain(p) => p.as_slice(),
+        });
+        let (u, w_shape) = weight_panels(io, 1, owned)?;
         let plain = matches!(self.u, Some(UForm::Plain(_)));
         let bias = opt_f32_input(io, 2)?.map(|(b, _)| b);
         let residual = opt_f32_input(io, 3)?;
