@@ -1,7 +1,7 @@
 //! Runs a network on the CPU, layer by layer, in the network's stored order.
 
 use crate::{kernel, CpuError, KernelCtx};
-use kiln_ir::{Dim, Layer, Network, TensorId, TensorSource, Value, ValueType};
+use kiln_ir::{channels_last, Dim, Layer, Network, TensorId, TensorSource, Value, ValueType};
 use std::collections::HashMap;
 
 /// The values of one graph invocation, with a link to the enclosing invocation for captures.
@@ -228,7 +228,39 @@ fn invoke(layer: &Layer, args: &[Option<&Value>], scope: &Scope) -> Result<Vec<V
         kernel(&layer.op).ok_or_else(|| CpuError::NoKernel { layer: layer.name.clone(), op: layer.op.clone() })?;
     let ctx =
         KernelCtx { layer: &layer.name, op: &layer.op, attrs: &layer.attrs, num_outputs: layer.outputs.len(), scope };
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kernel(&ctx, args)))
-        .unwrap_or_else(|p| Err(format!("internal error in the {} kernel: {}", layer.op, panic_message(&p))))
-        .map_err(|message| CpuError::Layer { layer: layer.name.clone(), op: layer.op.clone(), message })
+    let run = |args: &[Option<&Value>]| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kernel(&ctx, args)))
+            .unwrap_or_else(|p| Err(format!("internal error in the {} kernel: {}", layer.op, panic_message(&p))))
+    };
+    let result = if channels_last::is_marked(&layer.attrs) { channels_last_eval(layer, args, run) } else { run(args) };
+    result.map_err(|message| CpuError::Layer { layer: layer.name.clone(), op: layer.op.clone(), message })
+}
+
+/// A channels-last layer (kiln_ir::channels_last) through the ONNX kernel: its NHWC images
+/// permuted to NCHW, the output permuted back.
+fn channels_last_eval(
+    layer: &Layer,
+    args: &[Option<&Value>],
+    run: impl Fn(&[Option<&Value>]) -> Result<Vec<Value>, String>,
+) -> Result<Vec<Value>, String> {
+    let images = channels_last::image_inputs(&layer.op).ok_or_else(|| format!("{} has no channels-last form", layer.op))?;
+    let mut owned: Vec<Option<Value>> = Vec::with_capacity(args.len());
+    for (i, a) in args.iter().enumerate() {
+        owned.push(match (a, images.contains(&i)) {
+            (Some(Value::Tensor(t)), true) => {
+                Some(Value::Tensor(channels_last::permute_tensor(t, &channels_last::TO_NCHW).map_err(|e| e.to_string())?))
+            }
+            _ => None,
+        });
+    }
+    let args: Vec<Option<&Value>> = owned.iter().zip(args).map(|(o, a)| o.as_ref().or(*a)).collect();
+    run(&args)?
+        .into_iter()
+        .map(|v| match v {
+            Value::Tensor(t) => channels_last::permute_tensor(&t, &channels_last::TO_NHWC)
+                .map(Value::Tensor)
+                .map_err(|e| e.to_string()),
+            other => Ok(other),
+        })
+        .collect()
 }

@@ -33,6 +33,13 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Whether `layer` of `net` (a Conv, MaxPool or GlobalAveragePool the builder's layout
+    /// pass could switch) runs faster channels-last on this backend, with a tactic for it
+    /// (kiln_ir::channels_last). Default: keep every layer NCHW.
+    fn channels_last(&self, _net: &kiln_ir::Network, _layer: &kiln_ir::Layer) -> bool {
+        false
+    }
+
     /// Whether the memory plan may write a concat's inputs straight into its output. A device
     /// that stores float tensors in a narrower type than the plan's (fp16 for fp32) cannot use
     /// the byte offsets of such a placement.

@@ -40,6 +40,16 @@ impl Builder {
             let fixed = specialize(network, &profile, Pick::Fixed)?;
             let options = kiln_opt::OptOptions { prune: config.prune };
             let (net, report, pruned) = kiln_opt::optimize_with(fixed, options)?;
+            let backend = self.backend.as_ref();
+            let net = match kiln_opt::passes::channels_last::to_channels_last(&net, |n, l| backend.channels_last(n, l))
+                .map_err(|source| kiln_opt::OptError::Rewrite { pass: "channels-last", source })?
+            {
+                Some(switched) => {
+                    tracing::info!(layers = switched.layers().len(), "layout: image layers switched to NHWC");
+                    switched
+                }
+                None => net,
+            };
             tracing::info!(
                 before = source_layers,
                 after = net.layers().len(),

@@ -3,6 +3,7 @@
 
 pub mod activation;
 mod attribute;
+pub mod channels_last;
 mod dtype;
 pub mod elementwise_program;
 mod error;

@@ -24,6 +24,15 @@ pub const DEPTHWISE: &str = "conv-depthwise";
 pub(crate) fn tactics(desc: &LayerDesc) -> Vec<Tactic> {
     let Some(geo) = geometry_for(desc) else { return Vec::new() };
     let mut out = Vec::new();
+    if kiln_ir::channels_last::is_marked(&desc.layer.attrs) {
+        if geo.is_depthwise() {
+            out.push(Tactic::new(super::depthwise_c16::NHWC));
+        }
+        if super::conv_nhwc::fits(&geo) {
+            out.push(Tactic::new(super::conv_nhwc::TACTIC));
+        }
+        return out;
+    }
     if geo.is_pointwise() {
         out.push(Tactic::new(ONE_BY_ONE));
     }
@@ -57,6 +66,9 @@ pub(super) fn geometry_for(desc: &LayerDesc) -> Option<Geometry> {
         return None;
     }
     let xs = kiln_ir::concrete(x.shape.as_deref()?)?;
+    if kiln_ir::channels_last::is_marked(&desc.layer.attrs) {
+        return Geometry::from_nhwc(&desc.layer.attrs, &xs, w.shape).ok();
+    }
     Geometry::new(&desc.layer.attrs, &xs, w.shape).ok()
 }
 
@@ -82,16 +94,28 @@ impl LayerKernel for ConvKernel {
         let (w, w_shape) = f32_input(io, 1)?;
         let bias = opt_f32_input(io, 2)?.map(|(b, _)| b);
         let residual = opt_f32_input(io, 3)?;
+        let (tactic, act) = (self.tactic, self.activation);
+        if tactic == super::depthwise_c16::NHWC {
+            let g = Geometry::from_nhwc(&self.attrs, x_shape, w_shape)?;
+            let (out_shape, residual) = checked_nhwc_epilogue(&g, bias, residual)?;
+            if !g.is_depthwise() || x.len() < g.n * g.cin * g.h * g.w {
+                return Err(format!("tactic {tactic} does not fit this convolution's shape"));
+            }
+            let order = super::depthwise_c16::Order::Pixels;
+            return write_f32_output(io, 0, out_shape, |out| {
+                super::depthwise_c16::depthwise_c16(&g, order, x, w, out, bias, residual, act);
+                Ok(())
+            });
+        }
         let g = Geometry::new(&self.attrs, x_shape, w_shape)?;
         let (out_shape, residual) = checked_epilogue(&g, bias, residual)?;
-        let (tactic, act) = (self.tactic, self.activation);
         write_f32_output(io, 0, out_shape, |out| match tactic {
             DEPTHWISE if g.is_depthwise() => {
                 depthwise(&g, x, w, out, bias, residual, act);
                 Ok(())
             }
             super::depthwise_c16::TACTIC if g.is_depthwise() => {
-                super::depthwise_c16::depthwise_c16(&g, x, w, out, bias, residual, act);
+                super::depthwise_c16::depthwise_c16(&g, super::depthwise_c16::Order::Planes, x, w, out, bias, residual, act);
                 Ok(())
             }
             ONE_BY_ONE if g.is_pointwise() => gemm_conv(&g, x, w, out, bias, residual, act, false),
@@ -618,6 +642,14 @@ impl Geometry {
         })
     }
 
+    /// The geometry of a channels-last convolution, whose input `x` is `[N, H, W, C]`.
+    pub(super) fn from_nhwc(attrs: &Attributes, x: &[usize], w: &[usize]) -> Result<Geometry, String> {
+        match *x {
+            [n, h, wd, c] => Geometry::new(attrs, &[n, c, h, wd], w),
+            _ => Err(format!("native convolution is 2-D: input {x:?}, weight {w:?}")),
+        }
+    }
+
     fn is_pointwise(&self) -> bool {
         self.kh == 1
             && self.kw == 1
@@ -632,14 +664,31 @@ impl Geometry {
     }
 }
 
-/// The output shape of convolution `g`, after checking that the fused bias has one value per
-/// output channel and the residual the output's shape; the residual's values.
+/// The output shape of convolution `g` (NCHW), after checking that the fused bias has one
+/// value per output channel and the residual the output's shape; the residual's values.
 pub(super) fn checked_epilogue<'a>(
     g: &Geometry,
     bias: Option<&[f32]>,
     residual: Option<(&'a [f32], &[usize])>,
 ) -> Result<(Vec<usize>, Option<&'a [f32]>), String> {
-    let out_shape = vec![g.n, g.cout, g.oh, g.ow];
+    checked_output(g, vec![g.n, g.cout, g.oh, g.ow], bias, residual)
+}
+
+/// [`checked_epilogue`] for a channels-last convolution: the output is `[N, OH, OW, C]`.
+pub(super) fn checked_nhwc_epilogue<'a>(
+    g: &Geometry,
+    bias: Option<&[f32]>,
+    residual: Option<(&'a [f32], &[usize])>,
+) -> Result<(Vec<usize>, Option<&'a [f32]>), String> {
+    checked_output(g, vec![g.n, g.oh, g.ow, g.cout], bias, residual)
+}
+
+fn checked_output<'a>(
+    g: &Geometry,
+    out_shape: Vec<usize>,
+    bias: Option<&[f32]>,
+    residual: Option<(&'a [f32], &[usize])>,
+) -> Result<(Vec<usize>, Option<&'a [f32]>), String> {
     if let Some((_, s)) = residual {
         if s != out_shape.as_slice() {
             return Err(format!("residual of shape {s:?}, output {out_shape:?}"));

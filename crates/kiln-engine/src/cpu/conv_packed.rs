@@ -299,6 +299,7 @@ fn transposed_conv(
                         microkernel::tile(
                             k,
                             a_panel.as_ptr(),
+                            microkernel::ALayout::Panel,
                             b_panel.as_ptr(),
                             panel_width(g.cout_g, q),
                             stage.as_mut_ptr(),

@@ -1,4 +1,5 @@
-//! `conv-depthwise-c16`: depthwise convolution vectorized across channels, on NCHW tensors.
+//! `conv-depthwise-c16`: depthwise convolution vectorized across channels, on NCHW tensors;
+//! `conv-depthwise-nhwc`: the same kernel on channels-last tensors.
 //!
 //! The plane-at-a-time kernel (`conv-depthwise`) vectorizes along an output row, which wastes
 //! most of a 16-lane register on MobileNet's 7- and 14-column planes and pays a padded copy
@@ -12,6 +13,7 @@
 
 use super::conv::Geometry;
 use super::epilogue::{activate, clamp_of};
+use super::io::OutPtr;
 use super::vecmath::multiversion;
 #[cfg(target_arch = "x86_64")]
 use super::vecmath::{level, Level};
@@ -19,6 +21,7 @@ use kiln_ir::Activation;
 use rayon::prelude::*;
 
 pub const TACTIC: &str = "conv-depthwise-c16";
+pub const NHWC: &str = "conv-depthwise-nhwc";
 
 /// Channels per block: one AVX-512 register (two AVX2 registers) of f32.
 const L: usize = 16;
@@ -35,10 +38,23 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// How an image's channels are laid out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Order {
+    /// NCHW: one plane per channel.
+    Planes,
+    /// NHWC (a channels-last layer): each pixel's channels together, so a block of 16 is one
+    /// contiguous vector and needs no transposing on the way in or out.
+    Pixels,
+}
+
 /// `out = act(depthwise(x, w) + bias + residual)` for a depthwise `g` (`g.cout == g.cin`, one
-/// filter per channel); `residual` has the output's layout.
+/// filter per channel), images and output laid out as `order` says; `residual` has the
+/// output's layout.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn depthwise_c16(
     g: &Geometry,
+    order: Order,
     x: &[f32],
     w: &[f32],
     out: &mut [f32],
@@ -50,37 +66,51 @@ pub(super) fn depthwise_c16(
     if out_plane == 0 || g.cout == 0 {
         return;
     }
-    // ReLU and Clip are applied in the transpose back; any other activation after it.
+    // ReLU and Clip are applied in the store; any other activation after it.
     let clamp = clamp_of(act);
     let other_act = act.filter(|_| clamp.is_none());
     let out = &mut out[..g.n * g.cout * out_plane];
-    out.par_chunks_mut(g.cout * out_plane).enumerate().for_each(|(n, image)| {
-        image.par_chunks_mut(L * out_plane).enumerate().for_each(|(b, dst)| {
-            let (c0, lanes) = (b * L, dst.len() / out_plane);
-            // Filter taps and bias as 16-lane vectors; lanes past the last channel stay 0.
-            let mut wt = vec![[0f32; L]; taps];
-            for l in 0..lanes {
-                for (t, v) in wt.iter_mut().enumerate() {
-                    v[l] = w[(c0 + l) * taps + t];
-                }
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let blocks = g.cout.div_ceil(L);
+    // Tasks: 16 channels of one image × a band of output rows whose padded input rows stay
+    // in L2 (a whole 112 × 112 plane block is 800 KiB), enough of them to go round the pool.
+    let (_, width) = padded_extent(g);
+    let fit = (BAND_BYTES / (width * L * 4)).saturating_sub(g.kh) / g.stride[0];
+    let spread = (4 * rayon::current_num_threads()).div_ceil(g.n * blocks);
+    let band_rows = fit.max(1).min(g.oh.div_ceil(spread)).max(1);
+    let bands = g.oh.div_ceil(band_rows);
+    (0..g.n * blocks * bands).into_par_iter().for_each(|task| {
+        let (n, c0) = (task / (blocks * bands), task / bands % blocks * L);
+        let oh0 = task % bands * band_rows;
+        let rows = (oh0, (oh0 + band_rows).min(g.oh));
+        let lanes = (g.cout - c0).min(L);
+        // Filter taps and bias as 16-lane vectors; lanes past the last channel stay 0.
+        let mut wt = vec![[0f32; L]; taps];
+        for l in 0..lanes {
+            for (t, v) in wt.iter_mut().enumerate() {
+                v[l] = w[(c0 + l) * taps + t];
             }
-            let mut bv = [0f32; L];
-            if let Some(bias) = bias {
-                bv[..lanes].copy_from_slice(&bias[c0..c0 + lanes]);
-            }
-            let xs = &x[(n * g.cin + c0) * in_plane..][..lanes * in_plane];
-            let res = residual.map(|r| &r[(n * g.cout + c0) * out_plane..][..lanes * out_plane]);
-            let block = Block { x: xs, lanes, wt: &wt, bias: &bv, res, clamp };
-            SCRATCH.with(|s| {
-                let (padded, staged) = &mut *s.borrow_mut();
-                channel_block(g, &block, padded, staged, dst);
-            });
-            if let Some(a) = other_act {
-                activate(dst, a);
-            }
+        }
+        let mut bv = [0f32; L];
+        if let Some(bias) = bias {
+            bv[..lanes].copy_from_slice(&bias[c0..c0 + lanes]);
+        }
+        let image = &x[n * g.cin * in_plane..][..g.cin * in_plane];
+        let res = residual.map(|r| &r[n * g.cout * out_plane..][..g.cout * out_plane]);
+        let block = Block { x: image, order, c0, lanes, wt: &wt, bias: &bv, res, clamp };
+        let dst = OutPtr(out_ptr.at(n * g.cout * out_plane));
+        SCRATCH.with(|s| {
+            let (padded, staged) = &mut *s.borrow_mut();
+            channel_block(g, &block, rows, padded, staged, dst);
         });
     });
+    if let Some(a) = other_act {
+        activate(out, a);
+    }
 }
+
+/// Padded input one task holds at most (a band of rows of 16-lane pixels).
+const BAND_BYTES: usize = 64 << 10;
 
 /// Rows and columns of the zero-padded input: as far as the taps reach, and at least the
 /// input's own extent past its top/left padding.
@@ -90,11 +120,13 @@ fn padded_extent(g: &Geometry) -> (usize, usize) {
     (rows, cols)
 }
 
-/// One task's channels: `lanes` ≤ 16 of them, their input planes (NCHW, contiguous), filter
-/// taps and bias as 16-lane vectors (0 past the last channel), the residual's planes, and the
-/// ReLU/Clip bounds.
+/// One task's channels: `lanes` ≤ 16 of them from channel `c0` of one image (`x`, laid out
+/// as `order` says), filter taps and bias as 16-lane vectors (0 past the last channel), the
+/// image's residual, and the ReLU/Clip bounds.
 struct Block<'a> {
     x: &'a [f32],
+    order: Order,
+    c0: usize,
     lanes: usize,
     wt: &'a [Lanes],
     bias: &'a Lanes,
@@ -103,40 +135,71 @@ struct Block<'a> {
 }
 
 multiversion! {
-    /// One block of channels into `dst`, their output planes (NCHW, contiguous).
-    fn channel_block(g: &Geometry, b: &Block, padded: &mut Vec<Lanes>, staged: &mut Vec<Lanes>, dst: &mut [f32]) {
-        let Block { x, lanes, wt, bias, res, clamp } = *b;
-        let (rows, width) = padded_extent(g);
+    /// One block of channels into `dst`, the image's output (only this block's channels
+    /// are written).
+    fn channel_block(g: &Geometry, b: &Block, rows: (usize, usize), padded: &mut Vec<Lanes>, staged: &mut Vec<Lanes>, dst: OutPtr) {
+        let Block { x, order, c0, lanes, wt, bias, res, clamp } = *b;
+        let (oh0, oh1) = rows;
+        let (_, width) = padded_extent(g);
         let (pt, pl) = (g.pad_begin[0], g.pad_begin[1]);
         let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
         let zero = [0f32; L];
-        padded.resize(rows * width, zero);
-        // Zero what the input does not overwrite: the border, and every lane past the last
-        // channel of a partial block (then simply everything).
-        if lanes < L {
-            padded.fill(zero);
-        } else {
-            padded[..pt * width].fill(zero);
-            padded[(pt + g.h) * width..].fill(zero);
-            for i in 0..g.h {
-                let row = &mut padded[(pt + i) * width..(pt + i + 1) * width];
+        // The padded rows the taps of output rows oh0..oh1 reach, from padded row `top0`.
+        let top0 = oh0 * g.stride[0];
+        let band = (oh1 - 1) * g.stride[0] + (g.kh - 1) * g.dilation[0] + 1 - top0;
+        padded.resize(band * width, zero);
+        for (r, row) in padded[..band * width].chunks_mut(width).enumerate() {
+            let i = (top0 + r) as isize - pt as isize;
+            // Zero what the input does not overwrite: padding rows and columns, and every
+            // lane past the last channel of a partial block (then simply the whole row).
+            if i < 0 || i >= g.h as isize || lanes < L {
+                row.fill(zero);
+            } else {
                 row[..pl].fill(zero);
                 row[pl + g.w..].fill(zero);
             }
+            if i < 0 || i >= g.h as isize {
+                continue;
+            }
+            let (i, row) = (i as usize, &mut row[pl..pl + g.w]);
+            match order {
+                Order::Planes => fill_row(&x[c0 * in_plane..], in_plane, i * g.w, lanes, row),
+                Order::Pixels => {
+                    let pixels = x[i * g.w * g.cin..][..g.w * g.cin].chunks(g.cin);
+                    if lanes == L {
+                        // A whole block as one fixed-size copy (a slice copy of run-time length
+                        // is a call per pixel).
+                        for (d, pixel) in row.iter_mut().zip(pixels) {
+                            *d = pixel[c0..c0 + L].try_into().expect("16 channels");
+                        }
+                    } else {
+                        for (d, pixel) in row.iter_mut().zip(pixels) {
+                            d[..lanes].copy_from_slice(&pixel[c0..c0 + lanes]);
+                        }
+                    }
+                }
+            }
         }
-        for i in 0..g.h {
-            fill_row(x, in_plane, i * g.w, lanes, &mut padded[(pt + i) * width + pl..][..g.w]);
-        }
+        let store = |staged: &[Lanes], oh: usize| match order {
+            Order::Planes => {
+                // SAFETY: this block's output planes (channels c0.., contiguous in NCHW) are
+                // written by this task alone.
+                let planes = unsafe { std::slice::from_raw_parts_mut(dst.at(c0 * out_plane), lanes * out_plane) };
+                let res = res.map(|r| &r[c0 * out_plane..][..lanes * out_plane]);
+                store_row(staged, lanes, planes, out_plane, oh * g.ow, res, clamp);
+            }
+            Order::Pixels => store_pixels(staged, g.cout, c0, lanes, dst, oh * g.ow, res, clamp),
+        };
         staged.resize(g.ow, zero);
         #[cfg(target_arch = "x86_64")]
         let simd = level() != Level::Portable;
-        for oh in 0..g.oh {
-            let top = oh * g.stride[0];
+        for oh in oh0..oh1 {
+            let top = oh * g.stride[0] - top0;
             #[cfg(target_arch = "x86_64")]
             if simd {
                 // SAFETY: the CPU has AVX2 and FMA (checked); bounds are checked inside.
                 unsafe { simd::output_row(g, padded, width, wt, bias, top, staged) };
-                store_row(staged, lanes, dst, out_plane, oh * g.ow, res, clamp);
+                store(staged, oh);
                 continue;
             }
             let mut ow = 0;
@@ -149,9 +212,7 @@ multiversion! {
                 staged[ow] = pixels::<1>(g, padded, width, wt, bias, top, ow)[0];
                 ow += 1;
             }
-            // Back to NCHW, one plane row per channel, with the residual and clamp.
-            let at = oh * g.ow;
-            store_row(staged, lanes, dst, out_plane, at, res, clamp);
+            store(staged, oh);
         }
     }
 }
@@ -204,6 +265,45 @@ fn store_row(
             (Some(r), None) => d.iter_mut().zip(staged).zip(r).for_each(|((d, s), r)| *d = s[l] + r),
             (Some(r), Some((lo, hi))) => {
                 d.iter_mut().zip(staged).zip(r).for_each(|((d, s), r)| *d = clip(s[l] + r, lo, hi))
+            }
+        }
+    }
+}
+
+/// Write output row `at / ow` (pixels `at..`) of channels `c0..c0 + lanes` of an NHWC image
+/// (`channels` per pixel) from the staged row: `clamp(staged + residual)`, one contiguous run
+/// of channels per pixel.
+#[allow(clippy::too_many_arguments)]
+fn store_pixels(
+    staged: &[Lanes],
+    channels: usize,
+    c0: usize,
+    lanes: usize,
+    dst: OutPtr,
+    at: usize,
+    res: Option<&[f32]>,
+    clamp: Option<(f32, f32)>,
+) {
+    for (j, s) in staged.iter().enumerate() {
+        let base = (at + j) * channels + c0;
+        let mut v = *s;
+        if let Some(r) = res {
+            for (v, r) in v.iter_mut().zip(&r[base..base + lanes]) {
+                *v += r;
+            }
+        }
+        if let Some((lo, hi)) = clamp {
+            for v in v.iter_mut() {
+                *v = clip(*v, lo, hi);
+            }
+        }
+        // SAFETY: pixel at + j's channels c0..c0 + lanes, inside the image (the caller sized
+        // it) and written by this task alone.
+        unsafe {
+            if lanes == L {
+                (dst.at(base) as *mut Lanes).write_unaligned(v);
+            } else {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), dst.at(base), lanes);
             }
         }
     }

@@ -47,13 +47,23 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// `C[rows × cols] = epilogue(A_panel · B_panel)` for one tile: `rows ≤ MR`, `cols ≤ NR`;
-/// depth step p of `b` is the `cols` values at `b + p · ldb` (a packed panel: `ldb` =
-/// `16 · ceil(cols / 16)`; a plain row-major matrix: its row length).
+/// Where a tile's A operand lies.
+#[derive(Clone, Copy)]
+pub(crate) enum ALayout {
+    /// A packed row panel: `[k][MR]`.
+    Panel,
+    /// `rows` plain rows read in place, `lda` apart (an NHWC image is its own 1×1
+    /// convolution's A; MatMul activations need no packing).
+    Rows { lda: usize },
+}
+
+/// `C[rows × cols] = epilogue(A · B_panel)` for one tile: `rows ≤ MR`, `cols ≤ NR`; A as
+/// `a_layout` says; depth step p of `b` is the `cols` values at `b + p · ldb` (a packed panel:
+/// `ldb` = `16 · ceil(cols / 16)`; a plain row-major matrix: its row length).
 ///
 /// # Safety
-/// [`available`] must be true; `a` must hold `k · MR` values, `b` be readable at
-/// `p · ldb + j` for p < k, j < cols;
+/// [`available`] must be true; `a` must hold `k · MR` values (a panel) or be readable at
+/// `r · lda + p` for r < rows, p < k (rows); `b` be readable at `p · ldb + j` for p < k, j < cols;
 /// `c` must be writable at `r · ldc + j` for r < rows, j < cols, and the epilogue's pointers
 /// readable at the same tile positions.
 #[cfg(target_arch = "x86_64")]
@@ -61,6 +71,7 @@ pub(crate) fn available() -> bool {
 pub(crate) unsafe fn tile(
     k: usize,
     a: *const f32,
+    a_layout: ALayout,
     b: *const f32,
     ldb: usize,
     c: *mut f32,
@@ -71,10 +82,21 @@ pub(crate) unsafe fn tile(
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        match cols.div_ceil(LANES) {
-            1 => tile_nv::<1>(k, a, b, ldb, c, ldc, rows, cols, epi),
-            2 => tile_nv::<2>(k, a, b, ldb, c, ldc, rows, cols, epi),
-            _ => tile_nv::<3>(k, a, b, ldb, c, ldc, rows, cols, epi),
+        match a_layout {
+            ALayout::Panel => match cols.div_ceil(LANES) {
+                1 => tile_nv::<1, true>(k, a, &[0; MR], MR, b, ldb, c, ldc, rows, cols, epi),
+                2 => tile_nv::<2, true>(k, a, &[0; MR], MR, b, ldb, c, ldc, rows, cols, epi),
+                _ => tile_nv::<3, true>(k, a, &[0; MR], MR, b, ldb, c, ldc, rows, cols, epi),
+            },
+            ALayout::Rows { lda } => {
+                // Rows past `rows` repeat the last one (in bounds; their results are not stored).
+                let offsets: [usize; MR] = std::array::from_fn(|r| r.min(rows.max(1) - 1) * lda);
+                match cols.div_ceil(LANES) {
+                    1 => tile_nv::<1, false>(k, a, &offsets, 1, b, ldb, c, ldc, rows, cols, epi),
+                    2 => tile_nv::<2, false>(k, a, &offsets, 1, b, ldb, c, ldc, rows, cols, epi),
+                    _ => tile_nv::<3, false>(k, a, &offsets, 1, b, ldb, c, ldc, rows, cols, epi),
+                }
+            }
         }
     }
 }
@@ -82,9 +104,11 @@ pub(crate) unsafe fn tile(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_nv<const NV: usize>(
+unsafe fn tile_nv<const NV: usize, const PANEL: bool>(
     k: usize,
     a: *const f32,
+    a_offsets: &[usize; MR],
+    a_step: usize,
     b: *const f32,
     ldb: usize,
     c: *mut f32,
@@ -95,6 +119,7 @@ unsafe fn tile_nv<const NV: usize>(
 ) {
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     let (mut a, mut b) = (a, b);
+    let a_offsets = *a_offsets;
     // The last vector of a row of `b` loads only the tile's columns: `b` may be a plain matrix
     // read in place, whose row ends there.
     let tail = cols - (NV - 1) * LANES;
@@ -111,12 +136,12 @@ unsafe fn tile_nv<const NV: usize>(
                 };
             }
             for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r));
+                let av = _mm512_set1_ps(*a.add(if PANEL { r } else { a_offsets[r] }));
                 for v in 0..NV {
                     acc[v] = _mm512_fmadd_ps(av, bv[v], acc[v]);
                 }
             }
-            a = a.add(MR);
+            a = a.add(a_step);
             b = b.add(ldb);
         }
         let (lo, hi) = epi.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));

@@ -2,6 +2,7 @@
 
 mod attention;
 mod conv;
+mod conv_nhwc;
 mod conv_packed;
 mod depthwise_c16;
 mod epilogue;
@@ -17,6 +18,7 @@ mod sgemm;
 mod split;
 #[cfg(test)]
 mod tests;
+mod transpose;
 mod vecmath;
 mod winograd;
 
@@ -26,7 +28,8 @@ use std::sync::Arc;
 pub use reference::ReferenceKernel;
 
 /// The tactics whose kernels read the weight [`CpuBackend::pack_weights`] packs for them.
-const PACKING_TACTICS: [&str; 4] = [conv_packed::TACTIC, conv_packed::TRANSPOSED, matmul::PACKED, winograd::TACTIC];
+const PACKING_TACTICS: [&str; 5] =
+    [conv_packed::TACTIC, conv_packed::TRANSPOSED, conv_nhwc::TACTIC, matmul::PACKED, winograd::TACTIC];
 
 /// Runs layers on the host CPU.
 #[derive(Default)]
@@ -66,6 +69,9 @@ impl Backend for CpuBackend {
         if split::applies(layer) {
             out.push(Tactic::new(split::TACTIC));
         }
+        if transpose::applies(layer) {
+            out.push(Tactic::new(transpose::TACTIC));
+        }
         if kiln_cpu::kernel(&layer.layer.op).is_some() {
             out.push(Tactic::new(reference::TACTIC));
         }
@@ -83,11 +89,37 @@ impl Backend for CpuBackend {
                 let group = layer.layer.attrs.int("group", 1)?.max(1) as usize;
                 conv_packed::pack_weight(tactic, values()?, w.shape, group)?
             }
+            conv_nhwc::TACTIC => conv_nhwc::pack_weight(values()?, w.shape)?,
             matmul::PACKED => matmul::pack_weight(values()?, w.shape, matmul::trans_b(layer)?)?,
             winograd::TACTIC if microkernel::available() => winograd::pack_weight(values()?, w.shape)?,
             _ => return Ok(Vec::new()),
         };
         Ok(vec![(1, bytemuck::cast_slice(&packed).to_vec())])
+    }
+
+    /// Convolutions (one group, or depthwise) and the pools around them, on f32, where the
+    /// packed tile runs: their NHWC kernels need no im2col copy for 1×1 layers, no scatter
+    /// back to planes, and no transposes around depthwise layers.
+    fn channels_last(&self, net: &kiln_ir::Network, layer: &kiln_ir::Layer) -> bool {
+        let f32_image = layer.inputs.first().copied().flatten().is_some_and(|x| {
+            matches!(&net.tensor(x).ty, Some(kiln_ir::ValueType::Tensor(t)) if t.dtype == kiln_ir::DType::F32)
+        });
+        if !microkernel::available() || !f32_image {
+            return false;
+        }
+        match layer.op.as_str() {
+            "Conv" => {
+                let group = layer.attrs.int("group", 1).unwrap_or(0);
+                let weight = layer.inputs.get(1).copied().flatten().and_then(|w| net.tensor(w).constant());
+                // One group, or one filter per channel (weight [C, 1, kh, kw] with group C).
+                weight.is_some_and(|w| {
+                    w.dtype() == kiln_ir::DType::F32
+                        && (group == 1 || w.shape().get(1) == Some(&1) && w.shape().first() == Some(&(group as usize)))
+                })
+            }
+            "MaxPool" | "GlobalAveragePool" => true,
+            _ => false,
+        }
     }
 
     fn instantiate(&self, layer: &LayerDesc, tactic: &str) -> Result<Arc<dyn LayerKernel>, String> {
@@ -106,6 +138,9 @@ impl Backend for CpuBackend {
             conv::IM2COL => Ok(Arc::new(conv::ConvKernel::new(layer, conv::IM2COL)?)),
             conv::DEPTHWISE => Ok(Arc::new(conv::ConvKernel::new(layer, conv::DEPTHWISE)?)),
             depthwise_c16::TACTIC => Ok(Arc::new(conv::ConvKernel::new(layer, depthwise_c16::TACTIC)?)),
+            depthwise_c16::NHWC => Ok(Arc::new(conv::ConvKernel::new(layer, depthwise_c16::NHWC)?)),
+            conv_nhwc::TACTIC => Ok(Arc::new(conv_nhwc::NhwcConvKernel::new(layer)?)),
+            transpose::TACTIC => Ok(Arc::new(transpose::TransposeKernel::new(layer)?)),
             conv_packed::TACTIC | conv_packed::TRANSPOSED => {
                 Ok(Arc::new(conv_packed::PackedConvKernel::new(layer, tactic)?))
             }

@@ -15,7 +15,7 @@
 
 use super::epilogue::clamp_of;
 use super::io::OutPtr;
-use super::microkernel::{self, TileEpilogue, LANES, MR, NR};
+use super::microkernel::{self, ALayout, TileEpilogue, LANES, MR, NR};
 use super::sgemm::Mat;
 use kiln_ir::Activation;
 use rayon::prelude::*;
@@ -89,16 +89,22 @@ pub(crate) fn pack_columns(b: Mat, k: usize, n: usize) -> Vec<f32> {
 /// Writes one column panel of B: `fill(j0, cols, w, panel)`.
 pub(crate) type PanelFill<'a> = dyn Fn(usize, usize, usize, &mut [f32]) + Sync + 'a;
 
+/// Writes rows `[r0, r1)` of A, row-major (`k` apart): `fill(r0, r1, rows)`.
+pub(crate) type RowFill<'a> = dyn Fn(usize, usize, &mut [f32]) + Sync + 'a;
+
 /// Where a product's operand comes from.
 pub(crate) enum Operand<'a> {
     /// Packed when the kernel was made ([`pack_rows`] for A, [`pack_columns`] for B).
     Packed(&'a [f32]),
-    /// A plain matrix: A is packed per call, a chunk of rows at a time; B (row-major) is read
-    /// in place, with no copy.
+    /// A plain matrix, read in place when row-major (A: packed per call, a chunk of rows at
+    /// a time, otherwise; B must be row-major).
     Matrix(Mat<'a>),
     /// Filled per column panel by the caller: `fill(j0, cols, w, panel)` writes the `k × cols`
     /// block starting at column `j0` into `panel`, rows `w` apart (B only).
     Panels(&'a PanelFill<'a>),
+    /// Filled per chunk of rows by the caller (A only): an NHWC convolution's patches, each
+    /// pixel's a few contiguous runs of its input's channels.
+    Rows(&'a RowFill<'a>),
 }
 
 /// The fused epilogue of a whole product (bias per row or per column, a residual with C's
@@ -117,10 +123,32 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Rows of a unit whose A is packed per call: 16 rows × k stay in L1/L2 while every column
-/// panel passes over them, and a 197-row ViT product splits into 13 units that share two
-/// threads evenly (64-row units measured 180-195 GFLOP/s on two cores, 16-row ones 205-230).
-const ROW_CHUNK: usize = 16;
+/// How a product is cut into units (rows × column panels) across the pool: about four per
+/// thread for balance, and of the cuts that give that many, the one that moves the fewest
+/// bytes. Each unit reads its rows of A once per column panel it covers (from cache: the rows
+/// are few) and every column panel of B in its range once, so B crosses the memory bus once
+/// per row chunk and A once per column chunk. A late convolution (49 pixels × 4608 × 512)
+/// then splits its 9 MiB weight across the threads instead of streaming it once per few rows;
+/// an early one (3136 pixels, a 150 KiB weight) splits its pixels.
+fn split(m: usize, n: usize, k: usize, threads: usize, fill_a: bool) -> (usize, usize) {
+    let (row_panels, col_panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    let want = if threads > 1 { 4 * threads } else { 1 };
+    // Unrolling A per unit (im2col) costs about as much again as reading it.
+    let a_cost = m * k * if fill_a { 2 } else { 1 };
+    let b_cost = k * n;
+    let mut best = (usize::MAX, 1, 1);
+    for col_chunks in 1..=col_panels.min(want) {
+        let row_chunks = want.div_ceil(col_chunks).min(row_panels);
+        // The chunk counts as the even split they round to.
+        let row_chunks = row_panels.div_ceil(row_panels.div_ceil(row_chunks));
+        let col_chunks = col_panels.div_ceil(col_panels.div_ceil(col_chunks));
+        let cost = row_chunks * b_cost + col_chunks * a_cost;
+        if cost < best.0 {
+            best = (cost, row_chunks, col_chunks);
+        }
+    }
+    (best.1, best.2)
+}
 
 /// `C[m × n] = epilogue(A · B)`, C's rows `ldc` apart from `c`, across the current pool.
 ///
@@ -143,7 +171,7 @@ pub(crate) unsafe fn gemm(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let (row_panels, col_panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    let col_panels = n.div_ceil(NR);
     match a {
         Operand::Packed(p) if p.len() < packed_rows_len(m, k) => return Err("packed A is too small".into()),
         Operand::Matrix(mat) if !mat.covers(m, k) => return Err("A is smaller than its shape".into()),
@@ -155,6 +183,7 @@ pub(crate) unsafe fn gemm(
         Operand::Matrix(mat) if mat.col_stride != 1 || !mat.covers(k, n) => {
             return Err("B read in place must be a row-major matrix covering its shape".into())
         }
+        Operand::Rows(_) => return Err("B cannot be filled by rows".into()),
         _ => {}
     }
     if epilogue.row_bias.is_some_and(|v| v.len() < m) || epilogue.col_bias.is_some_and(|v| v.len() < n) {
@@ -163,17 +192,10 @@ pub(crate) unsafe fn gemm(
     if epilogue.residual.is_some_and(|r| r.len() < (m - 1) * ldc + n) {
         return Err("residual shorter than the product".into());
     }
-    // Units: row chunks × column chunks, about four per thread for balance. A packed per call
-    // is chunked by ROW_CHUNK rows anyway (its packed copy must stay in cache).
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
-    let want = if threads > 1 { 4 * threads } else { 1 };
-    let base_row_chunks = match a {
-        Operand::Matrix(_) => m.div_ceil(ROW_CHUNK),
-        _ => 1,
-    };
-    let col_chunks = col_panels.min(want.div_ceil(base_row_chunks)).max(1);
-    let row_chunks = base_row_chunks.max(want.div_ceil(col_chunks)).min(row_panels);
-    let rows_per_chunk = row_panels.div_ceil(row_chunks) * MR;
+    let fill_a = matches!(a, Operand::Rows(_)) || matches!(a, Operand::Matrix(mat) if mat.col_stride != 1);
+    let (row_chunks, col_chunks) = split(m, n, k, threads, fill_a);
+    let rows_per_chunk = m.div_ceil(MR).div_ceil(row_chunks) * MR;
     let panels_per_chunk = col_panels.div_ceil(col_chunks);
     let row_chunks = m.div_ceil(rows_per_chunk);
     let col_chunks = col_panels.div_ceil(panels_per_chunk);
@@ -186,15 +208,27 @@ pub(crate) unsafe fn gemm(
         let (q0, q1) = (cc * panels_per_chunk, ((cc + 1) * panels_per_chunk).min(col_panels));
         SCRATCH.with(|s| {
             let (a_buf, b_buf) = &mut *s.borrow_mut();
-            let a_rows: &[f32] = match a {
-                Operand::Packed(p) => &p[r0 * k..],
+            // This unit's A: row `i` of the unit (a multiple of MR) at `a_rows + i · row_step`.
+            let (a_rows, layout, row_step): (&[f32], ALayout, usize) = match a {
+                Operand::Packed(p) => (&p[r0 * k..], ALayout::Panel, k),
+                Operand::Matrix(mat) if mat.col_stride == 1 => {
+                    (&mat.data[r0 * mat.row_stride..], ALayout::Rows { lda: mat.row_stride }, mat.row_stride)
+                }
                 Operand::Matrix(mat) => {
                     let len = (r1 - r0).div_ceil(MR) * MR * k;
                     if a_buf.len() < len {
                         a_buf.resize(len, 0.0);
                     }
                     pack_rows_into(*mat, r0, r1, k, a_buf);
-                    a_buf
+                    (&a_buf[..], ALayout::Panel, k)
+                }
+                Operand::Rows(fill) => {
+                    let len = (r1 - r0) * k;
+                    if a_buf.len() < len {
+                        a_buf.resize(len, 0.0);
+                    }
+                    fill(r0, r1, &mut a_buf[..len]);
+                    (&a_buf[..], ALayout::Rows { lda: k }, k)
                 }
                 Operand::Panels(_) => unreachable!("checked above"),
             };
@@ -213,6 +247,7 @@ pub(crate) unsafe fn gemm(
                     }
                     // Read in place: the tile loads row segments `row_stride` apart.
                     Operand::Matrix(mat) => (&mat.data[j0..], mat.row_stride),
+                    Operand::Rows(_) => unreachable!("checked above"),
                 };
                 b_at += k * w;
                 for i0 in (r0..r1).step_by(MR) {
@@ -225,13 +260,15 @@ pub(crate) unsafe fn gemm(
                         residual_stride: ldc,
                         clamp,
                     };
-                    let a_panel = &a_rows[(i0 - r0) * k..(i0 - r0 + MR) * k];
-                    // SAFETY: the panels hold k depth steps (checked above); the tile's
-                    // outputs (rows i0.., columns j0..) belong to this unit alone (caller).
+                    let a_tile = a_rows[(i0 - r0) * row_step..].as_ptr();
+                    // SAFETY: A holds k depth steps of these rows and the panel k of its
+                    // columns (checked above); the tile's outputs (rows i0.., columns j0..)
+                    // belong to this unit alone (caller).
                     unsafe {
                         microkernel::tile(
                             k,
-                            a_panel.as_ptr(),
+                            a_tile,
+                            layout,
                             panel.as_ptr(),
                             ldb,
                             c.at(i0 * ldc + j0),

@@ -1,7 +1,8 @@
 //! The `max-pool-rows` tactic for 2-D MaxPool (f32 NCHW, explicit or VALID padding, no Indices
 //! output): per output row, each tap is one vectorized max over the output columns whose input
 //! lies inside the image (ResNet's 3×3 stride-2 pool ran ~15 ms through the reference kernel's
-//! per-tap lists in f64). Other forms run the reference kernel this tactic holds.
+//! per-tap lists in f64). A channels-last pool takes each output pixel's max over its taps'
+//! channel vectors. Other forms run the reference kernel this tactic holds.
 
 use super::conv::{gather_phase, valid_columns};
 use super::io::{f32_input, write_f32_output};
@@ -37,11 +38,17 @@ struct Window {
 pub(crate) struct MaxPoolKernel {
     fallback: ReferenceKernel,
     window: Option<Window>,
+    /// A channels-last layer (kiln_ir::channels_last): `[N, H, W, C]` in and out.
+    channels_last: bool,
 }
 
 impl MaxPoolKernel {
     pub fn new(desc: &LayerDesc) -> Result<Self, String> {
-        Ok(MaxPoolKernel { fallback: ReferenceKernel::new(desc.layer)?, window: window(&desc.layer.attrs)? })
+        Ok(MaxPoolKernel {
+            fallback: ReferenceKernel::new(desc.layer)?,
+            window: window(&desc.layer.attrs)?,
+            channels_last: kiln_ir::channels_last::is_marked(&desc.layer.attrs),
+        })
     }
 }
 
@@ -104,7 +111,10 @@ impl LayerKernel for MaxPoolKernel {
         if shape.len() != 4 || io.outputs.iter().skip(1).any(Option::is_some) {
             return self.fallback.run(io);
         }
-        let (Some(oh), Some(ow)) = (win.output(0, shape[2]), win.output(1, shape[3])) else {
+        // (images, channels, rows, columns) whatever the layout.
+        let (n, c, h, w) =
+            if self.channels_last { (shape[0], shape[3], shape[1], shape[2]) } else { (shape[0], shape[1], shape[2], shape[3]) };
+        let (Some(oh), Some(ow)) = (win.output(0, h), win.output(1, w)) else {
             return self.fallback.run(io);
         };
         // A window entirely in the padding has no input to take the max of.
@@ -117,13 +127,26 @@ impl LayerKernel for MaxPoolKernel {
                 })
             })
         };
-        if empty(0, oh, shape[2]) || empty(1, ow, shape[3]) {
+        if empty(0, oh, h) || empty(1, ow, w) {
             return self.fallback.run(io);
+        }
+        if x.len() < n * c * h * w {
+            return Err(format!("input of shape {shape:?} holds only {} elements", x.len()));
         }
         #[cfg(test)]
         FAST_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (h, w) = (shape[2], shape[3]);
-        write_f32_output(io, 0, vec![shape[0], shape[1], oh, ow], |out| {
+        if self.channels_last {
+            return write_f32_output(io, 0, vec![n, oh, ow, c], |out| {
+                if c > 0 && ow > 0 {
+                    out.par_chunks_mut(ow * c).enumerate().for_each(|(row, dst)| {
+                        let (img, y) = (row / oh, row % oh);
+                        max_pool_pixels(&win, &x[img * h * w * c..][..h * w * c], (h, w, c), y, dst);
+                    });
+                }
+                Ok(())
+            });
+        }
+        write_f32_output(io, 0, vec![n, c, oh, ow], |out| {
             let (in_plane, out_plane) = (h * w, oh * ow);
             if out_plane == 0 {
                 return Ok(());
@@ -179,6 +202,34 @@ multiversion! {
                         for (o, &v) in out.iter_mut().zip(&phases[at..at + (hi - lo)]) {
                             *o = if v > *o { v } else { *o };
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Output row `y` of a channels-last image (`dims` = rows, columns, channels): each pixel
+    /// the max of the channel vectors of its in-bounds taps (contiguous, so it vectorizes
+    /// across channels).
+    fn max_pool_pixels(win: &Window, image: &[f32], dims: (usize, usize, usize), y: usize, dst: &mut [f32]) {
+        let (h, w, c) = dims;
+        for (x, out) in dst.chunks_mut(c).enumerate() {
+            out.fill(f32::NEG_INFINITY);
+            for kh in 0..win.kernel[0] {
+                let iy = (y * win.stride[0] + kh * win.dilation[0]) as isize - win.pad_begin[0] as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                for kw in 0..win.kernel[1] {
+                    let ix = (x * win.stride[1] + kw * win.dilation[1]) as isize - win.pad_begin[1] as isize;
+                    if ix < 0 || ix >= w as isize {
+                        continue;
+                    }
+                    let pixel = &image[(iy as usize * w + ix as usize) * c..][..c];
+                    for (o, &v) in out.iter_mut().zip(pixel) {
+                        *o = if v > *o { v } else { *o };
                     }
                 }
             }

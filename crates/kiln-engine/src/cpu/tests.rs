@@ -180,78 +180,79 @@ type PoolCase = ([usize; 4], [i64; 2], [i64; 2], [i64; 4], [i64; 2], i64, bool);
 /// A timing case: input shape, weight shape, stride, pad, group.
 type TimingCase = ([usize; 4], [usize; 4], i64, i64, i64);
 
+/// (input, weight, stride, pad, dilation, group, tactics expected to apply)
+const CONV_CASES: &[ConvCase] = &[
+    ([2, 8, 7, 7], [16, 8, 1, 1], 1, 0, 1, 1, &[super::conv::ONE_BY_ONE, super::conv::IM2COL]),
+    ([1, 6, 9, 8], [4, 6, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
+    ([2, 3, 7, 11], [5, 3, 3, 3], 1, 0, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
+    ([1, 17, 13, 10], [9, 17, 3, 3], 1, 2, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
+    ([2, 6, 11, 11], [6, 3, 3, 3], 2, 1, 1, 2, &[super::conv::IM2COL]),
+    ([1, 4, 10, 10], [4, 4, 3, 3], 1, 2, 2, 1, &[super::conv::IM2COL]),
+    (
+        [2, 8, 9, 9],
+        [8, 1, 3, 3],
+        1,
+        1,
+        1,
+        8,
+        &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
+    ),
+    (
+        [1, 8, 10, 10],
+        [8, 1, 3, 3],
+        2,
+        1,
+        1,
+        8,
+        &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
+    ),
+    ([1, 3, 12, 12], [5, 3, 7, 7], 2, 3, 1, 1, &[super::conv::IM2COL]),
+    (
+        [2, 5, 13, 6],
+        [5, 1, 3, 3],
+        2,
+        0,
+        1,
+        5,
+        &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
+    ),
+    (
+        [1, 3, 11, 17],
+        [3, 1, 5, 5],
+        1,
+        2,
+        2,
+        3,
+        &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
+    ),
+    (
+        [1, 4, 7, 7],
+        [4, 1, 3, 3],
+        3,
+        2,
+        1,
+        4,
+        &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
+    ),
+    ([1, 2, 9, 10], [3, 2, 3, 3], 3, 2, 2, 1, &[super::conv::IM2COL]),
+    // Several channel blocks of the channel-vectorized depthwise, the last one partial.
+    ([2, 37, 9, 11], [37, 1, 3, 3], 1, 1, 1, 37, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
+    ([1, 32, 14, 13], [32, 1, 5, 5], 2, 2, 1, 32, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
+    ([1, 20, 6, 7], [20, 1, 3, 3], 2, 0, 2, 20, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
+    // Rows of 8+ columns (register transposes of whole 8-column blocks, then the rest).
+    ([1, 33, 18, 35], [33, 1, 3, 3], 1, 1, 1, 33, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
+    ([2, 16, 20, 40], [16, 1, 3, 3], 2, 1, 1, 16, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
+    // Wide enough for the column-blocked product (blocks of 64+ columns, ragged last one).
+    ([1, 8, 20, 21], [12, 8, 1, 1], 1, 0, 1, 1, &[super::conv::ONE_BY_ONE, super::conv::IM2COL]),
+    ([2, 5, 15, 15], [7, 5, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
+    ([1, 3, 30, 29], [4, 3, 3, 3], 2, 1, 1, 1, &[super::conv::IM2COL]),
+    ([1, 2, 25, 27], [3, 2, 5, 3], 1, 2, 2, 1, &[super::conv::IM2COL]),
+];
+
 #[test]
 fn convolution_tactics_match_the_reference() {
-    // (input, weight, stride, pad, dilation, group, tactics expected to apply)
-    let cases: &[ConvCase] = &[
-        ([2, 8, 7, 7], [16, 8, 1, 1], 1, 0, 1, 1, &[super::conv::ONE_BY_ONE, super::conv::IM2COL]),
-        ([1, 6, 9, 8], [4, 6, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
-        ([2, 3, 7, 11], [5, 3, 3, 3], 1, 0, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
-        ([1, 17, 13, 10], [9, 17, 3, 3], 1, 2, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
-        ([2, 6, 11, 11], [6, 3, 3, 3], 2, 1, 1, 2, &[super::conv::IM2COL]),
-        ([1, 4, 10, 10], [4, 4, 3, 3], 1, 2, 2, 1, &[super::conv::IM2COL]),
-        (
-            [2, 8, 9, 9],
-            [8, 1, 3, 3],
-            1,
-            1,
-            1,
-            8,
-            &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
-        ),
-        (
-            [1, 8, 10, 10],
-            [8, 1, 3, 3],
-            2,
-            1,
-            1,
-            8,
-            &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
-        ),
-        ([1, 3, 12, 12], [5, 3, 7, 7], 2, 3, 1, 1, &[super::conv::IM2COL]),
-        (
-            [2, 5, 13, 6],
-            [5, 1, 3, 3],
-            2,
-            0,
-            1,
-            5,
-            &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
-        ),
-        (
-            [1, 3, 11, 17],
-            [3, 1, 5, 5],
-            1,
-            2,
-            2,
-            3,
-            &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
-        ),
-        (
-            [1, 4, 7, 7],
-            [4, 1, 3, 3],
-            3,
-            2,
-            1,
-            4,
-            &[super::conv::DEPTHWISE, super::depthwise_c16::TACTIC, super::conv::IM2COL],
-        ),
-        ([1, 2, 9, 10], [3, 2, 3, 3], 3, 2, 2, 1, &[super::conv::IM2COL]),
-        // Several channel blocks of the channel-vectorized depthwise, the last one partial.
-        ([2, 37, 9, 11], [37, 1, 3, 3], 1, 1, 1, 37, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
-        ([1, 32, 14, 13], [32, 1, 5, 5], 2, 2, 1, 32, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
-        ([1, 20, 6, 7], [20, 1, 3, 3], 2, 0, 2, 20, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
-        // Rows of 8+ columns (register transposes of whole 8-column blocks, then the rest).
-        ([1, 33, 18, 35], [33, 1, 3, 3], 1, 1, 1, 33, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
-        ([2, 16, 20, 40], [16, 1, 3, 3], 2, 1, 1, 16, &[super::depthwise_c16::TACTIC, super::conv::DEPTHWISE]),
-        // Wide enough for the column-blocked product (blocks of 64+ columns, ragged last one).
-        ([1, 8, 20, 21], [12, 8, 1, 1], 1, 0, 1, 1, &[super::conv::ONE_BY_ONE, super::conv::IM2COL]),
-        ([2, 5, 15, 15], [7, 5, 3, 3], 1, 1, 1, 1, &[super::conv::IM2COL, super::winograd::TACTIC]),
-        ([1, 3, 30, 29], [4, 3, 3, 3], 2, 1, 1, 1, &[super::conv::IM2COL]),
-        ([1, 2, 25, 27], [3, 2, 5, 3], 1, 2, 2, 1, &[super::conv::IM2COL]),
-    ];
     let acts = [None, Some(Activation::Relu), Some(Activation::Clip { min: 0.0, max: 6.0 })];
-    for (i, (xs, ws, s, p, d, g, tactics)) in cases.iter().enumerate() {
+    for (i, (xs, ws, s, p, d, g, tactics)) in CONV_CASES.iter().enumerate() {
         let x = random(xs, i as u64 + 1);
         let w = random(ws, i as u64 + 100);
         let b = random(&[ws[0]], i as u64 + 200);
@@ -276,6 +277,78 @@ fn convolution_tactics_match_the_reference() {
                     &format!("case {i} act {j} {t} +res"),
                 );
             }
+        }
+    }
+}
+
+/// Every tactic the backend offers for a channels-last convolution (kiln_ir::channels_last),
+/// with and without a residual, against the NCHW reference on the same values permuted; the
+/// reference kernel run on the marked layer (kiln-cpu permutes around the ONNX kernel) too.
+#[test]
+fn channels_last_convolutions_match_the_nchw_reference() {
+    use kiln_ir::channels_last::{permute_tensor, ATTR, TO_NHWC};
+    let nhwc = |t: &Tensor| permute_tensor(t, &TO_NHWC).unwrap();
+    let acts = [None, Some(Activation::Clip { min: 0.0, max: 6.0 })];
+    let mut ran = 0;
+    for (i, (xs, ws, s, p, d, g, _)) in CONV_CASES.iter().enumerate() {
+        let x = random(xs, i as u64 + 1);
+        let w = random(ws, i as u64 + 100);
+        let b = random(&[ws[0]], i as u64 + 200);
+        for (j, act) in acts.iter().enumerate() {
+            let attrs = conv_attrs(*s, *p, *d, *g, *act);
+            let marked = attrs.clone().with(ATTR, 1i64);
+            let base = [(x.clone(), false), (w.clone(), true), (b.clone(), true)];
+            let want = run("Conv", &attrs, &base, super::reference::TACTIC).unwrap();
+            let residual = random(want.shape(), 300 + j as u64);
+            let with_res = [(x.clone(), false), (w.clone(), true), (b.clone(), true), (residual.clone(), false)];
+            let want_res = run("Conv", &attrs, &with_res, super::reference::TACTIC).unwrap();
+            let base_nhwc = [(nhwc(&x), false), (w.clone(), true), (b.clone(), true)];
+            let res_nhwc = [(nhwc(&x), false), (w.clone(), true), (b.clone(), true), (nhwc(&residual), false)];
+            let layer = test_layer("Conv", &marked, 3, 1);
+            let bytes: Vec<Vec<u8>> = base_nhwc.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
+            let offered: Vec<String> =
+                CpuBackend.tactics(&test_desc(&layer, &base_nhwc, &bytes)).into_iter().map(|t| t.name).collect();
+            for t in &offered {
+                let what = format!("case {i} act {j} {t} (channels-last)");
+                assert_close(&run("Conv", &marked, &base_nhwc, t).unwrap(), &nhwc(&want), &what);
+                assert_close(&run("Conv", &marked, &res_nhwc, t).unwrap(), &nhwc(&want_res), &format!("{what} +res"));
+                ran += 1;
+            }
+        }
+    }
+    if super::microkernel::available() {
+        assert!(ran > 2 * CONV_CASES.len(), "native channels-last tactics ran {ran} times");
+    }
+}
+
+/// MaxPool and GlobalAveragePool channels-last, and the transposes between layouts.
+#[test]
+fn channels_last_pools_and_transposes_match_the_reference() {
+    use kiln_ir::channels_last::{permute_tensor, ATTR, TO_NCHW, TO_NHWC};
+    let nhwc = |t: &Tensor| permute_tensor(t, &TO_NHWC).unwrap();
+    let x = random(&[2, 19, 13, 11], 7);
+    let pool = Attributes::new()
+        .with("kernel_shape", vec![3i64, 3])
+        .with("strides", vec![2i64, 2])
+        .with("pads", vec![1i64, 1, 1, 1]);
+    for (op, attrs, tactic) in [
+        ("MaxPool", pool, super::pool::TACTIC),
+        ("GlobalAveragePool", Attributes::new(), super::global_pool::TACTIC),
+    ] {
+        let want = run(op, &attrs, &[(x.clone(), false)], super::reference::TACTIC).unwrap();
+        let marked = attrs.with(ATTR, 1i64);
+        for t in [tactic, super::reference::TACTIC] {
+            let got = run(op, &marked, &[(nhwc(&x), false)], t).unwrap();
+            assert_close(&got, &nhwc(&want), &format!("{op} {t} (channels-last)"));
+        }
+    }
+    for perm in [TO_NHWC, TO_NCHW] {
+        let attrs = Attributes::new().with("perm", perm.iter().map(|&p| p as i64).collect::<Vec<_>>());
+        for shape in [[2, 19, 13, 11], [1, 3, 40, 41], [1, 1, 1, 1]] {
+            let x = random(&shape, 9);
+            let want = run("Transpose", &attrs, &[(x.clone(), false)], super::reference::TACTIC).unwrap();
+            let got = run("Transpose", &attrs, &[(x, false)], super::transpose::TACTIC).unwrap();
+            assert_eq!(got, want, "Transpose {perm:?} of {shape:?}");
         }
     }
 }
@@ -553,6 +626,10 @@ fn tactic_timings() {
         ([1, 2048, 7, 7], [512, 2048, 1, 1], 1, 0, 1),
         ([1, 512, 7, 7], [2048, 512, 1, 1], 1, 0, 1),
         ([8, 512, 7, 7], [2048, 512, 1, 1], 1, 0, 1),
+        ([1, 512, 28, 28], [1024, 512, 1, 1], 2, 0, 1),
+        ([1, 1024, 14, 14], [2048, 1024, 1, 1], 2, 0, 1),
+        ([1, 256, 28, 28], [256, 256, 3, 3], 2, 1, 1),
+        ([1, 512, 14, 14], [512, 512, 3, 3], 2, 1, 1),
     ];
     // KILN_TIMING_CASE=i times only case i (for a profiler).
     let only: Option<usize> = std::env::var("KILN_TIMING_CASE").ok().and_then(|v| v.parse().ok());

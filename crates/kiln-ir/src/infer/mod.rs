@@ -69,13 +69,40 @@ pub fn infer_layer(ctx: &InferCtx) -> Result<Vec<Option<ValueType>>, IrError> {
             Some(None) => return Ok(vec![None; ctx.num_outputs]),
         }
     }
+    let fail = |message: String| IrError::Layer { layer: ctx.layer.to_string(), op: ctx.op.to_string(), message };
+    // A channels-last layer: the ONNX rule on its NCHW view, the output permuted back.
+    let channels_last = crate::channels_last::is_marked(ctx.attrs);
+    let mut nchw: Vec<Option<ValueType>> = Vec::new();
+    if channels_last {
+        let images = crate::channels_last::image_inputs(ctx.op)
+            .ok_or_else(|| fail(format!("{} has no channels-last form", ctx.op)))?;
+        if ctx.num_outputs != 1 {
+            return Err(fail("a channels-last layer has exactly one output".into()));
+        }
+        for (i, t) in inputs.iter().enumerate() {
+            let Some(t) = t else {
+                nchw.push(None);
+                continue;
+            };
+            if !images.contains(&i) {
+                nchw.push(Some((*t).clone()));
+                continue;
+            }
+            if t.as_tensor().and_then(|t| t.rank()).is_some_and(|r| r != 4) {
+                return Err(fail(format!("channels-last input {i} must be 4-D")));
+            }
+            nchw.push(Some(crate::channels_last::permute_type(t, &crate::channels_last::TO_NCHW)));
+        }
+        inputs = nchw.iter().map(Option::as_ref).collect();
+    }
     let known =
         Known { op: ctx.op, attrs: ctx.attrs, inputs, const_inputs: ctx.const_inputs, num_outputs: ctx.num_outputs };
-    let types = rule(&known).map_err(|message| IrError::Layer {
-        layer: ctx.layer.to_string(),
-        op: ctx.op.to_string(),
-        message,
-    })?;
+    let mut types = rule(&known).map_err(fail)?;
+    if channels_last {
+        for t in types.iter_mut() {
+            *t = crate::channels_last::permute_type(t, &crate::channels_last::TO_NHWC);
+        }
+    }
     let mut out: Vec<Option<ValueType>> = types.into_iter().map(Some).collect();
     out.resize(ctx.num_outputs, None);
     Ok(out)

@@ -1,5 +1,6 @@
 //! One pass per file, each with its tests beside it.
 
+pub mod channels_last;
 pub mod common_subexpression;
 pub mod constant_folding;
 pub mod dead_layers;

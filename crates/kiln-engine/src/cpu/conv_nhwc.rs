@@ -1,0 +1,141 @@
+//! `conv-nhwc-packed`: a channels-last convolution (kiln_ir::channels_last; f32, constant
+//! weights, one group) as kiln's packed matrix multiply, pixels as rows:
+//! `out[pixels × cout] = patches[pixels × (kh·kw·cin)] · Wᵀ`.
+//!
+//! In NHWC the product needs no layout work on either side. A 1×1 stride-1 convolution's A is
+//! the input itself, read in place by the register tile; otherwise each pixel's patch is kh·kw
+//! contiguous runs of `cin` channels (memcpy, zeros for padding), unrolled per chunk of rows
+//! while in cache. The output tile is `cout` contiguous channels of 8 pixels: bias, residual
+//! and ReLU/Clip are applied as it is stored, with no scatter back to planes. Pixels of all
+//! images form one product, so a 7×7 late layer at batch 8 has 392 rows to share out. The
+//! weight is packed once (at build time, stored so in the plan) as column panels of Wᵀ with
+//! the depth in (kh, kw, cin) order, matching the patches.
+
+use super::conv::{checked_nhwc_epilogue, Geometry};
+use super::io::{f32_input, opt_f32_input, weight_panels, write_f32_output, OutPtr};
+use super::microkernel;
+use super::packed_gemm::{gemm, pack_columns, packed_columns_len, Epilogue, Operand};
+use super::sgemm::Mat;
+use crate::backend::{LayerDesc, LayerIo, LayerKernel};
+use kiln_ir::{Activation, Attributes};
+
+pub const TACTIC: &str = "conv-nhwc-packed";
+
+/// Whether the tactic runs convolution `g` on this CPU.
+pub(super) fn fits(g: &Geometry) -> bool {
+    microkernel::available() && g.group == 1 && g.cout > 0 && g.cin * g.kh * g.kw > 0
+}
+
+/// The weight `[cout, cin, kh, kw]` as column panels of Wᵀ, depth in (kh, kw, cin) order.
+pub(super) fn pack_weight(w: &[f32], shape: &[usize]) -> Result<Vec<f32>, String> {
+    let [cout, cin, kh, kw] = *shape else { return Err(format!("weight of shape {shape:?} is not 4-D")) };
+    let k = cin * kh * kw;
+    if w.len() != cout * k {
+        return Err(format!("weight of {} values for shape {shape:?}", w.len()));
+    }
+    let mut reordered = vec![0f32; cout * k];
+    for (dst, src) in reordered.chunks_mut(k).zip(w.chunks(k)) {
+        for c in 0..cin {
+            for t in 0..kh * kw {
+                dst[t * cin + c] = src[c * kh * kw + t];
+            }
+        }
+    }
+    Ok(pack_columns(Mat::col_major(&reordered, k), k, cout))
+}
+
+/// Values [`pack_weight`] makes.
+pub(super) fn packed_len(shape: &[usize]) -> Result<usize, String> {
+    let [cout, cin, kh, kw] = *shape else { return Err(format!("weight of shape {shape:?} is not 4-D")) };
+    Ok(packed_columns_len(cin * kh * kw, cout))
+}
+
+pub(crate) struct NhwcConvKernel {
+    attrs: Attributes,
+    activation: Option<Activation>,
+    /// The packed weight, when the plan holds the ONNX layout (else the plan's packed bytes).
+    packed: Option<Vec<f32>>,
+}
+
+impl NhwcConvKernel {
+    pub fn new(desc: &LayerDesc) -> Result<Self, String> {
+        let w = desc.weights.get(1).copied().flatten().ok_or("conv-nhwc-packed needs a constant weight")?;
+        let len = packed_len(w.shape)?;
+        let packed = if w.packed {
+            // A plan is untrusted: its packed bytes must be exactly what packing makes.
+            if w.bytes.len() != len * 4 {
+                return Err(format!("packed weight of {} bytes, expected {}", w.bytes.len(), len * 4));
+            }
+            None
+        } else {
+            let values: &[f32] = bytemuck::try_cast_slice(w.bytes).map_err(|e| format!("weight bytes: {e:?}"))?;
+            Some(pack_weight(values, w.shape)?)
+        };
+        Ok(NhwcConvKernel {
+            attrs: desc.layer.attrs.clone(),
+            activation: Activation::from_attrs(&desc.layer.attrs)?,
+            packed,
+        })
+    }
+}
+
+impl LayerKernel for NhwcConvKernel {
+    fn run(&self, io: &mut LayerIo<'_>) -> Result<(), String> {
+        let (x, x_shape) = f32_input(io, 0)?;
+        let (packed, w_shape) = weight_panels(io, 1, self.packed.as_deref())?;
+        let bias = opt_f32_input(io, 2)?.map(|(b, _)| b);
+        let residual = opt_f32_input(io, 3)?;
+        let g = Geometry::from_nhwc(&self.attrs, x_shape, w_shape)?;
+        if g.group != 1 {
+            return Err("conv-nhwc-packed runs one group".into());
+        }
+        let (out_shape, residual) = checked_nhwc_epilogue(&g, bias, residual)?;
+        if packed.len() != packed_len(w_shape)? {
+            return Err(format!("packed weight of {} values, expected {}", packed.len(), packed_len(w_shape)?));
+        }
+        if x.len() < g.n * g.h * g.w * g.cin {
+            return Err(format!("input of {} values for shape {x_shape:?}", x.len()));
+        }
+        if !microkernel::available() {
+            return Err("conv-nhwc-packed needs AVX-512".into());
+        }
+        let (m, k) = (g.n * g.oh * g.ow, g.cin * g.kh * g.kw);
+        let epilogue =
+            Epilogue { col_bias: bias, residual, activation: self.activation, ..Default::default() };
+        let pointwise = g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad_begin == [0, 0] && (g.oh, g.ow) == (g.h, g.w);
+        let fill = |r0: usize, r1: usize, rows: &mut [f32]| unroll_rows(&g, x, r0, r1, rows);
+        let a = if pointwise { Operand::Matrix(Mat::row_major(x, g.cin)) } else { Operand::Rows(&fill) };
+        write_f32_output(io, 0, out_shape, |out| {
+            // SAFETY: AVX-512 checked above; `out` holds the m × cout output this call alone writes.
+            unsafe { gemm(m, g.cout, k, &a, &Operand::Packed(packed), OutPtr(out.as_mut_ptr()), g.cout, &epilogue, true) }
+        })
+    }
+}
+
+/// Rows `[r0, r1)` of the patch matrix (output pixel r of the whole batch: its kh·kw input
+/// pixels' channels, 0 where a tap falls in the padding) into `rows`, `kh·kw·cin` apart.
+fn unroll_rows(g: &Geometry, x: &[f32], r0: usize, r1: usize, rows: &mut [f32]) {
+    let (c, k) = (g.cin, g.cin * g.kh * g.kw);
+    for (r, row) in (r0..r1).zip(rows.chunks_mut(k)) {
+        let (img, pixel) = (r / (g.oh * g.ow), r % (g.oh * g.ow));
+        let (oy, ox) = (pixel / g.ow, pixel % g.ow);
+        let image = &x[img * g.h * g.w * c..][..g.h * g.w * c];
+        for ky in 0..g.kh {
+            let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.pad_begin[0] as isize;
+            let taps = &mut row[ky * g.kw * c..(ky + 1) * g.kw * c];
+            if iy < 0 || iy >= g.h as isize {
+                taps.fill(0.0);
+                continue;
+            }
+            let line = &image[iy as usize * g.w * c..][..g.w * c];
+            for (kx, tap) in taps.chunks_mut(c).enumerate() {
+                let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.pad_begin[1] as isize;
+                if ix < 0 || ix >= g.w as isize {
+                    tap.fill(0.0);
+                } else {
+                    tap.copy_from_slice(&line[ix as usize * c..][..c]);
+                }
+            }
+        }
+    }
+}
