@@ -26,7 +26,7 @@ pub(crate) fn tactics(desc: &LayerDesc) -> Vec<Tactic> {
     let mut out = Vec::new();
     if kiln_ir::channels_last::is_marked(&desc.layer.attrs) {
         if geo.is_depthwise() {
-            out.push(Tactic::new(super::depthwise_c16::NHWC));
+            out.push(Tactic::new(super::depthwise_nhwc::TACTIC));
         }
         if super::conv_nhwc::fits(&geo) {
             out.push(Tactic::new(super::conv_nhwc::TACTIC));
@@ -95,15 +95,14 @@ impl LayerKernel for ConvKernel {
         let bias = opt_f32_input(io, 2)?.map(|(b, _)| b);
         let residual = opt_f32_input(io, 3)?;
         let (tactic, act) = (self.tactic, self.activation);
-        if tactic == super::depthwise_c16::NHWC {
+        if tactic == super::depthwise_nhwc::TACTIC {
             let g = Geometry::from_nhwc(&self.attrs, x_shape, w_shape)?;
             let (out_shape, residual) = checked_nhwc_epilogue(&g, bias, residual)?;
             if !g.is_depthwise() || x.len() < g.n * g.cin * g.h * g.w {
                 return Err(format!("tactic {tactic} does not fit this convolution's shape"));
             }
-            let order = super::depthwise_c16::Order::Pixels;
             return write_f32_output(io, 0, out_shape, |out| {
-                super::depthwise_c16::depthwise_c16(&g, order, x, w, out, bias, residual, act);
+                super::depthwise_nhwc::depthwise_nhwc(&g, x, w, out, bias, residual, act);
                 Ok(())
             });
         }
@@ -115,7 +114,7 @@ impl LayerKernel for ConvKernel {
                 Ok(())
             }
             super::depthwise_c16::TACTIC if g.is_depthwise() => {
-                super::depthwise_c16::depthwise_c16(&g, super::depthwise_c16::Order::Planes, x, w, out, bias, residual, act);
+                super::depthwise_c16::depthwise_c16(&g, x, w, out, bias, residual, act);
                 Ok(())
             }
             ONE_BY_ONE if g.is_pointwise() => gemm_conv(&g, x, w, out, bias, residual, act, false),

@@ -128,8 +128,23 @@ fn unroll_rows(g: &Geometry, x: &[f32], r0: usize, r1: usize, rows: &mut [f32]) 
                 continue;
             }
             let line = &image[iy as usize * g.w * c..][..g.w * c];
+            let left = (ox * g.stride[1]) as isize - g.pad_begin[1] as isize;
+            if g.dilation[1] == 1 {
+                // The row's taps are kw neighbouring pixels: one copy of the part inside the
+                // image (a 3-channel stem's 7 taps are one 21-value run, not 7 calls).
+                let (lo, hi) = (left.max(0), (left + g.kw as isize).min(g.w as isize));
+                if lo >= hi {
+                    taps.fill(0.0);
+                    continue;
+                }
+                let (skip, len) = ((lo - left) as usize * c, (hi - lo) as usize * c);
+                taps[..skip].fill(0.0);
+                taps[skip..skip + len].copy_from_slice(&line[lo as usize * c..][..len]);
+                taps[skip + len..].fill(0.0);
+                continue;
+            }
             for (kx, tap) in taps.chunks_mut(c).enumerate() {
-                let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.pad_begin[1] as isize;
+                let ix = left + (kx * g.dilation[1]) as isize;
                 if ix < 0 || ix >= g.w as isize {
                     tap.fill(0.0);
                 } else {

@@ -1,5 +1,4 @@
-//! `conv-depthwise-c16`: depthwise convolution vectorized across channels, on NCHW tensors;
-//! `conv-depthwise-nhwc`: the same kernel on channels-last tensors.
+//! `conv-depthwise-c16`: depthwise convolution vectorized across channels, on NCHW tensors.
 //!
 //! The plane-at-a-time kernel (`conv-depthwise`) vectorizes along an output row, which wastes
 //! most of a 16-lane register on MobileNet's 7- and 14-column planes and pays a padded copy
@@ -21,7 +20,6 @@ use kiln_ir::Activation;
 use rayon::prelude::*;
 
 pub const TACTIC: &str = "conv-depthwise-c16";
-pub const NHWC: &str = "conv-depthwise-nhwc";
 
 /// Channels per block: one AVX-512 register (two AVX2 registers) of f32.
 const L: usize = 16;
@@ -38,23 +36,10 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// How an image's channels are laid out.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Order {
-    /// NCHW: one plane per channel.
-    Planes,
-    /// NHWC (a channels-last layer): each pixel's channels together, so a block of 16 is one
-    /// contiguous vector and needs no transposing on the way in or out.
-    Pixels,
-}
-
 /// `out = act(depthwise(x, w) + bias + residual)` for a depthwise `g` (`g.cout == g.cin`, one
-/// filter per channel), images and output laid out as `order` says; `residual` has the
-/// output's layout.
-#[allow(clippy::too_many_arguments)]
+/// filter per channel); `residual` has the output's layout.
 pub(super) fn depthwise_c16(
     g: &Geometry,
-    order: Order,
     x: &[f32],
     w: &[f32],
     out: &mut [f32],
@@ -97,7 +82,7 @@ pub(super) fn depthwise_c16(
         }
         let image = &x[n * g.cin * in_plane..][..g.cin * in_plane];
         let res = residual.map(|r| &r[n * g.cout * out_plane..][..g.cout * out_plane]);
-        let block = Block { x: image, order, c0, lanes, wt: &wt, bias: &bv, res, clamp };
+        let block = Block { x: image, c0, lanes, wt: &wt, bias: &bv, res, clamp };
         let dst = OutPtr(out_ptr.at(n * g.cout * out_plane));
         SCRATCH.with(|s| {
             let (padded, staged) = &mut *s.borrow_mut();
@@ -120,12 +105,11 @@ fn padded_extent(g: &Geometry) -> (usize, usize) {
     (rows, cols)
 }
 
-/// One task's channels: `lanes` ≤ 16 of them from channel `c0` of one image (`x`, laid out
-/// as `order` says), filter taps and bias as 16-lane vectors (0 past the last channel), the
-/// image's residual, and the ReLU/Clip bounds.
+/// One task's channels: `lanes` ≤ 16 of them from channel `c0` of one image (`x`), filter
+/// taps and bias as 16-lane vectors (0 past the last channel), the image's residual, and the
+/// ReLU/Clip bounds.
 struct Block<'a> {
     x: &'a [f32],
-    order: Order,
     c0: usize,
     lanes: usize,
     wt: &'a [Lanes],
@@ -138,7 +122,7 @@ multiversion! {
     /// One block of channels into `dst`, the image's output (only this block's channels
     /// are written).
     fn channel_block(g: &Geometry, b: &Block, rows: (usize, usize), padded: &mut Vec<Lanes>, staged: &mut Vec<Lanes>, dst: OutPtr) {
-        let Block { x, order, c0, lanes, wt, bias, res, clamp } = *b;
+        let Block { x, c0, lanes, wt, bias, res, clamp } = *b;
         let (oh0, oh1) = rows;
         let (_, width) = padded_extent(g);
         let (pt, pl) = (g.pad_begin[0], g.pad_begin[1]);
@@ -161,34 +145,15 @@ multiversion! {
             if i < 0 || i >= g.h as isize {
                 continue;
             }
-            let (i, row) = (i as usize, &mut row[pl..pl + g.w]);
-            match order {
-                Order::Planes => fill_row(&x[c0 * in_plane..], in_plane, i * g.w, lanes, row),
-                Order::Pixels => {
-                    let pixels = x[i * g.w * g.cin..][..g.w * g.cin].chunks(g.cin);
-                    if lanes == L {
-                        // A whole block as one fixed-size copy (a slice copy of run-time length
-                        // is a call per pixel).
-                        for (d, pixel) in row.iter_mut().zip(pixels) {
-                            *d = pixel[c0..c0 + L].try_into().expect("16 channels");
-                        }
-                    } else {
-                        for (d, pixel) in row.iter_mut().zip(pixels) {
-                            d[..lanes].copy_from_slice(&pixel[c0..c0 + lanes]);
-                        }
-                    }
-                }
-            }
+            fill_row(&x[c0 * in_plane..], in_plane, i as usize * g.w, lanes, &mut row[pl..pl + g.w]);
         }
-        let store = |staged: &[Lanes], oh: usize| match order {
-            Order::Planes => {
-                // SAFETY: this block's output planes (channels c0.., contiguous in NCHW) are
-                // written by this task alone.
-                let planes = unsafe { std::slice::from_raw_parts_mut(dst.at(c0 * out_plane), lanes * out_plane) };
-                let res = res.map(|r| &r[c0 * out_plane..][..lanes * out_plane]);
-                store_row(staged, lanes, planes, out_plane, oh * g.ow, res, clamp);
-            }
-            Order::Pixels => store_pixels(staged, g.cout, c0, lanes, dst, oh * g.ow, res, clamp),
+        // Back to NCHW, one plane row per channel, with the residual and clamp.
+        let store = |staged: &[Lanes], oh: usize| {
+            // SAFETY: this block's output planes (channels c0.., contiguous in NCHW) are
+            // written by this task alone.
+            let planes = unsafe { std::slice::from_raw_parts_mut(dst.at(c0 * out_plane), lanes * out_plane) };
+            let res = res.map(|r| &r[c0 * out_plane..][..lanes * out_plane]);
+            store_row(staged, lanes, planes, out_plane, oh * g.ow, res, clamp);
         };
         staged.resize(g.ow, zero);
         #[cfg(target_arch = "x86_64")]
@@ -265,45 +230,6 @@ fn store_row(
             (Some(r), None) => d.iter_mut().zip(staged).zip(r).for_each(|((d, s), r)| *d = s[l] + r),
             (Some(r), Some((lo, hi))) => {
                 d.iter_mut().zip(staged).zip(r).for_each(|((d, s), r)| *d = clip(s[l] + r, lo, hi))
-            }
-        }
-    }
-}
-
-/// Write output row `at / ow` (pixels `at..`) of channels `c0..c0 + lanes` of an NHWC image
-/// (`channels` per pixel) from the staged row: `clamp(staged + residual)`, one contiguous run
-/// of channels per pixel.
-#[allow(clippy::too_many_arguments)]
-fn store_pixels(
-    staged: &[Lanes],
-    channels: usize,
-    c0: usize,
-    lanes: usize,
-    dst: OutPtr,
-    at: usize,
-    res: Option<&[f32]>,
-    clamp: Option<(f32, f32)>,
-) {
-    for (j, s) in staged.iter().enumerate() {
-        let base = (at + j) * channels + c0;
-        let mut v = *s;
-        if let Some(r) = res {
-            for (v, r) in v.iter_mut().zip(&r[base..base + lanes]) {
-                *v += r;
-            }
-        }
-        if let Some((lo, hi)) = clamp {
-            for v in v.iter_mut() {
-                *v = clip(*v, lo, hi);
-            }
-        }
-        // SAFETY: pixel at + j's channels c0..c0 + lanes, inside the image (the caller sized
-        // it) and written by this task alone.
-        unsafe {
-            if lanes == L {
-                (dst.at(base) as *mut Lanes).write_unaligned(v);
-            } else {
-                std::ptr::copy_nonoverlapping(v.as_ptr(), dst.at(base), lanes);
             }
         }
     }

@@ -641,6 +641,18 @@ fn tactic_timings() {
         }
         let attrs = conv_attrs(*s, *p, 1, *g, Some(Activation::Clip { min: 0.0, max: 6.0 }));
         let inputs = [(random(xs, 1), false), (random(ws, 2), true), (random(&[ws[0]], 3), true)];
+        // The channels-last forms of the layer, on its NHWC input.
+        let marked = attrs.clone().with(kiln_ir::channels_last::ATTR, 1i64);
+        let mut nhwc_inputs = inputs.clone();
+        nhwc_inputs[0].0 = kiln_ir::channels_last::permute_tensor(&inputs[0].0, &kiln_ir::channels_last::TO_NHWC).unwrap();
+        for t in [super::depthwise_nhwc::TACTIC, super::conv_nhwc::TACTIC] {
+            if only_tactic.as_deref().is_some_and(|o| o != t) {
+                continue;
+            }
+            if let Some(us) = time_tactic("Conv", &marked, &nhwc_inputs, t, if only.is_some() { 300 } else { 15 }) {
+                println!("{xs:?} {ws:?} s{s}: {t} {us:.1} us");
+            }
+        }
         for t in [
             super::depthwise_c16::TACTIC,
             super::conv::DEPTHWISE,
