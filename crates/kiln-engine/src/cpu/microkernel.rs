@@ -124,8 +124,19 @@ unsafe fn tile_nv<const NV: usize, const PANEL: bool>(
     // read in place, whose row ends there.
     let tail = cols - (NV - 1) * LANES;
     let last: __mmask16 = if tail >= LANES { 0xffff } else { (1u16 << tail) - 1 };
-    // SAFETY: the caller guarantees `k` depth steps of both operands.
+    // SAFETY: the caller guarantees `k` depth steps of both operands; prefetches never fault.
     unsafe {
+        // Ask for the tile's output (and residual) lines now: a large output (a batch's early
+        // layer writes tens of MiB) is not in cache, and its stores would otherwise wait for
+        // each line at the end; the depth loop hides the fetch.
+        for r in 0..rows {
+            for v in 0..NV {
+                _mm_prefetch::<_MM_HINT_ET0>(c.wrapping_add(r * ldc + v * LANES) as *const i8);
+                if !epi.residual.is_null() {
+                    _mm_prefetch::<_MM_HINT_T0>(epi.residual.wrapping_add(r * epi.residual_stride + v * LANES) as *const i8);
+                }
+            }
+        }
         for _ in 0..k {
             let mut bv = [_mm512_setzero_ps(); NV];
             for (v, bv) in bv.iter_mut().enumerate() {

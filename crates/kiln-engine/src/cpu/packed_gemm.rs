@@ -130,12 +130,12 @@ thread_local! {
 /// per row chunk and A once per column chunk. A late convolution (49 pixels × 4608 × 512)
 /// then splits its 9 MiB weight across the threads instead of streaming it once per few rows;
 /// an early one (3136 pixels, a 150 KiB weight) splits its pixels.
-fn split(m: usize, n: usize, k: usize, threads: usize, fill_a: bool) -> (usize, usize) {
+fn split(m: usize, n: usize, k: usize, threads: usize, fill: (bool, bool)) -> (usize, usize) {
     let (row_panels, col_panels) = (m.div_ceil(MR), n.div_ceil(NR));
     let want = if threads > 1 { 4 * threads } else { 1 };
-    // Unrolling A per unit (im2col) costs about as much again as reading it.
-    let a_cost = m * k * if fill_a { 2 } else { 1 };
-    let b_cost = k * n;
+    // Unrolling an operand per unit (im2col, packing) costs about as much again as reading it.
+    let a_cost = m * k * if fill.0 { 2 } else { 1 };
+    let b_cost = k * n * if fill.1 { 2 } else { 1 };
     let mut best = (usize::MAX, 1, 1);
     for col_chunks in 1..=col_panels.min(want) {
         let row_chunks = want.div_ceil(col_chunks).min(row_panels);
@@ -148,6 +148,38 @@ fn split(m: usize, n: usize, k: usize, threads: usize, fill_a: bool) -> (usize, 
         }
     }
     (best.1, best.2)
+}
+
+/// Per-core L2 the blocking plans for (Zen 4: 1 MiB; Intel server cores: 1–2 MiB).
+const L2_BYTES: usize = 1 << 20;
+
+/// Rows `[s0, s1)` of A as the tile reads them (`s0 − r0` a multiple of MR for a packed A): a
+/// slice starting at row s0, its layout, and the distance between consecutive rows' starts
+/// in a panel-aligned walk (`k` for panels, the row stride for rows).
+fn rows_of<'b>(a: &'b Operand, s0: usize, s1: usize, k: usize, a_buf: &'b mut Vec<f32>) -> (&'b [f32], ALayout, usize) {
+    match a {
+        Operand::Packed(p) => (&p[s0 * k..], ALayout::Panel, k),
+        Operand::Matrix(mat) if mat.col_stride == 1 => {
+            (&mat.data[s0 * mat.row_stride..], ALayout::Rows { lda: mat.row_stride }, mat.row_stride)
+        }
+        Operand::Matrix(mat) => {
+            let len = (s1 - s0).div_ceil(MR) * MR * k;
+            if a_buf.len() < len {
+                a_buf.resize(len, 0.0);
+            }
+            pack_rows_into(*mat, s0, s1, k, a_buf);
+            (&a_buf[..], ALayout::Panel, k)
+        }
+        Operand::Rows(fill) => {
+            let len = (s1 - s0) * k;
+            if a_buf.len() < len {
+                a_buf.resize(len, 0.0);
+            }
+            fill(s0, s1, &mut a_buf[..len]);
+            (&a_buf[..], ALayout::Rows { lda: k }, k)
+        }
+        Operand::Panels(_) => unreachable!("checked by gemm"),
+    }
 }
 
 /// `C[m × n] = epilogue(A · B)`, C's rows `ldc` apart from `c`, across the current pool.
@@ -194,7 +226,8 @@ pub(crate) unsafe fn gemm(
     }
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
     let fill_a = matches!(a, Operand::Rows(_)) || matches!(a, Operand::Matrix(mat) if mat.col_stride != 1);
-    let (row_chunks, col_chunks) = split(m, n, k, threads, fill_a);
+    let fill_b = matches!(b, Operand::Panels(_));
+    let (row_chunks, col_chunks) = split(m, n, k, threads, (fill_a, fill_b));
     let rows_per_chunk = m.div_ceil(MR).div_ceil(row_chunks) * MR;
     let panels_per_chunk = col_panels.div_ceil(col_chunks);
     let row_chunks = m.div_ceil(rows_per_chunk);
@@ -202,89 +235,80 @@ pub(crate) unsafe fn gemm(
     // ReLU/Clip go into the tile's store; any other activation runs on the tile after it.
     let clamp = clamp_of(epilogue.activation);
     let other_act = epilogue.activation.filter(|_| clamp.is_none());
+    // Where each column panel of a packed B starts.
+    let mut panel_at = vec![0usize; col_panels + 1];
+    for q in 0..col_panels {
+        panel_at[q + 1] = panel_at[q] + k * panel_width(n, q);
+    }
     let unit = |u: usize| {
         let (rc, cc) = (u / col_chunks, u % col_chunks);
         let (r0, r1) = (rc * rows_per_chunk, ((rc + 1) * rows_per_chunk).min(m));
         let (q0, q1) = (cc * panels_per_chunk, ((cc + 1) * panels_per_chunk).min(col_panels));
+        // Column panel q of a B that needs no filling: the slice and its row stride.
+        let fixed_panel = |q: usize| -> (&[f32], usize) {
+            match b {
+                Operand::Packed(p) => (&p[panel_at[q]..panel_at[q + 1]], panel_width(n, q)),
+                // Read in place: the tile loads row segments `row_stride` apart.
+                Operand::Matrix(mat) => (&mat.data[q * NR..], mat.row_stride),
+                Operand::Panels(_) | Operand::Rows(_) => unreachable!("filled per unit"),
+            }
+        };
+        // One tile: rows i0.. of A (at `a_tile`, as `layout`) times column panel q.
+        let tile = |a_tile: *const f32, layout: ALayout, i0: usize, q: usize, panel: &[f32], ldb: usize| {
+            let (rows, j0) = ((r1 - i0).min(MR), q * NR);
+            let cols = (n - j0).min(NR);
+            let at = |v: Option<&[f32]>, i: usize| v.map_or(std::ptr::null(), |v| v[i..].as_ptr());
+            let epi = TileEpilogue {
+                row_bias: at(epilogue.row_bias, i0),
+                col_bias: at(epilogue.col_bias, j0),
+                residual: at(epilogue.residual, i0 * ldc + j0),
+                residual_stride: ldc,
+                clamp,
+            };
+            // SAFETY: A holds k depth steps of these rows and the panel k of its columns
+            // (checked above); the tile's outputs (rows i0.., columns j0..) belong to this
+            // unit alone (caller).
+            unsafe { microkernel::tile(k, a_tile, layout, panel.as_ptr(), ldb, c.at(i0 * ldc + j0), ldc, rows, cols, &epi) };
+            if let Some(act) = other_act {
+                for r in 0..rows {
+                    // SAFETY: a row of this unit's own tile, just written.
+                    let seg = unsafe { std::slice::from_raw_parts_mut(c.at((i0 + r) * ldc + j0), cols) };
+                    super::epilogue::activate(seg, act);
+                }
+            }
+        };
         SCRATCH.with(|s| {
             let (a_buf, b_buf) = &mut *s.borrow_mut();
-            // This unit's A: row `i` of the unit (a multiple of MR) at `a_rows + i · row_step`.
-            let (a_rows, layout, row_step): (&[f32], ALayout, usize) = match a {
-                Operand::Packed(p) => (&p[r0 * k..], ALayout::Panel, k),
-                Operand::Matrix(mat) if mat.col_stride == 1 => {
-                    (&mat.data[r0 * mat.row_stride..], ALayout::Rows { lda: mat.row_stride }, mat.row_stride)
-                }
-                Operand::Matrix(mat) => {
-                    let len = (r1 - r0).div_ceil(MR) * MR * k;
-                    if a_buf.len() < len {
-                        a_buf.resize(len, 0.0);
+            // Many rows of deep A and a B that fits in L2 (an early convolution's pixels, a
+            // batch's): each MR rows of A (prepared just then, while in L1) meet every column
+            // panel, instead of the whole chunk of A streaming past once per panel.
+            let b_bytes = (q0..q1).map(|q| k * panel_width(n, q) * 4).sum::<usize>();
+            let rows_first = !matches!(b, Operand::Panels(_)) && (r1 - r0) * k * 4 > L2_BYTES / 2 && b_bytes <= L2_BYTES * 3 / 4;
+            if rows_first {
+                for i0 in (r0..r1).step_by(MR) {
+                    let (a_rows, layout, _) = rows_of(a, i0, (i0 + MR).min(r1), k, a_buf);
+                    for q in q0..q1 {
+                        let (panel, ldb) = fixed_panel(q);
+                        tile(a_rows.as_ptr(), layout, i0, q, panel, ldb);
                     }
-                    pack_rows_into(*mat, r0, r1, k, a_buf);
-                    (&a_buf[..], ALayout::Panel, k)
                 }
-                Operand::Rows(fill) => {
-                    let len = (r1 - r0) * k;
-                    if a_buf.len() < len {
-                        a_buf.resize(len, 0.0);
-                    }
-                    fill(r0, r1, &mut a_buf[..len]);
-                    (&a_buf[..], ALayout::Rows { lda: k }, k)
-                }
-                Operand::Panels(_) => unreachable!("checked above"),
-            };
-            let mut b_at: usize = (0..q0).map(|q| k * panel_width(n, q)).sum();
+                return;
+            }
+            let (a_rows, layout, row_step) = rows_of(a, r0, r1, k, a_buf);
             for q in q0..q1 {
-                let (j0, w) = (q * NR, panel_width(n, q));
-                let cols = (n - j0).min(NR);
-                let (panel, ldb): (&[f32], usize) = match b {
-                    Operand::Packed(p) => (&p[b_at..b_at + k * w], w),
+                let (panel, ldb) = match b {
                     Operand::Panels(fill) => {
+                        let (j0, w) = (q * NR, panel_width(n, q));
                         if b_buf.len() < k * w {
                             b_buf.resize(k * w, 0.0);
                         }
-                        fill(j0, cols, w, &mut b_buf[..k * w]);
+                        fill(j0, (n - j0).min(NR), w, &mut b_buf[..k * w]);
                         (&b_buf[..k * w], w)
                     }
-                    // Read in place: the tile loads row segments `row_stride` apart.
-                    Operand::Matrix(mat) => (&mat.data[j0..], mat.row_stride),
-                    Operand::Rows(_) => unreachable!("checked above"),
+                    _ => fixed_panel(q),
                 };
-                b_at += k * w;
                 for i0 in (r0..r1).step_by(MR) {
-                    let rows = (r1 - i0).min(MR);
-                    let at = |v: Option<&[f32]>, i: usize| v.map_or(std::ptr::null(), |v| v[i..].as_ptr());
-                    let epi = TileEpilogue {
-                        row_bias: at(epilogue.row_bias, i0),
-                        col_bias: at(epilogue.col_bias, j0),
-                        residual: at(epilogue.residual, i0 * ldc + j0),
-                        residual_stride: ldc,
-                        clamp,
-                    };
-                    let a_tile = a_rows[(i0 - r0) * row_step..].as_ptr();
-                    // SAFETY: A holds k depth steps of these rows and the panel k of its
-                    // columns (checked above); the tile's outputs (rows i0.., columns j0..)
-                    // belong to this unit alone (caller).
-                    unsafe {
-                        microkernel::tile(
-                            k,
-                            a_tile,
-                            layout,
-                            panel.as_ptr(),
-                            ldb,
-                            c.at(i0 * ldc + j0),
-                            ldc,
-                            rows,
-                            cols,
-                            &epi,
-                        );
-                    }
-                    if let Some(act) = other_act {
-                        for r in 0..rows {
-                            // SAFETY: a row of this unit's own tile, just written.
-                            let seg = unsafe { std::slice::from_raw_parts_mut(c.at((i0 + r) * ldc + j0), cols) };
-                            super::epilogue::activate(seg, act);
-                        }
-                    }
+                    tile(a_rows[(i0 - r0) * row_step..].as_ptr(), layout, i0, q, panel, ldb);
                 }
             }
         });

@@ -577,7 +577,7 @@ fn time_tactic(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: 
         return None;
     }
     let kernel = backend.instantiate(&desc, tactic).ok()?;
-    let mut slot = vec![0u32; 1 << 22];
+    let mut slot = vec![0u32; 1 << 24];
     let mut times = Vec::new();
     for i in 0..iters + 3 {
         let args = inputs
@@ -630,6 +630,7 @@ fn tactic_timings() {
         ([1, 1024, 14, 14], [2048, 1024, 1, 1], 2, 0, 1),
         ([1, 256, 28, 28], [256, 256, 3, 3], 2, 1, 1),
         ([1, 512, 14, 14], [512, 512, 3, 3], 2, 1, 1),
+        ([8, 64, 56, 56], [256, 64, 1, 1], 1, 0, 1),
     ];
     // KILN_TIMING_CASE=i times only case i (for a profiler).
     let only: Option<usize> = std::env::var("KILN_TIMING_CASE").ok().and_then(|v| v.parse().ok());
@@ -640,11 +641,19 @@ fn tactic_timings() {
             continue;
         }
         let attrs = conv_attrs(*s, *p, 1, *g, Some(Activation::Clip { min: 0.0, max: 6.0 }));
-        let inputs = [(random(xs, 1), false), (random(ws, 2), true), (random(&[ws[0]], 3), true)];
+        let mut inputs = vec![(random(xs, 1), false), (random(ws, 2), true), (random(&[ws[0]], 3), true)];
+        // KILN_TIMING_RESIDUAL=1: with a fused residual (NCHW; only the NCHW tactics see it).
+        let residual = std::env::var("KILN_TIMING_RESIDUAL").is_ok_and(|v| v == "1");
+        if residual {
+            inputs.push((random(&[xs[0], ws[0], xs[2] / *s as usize, xs[3] / *s as usize], 4), false));
+        }
         // The channels-last forms of the layer, on its NHWC input.
         let marked = attrs.clone().with(kiln_ir::channels_last::ATTR, 1i64);
         let mut nhwc_inputs = inputs.clone();
-        nhwc_inputs[0].0 = kiln_ir::channels_last::permute_tensor(&inputs[0].0, &kiln_ir::channels_last::TO_NHWC).unwrap();
+        for i in if residual { vec![0, 3] } else { vec![0] } {
+            nhwc_inputs[i].0 =
+                kiln_ir::channels_last::permute_tensor(&inputs[i].0, &kiln_ir::channels_last::TO_NHWC).unwrap();
+        }
         for t in [super::depthwise_nhwc::TACTIC, super::conv_nhwc::TACTIC] {
             if only_tactic.as_deref().is_some_and(|o| o != t) {
                 continue;
