@@ -12,7 +12,7 @@
 //! the depth in (kh, kw, cin) order, matching the patches.
 
 use super::conv::{checked_nhwc_epilogue, Geometry};
-use super::io::{f32_input, opt_f32_input, weight_panels, write_f32_output, OutPtr};
+use super::io::{f32_input, opt_f32_input, own_packed_weight, weight_panels, write_f32_output, OutPtr};
 use super::microkernel;
 use super::packed_gemm::{gemm, pack_columns, packed_columns_len, Epilogue, Operand};
 use super::sgemm::Mat;
@@ -60,17 +60,7 @@ pub(crate) struct NhwcConvKernel {
 impl NhwcConvKernel {
     pub fn new(desc: &LayerDesc) -> Result<Self, String> {
         let w = desc.weights.get(1).copied().flatten().ok_or("conv-nhwc-packed needs a constant weight")?;
-        let len = packed_len(w.shape)?;
-        let packed = if w.packed {
-            // A plan is untrusted: its packed bytes must be exactly what packing makes.
-            if w.bytes.len() != len * 4 {
-                return Err(format!("packed weight of {} bytes, expected {}", w.bytes.len(), len * 4));
-            }
-            None
-        } else {
-            let values: &[f32] = bytemuck::try_cast_slice(w.bytes).map_err(|e| format!("weight bytes: {e:?}"))?;
-            Some(pack_weight(values, w.shape)?)
-        };
+        let packed = own_packed_weight(&w, packed_len(w.shape)?, |values| pack_weight(values, w.shape))?;
         Ok(NhwcConvKernel {
             attrs: desc.layer.attrs.clone(),
             activation: Activation::from_attrs(&desc.layer.attrs)?,

@@ -10,7 +10,7 @@
 
 use super::conv::{checked_epilogue, im2col_panel, phase_columns, phased_row_len, Geometry};
 use super::epilogue::clamp_of;
-use super::io::{f32_input, opt_f32_input, weight_panels, write_f32_output, OutPtr};
+use super::io::{f32_input, opt_f32_input, own_packed_weight, weight_panels, write_f32_output, OutPtr};
 use super::microkernel::{self, TileEpilogue, MR, NR};
 use super::packed_gemm::{
     gemm, pack_columns, pack_rows, packed_columns_len, packed_rows_len, panel_width, Epilogue, Operand,
@@ -77,16 +77,7 @@ impl PackedConvKernel {
         let w = desc.weights.get(1).copied().flatten().ok_or("conv-packed needs a constant weight")?;
         let group = desc.layer.attrs.int("group", 1)?.max(1) as usize;
         let len = packed_len(tactic, w.shape, group)?;
-        let packed = if w.packed {
-            // A plan is untrusted: its packed bytes must be exactly what packing makes.
-            if w.bytes.len() != len * 4 {
-                return Err(format!("packed weight of {} bytes, expected {}", w.bytes.len(), len * 4));
-            }
-            None
-        } else {
-            let values: &[f32] = bytemuck::try_cast_slice(w.bytes).map_err(|e| format!("weight bytes: {e:?}"))?;
-            Some(pack_weight(tactic, values, w.shape, group)?)
-        };
+        let packed = own_packed_weight(&w, len, |values| pack_weight(tactic, values, w.shape, group))?;
         Ok(PackedConvKernel {
             transposed: tactic == TRANSPOSED,
             attrs: desc.layer.attrs.clone(),

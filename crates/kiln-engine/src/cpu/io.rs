@@ -1,7 +1,7 @@
 //! Typed access to a layer invocation for the CPU's native kernels: inputs as `&[f32]` views of
 //! arena or weight bytes (no copy), outputs written straight into their arena slot.
 
-use crate::backend::{Arg, LayerIo, OutputSlot, Produced};
+use crate::backend::{Arg, LayerIo, OutputSlot, Produced, WeightView};
 use kiln_ir::{DType, Tensor, Value};
 
 /// Input `index` as f32 elements and its shape. The slices live as long as the invocation's
@@ -47,6 +47,24 @@ pub(crate) fn weight_panels<'a>(
         None => packed_f32_input(io, index),
         Some(p) => Ok((p, f32_input(io, index)?.1)),
     }
+}
+
+/// A packing tactic's weight as its kernel keeps it: `None` when the plan stores it packed
+/// (then its bytes must be exactly the `len` values packing makes: a plan is untrusted), else
+/// `pack` of the ONNX values.
+pub(crate) fn own_packed_weight(
+    w: &WeightView,
+    len: usize,
+    pack: impl FnOnce(&[f32]) -> Result<Vec<f32>, String>,
+) -> Result<Option<Vec<f32>>, String> {
+    if w.packed {
+        if w.bytes.len() != len * 4 {
+            return Err(format!("packed weight of {} bytes, expected {}", w.bytes.len(), len * 4));
+        }
+        return Ok(None);
+    }
+    let values: &[f32] = bytemuck::try_cast_slice(w.bytes).map_err(|e| format!("weight bytes: {e:?}"))?;
+    pack(values).map(Some)
 }
 
 /// An f32 input's elements and shape.
