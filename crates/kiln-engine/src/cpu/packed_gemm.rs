@@ -123,28 +123,45 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// How a product is cut into units (rows × column panels) across the pool: about four per
-/// thread for balance, and of the cuts that give that many, the one that moves the fewest
-/// bytes. Each unit reads its rows of A once per column panel it covers (from cache: the rows
-/// are few) and every column panel of B in its range once, so B crosses the memory bus once
-/// per row chunk and A once per column chunk. A late convolution (49 pixels × 4608 × 512)
-/// then splits its 9 MiB weight across the threads instead of streaming it once per few rows;
-/// an early one (3136 pixels, a 150 KiB weight) splits its pixels.
+/// How a product is cut into units (chunks of row panels × chunks of column panels) across
+/// the pool: the cut with the shortest estimated time, counting
+/// - the arithmetic of the busiest thread: units are dealt out whole, so 7 equal units on two
+///   threads take as long as 8 (a 49 × 1280 product in 7 chunks of 4 column panels ran 16
+///   panels on one thread and 11 on the other);
+/// - the bytes moved: each unit reads its rows of A once per column panel it covers (from
+///   cache: the rows are few) and every column panel of B in its range once, so B crosses the
+///   memory bus once per row chunk and A once per column chunk. A late convolution (49 pixels
+///   × 4608 × 512) then splits its 9 MiB weight across the threads instead of streaming it
+///   once per few rows; an early one (3136 pixels, a 150 KiB weight) splits its pixels.
 fn split(m: usize, n: usize, k: usize, threads: usize, fill: (bool, bool)) -> (usize, usize) {
     let (row_panels, col_panels) = (m.div_ceil(MR), n.div_ceil(NR));
-    let want = if threads > 1 { 4 * threads } else { 1 };
+    if threads <= 1 {
+        return (1, 1);
+    }
     // Unrolling an operand per unit (im2col, packing) costs about as much again as reading it.
     let a_cost = m * k * if fill.0 { 2 } else { 1 };
     let b_cost = k * n * if fill.1 { 2 } else { 1 };
+    // Cycles: a tile is 24 FMAs per depth step at about one a cycle; a value from outside the
+    // core's caches about one cycle, the threads fetching side by side.
+    let tile_cycles = 24 * k;
+    let limit = 4 * threads;
     let mut best = (usize::MAX, 1, 1);
-    for col_chunks in 1..=col_panels.min(want) {
-        let row_chunks = want.div_ceil(col_chunks).min(row_panels);
-        // The chunk counts as the even split they round to.
-        let row_chunks = row_panels.div_ceil(row_panels.div_ceil(row_chunks));
-        let col_chunks = col_panels.div_ceil(col_panels.div_ceil(col_chunks));
-        let cost = row_chunks * b_cost + col_chunks * a_cost;
-        if cost < best.0 {
-            best = (cost, row_chunks, col_chunks);
+    for rows_per in (1..=row_panels).rev() {
+        let row_chunks = row_panels.div_ceil(rows_per);
+        if row_chunks > limit || row_panels.div_ceil(row_chunks) != rows_per {
+            continue;
+        }
+        for cols_per in (1..=col_panels).rev() {
+            let col_chunks = col_panels.div_ceil(cols_per);
+            if col_chunks > limit || col_panels.div_ceil(col_chunks) != cols_per {
+                continue;
+            }
+            let busiest = (row_chunks * col_chunks).div_ceil(threads) * rows_per * cols_per;
+            let moved = (row_chunks * b_cost + col_chunks * a_cost) / threads;
+            let time = busiest * tile_cycles + moved;
+            if time < best.0 {
+                best = (time, row_chunks, col_chunks);
+            }
         }
     }
     (best.1, best.2)

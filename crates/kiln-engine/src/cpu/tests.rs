@@ -631,6 +631,9 @@ fn tactic_timings() {
         ([1, 256, 28, 28], [256, 256, 3, 3], 2, 1, 1),
         ([1, 512, 14, 14], [512, 512, 3, 3], 2, 1, 1),
         ([8, 64, 56, 56], [256, 64, 1, 1], 1, 0, 1),
+        // MobileNetV2's stem and 7×7 expand.
+        ([1, 3, 224, 224], [32, 3, 3, 3], 2, 1, 1),
+        ([1, 320, 7, 7], [1280, 320, 1, 1], 1, 0, 1),
     ];
     // KILN_TIMING_CASE=i times only case i (for a profiler).
     let only: Option<usize> = std::env::var("KILN_TIMING_CASE").ok().and_then(|v| v.parse().ok());

@@ -5,6 +5,7 @@
 //! index table in f64 per element.
 
 use super::io::{f32_input, write_f32_output, OutPtr};
+use super::vecmath::multiversion;
 use crate::backend::{LayerDesc, LayerIo, LayerKernel};
 use kiln_ir::channels_last::{TO_NCHW, TO_NHWC};
 use kiln_ir::{DType, ValueType};
@@ -68,6 +69,14 @@ impl LayerKernel for TransposeKernel {
                 let (r0, j0) = (band / col_runs * TILE, band % col_runs * COLUMN_RUN);
                 let src = &x[img * image..][..image];
                 let (r1, j1) = ((r0 + TILE).min(rows), (j0 + COLUMN_RUN).min(cols));
+                if rows == 3 {
+                    // An RGB image's planes interleaved, three at a time with the count known
+                    // (the general loop ran 0.08 ms on a 224 × 224 input).
+                    // SAFETY: output columns j0..j1 of this image, this task's alone.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(img * image + j0 * 3), (j1 - j0) * 3) };
+                    interleave3([&src[j0..j1], &src[cols + j0..cols + j1], &src[2 * cols + j0..2 * cols + j1]], dst);
+                    return;
+                }
                 for c0 in (j0..j1).step_by(TILE) {
                     for j in c0..(c0 + TILE).min(j1) {
                         for i in r0..r1 {
@@ -80,5 +89,16 @@ impl LayerKernel for TransposeKernel {
             });
             Ok(())
         })
+    }
+}
+
+multiversion! {
+    /// `dst[3j + i] = planes[i][j]`.
+    fn interleave3(planes: [&[f32]; 3], dst: &mut [f32]) {
+        for (((d, &a), &b), &c) in dst.chunks_exact_mut(3).zip(planes[0]).zip(planes[1]).zip(planes[2]) {
+            d[0] = a;
+            d[1] = b;
+            d[2] = c;
+        }
     }
 }

@@ -15,7 +15,7 @@
 //! two transposes for nothing).
 
 use crate::Rebuilder;
-use kiln_ir::{channels_last, Attributes, IrError, Layer, Network, TensorId, TensorSource, ValueType};
+use kiln_ir::{channels_last, Attributes, IrError, Layer, Network, Tensor, TensorId, TensorSource, ValueType};
 use std::collections::{HashMap, HashSet};
 
 /// `net` with the layers `wants` picks (and the pass's own conditions allow) channels-last, or
@@ -132,6 +132,18 @@ fn to_nchw(
         return Ok(());
     }
     let name = &net.tensor(id).name;
+    // A 1×1 image (a global pool's output) is laid out the same either way: a Reshape, which
+    // the engine runs as a view of its input, instead of a copy.
+    let shape = match &net.tensor(id).ty {
+        Some(ValueType::Tensor(t)) => t.shape.as_deref().and_then(kiln_ir::concrete),
+        _ => None,
+    };
+    if let Some(shape) = shape.filter(|s| s.len() == 4 && s[2] == 1 && s[3] == 1) {
+        let dims = Tensor::from_vec(vec![4], shape.iter().map(|&d| d as i64).collect::<Vec<i64>>())?;
+        let dims = rb.constant_named(&format!("{name}::nchw_shape"), dims)?;
+        rb.add_layer(&format!("{name}::to_nchw"), "Reshape", Attributes::new(), &[Some(nhwc[&id]), Some(dims)], &[Some(id)])?;
+        return Ok(());
+    }
     let attrs = Attributes::new().with("perm", channels_last::TO_NCHW.iter().map(|&p| p as i64).collect::<Vec<_>>());
     rb.add_layer(&format!("{name}::to_nchw"), "Transpose", attrs, &[Some(nhwc[&id])], &[Some(id)])?;
     Ok(())
@@ -140,7 +152,7 @@ fn to_nchw(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_ir::{DType, Dim, Tensor};
+    use kiln_ir::{DType, Dim};
 
     fn conv(net: &mut Network, name: &str, x: TensorId, residual: Option<TensorId>) -> TensorId {
         let w = net.add_constant(&format!("{name}.w"), Tensor::zeros(DType::F32, vec![4, 4, 3, 3]).unwrap()).unwrap();
@@ -175,7 +187,7 @@ mod tests {
         let out = to_channels_last(&net, |_, _| true).unwrap().unwrap();
         assert_eq!(
             ops(&out),
-            ["Transpose", "Conv*", "Conv*", "Transpose", "Relu", "Transpose", "Conv*", "GlobalAveragePool*", "Transpose"]
+            ["Transpose", "Conv*", "Conv*", "Transpose", "Relu", "Transpose", "Conv*", "GlobalAveragePool*", "Reshape"]
         );
         for name in ["b.y", "p"] {
             let id = out.tensor_by_name(name).unwrap();
