@@ -166,6 +166,9 @@ mod simd {
     use crate::cpu::io::OutPtr;
     use std::arch::x86_64::*;
 
+    /// How many output pixels ahead the input is prefetched.
+    const AHEAD: usize = 16;
+
     /// Where one output row's taps are: the image, its valid filter rows ((filter row, image
     /// row)), and the output pixel index of column 0.
     pub(super) struct Row<'a> {
@@ -194,6 +197,16 @@ mod simd {
         let interior = |ox: usize| left(ox) >= 0 && left(ox) + reach < g.w as isize;
         let mut ox = 0;
         while ox < g.ow {
+            // The next group's input columns, asked for now: at batch 8 the image streams from
+            // memory, and each group reads kh rows of ten-odd pixels' channels.
+            let (c0, c1) = (left(ox + AHEAD).max(0) as usize, (left(ox + AHEAD + 8) + reach + 1).clamp(0, g.w as isize) as usize);
+            for &(_, iy) in row.ky {
+                let (from, to) = ((iy * g.w + c0) * c, (iy * g.w + c1.max(c0)) * c);
+                for at in (from..to).step_by(16) {
+                    // A prefetch of an address inside the image: it never faults.
+                    _mm_prefetch::<_MM_HINT_T0>(row.image[at..].as_ptr() as *const i8);
+                }
+            }
             // The longest run of interior pixels from here, in groups of 8, 4, 2; else one
             // pixel with its taps clipped.
             let mut run = 0;

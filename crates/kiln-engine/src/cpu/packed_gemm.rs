@@ -167,6 +167,23 @@ fn split(m: usize, n: usize, k: usize, threads: usize, fill: (bool, bool)) -> (u
     (best.1, best.2)
 }
 
+/// Ask for rows `[s0, s1)` of an A read in place (or packed) ahead of their tiles: a batch's
+/// early layer streams megabytes of A from memory, eight rows (a few KiB) per tile, and the
+/// tile would otherwise wait on each line as its depth loop reaches it.
+fn prefetch_rows(a: &Operand, s0: usize, s1: usize, k: usize) {
+    let (data, from, len) = match a {
+        Operand::Packed(p) => (*p, s0 * k, (s1.saturating_sub(s0)).div_ceil(MR) * MR * k),
+        Operand::Matrix(mat) if mat.col_stride == 1 => (mat.data, s0 * mat.row_stride, s1.saturating_sub(s0) * mat.row_stride),
+        _ => return,
+    };
+    let end = (from + len).min(data.len());
+    #[cfg(target_arch = "x86_64")]
+    for at in (from.min(end)..end).step_by(16) {
+        // SAFETY: a prefetch of an address inside `data`; it never faults and changes nothing.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(data[at..].as_ptr() as *const i8) };
+    }
+}
+
 /// Per-core L2 the blocking plans for (Zen 4: 1 MiB; Intel server cores: 1–2 MiB).
 const L2_BYTES: usize = 1 << 20;
 
@@ -303,6 +320,7 @@ pub(crate) unsafe fn gemm(
             let rows_first = !matches!(b, Operand::Panels(_)) && (r1 - r0) * k * 4 > L2_BYTES / 2 && b_bytes <= L2_BYTES * 3 / 4;
             if rows_first {
                 for i0 in (r0..r1).step_by(MR) {
+                    prefetch_rows(a, i0 + MR, (i0 + 2 * MR).min(r1), k);
                     let (a_rows, layout, _) = rows_of(a, i0, (i0 + MR).min(r1), k, a_buf);
                     for q in q0..q1 {
                         let (panel, ldb) = fixed_panel(q);

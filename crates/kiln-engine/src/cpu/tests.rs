@@ -634,6 +634,10 @@ fn tactic_timings() {
         // MobileNetV2's stem and 7×7 expand.
         ([1, 3, 224, 224], [32, 3, 3, 3], 2, 1, 1),
         ([1, 320, 7, 7], [1280, 320, 1, 1], 1, 0, 1),
+        // MobileNetV2's batch-8 56×56 project and depthwise layers.
+        ([8, 144, 56, 56], [24, 144, 1, 1], 1, 0, 1),
+        ([8, 144, 56, 56], [144, 1, 3, 3], 1, 1, 144),
+        ([8, 96, 112, 112], [96, 1, 3, 3], 2, 1, 96),
     ];
     // KILN_TIMING_CASE=i times only case i (for a profiler).
     let only: Option<usize> = std::env::var("KILN_TIMING_CASE").ok().and_then(|v| v.parse().ok());
