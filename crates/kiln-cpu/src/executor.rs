@@ -243,13 +243,14 @@ fn channels_last_eval(
     args: &[Option<&Value>],
     run: impl Fn(&[Option<&Value>]) -> Result<Vec<Value>, String>,
 ) -> Result<Vec<Value>, String> {
-    let images = channels_last::image_inputs(&layer.op).ok_or_else(|| format!("{} has no channels-last form", layer.op))?;
+    let images =
+        channels_last::image_inputs(&layer.op).ok_or_else(|| format!("{} has no channels-last form", layer.op))?;
     let mut owned: Vec<Option<Value>> = Vec::with_capacity(args.len());
     for (i, a) in args.iter().enumerate() {
         owned.push(match (a, images.contains(&i)) {
-            (Some(Value::Tensor(t)), true) => {
-                Some(Value::Tensor(channels_last::permute_tensor(t, &channels_last::TO_NCHW).map_err(|e| e.to_string())?))
-            }
+            (Some(Value::Tensor(t)), true) => Some(Value::Tensor(
+                channels_last::permute_tensor(t, &channels_last::TO_NCHW).map_err(|e| e.to_string())?,
+            )),
             _ => None,
         });
     }
@@ -257,9 +258,9 @@ fn channels_last_eval(
     run(&args)?
         .into_iter()
         .map(|v| match v {
-            Value::Tensor(t) => channels_last::permute_tensor(&t, &channels_last::TO_NHWC)
-                .map(Value::Tensor)
-                .map_err(|e| e.to_string()),
+            Value::Tensor(t) => {
+                channels_last::permute_tensor(&t, &channels_last::TO_NHWC).map(Value::Tensor).map_err(|e| e.to_string())
+            }
             other => Ok(other),
         })
         .collect()

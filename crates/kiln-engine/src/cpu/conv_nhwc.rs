@@ -90,15 +90,17 @@ impl LayerKernel for NhwcConvKernel {
             return Err("conv-nhwc-packed needs AVX-512".into());
         }
         let (m, k) = (g.n * g.oh * g.ow, g.cin * g.kh * g.kw);
-        let epilogue =
-            Epilogue { col_bias: bias, residual, activation: self.activation, ..Default::default() };
-        let pointwise = g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad_begin == [0, 0] && (g.oh, g.ow) == (g.h, g.w);
+        let epilogue = Epilogue { col_bias: bias, residual, activation: self.activation, ..Default::default() };
+        let pointwise =
+            g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad_begin == [0, 0] && (g.oh, g.ow) == (g.h, g.w);
         // SAFETY: AVX-512 checked above.
         let fill = |r0: usize, r1: usize, rows: &mut [f32]| unsafe { unroll_rows(&g, x, r0, r1, rows) };
         let a = if pointwise { Operand::Matrix(Mat::row_major(x, g.cin)) } else { Operand::Rows(&fill) };
         write_f32_output(io, 0, out_shape, |out| {
             // SAFETY: AVX-512 checked above; `out` holds the m × cout output this call alone writes.
-            unsafe { gemm(m, g.cout, k, &a, &Operand::Packed(packed), OutPtr(out.as_mut_ptr()), g.cout, &epilogue, true) }
+            unsafe {
+                gemm(m, g.cout, k, &a, &Operand::Packed(packed), OutPtr(out.as_mut_ptr()), g.cout, &epilogue, true)
+            }
         })
     }
 }

@@ -190,7 +190,11 @@ mod simd {
         let blocks = c.div_ceil(L);
         let mask_of = |b: usize| -> __mmask16 {
             let lanes = (c - b * L).min(L);
-            if lanes == L { 0xffff } else { (1u16 << lanes) - 1 }
+            if lanes == L {
+                0xffff
+            } else {
+                (1u16 << lanes) - 1
+            }
         };
         let left = |ox: usize| (ox * g.stride[1]) as isize - g.pad_begin[1] as isize;
         let reach = ((g.kw - 1) * g.dilation[1]) as isize;
@@ -199,7 +203,8 @@ mod simd {
         while ox < g.ow {
             // The next group's input columns, asked for now: at batch 8 the image streams from
             // memory, and each group reads kh rows of ten-odd pixels' channels.
-            let (c0, c1) = (left(ox + AHEAD).max(0) as usize, (left(ox + AHEAD + 8) + reach + 1).clamp(0, g.w as isize) as usize);
+            let (c0, c1) =
+                (left(ox + AHEAD).max(0) as usize, (left(ox + AHEAD + 8) + reach + 1).clamp(0, g.w as isize) as usize);
             for &(_, iy) in row.ky {
                 let (from, to) = ((iy * g.w + c0) * c, (iy * g.w + c1.max(c0)) * c);
                 for at in (from..to).step_by(16) {

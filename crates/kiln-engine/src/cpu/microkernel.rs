@@ -133,7 +133,9 @@ unsafe fn tile_nv<const NV: usize, const PANEL: bool>(
             for v in 0..NV {
                 _mm_prefetch::<_MM_HINT_ET0>(c.wrapping_add(r * ldc + v * LANES) as *const i8);
                 if !epi.residual.is_null() {
-                    _mm_prefetch::<_MM_HINT_T0>(epi.residual.wrapping_add(r * epi.residual_stride + v * LANES) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        epi.residual.wrapping_add(r * epi.residual_stride + v * LANES) as *const i8
+                    );
                 }
             }
         }

@@ -102,9 +102,9 @@ impl Backend for CpuBackend {
     /// packed tile runs: their NHWC kernels need no im2col copy for 1×1 layers, no scatter
     /// back to planes, and no transposes around depthwise layers.
     fn channels_last(&self, net: &kiln_ir::Network, layer: &kiln_ir::Layer) -> bool {
-        let f32_image = layer.inputs.first().copied().flatten().is_some_and(|x| {
-            matches!(&net.tensor(x).ty, Some(kiln_ir::ValueType::Tensor(t)) if t.dtype == kiln_ir::DType::F32)
-        });
+        let f32_image = layer.inputs.first().copied().flatten().is_some_and(
+            |x| matches!(&net.tensor(x).ty, Some(kiln_ir::ValueType::Tensor(t)) if t.dtype == kiln_ir::DType::F32),
+        );
         if !microkernel::available() || !f32_image {
             return false;
         }

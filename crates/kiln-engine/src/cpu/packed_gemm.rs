@@ -173,14 +173,18 @@ fn split(m: usize, n: usize, k: usize, threads: usize, fill: (bool, bool)) -> (u
 fn prefetch_rows(a: &Operand, s0: usize, s1: usize, k: usize) {
     let (data, from, len) = match a {
         Operand::Packed(p) => (*p, s0 * k, (s1.saturating_sub(s0)).div_ceil(MR) * MR * k),
-        Operand::Matrix(mat) if mat.col_stride == 1 => (mat.data, s0 * mat.row_stride, s1.saturating_sub(s0) * mat.row_stride),
+        Operand::Matrix(mat) if mat.col_stride == 1 => {
+            (mat.data, s0 * mat.row_stride, s1.saturating_sub(s0) * mat.row_stride)
+        }
         _ => return,
     };
     let end = (from + len).min(data.len());
     #[cfg(target_arch = "x86_64")]
     for at in (from.min(end)..end).step_by(16) {
         // SAFETY: a prefetch of an address inside `data`; it never faults and changes nothing.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(data[at..].as_ptr() as *const i8) };
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(data[at..].as_ptr() as *const i8)
+        };
     }
 }
 
@@ -302,7 +306,9 @@ pub(crate) unsafe fn gemm(
             // SAFETY: A holds k depth steps of these rows and the panel k of its columns
             // (checked above); the tile's outputs (rows i0.., columns j0..) belong to this
             // unit alone (caller).
-            unsafe { microkernel::tile(k, a_tile, layout, panel.as_ptr(), ldb, c.at(i0 * ldc + j0), ldc, rows, cols, &epi) };
+            unsafe {
+                microkernel::tile(k, a_tile, layout, panel.as_ptr(), ldb, c.at(i0 * ldc + j0), ldc, rows, cols, &epi)
+            };
             if let Some(act) = other_act {
                 for r in 0..rows {
                     // SAFETY: a row of this unit's own tile, just written.
@@ -317,7 +323,8 @@ pub(crate) unsafe fn gemm(
             // batch's): each MR rows of A (prepared just then, while in L1) meet every column
             // panel, instead of the whole chunk of A streaming past once per panel.
             let b_bytes = (q0..q1).map(|q| k * panel_width(n, q) * 4).sum::<usize>();
-            let rows_first = !matches!(b, Operand::Panels(_)) && (r1 - r0) * k * 4 > L2_BYTES / 2 && b_bytes <= L2_BYTES * 3 / 4;
+            let rows_first =
+                !matches!(b, Operand::Panels(_)) && (r1 - r0) * k * 4 > L2_BYTES / 2 && b_bytes <= L2_BYTES * 3 / 4;
             if rows_first {
                 for i0 in (r0..r1).step_by(MR) {
                     prefetch_rows(a, i0 + MR, (i0 + 2 * MR).min(r1), k);

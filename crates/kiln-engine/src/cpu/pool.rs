@@ -112,8 +112,11 @@ impl LayerKernel for MaxPoolKernel {
             return self.fallback.run(io);
         }
         // (images, channels, rows, columns) whatever the layout.
-        let (n, c, h, w) =
-            if self.channels_last { (shape[0], shape[3], shape[1], shape[2]) } else { (shape[0], shape[1], shape[2], shape[3]) };
+        let (n, c, h, w) = if self.channels_last {
+            (shape[0], shape[3], shape[1], shape[2])
+        } else {
+            (shape[0], shape[1], shape[2], shape[3])
+        };
         let (Some(oh), Some(ow)) = (win.output(0, h), win.output(1, w)) else {
             return self.fallback.run(io);
         };

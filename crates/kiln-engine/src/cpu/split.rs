@@ -104,7 +104,8 @@ impl LayerKernel for SplitKernel {
             let len = size * inner;
             write_f32_output(io, j, out_shape, |out| {
                 if len > 0 {
-                    let copy = |(o, dst): (usize, &mut [f32])| dst.copy_from_slice(&x[o * row + begin * inner..][..len]);
+                    let copy =
+                        |(o, dst): (usize, &mut [f32])| dst.copy_from_slice(&x[o * row + begin * inner..][..len]);
                     // A large split (ViT's fused QKV, 1.8 MB per layer) across the pool: one
                     // thread copied at a third of the memory's speed.
                     if out.len() >= PARALLEL_ELEMENTS {

@@ -331,10 +331,9 @@ fn channels_last_pools_and_transposes_match_the_reference() {
         .with("kernel_shape", vec![3i64, 3])
         .with("strides", vec![2i64, 2])
         .with("pads", vec![1i64, 1, 1, 1]);
-    for (op, attrs, tactic) in [
-        ("MaxPool", pool, super::pool::TACTIC),
-        ("GlobalAveragePool", Attributes::new(), super::global_pool::TACTIC),
-    ] {
+    for (op, attrs, tactic) in
+        [("MaxPool", pool, super::pool::TACTIC), ("GlobalAveragePool", Attributes::new(), super::global_pool::TACTIC)]
+    {
         let want = run(op, &attrs, &[(x.clone(), false)], super::reference::TACTIC).unwrap();
         let marked = attrs.with(ATTR, 1i64);
         for t in [tactic, super::reference::TACTIC] {

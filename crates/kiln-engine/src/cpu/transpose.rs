@@ -54,7 +54,8 @@ impl LayerKernel for TransposeKernel {
             return Err(format!("input of shape {shape:?} holds only {} elements", x.len()));
         }
         // Per image, a rows × cols matrix becomes cols × rows.
-        let (out_shape, rows, cols) = if self.to_nhwc { (vec![n, b, c, a], a, b * c) } else { (vec![n, c, a, b], a * b, c) };
+        let (out_shape, rows, cols) =
+            if self.to_nhwc { (vec![n, b, c, a], a, b * c) } else { (vec![n, c, a, b], a * b, c) };
         write_f32_output(io, 0, out_shape, |out| {
             let image = rows * cols;
             if image == 0 {
@@ -73,7 +74,8 @@ impl LayerKernel for TransposeKernel {
                     // An RGB image's planes interleaved, three at a time with the count known
                     // (the general loop ran 0.08 ms on a 224 × 224 input).
                     // SAFETY: output columns j0..j1 of this image, this task's alone.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(img * image + j0 * 3), (j1 - j0) * 3) };
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(out_ptr.at(img * image + j0 * 3), (j1 - j0) * 3) };
                     interleave3([&src[j0..j1], &src[cols + j0..cols + j1], &src[2 * cols + j0..2 * cols + j1]], dst);
                     return;
                 }

@@ -113,7 +113,8 @@ fn to_nhwc(
     let src = rb.map(id)?;
     let name = &net.tensor(id).name;
     let attrs = Attributes::new().with("perm", channels_last::TO_NHWC.iter().map(|&p| p as i64).collect::<Vec<_>>());
-    let made = rb.add_new_layer(&format!("{name}::to_nhwc"), "Transpose", attrs, &[Some(src)], &[&format!("{name}::nhwc")])?;
+    let made =
+        rb.add_new_layer(&format!("{name}::to_nhwc"), "Transpose", attrs, &[Some(src)], &[&format!("{name}::nhwc")])?;
     let t = made[0].expect("named output");
     nhwc.insert(id, t);
     Ok(t)
@@ -141,7 +142,13 @@ fn to_nchw(
     if let Some(shape) = shape.filter(|s| s.len() == 4 && s[2] == 1 && s[3] == 1) {
         let dims = Tensor::from_vec(vec![4], shape.iter().map(|&d| d as i64).collect::<Vec<i64>>())?;
         let dims = rb.constant_named(&format!("{name}::nchw_shape"), dims)?;
-        rb.add_layer(&format!("{name}::to_nchw"), "Reshape", Attributes::new(), &[Some(nhwc[&id]), Some(dims)], &[Some(id)])?;
+        rb.add_layer(
+            &format!("{name}::to_nchw"),
+            "Reshape",
+            Attributes::new(),
+            &[Some(nhwc[&id]), Some(dims)],
+            &[Some(id)],
+        )?;
         return Ok(());
     }
     let attrs = Attributes::new().with("perm", channels_last::TO_NCHW.iter().map(|&p| p as i64).collect::<Vec<_>>());
@@ -176,7 +183,10 @@ mod tests {
     }
 
     fn ops(net: &Network) -> Vec<String> {
-        net.layers().iter().map(|l| format!("{}{}", l.op, if channels_last::is_marked(&l.attrs) { "*" } else { "" })).collect()
+        net.layers()
+            .iter()
+            .map(|l| format!("{}{}", l.op, if channels_last::is_marked(&l.attrs) { "*" } else { "" }))
+            .collect()
     }
 
     /// Transposes only where switched layers meet the rest: the input, the NCHW reader (Relu)
