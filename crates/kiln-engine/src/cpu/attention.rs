@@ -6,6 +6,8 @@
 //! this tactic holds, so offering it is never wrong.
 
 use super::io::{f32_input, write_f32_output, OutPtr};
+use super::microkernel;
+use super::packed_gemm::{self, pack_columns_into, packed_columns_len, Epilogue, Operand};
 use super::reference::ReferenceKernel;
 use super::sgemm::{sgemm_strided, Mat};
 use super::vecmath::softmax_row;
@@ -195,16 +197,39 @@ impl LayerKernel for AttentionKernel {
         write_f32_output(io, 0, out_shape, |out| {
             let ptr = OutPtr(out.as_mut_ptr());
             let (sq, skv, group) = (p.q.seq, p.k.seq, p.q.heads / p.k.heads);
+            // kiln's packed tile where it runs (Kᵀ packed per head, Q, the scores and V read in
+            // place), else the gemm crate.
+            let packed = microkernel::available();
             (0..p.batch * p.q.heads).into_par_iter().try_for_each_init(
-                || (vec![0f32; sq * skv], vec![0f32; skv]),
-                |(scores, mask_row), bh| -> Result<(), String> {
+                || (vec![0f32; sq * skv], vec![0f32; skv], Vec::new()),
+                |(scores, mask_row, kt), bh| -> Result<(), String> {
                     let (b, h) = (bh / p.q.heads, bh % p.q.heads);
                     let kh = h / group;
                     let qm = Mat { data: &q[p.q.offset(b, h)..], row_stride: p.q.row_stride(), col_stride: 1 };
                     // Kᵀ: element (d, j) is K[j, d].
                     let km = Mat { data: &k[p.k.offset(b, kh)..], row_stride: 1, col_stride: p.k.row_stride() };
-                    // SAFETY: `scores` is this task's own sq × skv buffer.
-                    unsafe { sgemm_strided(sq, skv, p.q.dim, qm, km, scores.as_mut_ptr(), skv, false, false)? };
+                    if packed {
+                        kt.resize(packed_columns_len(p.q.dim, skv), 0.0);
+                        pack_columns_into(km, p.q.dim, skv, kt);
+                        let scores_out = OutPtr(scores.as_mut_ptr());
+                        // SAFETY: AVX-512 checked; `scores` is this task's own sq × skv buffer.
+                        unsafe {
+                            packed_gemm::gemm(
+                                sq,
+                                skv,
+                                p.q.dim,
+                                &Operand::Matrix(qm),
+                                &Operand::Packed(kt),
+                                scores_out,
+                                skv,
+                                &Epilogue::default(),
+                                false,
+                            )?
+                        };
+                    } else {
+                        // SAFETY: `scores` is this task's own sq × skv buffer.
+                        unsafe { sgemm_strided(sq, skv, p.q.dim, qm, km, scores.as_mut_ptr(), skv, false, false)? };
+                    }
                     for (i, row) in scores.chunks_mut(skv.max(1)).enumerate() {
                         let m = match (mask, p.mask_strides) {
                             (Some(m), Some(st)) => {
@@ -224,6 +249,21 @@ impl LayerKernel for AttentionKernel {
                     // SAFETY: this task writes only head h of batch b: rows y.row_stride() apart,
                     // columns [0, dv) from y.offset(b, h) — disjoint from every other task's, and
                     // inside `out` (batch · q seq · heads · dv elements).
+                    if packed {
+                        return unsafe {
+                            packed_gemm::gemm(
+                                sq,
+                                p.y.dim,
+                                skv,
+                                &Operand::Matrix(Mat::row_major(scores, skv)),
+                                &Operand::Matrix(vm),
+                                OutPtr(ptr.at(p.y.offset(b, h))),
+                                p.y.row_stride(),
+                                &Epilogue::default(),
+                                false,
+                            )
+                        };
+                    }
                     unsafe {
                         sgemm_strided(
                             sq,

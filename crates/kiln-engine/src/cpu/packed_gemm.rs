@@ -69,10 +69,16 @@ fn pack_rows_into(a: Mat, r0: usize, r1: usize, k: usize, out: &mut [f32]) {
 
 /// Column panels of a `k × n` matrix: `[panel][k][w]`.
 pub(crate) fn pack_columns(b: Mat, k: usize, n: usize) -> Vec<f32> {
-    let panels = n.div_ceil(NR);
     let mut out = vec![0f32; packed_columns_len(k, n)];
+    pack_columns_into(b, k, n, &mut out);
+    out
+}
+
+/// [`pack_columns`] into `out` (at least [`packed_columns_len`] values). Only the matrix's
+/// columns are written: a panel's padding past them is never read (the tile masks it off).
+pub(crate) fn pack_columns_into(b: Mat, k: usize, n: usize, out: &mut [f32]) {
     let mut at = 0;
-    for p in 0..panels {
+    for p in 0..n.div_ceil(NR) {
         let (j0, w) = (p * NR, panel_width(n, p));
         let cols = (n - j0).min(NR);
         for kk in 0..k {
@@ -83,7 +89,6 @@ pub(crate) fn pack_columns(b: Mat, k: usize, n: usize) -> Vec<f32> {
         }
         at += k * w;
     }
-    out
 }
 
 /// Writes one column panel of B: `fill(j0, cols, w, panel)`.
