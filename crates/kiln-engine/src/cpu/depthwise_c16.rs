@@ -281,32 +281,11 @@ fn pixels<const P: usize>(
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::{Geometry, Lanes, L};
+    use crate::cpu::vecmath::transpose8;
     use std::arch::x86_64::*;
 
     /// Half a 16-lane block: one 256-bit register.
     const H: usize = 8;
-
-    /// `r[i][j] ← r[j][i]` for 8×8: unpack pairs, 64-bit shuffles, then 128-bit halves.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn transpose8(r: &mut [__m256; H]) {
-        let mut t = [_mm256_setzero_ps(); H];
-        for i in 0..4 {
-            t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-            t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-        }
-        let mut u = [_mm256_setzero_ps(); H];
-        for q in 0..2 {
-            let b = 4 * q;
-            u[b] = _mm256_shuffle_ps(t[b], t[b + 2], 0x44);
-            u[b + 1] = _mm256_shuffle_ps(t[b], t[b + 2], 0xEE);
-            u[b + 2] = _mm256_shuffle_ps(t[b + 1], t[b + 3], 0x44);
-            u[b + 3] = _mm256_shuffle_ps(t[b + 1], t[b + 3], 0xEE);
-        }
-        for i in 0..4 {
-            r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
-            r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
-        }
-    }
 
     /// One output row of [`super::channel_block`] into `staged` with fused multiply-adds
     /// (the portable body's separate multiply and add are not fused): blocks of 4, 2, then 1

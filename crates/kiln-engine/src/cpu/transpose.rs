@@ -6,6 +6,8 @@
 
 use super::io::{f32_input, write_f32_output, OutPtr};
 use super::vecmath::multiversion;
+#[cfg(target_arch = "x86_64")]
+use super::vecmath::{level, transpose8, Level};
 use crate::backend::{LayerDesc, LayerIo, LayerKernel};
 use kiln_ir::channels_last::{TO_NCHW, TO_NHWC};
 use kiln_ir::{DType, ValueType};
@@ -79,13 +81,31 @@ impl LayerKernel for TransposeKernel {
                     interleave3([&src[j0..j1], &src[cols + j0..cols + j1], &src[2 * cols + j0..2 * cols + j1]], dst);
                     return;
                 }
-                for c0 in (j0..j1).step_by(TILE) {
-                    for j in c0..(c0 + TILE).min(j1) {
-                        for i in r0..r1 {
-                            // SAFETY: element (j, i) of this image's cols × rows output; this
-                            // task alone covers source rows r0..r1 × columns j0..j1.
-                            unsafe { *out_ptr.at(img * image + j * rows + i) = src[i * cols + j] };
+                let dst = OutPtr(out_ptr.at(img * image));
+                // Whole 8 × 8 blocks through registers, the ragged edges element by element.
+                #[cfg(target_arch = "x86_64")]
+                let (r8, j8) = if level() != Level::Portable {
+                    let (r8, j8) = (r0 + (r1 - r0) / 8 * 8, j0 + (j1 - j0) / 8 * 8);
+                    for i in (r0..r8).step_by(8) {
+                        for j in (j0..j8).step_by(8) {
+                            // SAFETY: AVX2 checked; rows i..i + 8 × columns j..j + 8 of the
+                            // source lie inside it, and their transposed places in this task's
+                            // part of the output.
+                            unsafe { block8(src.as_ptr().add(i * cols + j), cols, dst.at(j * rows + i), rows) };
                         }
+                    }
+                    (r8, j8)
+                } else {
+                    (r0, j0)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let (r8, j8) = (r0, j0);
+                for i in r0..r1 {
+                    let from = if i < r8 { j8 } else { j0 };
+                    for j in from..j1 {
+                        // SAFETY: element (j, i) of this image's cols × rows output; this task
+                        // alone covers source rows r0..r1 × columns j0..j1.
+                        unsafe { *dst.at(j * rows + i) = src[i * cols + j] };
                     }
                 }
             });
@@ -101,6 +121,27 @@ multiversion! {
             d[0] = a;
             d[1] = b;
             d[2] = c;
+        }
+    }
+}
+
+/// One 8 × 8 block: 8 source rows `src_stride` apart into 8 destination rows `dst_stride` apart.
+///
+/// # Safety
+/// The CPU must have AVX2; both blocks must lie inside their buffers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block8(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let mut r = [_mm256_setzero_ps(); 8];
+        for (i, v) in r.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(src.add(i * src_stride));
+        }
+        transpose8(&mut r);
+        for (i, v) in r.iter().enumerate() {
+            _mm256_storeu_ps(dst.add(i * dst_stride), *v);
         }
     }
 }
