@@ -3,9 +3,10 @@
 //! `out[pixels × cout] = patches[pixels × (kh·kw·cin)] · Wᵀ`.
 //!
 //! In NHWC the product needs no layout work on either side. A 1×1 stride-1 convolution's A is
-//! the input itself, read in place by the register tile; otherwise each pixel's patch is kh·kw
-//! contiguous runs of `cin` channels (memcpy, zeros for padding), unrolled per chunk of rows
-//! while in cache. The output tile is `cout` contiguous channels of 8 pixels: bias, residual
+//! the input itself, read in place by the register tile; otherwise each pixel's patch is one
+//! contiguous run of kw·cin values per filter row (kh·kw runs of cin when dilated), copied in
+//! masked vectors with zeros for padding, eight rows at a time just before their tiles when A
+//! is large. The output tile is `cout` contiguous channels of 8 pixels: bias, residual
 //! and ReLU/Clip are applied as it is stored, with no scatter back to planes. Pixels of all
 //! images form one product, so a 7×7 late layer at batch 8 has 392 rows to share out. The
 //! weight is packed once (at build time, stored so in the plan) as column panels of Wᵀ with
