@@ -225,6 +225,28 @@ mod simd {
             };
             let kx0 = (0..g.kw).find(|&k| valid(k)).unwrap_or(g.kw);
             let kx1 = (kx0..g.kw).rev().find(|&k| valid(k)).map_or(kx0, |k| k + 1);
+            // Every read of the group, for every block, inside the image and the residual:
+            // checked once here rather than per block.
+            let n = match run {
+                8 => 8,
+                4..=7 => 4,
+                2 | 3 => 2,
+                _ => 1,
+            };
+            let (k0, k1) = if n == 1 { (kx0, kx1) } else { (0, g.kw) };
+            if let (true, Some(&(_, iy_last))) = (k0 < k1, row.ky.last()) {
+                let ix_first = left(ox) + (k0 * g.dilation[1]) as isize;
+                let ix_last = left(ox) + ((k1 - 1) * g.dilation[1] + (n - 1) * g.stride[1]) as isize;
+                assert!(
+                    ix_first >= 0
+                        && ix_last < g.w as isize
+                        && (iy_last * g.w + ix_last as usize + 1) * c <= row.image.len(),
+                    "depthwise-nhwc: taps outside the image"
+                );
+            }
+            if let Some(r) = layer.residual {
+                assert!((row.first_pixel + ox + n) * c <= r.len(), "depthwise-nhwc: residual too short");
+            }
             for b in 0..blocks {
                 let mask = mask_of(b);
                 // SAFETY: forwarded; `pixels` checks its reads.
@@ -237,16 +259,15 @@ mod simd {
                     }
                 }
             }
-            ox += match run {
-                8 => 8,
-                4..=7 => 4,
-                2 | 3 => 2,
-                _ => 1,
-            };
+            ox += n;
         }
     }
 
-    /// Pixels `ox..ox + N` of the row, filter columns `kx0..kx1` (inside the image for all N).
+    /// Pixels `ox..ox + N` of the row, filter columns `kx0..kx1`.
+    ///
+    /// # Safety
+    /// AVX-512F; every tap of the N pixels (filter rows `row.ky`, columns `kx0..kx1`) inside
+    /// the image, and their residual inside it.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn pixels<const N: usize>(
@@ -263,16 +284,9 @@ mod simd {
         let (c, blocks) = (g.cout, g.cout.div_ceil(L));
         let step = g.stride[1] * c;
         let left = (ox * g.stride[1]) as isize - g.pad_begin[1] as isize;
-        if kx0 < kx1 {
-            // The farthest read: last filter row, last pixel's last tap, this block's lanes.
-            let ix_first = left + (kx0 * g.dilation[1]) as isize;
-            let ix_last = left + ((kx1 - 1) * g.dilation[1] + (N - 1) * g.stride[1]) as isize;
-            let far = row.ky.last().map_or(0, |&(_, iy)| (iy * g.w + ix_last as usize) * c) + b * L;
-            assert!(ix_first >= 0 && ix_last < g.w as isize && far + mask.count_ones() as usize <= row.image.len());
-        }
-        // SAFETY: every load is at most `far` + the mask's lanes into the image (checked);
-        // taps and bias hold `taps · blocks` and `blocks` vectors; the output and residual
-        // positions are pixels of this row, inside the batch's output.
+        // SAFETY: every load lies inside the image and the residual (the caller checked the
+        // group's farthest reads); taps and bias hold `taps · blocks` and `blocks` vectors;
+        // the output positions are pixels of this row, inside the batch's output.
         unsafe {
             let mut acc = [_mm512_loadu_ps(layer.bias[b].as_ptr()); N];
             for &(kr, iy) in row.ky {
@@ -291,7 +305,6 @@ mod simd {
                 let at = (row.first_pixel + ox + p) * c + b * L;
                 let mut v = *a;
                 if let Some(r) = layer.residual {
-                    assert!(at + mask.count_ones() as usize <= r.len(), "depthwise-nhwc: residual too short");
                     v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r.as_ptr().add(at)));
                 }
                 if layer.clamp.is_some() {

@@ -207,6 +207,34 @@ multiversion! {
     }
 }
 
+/// `r[i][j] ← r[j][i]` for an 8×8 block of f32 in AVX registers: unpack pairs, 64-bit
+/// shuffles, then 128-bit halves.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn transpose8(r: &mut [std::arch::x86_64::__m256; 8]) {
+    use std::arch::x86_64::*;
+    let mut t = [_mm256_setzero_ps(); 8];
+    for i in 0..4 {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    let mut u = [_mm256_setzero_ps(); 8];
+    for q in 0..2 {
+        let b = 4 * q;
+        u[b] = _mm256_shuffle_ps(t[b], t[b + 2], 0x44);
+        u[b + 1] = _mm256_shuffle_ps(t[b], t[b + 2], 0xEE);
+        u[b + 2] = _mm256_shuffle_ps(t[b + 1], t[b + 3], 0x44);
+        u[b + 3] = _mm256_shuffle_ps(t[b + 1], t[b + 3], 0xEE);
+    }
+    for i in 0..4 {
+        r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+        r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,33 +299,5 @@ mod tests {
         let mut all_masked = vec![f32::NEG_INFINITY; 5];
         softmax_row(&mut all_masked, 1.0, None);
         assert_eq!(all_masked, vec![0.0; 5]);
-    }
-}
-
-/// `r[i][j] ← r[j][i]` for an 8×8 block of f32 in AVX registers: unpack pairs, 64-bit
-/// shuffles, then 128-bit halves.
-///
-/// # Safety
-/// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn transpose8(r: &mut [std::arch::x86_64::__m256; 8]) {
-    use std::arch::x86_64::*;
-    let mut t = [_mm256_setzero_ps(); 8];
-    for i in 0..4 {
-        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    let mut u = [_mm256_setzero_ps(); 8];
-    for q in 0..2 {
-        let b = 4 * q;
-        u[b] = _mm256_shuffle_ps(t[b], t[b + 2], 0x44);
-        u[b + 1] = _mm256_shuffle_ps(t[b], t[b + 2], 0xEE);
-        u[b + 2] = _mm256_shuffle_ps(t[b + 1], t[b + 3], 0x44);
-        u[b + 3] = _mm256_shuffle_ps(t[b + 1], t[b + 3], 0xEE);
-    }
-    for i in 0..4 {
-        r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
-        r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
     }
 }
