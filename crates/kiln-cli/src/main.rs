@@ -139,6 +139,13 @@ enum Command {
 }
 
 fn main() {
+    // A closed pipe (`kiln inspect plan | head`) ends the process quietly, as for any Unix
+    // tool: Rust ignores SIGPIPE, so every print after the reader went away would panic.
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
