@@ -199,13 +199,15 @@ fn a_saved_and_loaded_plan_gives_bit_identical_outputs() {
         b.execute().unwrap();
         assert_eq!(a.outputs().unwrap(), b.outputs().unwrap(), "batch {batch}");
     }
-    // A damaged plan is refused with an error naming the file.
+    // A damaged plan is refused with an error naming the file. Where the middle byte falls
+    // (weights, metadata or alignment padding) depends on the tactics the build timed, so
+    // either check may catch it: a checksum mismatch or nonzero padding.
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
     let e = kiln_engine::Engine::load(&path, backend.clone()).unwrap_err().to_string();
-    assert!(e.contains("small.plan") && e.contains("checksum"), "{e}");
+    assert!(e.contains("small.plan") && e.contains("corrupt"), "{e}");
     std::fs::write(&path, &bytes[..100]).unwrap();
     let e = kiln_engine::Engine::load(&path, backend).unwrap_err().to_string();
     assert!(e.contains("truncated"), "{e}");
