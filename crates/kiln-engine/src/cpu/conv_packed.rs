@@ -9,7 +9,7 @@
 //! residual and ReLU/Clip are applied as each tile is stored.
 
 use super::conv::{checked_epilogue, im2col_panel, phase_columns, phased_row_len, Geometry};
-use super::epilogue::clamp_of;
+use super::epilogue::{clamp_of, clip};
 use super::io::{f32_input, opt_f32_input, own_packed_weight, weight_panels, write_f32_output, OutPtr};
 use super::microkernel::{self, TileEpilogue, MR, NR};
 use super::packed_gemm::{
@@ -311,8 +311,7 @@ fn transposed_conv(
                                 v += res[at];
                             }
                             if let Some((lo, hi)) = clamp {
-                                v = if v < lo { lo } else { v };
-                                v = if v > hi { hi } else { v };
+                                v = clip(v, lo, hi);
                             }
                             // SAFETY: (img, channel, pixel) of this unit's own rows and
                             // channels, inside the output whose shape the caller checked.

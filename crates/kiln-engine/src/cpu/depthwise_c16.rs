@@ -11,7 +11,7 @@
 //! ReLU/Clip fused, while it is in L1.
 
 use super::conv::Geometry;
-use super::epilogue::{activate, clamp_of};
+use super::epilogue::{activate, clamp_of, clip};
 use super::io::OutPtr;
 use super::vecmath::multiversion;
 #[cfg(target_arch = "x86_64")]
@@ -232,17 +232,6 @@ fn store_row(
                 d.iter_mut().zip(staged).zip(r).for_each(|((d, s), r)| *d = clip(s[l] + r, lo, hi))
             }
         }
-    }
-}
-
-/// kiln-ir's ReLU/Clip: NaN stays NaN; min > max gives max.
-#[inline(always)]
-fn clip(x: f32, lo: f32, hi: f32) -> f32 {
-    let x = if x < lo { lo } else { x };
-    if x > hi {
-        hi
-    } else {
-        x
     }
 }
 

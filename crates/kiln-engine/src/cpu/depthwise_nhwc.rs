@@ -11,7 +11,7 @@
 //! without AVX-512 run a portable loop.
 
 use super::conv::Geometry;
-use super::epilogue::{activate, clamp_of};
+use super::epilogue::{activate, clamp_of, clip};
 use super::io::OutPtr;
 use super::vecmath::multiversion;
 use kiln_ir::Activation;
@@ -141,9 +141,7 @@ fn store(layer: &Layer, pixel: usize, c0: usize, lanes: usize, acc: &Lanes, out:
     }
     if let Some((lo, hi)) = layer.clamp {
         for v in v.iter_mut() {
-            // kiln-ir's Clip: NaN stays NaN.
-            let x = if *v < lo { lo } else { *v };
-            *v = if x > hi { hi } else { x };
+            *v = clip(*v, lo, hi);
         }
     }
     // SAFETY: pixel `pixel`'s channels c0..c0 + lanes, inside the output (sized by the

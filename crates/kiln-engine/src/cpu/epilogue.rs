@@ -71,15 +71,6 @@ multiversion! {
     /// `x ← clamp(x + b + residual)`, the clamp as kiln-ir's ReLU and Clip (NaN stays NaN;
     /// min > max gives max).
     fn fused_row(row: &mut [f32], b: f32, residual: Option<&[f32]>, clamp: Option<(f32, f32)>) {
-        #[inline(always)]
-        fn clip(x: f32, lo: f32, hi: f32) -> f32 {
-            let x = if x < lo { lo } else { x };
-            if x > hi {
-                hi
-            } else {
-                x
-            }
-        }
         match (residual, clamp) {
             (Some(res), Some((lo, hi))) => row.iter_mut().zip(res).for_each(|(x, r)| *x = clip(*x + b + r, lo, hi)),
             (Some(res), None) => row.iter_mut().zip(res).for_each(|(x, r)| *x = *x + b + r),
@@ -90,6 +81,17 @@ multiversion! {
                 }
             }
         }
+    }
+}
+
+/// kiln-ir's ReLU/Clip on one value: NaN stays NaN; min > max gives max.
+#[inline(always)]
+pub(crate) fn clip(x: f32, lo: f32, hi: f32) -> f32 {
+    let x = if x < lo { lo } else { x };
+    if x > hi {
+        hi
+    } else {
+        x
     }
 }
 
