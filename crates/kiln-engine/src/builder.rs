@@ -46,7 +46,17 @@ impl Builder {
             {
                 Some(switched) => {
                     tracing::info!(layers = switched.layers().len(), "layout: image layers switched to NHWC");
-                    switched
+                    // Channels-last expand → depthwise → project runs become one layer, which
+                    // the backend can run band by band with the wide tensors kept in cache.
+                    use kiln_opt::Pass;
+                    let fusion = kiln_opt::passes::fuse_inverted_bottleneck::FuseInvertedBottleneck;
+                    match fusion
+                        .run(&switched)
+                        .map_err(|source| kiln_opt::OptError::Rewrite { pass: fusion.name(), source })?
+                    {
+                        Some(fused) => fused,
+                        None => switched,
+                    }
                 }
                 None => net,
             };

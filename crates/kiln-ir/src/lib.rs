@@ -8,6 +8,7 @@ mod dtype;
 pub mod elementwise_program;
 mod error;
 pub mod infer;
+pub mod inverted_bottleneck;
 mod network;
 mod shape;
 pub mod spec;

@@ -23,13 +23,44 @@ pub const TACTIC: &str = "conv-depthwise-nhwc";
 const L: usize = 16;
 type Lanes = [f32; L];
 
+/// A depthwise layer's filter as the kernel reads it: taps as `[tap][block]` vectors and the
+/// bias as vectors (lanes past the last channel 0), the activation split into the clamp the
+/// store applies and any other, applied after.
+pub(super) struct Filter {
+    taps: Vec<Lanes>,
+    bias: Vec<Lanes>,
+    clamp: Option<(f32, f32)>,
+    act: Option<Activation>,
+}
+
+impl Filter {
+    /// The filter of depthwise `g` from the ONNX `[C, 1, kh, kw]` weight `w` (at least
+    /// C·kh·kw values: the caller checks).
+    pub(super) fn new(g: &Geometry, w: &[f32], bias: Option<&[f32]>, act: Option<Activation>) -> Filter {
+        let (c, taps) = (g.cout, g.kh * g.kw);
+        let blocks = c.div_ceil(L);
+        let mut tap_vectors = vec![[0f32; L]; taps * blocks];
+        for ch in 0..c {
+            for t in 0..taps {
+                tap_vectors[t * blocks + ch / L][ch % L] = w[ch * taps + t];
+            }
+        }
+        let mut bias_vectors = vec![[0f32; L]; blocks];
+        if let Some(b) = bias {
+            for (ch, &v) in b.iter().enumerate().take(c) {
+                bias_vectors[ch / L][ch % L] = v;
+            }
+        }
+        Filter { taps: tap_vectors, bias: bias_vectors, clamp: clamp_of(act), act }
+    }
+}
+
 /// What every output row of the layer shares.
 struct Layer<'a> {
     g: &'a Geometry,
     x: &'a [f32],
-    /// Taps as `[tap][block]` vectors, lanes past the last channel 0.
-    taps: Vec<Lanes>,
-    bias: Vec<Lanes>,
+    taps: &'a [Lanes],
+    bias: &'a [Lanes],
     residual: Option<&'a [f32]>,
     clamp: Option<(f32, f32)>,
 }
@@ -46,36 +77,33 @@ pub(super) fn depthwise_nhwc(
     residual: Option<&[f32]>,
     act: Option<Activation>,
 ) {
-    let (c, taps) = (g.cout, g.kh * g.kw);
-    let blocks = c.div_ceil(L);
-    let out = &mut out[..g.n * g.oh * g.ow * c];
+    run(&Filter::new(g, w, bias, act), g, x, out, residual, true);
+}
+
+/// [`depthwise_nhwc`] with a prepared filter: across the pool when `parallel`, else on the
+/// calling thread (a fused block's band).
+pub(super) fn run(filter: &Filter, g: &Geometry, x: &[f32], out: &mut [f32], residual: Option<&[f32]>, parallel: bool) {
+    let out = &mut out[..g.n * g.oh * g.ow * g.cout];
     if out.is_empty() {
         return;
     }
-    let mut tap_vectors = vec![[0f32; L]; taps * blocks];
-    for ch in 0..c {
-        for t in 0..taps {
-            tap_vectors[t * blocks + ch / L][ch % L] = w[ch * taps + t];
-        }
-    }
-    let mut bias_vectors = vec![[0f32; L]; blocks];
-    if let Some(b) = bias {
-        for (ch, &v) in b.iter().enumerate().take(c) {
-            bias_vectors[ch / L][ch % L] = v;
-        }
-    }
-    let clamp = clamp_of(act);
-    let layer = Layer { g, x, taps: tap_vectors, bias: bias_vectors, residual, clamp };
+    let layer = Layer { g, x, taps: &filter.taps, bias: &filter.bias, residual, clamp: filter.clamp };
     let out_ptr = OutPtr(out.as_mut_ptr());
-    // Tasks: bands of output rows, enough to go round the pool.
     let rows = g.n * g.oh;
-    let band = rows.div_ceil(8 * rayon::current_num_threads()).max(1);
-    (0..rows.div_ceil(band)).into_par_iter().for_each(|b| {
-        for row in b * band..((b + 1) * band).min(rows) {
+    if parallel {
+        // Tasks: bands of output rows, enough to go round the pool.
+        let band = rows.div_ceil(8 * rayon::current_num_threads()).max(1);
+        (0..rows.div_ceil(band)).into_par_iter().for_each(|b| {
+            for row in b * band..((b + 1) * band).min(rows) {
+                output_row(&layer, row, out_ptr);
+            }
+        });
+    } else {
+        for row in 0..rows {
             output_row(&layer, row, out_ptr);
         }
-    });
-    if let Some(a) = act.filter(|_| clamp.is_none()) {
+    }
+    if let Some(a) = filter.act.filter(|_| filter.clamp.is_none()) {
         activate(out, a);
     }
 }

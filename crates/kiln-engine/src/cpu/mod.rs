@@ -8,6 +8,7 @@ mod depthwise_c16;
 mod depthwise_nhwc;
 mod epilogue;
 mod global_pool;
+mod inverted_bottleneck;
 mod io;
 mod matmul;
 mod microkernel;
@@ -29,8 +30,15 @@ use std::sync::Arc;
 pub use reference::ReferenceKernel;
 
 /// The tactics whose kernels read the weight [`CpuBackend::pack_weights`] packs for them.
-const PACKING_TACTICS: [&str; 5] =
-    [conv_packed::TACTIC, conv_packed::TRANSPOSED, conv_nhwc::TACTIC, matmul::PACKED, winograd::TACTIC];
+const PACKING_TACTICS: [&str; 7] = [
+    conv_packed::TACTIC,
+    conv_packed::TRANSPOSED,
+    conv_nhwc::TACTIC,
+    matmul::PACKED,
+    winograd::TACTIC,
+    inverted_bottleneck::BANDED,
+    inverted_bottleneck::LAYERED,
+];
 
 /// Runs layers on the host CPU.
 #[derive(Default)]
@@ -49,6 +57,7 @@ impl Backend for CpuBackend {
     /// last: it runs every op and is what the native ones are timed against.
     fn tactics(&self, layer: &LayerDesc) -> Vec<Tactic> {
         let mut out = conv::tactics(layer);
+        out.extend(inverted_bottleneck::tactics(layer));
         if matmul::applies(layer) {
             out.push(Tactic::new(matmul::TACTIC));
         }
@@ -81,6 +90,10 @@ impl Backend for CpuBackend {
 
     /// The packed-multiply tactics keep their weight as register-tile panels in the plan.
     fn pack_weights(&self, layer: &LayerDesc, tactic: &str) -> Result<Vec<(usize, Vec<u8>)>, String> {
+        if [inverted_bottleneck::BANDED, inverted_bottleneck::LAYERED].contains(&tactic) {
+            let packed = inverted_bottleneck::pack_weights(layer)?;
+            return Ok(packed.into_iter().map(|(i, w)| (i, bytemuck::cast_slice(&w).to_vec())).collect());
+        }
         let Some(Some(w)) = layer.weights.get(1) else { return Ok(Vec::new()) };
         let values = || -> Result<&[f32], String> {
             bytemuck::try_cast_slice(w.bytes).map_err(|e| format!("weight bytes: {e:?}"))
@@ -147,6 +160,9 @@ impl Backend for CpuBackend {
                 Ok(Arc::new(conv_packed::PackedConvKernel::new(layer, tactic)?))
             }
             winograd::TACTIC => Ok(Arc::new(winograd::WinogradKernel::new(layer)?)),
+            inverted_bottleneck::BANDED | inverted_bottleneck::LAYERED => {
+                Ok(Arc::new(inverted_bottleneck::InvertedBottleneckKernel::new(layer, tactic)?))
+            }
             other => Err(format!("the CPU backend has no tactic '{other}' for {}", layer.layer.op)),
         }
     }

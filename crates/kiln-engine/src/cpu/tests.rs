@@ -66,12 +66,34 @@ fn run_once(
     tactic: &str,
     from_packed: bool,
 ) -> Result<Option<Tensor>, String> {
-    let layer = test_layer(op, attrs, inputs.len(), 1);
+    run_once_without(op, attrs, inputs, &[], tactic, from_packed)
+}
+
+/// [`run_once`] with the inputs at positions `absent` omitted (their tensors are placeholders).
+fn run_once_without(
+    op: &str,
+    attrs: &Attributes,
+    inputs: &[(Tensor, bool)],
+    absent: &[usize],
+    tactic: &str,
+    from_packed: bool,
+) -> Result<Option<Tensor>, String> {
+    let mut layer = test_layer(op, attrs, inputs.len(), 1);
+    for &i in absent {
+        layer.inputs[i] = None;
+    }
+    fn omit<'a>(mut desc: LayerDesc<'a>, absent: &[usize]) -> LayerDesc<'a> {
+        for &i in absent {
+            desc.input_types[i] = None;
+            desc.weights[i] = None;
+        }
+        desc
+    }
     let mut bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
     let backend = CpuBackend;
     let mut packed = vec![false; inputs.len()];
     {
-        let desc = test_desc(&layer, inputs, &bytes);
+        let desc = omit(test_desc(&layer, inputs, &bytes), absent);
         if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
             return Err(format!("tactic {tactic} not offered"));
         }
@@ -87,7 +109,7 @@ fn run_once(
             }
         }
     }
-    let mut desc = test_desc(&layer, inputs, &bytes);
+    let mut desc = omit(test_desc(&layer, inputs, &bytes), absent);
     for (w, &p) in desc.weights.iter_mut().zip(&packed) {
         if let Some(w) = w {
             w.packed = p;
@@ -100,7 +122,11 @@ fn run_once(
         .zip(&values)
         .zip(&bytes)
         .zip(&packed)
-        .map(|((((t, w), v), b), &p)| {
+        .enumerate()
+        .map(|(i, ((((t, w), v), b), &p))| {
+            if absent.contains(&i) {
+                return None;
+            }
             Some(match (*w, p) {
                 (true, true) => Arg::PackedWeight { dtype: t.dtype(), shape: t.shape(), bytes: b },
                 (true, false) => Arg::Bytes { dtype: t.dtype(), shape: t.shape(), bytes: b },
@@ -800,4 +826,70 @@ fn large_matmul_and_gemm_split_across_threads_match_the_reference() {
         let want = run("Gemm", &attrs, &inputs, super::reference::TACTIC).unwrap();
         assert_close(&run("Gemm", &attrs, &inputs, super::matmul::TACTIC).unwrap(), &want, "Gemm transB");
     });
+}
+
+/// KilnInvertedBottleneck's tactics against the reference (its three Convs through kiln-cpu):
+/// with and without expand, strides 1 and 2, dilation, channel counts off the vector width, a
+/// residual, several bands per task and several tasks per image (a 3-thread pool).
+#[test]
+fn inverted_bottlenecks_match_the_reference() {
+    use kiln_ir::channels_last::ATTR;
+    use kiln_ir::inverted_bottleneck::{set_stage_attrs, Stage, OP};
+    if !super::microkernel::available() {
+        eprintln!("skipped: no AVX-512 on this CPU");
+        return;
+    }
+    let relu6 = Some(Activation::Clip { min: 0.0, max: 6.0 });
+    // (n, cin, h, w, expanded channels (None: no expand), kernel, stride, pad, dilation, cout, residual)
+    type Case = (usize, usize, usize, usize, Option<usize>, usize, i64, i64, i64, usize, bool);
+    let cases: &[Case] = &[
+        (1, 16, 40, 40, Some(96), 3, 1, 1, 1, 16, true),
+        (2, 8, 23, 17, Some(48), 3, 2, 1, 1, 24, false),
+        (1, 32, 30, 30, None, 3, 1, 1, 1, 16, false),
+        (2, 8, 12, 12, Some(40), 5, 2, 2, 1, 12, false),
+        (1, 8, 20, 20, Some(24), 3, 1, 2, 2, 8, true),
+        (3, 24, 7, 7, Some(144), 3, 1, 1, 1, 24, true),
+    ];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    for (i, &(n, cin, h, w, ce, k, s, p, d, cout, res)) in cases.iter().enumerate() {
+        let seed = 1000 * i as u64;
+        let mid = ce.unwrap_or(cin);
+        let out = |x: usize| (x + 2 * p as usize - d as usize * (k - 1) - 1) / s as usize + 1;
+        let (oh, ow) = (out(h), out(w));
+        let mut attrs = Attributes::new();
+        let mark = |a: Attributes| a.with(ATTR, 1i64);
+        set_stage_attrs(&mut attrs, Stage::Expand, &mark(conv_attrs(1, 0, 1, 1, relu6)));
+        set_stage_attrs(&mut attrs, Stage::Depthwise, &mark(conv_attrs(s, p, d, mid as i64, relu6)));
+        set_stage_attrs(&mut attrs, Stage::Project, &mark(conv_attrs(1, 0, 1, 1, None)));
+        let placeholder = || (random(&[1], 0), true);
+        let inputs = vec![
+            (random(&[n, h, w, cin], seed + 1), false),
+            ce.map_or_else(placeholder, |ce| (random(&[ce, cin, 1, 1], seed + 2), true)),
+            ce.map_or_else(placeholder, |ce| (random(&[ce], seed + 3), true)),
+            (random(&[mid, 1, k, k], seed + 4), true),
+            (random(&[mid], seed + 5), true),
+            (random(&[cout, mid, 1, 1], seed + 6), true),
+            (random(&[cout], seed + 7), true),
+            if res { (random(&[n, oh, ow, cout], seed + 8), false) } else { placeholder() },
+        ];
+        let mut absent = Vec::new();
+        if ce.is_none() {
+            absent.extend([1, 2]);
+        }
+        if !res {
+            absent.push(7);
+        }
+        let go = |tactic: &str, packed: bool| {
+            run_once_without(OP, &attrs, &inputs, &absent, tactic, packed).unwrap().expect("ran")
+        };
+        let want = go(super::reference::TACTIC, false);
+        assert_eq!(want.shape(), &[n, oh, ow, cout], "case {i}");
+        for tactic in [super::inverted_bottleneck::BANDED, super::inverted_bottleneck::LAYERED] {
+            for packed in [false, true] {
+                assert_close(&go(tactic, packed), &want, &format!("case {i} {tactic} packed {packed}"));
+                let threaded = pool.install(|| go(tactic, packed));
+                assert_close(&threaded, &want, &format!("case {i} {tactic} packed {packed}, 3 threads"));
+            }
+        }
+    }
 }

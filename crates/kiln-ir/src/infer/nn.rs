@@ -12,6 +12,7 @@ pub(super) fn rule(op: &str) -> Option<InferFn> {
         "QLinearMatMul" => qlinear_matmul,
         "Gemm" => gemm,
         "Conv" => conv,
+        crate::inverted_bottleneck::OP => inverted_bottleneck,
         "ConvInteger" => conv_integer,
         "QLinearConv" => qlinear_conv,
         "ConvTranspose" => conv_transpose,
@@ -222,6 +223,36 @@ fn conv(k: &Known) -> Result<Vec<ValueType>, String> {
     let out = conv_shape(k, x.dtype, 0, 1)?;
     check_epilogue(k, &out, Some(1), "B")?;
     Ok(vec![out])
+}
+
+/// KilnInvertedBottleneck (kiln_ir::inverted_bottleneck): the Conv rule per stage, on the
+/// NCHW view of the NHWC image.
+fn inverted_bottleneck(k: &Known) -> Result<Vec<ValueType>, String> {
+    use crate::channels_last::{permute_type, TO_NCHW, TO_NHWC};
+    use crate::inverted_bottleneck::{stage_attrs, Stage, INPUTS, RESIDUAL, X};
+    if k.inputs.len() > INPUTS {
+        return Err(format!("takes at most {INPUTS} inputs, got {}", k.inputs.len()));
+    }
+    let nchw = |i: usize| k.inputs.get(i).copied().flatten().map(|t| permute_type(t, &TO_NCHW));
+    let mut x = nchw(X).ok_or("the image input X is missing")?;
+    for stage in Stage::ALL {
+        let (wi, bi) = (stage.weight_input(), stage.bias_input());
+        let Some(w) = k.inputs.get(wi).copied().flatten() else {
+            if stage == Stage::Expand && !k.has_input(bi) {
+                continue;
+            }
+            return Err(format!("the {} stage's weight (input {wi}) is missing", stage.name()));
+        };
+        let residual = if stage == Stage::Project { nchw(RESIDUAL) } else { None };
+        let attrs = stage_attrs(k.attrs, stage);
+        let b = k.inputs.get(bi).copied().flatten();
+        let consts = [None, k.const_inputs.get(wi).copied().flatten(), k.const_inputs.get(bi).copied().flatten(), None];
+        let inputs = vec![Some(&x), Some(w), b, residual.as_ref()];
+        let known = Known { op: "Conv", attrs: &attrs, inputs, const_inputs: &consts, num_outputs: 1 };
+        let out = conv(&known).map_err(|e| format!("{} stage: {e}", stage.name()))?;
+        x = out.into_iter().next().ok_or("the Conv rule gave no output")?;
+    }
+    Ok(vec![permute_type(&x, &TO_NHWC)])
 }
 
 fn conv_integer(k: &Known) -> Result<Vec<ValueType>, String> {

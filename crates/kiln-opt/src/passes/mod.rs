@@ -9,6 +9,7 @@ pub mod fold_shape_subgraphs;
 pub mod fuse_attention;
 pub mod fuse_elementwise_chain;
 pub mod fuse_epilogue;
+pub mod fuse_inverted_bottleneck;
 pub mod fuse_parallel_gemms;
 pub mod matmul_add_to_gemm;
 pub mod noop_removal;

@@ -5,6 +5,7 @@
 
 mod conv;
 mod gemm;
+mod inverted_bottleneck;
 mod pool;
 mod quant;
 #[cfg(test)]
@@ -21,6 +22,7 @@ pub(crate) fn kernel(op: &str) -> Option<KernelFn> {
         "MatMulInteger" => gemm::matmul_integer,
         "QLinearMatMul" => gemm::qlinear_matmul,
         "Conv" => conv::conv,
+        kiln_ir::inverted_bottleneck::OP => inverted_bottleneck::inverted_bottleneck,
         "ConvInteger" => conv::conv_integer,
         "QLinearConv" => conv::qlinear_conv,
         "ConvTranspose" => conv::conv_transpose,
