@@ -15,7 +15,7 @@
 use super::conv::{checked_nhwc_epilogue, Geometry};
 use super::io::{f32_input, opt_f32_input, own_packed_weight, weight_panels, write_f32_output, OutPtr};
 use super::microkernel;
-use super::packed_gemm::{gemm, pack_columns, packed_columns_len, Epilogue, Operand};
+use super::packed_gemm::{gemm, pack_columns, packed_columns_len, Epilogue, Operand, PatchRows};
 use super::sgemm::Mat;
 use crate::backend::{LayerDesc, LayerIo, LayerKernel};
 use kiln_ir::{Activation, Attributes};
@@ -96,7 +96,22 @@ impl LayerKernel for NhwcConvKernel {
             g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad_begin == [0, 0] && (g.oh, g.ow) == (g.h, g.w);
         // SAFETY: AVX-512 checked above.
         let fill = |r0: usize, r1: usize, rows: &mut [f32]| unsafe { unroll_rows(&g, x, r0, r1, rows) };
-        let a = if pointwise { Operand::Matrix(Mat::row_major(x, g.cin)) } else { Operand::Rows(&fill) };
+        let starts = |i0: usize, starts: &mut [usize]| patch_starts(&g, i0, starts);
+        let patches = PatchRows {
+            x,
+            starts: &starts,
+            run: g.kw * g.cin,
+            stride: g.dilation[0] * g.w * g.cin,
+            segments: g.kh,
+            fill: &fill,
+        };
+        let a = if pointwise {
+            Operand::Matrix(Mat::row_major(x, g.cin))
+        } else if g.dilation[1] == 1 {
+            Operand::Patches(&patches)
+        } else {
+            Operand::Rows(&fill)
+        };
         write_f32_output(io, 0, out_shape, |out| {
             // SAFETY: AVX-512 checked above; `out` holds the m × cout output this call alone writes.
             unsafe {
@@ -104,6 +119,32 @@ impl LayerKernel for NhwcConvKernel {
             }
         })
     }
+}
+
+/// Where the patches of output pixels `r0..r0 + starts.len()` (of the whole batch) start in
+/// the NHWC input: each first filter row's run of kw·cin values, the others `dilation · w ·
+/// cin` after it. False when a tap of one of them falls in the padding.
+fn patch_starts(g: &Geometry, r0: usize, starts: &mut [usize]) -> bool {
+    let (mut img, mut oy, mut ox) = (r0 / (g.oh * g.ow), r0 % (g.oh * g.ow) / g.ow, r0 % g.ow);
+    for start in starts.iter_mut() {
+        let (Some(iy), Some(ix)) =
+            ((oy * g.stride[0]).checked_sub(g.pad_begin[0]), (ox * g.stride[1]).checked_sub(g.pad_begin[1]))
+        else {
+            return false;
+        };
+        if img >= g.n || iy + (g.kh - 1) * g.dilation[0] >= g.h || ix + (g.kw - 1) * g.dilation[1] >= g.w {
+            return false;
+        }
+        *start = ((img * g.h + iy) * g.w + ix) * g.cin;
+        ox += 1;
+        if ox == g.ow {
+            (ox, oy) = (0, oy + 1);
+            if oy == g.oh {
+                (oy, img) = (0, img + 1);
+            }
+        }
+    }
+    true
 }
 
 /// Rows `[r0, r1)` of the patch matrix (output pixel r of the whole batch: its kh·kw input

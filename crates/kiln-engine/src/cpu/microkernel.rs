@@ -55,6 +55,11 @@ pub(crate) enum ALayout {
     /// `rows` plain rows read in place, `lda` apart (an NHWC image is its own 1×1
     /// convolution's A; MatMul activations need no packing).
     Rows { lda: usize },
+    /// Rows read in place from an NHWC image, each in `segments` runs of `run` values
+    /// `stride` apart, row r's first run at `starts[r]`: the patches of a convolution's
+    /// output pixels (a run per filter row, `stride` the image's row length), with no
+    /// unrolled copy. Depth step p of row r is at `starts[r] + (p / run) · stride + p % run`.
+    Patches { starts: [usize; MR], run: usize, stride: usize, segments: usize },
 }
 
 /// `C[rows × cols] = epilogue(A · B_panel)` for one tile: `rows ≤ MR`, `cols ≤ NR`; A as
@@ -83,32 +88,55 @@ pub(crate) unsafe fn tile(
     // SAFETY: forwarded from the caller.
     unsafe {
         match a_layout {
-            ALayout::Panel => match cols.div_ceil(LANES) {
-                1 => tile_nv::<1, true>(k, a, &[0; MR], MR, b, ldb, c, ldc, rows, cols, epi),
-                2 => tile_nv::<2, true>(k, a, &[0; MR], MR, b, ldb, c, ldc, rows, cols, epi),
-                _ => tile_nv::<3, true>(k, a, &[0; MR], MR, b, ldb, c, ldc, rows, cols, epi),
-            },
+            ALayout::Panel => {
+                let walk = AWalk { offsets: [0; MR], step: MR, run: k, stride: 0 };
+                match cols.div_ceil(LANES) {
+                    1 => tile_nv::<1, true, false>(k, a, &walk, b, ldb, c, ldc, rows, cols, epi),
+                    2 => tile_nv::<2, true, false>(k, a, &walk, b, ldb, c, ldc, rows, cols, epi),
+                    _ => tile_nv::<3, true, false>(k, a, &walk, b, ldb, c, ldc, rows, cols, epi),
+                }
+            }
             ALayout::Rows { lda } => {
                 // Rows past `rows` repeat the last one (in bounds; their results are not stored).
                 let offsets: [usize; MR] = std::array::from_fn(|r| r.min(rows.max(1) - 1) * lda);
+                let walk = AWalk { offsets, step: 1, run: k, stride: 0 };
                 match cols.div_ceil(LANES) {
-                    1 => tile_nv::<1, false>(k, a, &offsets, 1, b, ldb, c, ldc, rows, cols, epi),
-                    2 => tile_nv::<2, false>(k, a, &offsets, 1, b, ldb, c, ldc, rows, cols, epi),
-                    _ => tile_nv::<3, false>(k, a, &offsets, 1, b, ldb, c, ldc, rows, cols, epi),
+                    1 => tile_nv::<1, false, false>(k, a, &walk, b, ldb, c, ldc, rows, cols, epi),
+                    2 => tile_nv::<2, false, false>(k, a, &walk, b, ldb, c, ldc, rows, cols, epi),
+                    _ => tile_nv::<3, false, false>(k, a, &walk, b, ldb, c, ldc, rows, cols, epi),
+                }
+            }
+            ALayout::Patches { starts, run, stride, segments } => {
+                debug_assert_eq!(run * segments, k, "patch runs cover the depth");
+                let offsets: [usize; MR] = std::array::from_fn(|r| starts[r.min(rows.max(1) - 1)]);
+                let walk = AWalk { offsets, step: 1, run, stride };
+                match cols.div_ceil(LANES) {
+                    1 => tile_nv::<1, false, true>(k, a, &walk, b, ldb, c, ldc, rows, cols, epi),
+                    2 => tile_nv::<2, false, true>(k, a, &walk, b, ldb, c, ldc, rows, cols, epi),
+                    _ => tile_nv::<3, false, true>(k, a, &walk, b, ldb, c, ldc, rows, cols, epi),
                 }
             }
         }
     }
 }
 
+/// How the tile walks A: per row an offset from `a` (a panel's rows are interleaved: offset
+/// r, step MR), `step` apart per depth step; with PATCHES, in runs of `run` steps whose starts
+/// are `stride` apart.
+struct AWalk {
+    offsets: [usize; MR],
+    step: usize,
+    run: usize,
+    stride: usize,
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_nv<const NV: usize, const PANEL: bool>(
+unsafe fn tile_nv<const NV: usize, const PANEL: bool, const PATCHES: bool>(
     k: usize,
     a: *const f32,
-    a_offsets: &[usize; MR],
-    a_step: usize,
+    walk: &AWalk,
     b: *const f32,
     ldb: usize,
     c: *mut f32,
@@ -119,7 +147,8 @@ unsafe fn tile_nv<const NV: usize, const PANEL: bool>(
 ) {
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     let (mut a, mut b) = (a, b);
-    let a_offsets = *a_offsets;
+    let a_offsets = walk.offsets;
+    let a_step = walk.step;
     // The last vector of a row of `b` loads only the tile's columns: `b` may be a plain matrix
     // read in place, whose row ends there.
     let tail = cols - (NV - 1) * LANES;
@@ -139,7 +168,8 @@ unsafe fn tile_nv<const NV: usize, const PANEL: bool>(
                 }
             }
         }
-        for _ in 0..k {
+        // One depth step: NV vectors of `b` times the MR rows' values at `a`.
+        let step = |a: *const f32, b: *const f32, acc: &mut [[__m512; NV]; MR]| {
             let mut bv = [_mm512_setzero_ps(); NV];
             for (v, bv) in bv.iter_mut().enumerate() {
                 *bv = if v + 1 == NV {
@@ -154,8 +184,22 @@ unsafe fn tile_nv<const NV: usize, const PANEL: bool>(
                     acc[v] = _mm512_fmadd_ps(av, bv[v], acc[v]);
                 }
             }
-            a = a.add(a_step);
-            b = b.add(ldb);
+        };
+        if PATCHES {
+            for segment in 0..k / walk.run {
+                let mut a = a.add(segment * walk.stride);
+                for _ in 0..walk.run {
+                    step(a, b, &mut acc);
+                    a = a.add(1);
+                    b = b.add(ldb);
+                }
+            }
+        } else {
+            for _ in 0..k {
+                step(a, b, &mut acc);
+                a = a.add(a_step);
+                b = b.add(ldb);
+            }
         }
         let (lo, hi) = epi.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
         let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));

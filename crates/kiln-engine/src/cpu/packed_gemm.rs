@@ -110,6 +110,38 @@ pub(crate) enum Operand<'a> {
     /// Filled per chunk of rows by the caller (A only): an NHWC convolution's patches, each
     /// pixel's a few contiguous runs of its input's channels.
     Rows(&'a RowFill<'a>),
+    /// An NHWC convolution's patches read in place where a tile's pixels lie inside the
+    /// image, filled by the caller only for tiles that touch the padding (A only).
+    Patches(&'a PatchRows<'a>),
+}
+
+/// A convolution's patch matrix over its NHWC image `x` (see [`ALayout::Patches`]).
+pub(crate) struct PatchRows<'a> {
+    pub x: &'a [f32],
+    /// `starts(i0, starts)`: where each row `i0 + r`'s first run starts in `x`, for r <
+    /// `starts.len()`; false when a row's patch reaches into the padding. A start must leave
+    /// every run of its row inside `x`.
+    pub starts: &'a (dyn Fn(usize, &mut [usize]) -> bool + Sync),
+    pub run: usize,
+    pub stride: usize,
+    pub segments: usize,
+    /// Unrolls rows, zeros for padding, as [`Operand::Rows`] does.
+    pub fill: &'a RowFill<'a>,
+}
+
+impl PatchRows<'_> {
+    /// Rows `i0..i0 + rows` as one tile reads them: in place when every row's patch is inside
+    /// the image, else unrolled into `buf` (k values apart).
+    fn tile_rows(&self, i0: usize, rows: usize, k: usize, buf: &mut [f32]) -> (*const f32, ALayout) {
+        let mut starts = [0usize; MR];
+        let span = (self.segments - 1) * self.stride + self.run;
+        if !(self.starts)(i0, &mut starts[..rows]) || starts[..rows].iter().any(|&s| s + span > self.x.len()) {
+            (self.fill)(i0, i0 + rows, &mut buf[..rows * k]);
+            return (buf.as_ptr(), ALayout::Rows { lda: k });
+        }
+        let layout = ALayout::Patches { starts, run: self.run, stride: self.stride, segments: self.segments };
+        (self.x.as_ptr(), layout)
+    }
 }
 
 /// The fused epilogue of a whole product (bias per row or per column, a residual with C's
@@ -221,7 +253,7 @@ fn rows_of<'b>(a: &'b Operand, s0: usize, s1: usize, k: usize, a_buf: &'b mut Ve
             fill(s0, s1, &mut a_buf[..len]);
             (&a_buf[..], ALayout::Rows { lda: k }, k)
         }
-        Operand::Panels(_) => unreachable!("checked by gemm"),
+        Operand::Panels(_) | Operand::Patches(_) => unreachable!("checked by gemm"),
     }
 }
 
@@ -251,6 +283,7 @@ pub(crate) unsafe fn gemm(
         Operand::Packed(p) if p.len() < packed_rows_len(m, k) => return Err("packed A is too small".into()),
         Operand::Matrix(mat) if !mat.covers(m, k) => return Err("A is smaller than its shape".into()),
         Operand::Panels(_) => return Err("A cannot be filled by panels".into()),
+        Operand::Patches(p) if p.run * p.segments != k => return Err("patch runs do not cover the depth".into()),
         _ => {}
     }
     match b {
@@ -258,7 +291,7 @@ pub(crate) unsafe fn gemm(
         Operand::Matrix(mat) if mat.col_stride != 1 || !mat.covers(k, n) => {
             return Err("B read in place must be a row-major matrix covering its shape".into())
         }
-        Operand::Rows(_) => return Err("B cannot be filled by rows".into()),
+        Operand::Rows(_) | Operand::Patches(_) => return Err("B cannot be filled by rows".into()),
         _ => {}
     }
     if epilogue.row_bias.is_some_and(|v| v.len() < m) || epilogue.col_bias.is_some_and(|v| v.len() < n) {
@@ -293,7 +326,7 @@ pub(crate) unsafe fn gemm(
                 Operand::Packed(p) => (&p[panel_at[q]..panel_at[q + 1]], panel_width(n, q)),
                 // Read in place: the tile loads row segments `row_stride` apart.
                 Operand::Matrix(mat) => (&mat.data[q * NR..], mat.row_stride),
-                Operand::Panels(_) | Operand::Rows(_) => unreachable!("filled per unit"),
+                Operand::Panels(_) | Operand::Rows(_) | Operand::Patches(_) => unreachable!("filled per unit"),
             }
         };
         // One tile: rows i0.. of A (at `a_tile`, as `layout`) times column panel q.
@@ -330,6 +363,39 @@ pub(crate) unsafe fn gemm(
             let b_bytes = (q0..q1).map(|q| k * panel_width(n, q) * 4).sum::<usize>();
             let rows_first =
                 !matches!(b, Operand::Panels(_)) && (r1 - r0) * k * 4 > L2_BYTES / 2 && b_bytes <= L2_BYTES * 3 / 4;
+            if let Operand::Patches(p) = a {
+                // Per tile: in place, or unrolled (once, for every column panel) where it
+                // touches the padding.
+                let tiles = (r1 - r0).div_ceil(MR);
+                if rows_first {
+                    if a_buf.len() < MR * k {
+                        a_buf.resize(MR * k, 0.0);
+                    }
+                    for i0 in (r0..r1).step_by(MR) {
+                        let (a_tile, layout) = p.tile_rows(i0, (r1 - i0).min(MR), k, a_buf);
+                        for q in q0..q1 {
+                            let (panel, ldb) = fixed_panel(q);
+                            tile(a_tile, layout, i0, q, panel, ldb);
+                        }
+                    }
+                    return;
+                }
+                if a_buf.len() < tiles * MR * k {
+                    a_buf.resize(tiles * MR * k, 0.0);
+                }
+                let mut reads = Vec::with_capacity(tiles);
+                for (t, buf) in a_buf.chunks_mut(MR * k).take(tiles).enumerate() {
+                    let i0 = r0 + t * MR;
+                    reads.push(p.tile_rows(i0, (r1 - i0).min(MR), k, buf));
+                }
+                for q in q0..q1 {
+                    let (panel, ldb) = fixed_panel(q);
+                    for (t, &(a_tile, layout)) in reads.iter().enumerate() {
+                        tile(a_tile, layout, r0 + t * MR, q, panel, ldb);
+                    }
+                }
+                return;
+            }
             if rows_first {
                 for i0 in (r0..r1).step_by(MR) {
                     prefetch_rows(a, i0 + MR, (i0 + 2 * MR).min(r1), k);
