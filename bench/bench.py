@@ -176,7 +176,7 @@ def bench_config(args, name, path, plan, batch, threads):
             ms = data["latency_ms"]["median"] if who == "kiln" else data["median_ms"]
             res[who][0].append(ms)
             res[who][1].append(rss)
-    return {who: (statistics.median(ms), max(rss)) for who, (ms, rss) in res.items()}
+    return {who: (statistics.median(ms), max(rss), ms) for who, (ms, rss) in res.items()}
 
 
 def main():
@@ -212,9 +212,10 @@ def main():
             plan = kiln_plan(args.kiln, name, path, batch, args.rebuild)
             for t in threads:
                 r = bench_config(args, name, path, plan, batch, t)
-                (k_ms, k_rss), (o_ms, o_rss) = r["kiln"], r["ort"]
+                (k_ms, k_rss, k_rounds), (o_ms, o_rss, o_rounds) = r["kiln"], r["ort"]
                 row = {"model": name, "batch": batch, "threads": t, "kiln_ms": k_ms, "ort_ms": o_ms,
-                       "ratio": k_ms / o_ms, "kiln_peak_mib": k_rss, "ort_peak_mib": o_rss}
+                       "ratio": k_ms / o_ms, "kiln_peak_mib": k_rss, "ort_peak_mib": o_rss,
+                       "kiln_rounds_ms": k_rounds, "ort_rounds_ms": o_rounds}
                 rows.append(row)
                 print(f"{name:<12} {batch:>5} {t:>3} {k_ms:>9.2f} {o_ms:>9.2f} {k_ms / o_ms:>6.2f} "
                       f"{k_rss:>9.0f} {o_rss:>8.0f}", flush=True)

@@ -10,11 +10,11 @@
 //!   crossing memory twice each (at batch 8 the largest is 38 MiB). Tasks: images, and enough
 //!   row ranges per image to go round the pool (each range's first band also makes the
 //!   expanded rows its filter shares with the range above).
-//! - `bottleneck-expand-first`: the expand product over the whole batch across the pool into
-//!   one buffer, then depthwise and project band by band from it: where the rows of an image
-//!   are split between threads (batch 1), no task makes expanded rows another one makes too
-//!   (a 7×7 layer split in two makes 9 rows for 7 banded), and ranges can be finer, so the
-//!   threads finish together.
+//! - `bottleneck-layered`: the three stages one after another, each across the pool, through
+//!   whole-tensor buffers, as separate layers would run: where an image's rows are split
+//!   between threads (batch 1, small images), banded tasks make again the expanded rows their
+//!   ranges share (a 7×7 layer split in two makes 9 expanded rows for 7), and the builder's
+//!   timing may prefer this.
 //!
 //! Both products run on kiln's packed tile with the 1×1 weights packed at build time (stored
 //! so in the plan, like `conv-nhwc-packed`'s).
@@ -33,7 +33,7 @@ use rayon::prelude::*;
 use std::sync::Mutex;
 
 pub const BANDED: &str = "bottleneck-banded";
-pub const EXPAND_FIRST: &str = "bottleneck-expand-first";
+pub const LAYERED: &str = "bottleneck-layered";
 
 /// What a band's buffers (its expanded input rows and depthwise output) may take: about a
 /// quarter of a Zen 4 / Intel server core's L2, leaving room for the weights.
@@ -61,10 +61,7 @@ pub(super) fn tactics(desc: &LayerDesc) -> Vec<Tactic> {
     let narrow = stages.depthwise.n * stages.depthwise.oh * stages.depthwise.ow * stages.depthwise.cout;
     vec![
         Tactic::new(BANDED),
-        Tactic {
-            name: EXPAND_FIRST.to_string(),
-            workspace_bytes: 4 * (wide * stages.expand.is_some() as usize + narrow),
-        },
+        Tactic { name: LAYERED.to_string(), workspace_bytes: 4 * (wide * stages.expand.is_some() as usize + narrow) },
     ]
 }
 
@@ -113,21 +110,35 @@ impl Stages {
     }
 }
 
-/// The expand-first tactic's whole expanded tensors, shared by every block of every engine: taken
+/// The layered tactic's whole-tensor buffers, shared by every block of every engine: taken
 /// for a run and given back, so the blocks of a network reuse the same memory (warm in cache,
 /// as the activation arena's is) and runs after the first allocate nothing.
-static EXPANDED_BUFFERS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+static LAYERED_BUFFERS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
-fn with_expanded_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let mut buf = EXPANDED_BUFFERS.lock().map(|mut p| p.pop()).unwrap_or_default().unwrap_or_default();
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    let r = f(&mut buf[..len]);
-    if let Ok(mut p) = EXPANDED_BUFFERS.lock() {
+fn with_layered_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = LAYERED_BUFFERS.lock().map(|mut p| p.pop()).unwrap_or_default().unwrap_or_default();
+    let r = f(aligned(&mut buf, len));
+    if let Ok(mut p) = LAYERED_BUFFERS.lock() {
         p.push(buf);
     }
     r
+}
+
+/// `len` values of `buf` from a 64-byte boundary on (grown to fit): a 16-lane load of a
+/// channel run then never straddles two cache lines, as in the activation arena (malloc
+/// places a large buffer 16 bytes past a page boundary).
+fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    const LANES: usize = 16;
+    if buf.len() < len + LANES {
+        buf.resize(len + LANES, 0.0);
+    }
+    let skip = (64 - buf.as_ptr() as usize % 64) % 64 / 4;
+    &mut buf[skip..skip + len]
+}
+
+/// `n` rounded up to whole 64-byte lines of f32 (so a buffer split there stays aligned).
+fn whole_lines(n: usize) -> usize {
+    n.div_ceil(16) * 16
 }
 
 thread_local! {
@@ -248,12 +259,7 @@ impl LayerKernel for InvertedBottleneckKernel {
         let project = Pointwise { g: &s.project, weight: wp, bias: bp, act: self.activations[2] };
         let filter = Filter::new(d, wd, bd, self.activations[1]);
         let block = Block { expand, depthwise: d, filter, project, x, residual };
-        write_f32_output(
-            io,
-            0,
-            out_shape,
-            |out| if self.banded { block.banded(out, None) } else { block.expand_first(out) },
-        )
+        write_f32_output(io, 0, out_shape, |out| if self.banded { block.banded(out) } else { block.layered(out) })
     }
 }
 
@@ -275,26 +281,32 @@ struct Block<'a> {
 }
 
 impl Block<'_> {
-    /// The expand product over the whole batch across the pool, then depthwise and project
-    /// band by band from the finished expanded tensor: two passes over the pool, and no
-    /// expanded rows made twice where the rows are split between threads.
-    fn expand_first(&self, out: &mut [f32]) -> Result<(), String> {
-        let Some(e) = &self.expand else { return self.banded(out, None) };
+    /// The stages one after another over the whole batch, each across the pool.
+    fn layered(&self, out: &mut [f32]) -> Result<(), String> {
         let d = self.depthwise;
-        with_expanded_buffer(d.n * d.h * d.w * d.cin, |e_buf| {
-            e.run(d.n * d.h * d.w, self.x, e_buf, None, true)?;
-            self.banded(out, Some(e_buf))
+        let (wide, narrow) = (d.n * d.h * d.w * d.cin, d.n * d.oh * d.ow * d.cout);
+        let expanded = self.expand.is_some() as usize * whole_lines(wide);
+        with_layered_buffer(expanded + narrow, |buf| {
+            let (e_buf, d_buf) = buf.split_at_mut(expanded);
+            let source: &[f32] = match &self.expand {
+                Some(e) => {
+                    e.run(d.n * d.h * d.w, self.x, e_buf, None, true)?;
+                    e_buf
+                }
+                None => self.x,
+            };
+            depthwise_nhwc::run(&self.filter, d, source, d_buf, None, true);
+            self.project.run(d.n * d.oh * d.ow, d_buf, out, self.residual, true)
         })
     }
 
-    /// Band by band: tasks of consecutive output rows of one image. With `expanded` (the
-    /// whole expanded tensor, made already) the filter reads it instead of expanding rows.
-    fn banded(&self, out: &mut [f32], expanded: Option<&[f32]>) -> Result<(), String> {
+    /// Band by band: tasks of consecutive output rows of one image.
+    fn banded(&self, out: &mut [f32]) -> Result<(), String> {
         let d = self.depthwise;
         let threads = rayon::current_num_threads();
         // A task that expands rows makes again the rows it shares with the range above, so
         // ranges are as few as the pool needs; without that, twice as many balance better.
-        let expands = self.expand.is_some() && expanded.is_none();
+        let expands = self.expand.is_some();
         let per_thread = if expands { 1 } else { 2 };
         let ranges_per_image = (per_thread * threads).div_ceil(d.n).clamp(1, d.oh.max(1));
         let rows_per_range = d.oh.div_ceil(ranges_per_image);
@@ -311,14 +323,11 @@ impl Block<'_> {
         (0..d.n * ranges).into_par_iter().try_for_each(|task| {
             let (img, r) = (task / ranges, task % ranges);
             let (o0, o1) = (r * rows_per_range, ((r + 1) * rows_per_range).min(d.oh));
-            let e_len = e_len * expands as usize;
+            let e_len = whole_lines(e_len) * expands as usize;
             BAND_BUFFER.with(|cell| {
                 let mut buf = cell.try_borrow_mut().map_err(|_| "band buffer already in use on this thread")?;
-                if buf.len() < e_len + d_len {
-                    buf.resize(e_len + d_len, 0.0);
-                }
-                let (e_buf, d_buf) = buf[..e_len + d_len].split_at_mut(e_len);
-                let mut walk = RangeWalk { block: self, expanded, img, e_buf, d_buf, kept: (0, 0) };
+                let (e_buf, d_buf) = aligned(&mut buf, e_len + d_len).split_at_mut(e_len);
+                let mut walk = RangeWalk { block: self, img, e_buf, d_buf, kept: (0, 0) };
                 for a in (o0..o1).step_by(band) {
                     let b = (a + band).min(o1);
                     let pixel0 = (img * d.oh + a) * d.ow;
@@ -340,8 +349,6 @@ impl Block<'_> {
 /// One task's walk down its output rows, keeping the expanded rows the next band shares.
 struct RangeWalk<'a, 'b> {
     block: &'a Block<'a>,
-    /// The whole expanded tensor, when made before the walk.
-    expanded: Option<&'a [f32]>,
     img: usize,
     /// Expanded input rows `kept.0..kept.1` of the image, from the top (unused without expand).
     e_buf: &'b mut [f32],
@@ -359,10 +366,9 @@ impl RangeWalk<'_, '_> {
         let lo = (a * s).saturating_sub(d.pad_begin[0]);
         let hi = ((b - 1) * s + reach).saturating_sub(d.pad_begin[0]).min(d.h);
         let row = d.w * d.cin;
-        let source: &[f32] = match (&blk.expand, self.expanded) {
-            (_, Some(all)) => &all[(self.img * d.h + lo) * row..(self.img * d.h + hi) * row],
-            (None, None) => &blk.x[(self.img * d.h + lo) * row..(self.img * d.h + hi) * row],
-            (Some(e), None) => {
+        let source: &[f32] = match &blk.expand {
+            None => &blk.x[(self.img * d.h + lo) * row..(self.img * d.h + hi) * row],
+            Some(e) => {
                 let (k0, k1) = self.kept;
                 // Rows already made that this band reads again move to the top.
                 let from = if lo >= k0 && lo < k1 && k1 <= hi {

@@ -37,7 +37,7 @@ const PACKING_TACTICS: [&str; 7] = [
     matmul::PACKED,
     winograd::TACTIC,
     inverted_bottleneck::BANDED,
-    inverted_bottleneck::EXPAND_FIRST,
+    inverted_bottleneck::LAYERED,
 ];
 
 /// Runs layers on the host CPU.
@@ -90,7 +90,7 @@ impl Backend for CpuBackend {
 
     /// The packed-multiply tactics keep their weight as register-tile panels in the plan.
     fn pack_weights(&self, layer: &LayerDesc, tactic: &str) -> Result<Vec<(usize, Vec<u8>)>, String> {
-        if [inverted_bottleneck::BANDED, inverted_bottleneck::EXPAND_FIRST].contains(&tactic) {
+        if [inverted_bottleneck::BANDED, inverted_bottleneck::LAYERED].contains(&tactic) {
             let packed = inverted_bottleneck::pack_weights(layer)?;
             return Ok(packed.into_iter().map(|(i, w)| (i, bytemuck::cast_slice(&w).to_vec())).collect());
         }
@@ -160,7 +160,7 @@ impl Backend for CpuBackend {
                 Ok(Arc::new(conv_packed::PackedConvKernel::new(layer, tactic)?))
             }
             winograd::TACTIC => Ok(Arc::new(winograd::WinogradKernel::new(layer)?)),
-            inverted_bottleneck::BANDED | inverted_bottleneck::EXPAND_FIRST => {
+            inverted_bottleneck::BANDED | inverted_bottleneck::LAYERED => {
                 Ok(Arc::new(inverted_bottleneck::InvertedBottleneckKernel::new(layer, tactic)?))
             }
             other => Err(format!("the CPU backend has no tactic '{other}' for {}", layer.layer.op)),

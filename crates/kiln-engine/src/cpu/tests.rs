@@ -69,6 +69,15 @@ fn run_once(
     run_once_without(op, attrs, inputs, &[], tactic, from_packed)
 }
 
+/// `desc` with the inputs at positions `absent` omitted.
+fn omit<'a>(mut desc: LayerDesc<'a>, absent: &[usize]) -> LayerDesc<'a> {
+    for &i in absent {
+        desc.input_types[i] = None;
+        desc.weights[i] = None;
+    }
+    desc
+}
+
 /// [`run_once`] with the inputs at positions `absent` omitted (their tensors are placeholders).
 fn run_once_without(
     op: &str,
@@ -81,13 +90,6 @@ fn run_once_without(
     let mut layer = test_layer(op, attrs, inputs.len(), 1);
     for &i in absent {
         layer.inputs[i] = None;
-    }
-    fn omit<'a>(mut desc: LayerDesc<'a>, absent: &[usize]) -> LayerDesc<'a> {
-        for &i in absent {
-            desc.input_types[i] = None;
-            desc.weights[i] = None;
-        }
-        desc
     }
     let mut bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
     let backend = CpuBackend;
@@ -596,9 +598,24 @@ fn max_pool_tactic_matches_the_reference() {
 
 /// Median microseconds of `tactic` on these inputs, the kernel and its memory made once.
 fn time_tactic(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: &str, iters: usize) -> Option<f64> {
-    let layer = test_layer(op, attrs, inputs.len(), 1);
+    time_tactic_without(op, attrs, inputs, &[], tactic, iters)
+}
+
+/// [`time_tactic`] with the inputs at positions `absent` omitted.
+fn time_tactic_without(
+    op: &str,
+    attrs: &Attributes,
+    inputs: &[(Tensor, bool)],
+    absent: &[usize],
+    tactic: &str,
+    iters: usize,
+) -> Option<f64> {
+    let mut layer = test_layer(op, attrs, inputs.len(), 1);
+    for &i in absent {
+        layer.inputs[i] = None;
+    }
     let bytes: Vec<Vec<u8>> = inputs.iter().map(|(t, _)| t.data().to_le_bytes()).collect();
-    let desc = test_desc(&layer, inputs, &bytes);
+    let desc = omit(test_desc(&layer, inputs, &bytes), absent);
     let backend = CpuBackend;
     if !backend.tactics(&desc).iter().any(|t| t.name == tactic) {
         return None;
@@ -610,7 +627,10 @@ fn time_tactic(op: &str, attrs: &Attributes, inputs: &[(Tensor, bool)], tactic: 
         let args = inputs
             .iter()
             .zip(&bytes)
-            .map(|((t, _), b)| Some(Arg::Bytes { dtype: t.dtype(), shape: t.shape(), bytes: b }))
+            .enumerate()
+            .map(|(i, ((t, _), b))| {
+                (!absent.contains(&i)).then_some(Arg::Bytes { dtype: t.dtype(), shape: t.shape(), bytes: b })
+            })
             .collect();
         let slot_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut slot);
         let mut io = LayerIo {
@@ -830,21 +850,60 @@ fn large_matmul_and_gemm_split_across_threads_match_the_reference() {
     });
 }
 
+/// A KilnInvertedBottleneck case: (n, cin, h, w, expanded channels (None: no expand),
+/// kernel, stride, pad, dilation, cout, residual).
+type BottleneckCase = (usize, usize, usize, usize, Option<usize>, usize, i64, i64, i64, usize, bool);
+
+/// A test layer: its attributes, its inputs (placeholders where absent), the absent positions,
+/// and its output shape.
+type TestLayer = (Attributes, Vec<(Tensor, bool)>, Vec<usize>, [usize; 4]);
+
+/// The KilnInvertedBottleneck layer of `case`, ReLU6 after expand and depthwise.
+fn bottleneck_layer(case: &BottleneckCase, seed: u64) -> TestLayer {
+    use kiln_ir::channels_last::ATTR;
+    use kiln_ir::inverted_bottleneck::{set_stage_attrs, Stage};
+    let &(n, cin, h, w, ce, k, s, p, d, cout, res) = case;
+    let relu6 = Some(Activation::Clip { min: 0.0, max: 6.0 });
+    let mid = ce.unwrap_or(cin);
+    let out = |x: usize| (x + 2 * p as usize - d as usize * (k - 1) - 1) / s as usize + 1;
+    let (oh, ow) = (out(h), out(w));
+    let mut attrs = Attributes::new();
+    let mark = |a: Attributes| a.with(ATTR, 1i64);
+    set_stage_attrs(&mut attrs, Stage::Expand, &mark(conv_attrs(1, 0, 1, 1, relu6)));
+    set_stage_attrs(&mut attrs, Stage::Depthwise, &mark(conv_attrs(s, p, d, mid as i64, relu6)));
+    set_stage_attrs(&mut attrs, Stage::Project, &mark(conv_attrs(1, 0, 1, 1, None)));
+    let placeholder = || (random(&[1], 0), true);
+    let inputs = vec![
+        (random(&[n, h, w, cin], seed + 1), false),
+        ce.map_or_else(placeholder, |ce| (random(&[ce, cin, 1, 1], seed + 2), true)),
+        ce.map_or_else(placeholder, |ce| (random(&[ce], seed + 3), true)),
+        (random(&[mid, 1, k, k], seed + 4), true),
+        (random(&[mid], seed + 5), true),
+        (random(&[cout, mid, 1, 1], seed + 6), true),
+        (random(&[cout], seed + 7), true),
+        if res { (random(&[n, oh, ow, cout], seed + 8), false) } else { placeholder() },
+    ];
+    let mut absent = Vec::new();
+    if ce.is_none() {
+        absent.extend([1, 2]);
+    }
+    if !res {
+        absent.push(7);
+    }
+    (attrs, inputs, absent, [n, oh, ow, cout])
+}
+
 /// KilnInvertedBottleneck's tactics against the reference (its three Convs through kiln-cpu):
 /// with and without expand, strides 1 and 2, dilation, channel counts off the vector width, a
 /// residual, several bands per task and several tasks per image (a 3-thread pool).
 #[test]
 fn inverted_bottlenecks_match_the_reference() {
-    use kiln_ir::channels_last::ATTR;
-    use kiln_ir::inverted_bottleneck::{set_stage_attrs, Stage, OP};
+    use kiln_ir::inverted_bottleneck::OP;
     if !super::microkernel::available() {
         eprintln!("skipped: no AVX-512 on this CPU");
         return;
     }
-    let relu6 = Some(Activation::Clip { min: 0.0, max: 6.0 });
-    // (n, cin, h, w, expanded channels (None: no expand), kernel, stride, pad, dilation, cout, residual)
-    type Case = (usize, usize, usize, usize, Option<usize>, usize, i64, i64, i64, usize, bool);
-    let cases: &[Case] = &[
+    let cases: &[BottleneckCase] = &[
         (1, 16, 40, 40, Some(96), 3, 1, 1, 1, 16, true),
         (2, 8, 23, 17, Some(48), 3, 2, 1, 1, 24, false),
         (1, 32, 30, 30, None, 3, 1, 1, 1, 16, false),
@@ -853,45 +912,67 @@ fn inverted_bottlenecks_match_the_reference() {
         (3, 24, 7, 7, Some(144), 3, 1, 1, 1, 24, true),
     ];
     let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-    for (i, &(n, cin, h, w, ce, k, s, p, d, cout, res)) in cases.iter().enumerate() {
-        let seed = 1000 * i as u64;
-        let mid = ce.unwrap_or(cin);
-        let out = |x: usize| (x + 2 * p as usize - d as usize * (k - 1) - 1) / s as usize + 1;
-        let (oh, ow) = (out(h), out(w));
-        let mut attrs = Attributes::new();
-        let mark = |a: Attributes| a.with(ATTR, 1i64);
-        set_stage_attrs(&mut attrs, Stage::Expand, &mark(conv_attrs(1, 0, 1, 1, relu6)));
-        set_stage_attrs(&mut attrs, Stage::Depthwise, &mark(conv_attrs(s, p, d, mid as i64, relu6)));
-        set_stage_attrs(&mut attrs, Stage::Project, &mark(conv_attrs(1, 0, 1, 1, None)));
-        let placeholder = || (random(&[1], 0), true);
-        let inputs = vec![
-            (random(&[n, h, w, cin], seed + 1), false),
-            ce.map_or_else(placeholder, |ce| (random(&[ce, cin, 1, 1], seed + 2), true)),
-            ce.map_or_else(placeholder, |ce| (random(&[ce], seed + 3), true)),
-            (random(&[mid, 1, k, k], seed + 4), true),
-            (random(&[mid], seed + 5), true),
-            (random(&[cout, mid, 1, 1], seed + 6), true),
-            (random(&[cout], seed + 7), true),
-            if res { (random(&[n, oh, ow, cout], seed + 8), false) } else { placeholder() },
-        ];
-        let mut absent = Vec::new();
-        if ce.is_none() {
-            absent.extend([1, 2]);
-        }
-        if !res {
-            absent.push(7);
-        }
+    for (i, case) in cases.iter().enumerate() {
+        let (attrs, inputs, absent, shape) = bottleneck_layer(case, 1000 * i as u64);
         let go = |tactic: &str, packed: bool| {
             run_once_without(OP, &attrs, &inputs, &absent, tactic, packed).unwrap().expect("ran")
         };
         let want = go(super::reference::TACTIC, false);
-        assert_eq!(want.shape(), &[n, oh, ow, cout], "case {i}");
-        for tactic in [super::inverted_bottleneck::BANDED, super::inverted_bottleneck::EXPAND_FIRST] {
+        assert_eq!(want.shape(), &shape, "case {i}");
+        for tactic in [super::inverted_bottleneck::BANDED, super::inverted_bottleneck::LAYERED] {
             for packed in [false, true] {
                 assert_close(&go(tactic, packed), &want, &format!("case {i} {tactic} packed {packed}"));
                 let threaded = pool.install(|| go(tactic, packed));
                 assert_close(&threaded, &want, &format!("case {i} {tactic} packed {packed}, 3 threads"));
             }
         }
+    }
+}
+
+/// Not a test: MobileNetV2's blocks (batch 1) through each bottleneck tactic, beside their
+/// three convolutions' best NHWC tactics one after another
+/// (`cargo test --release -p kiln-engine bottleneck_timings -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn bottleneck_timings() {
+    use kiln_ir::inverted_bottleneck::{stage_attrs, Stage, OP};
+    let cases: &[BottleneckCase] = &[
+        (1, 32, 112, 112, None, 3, 1, 1, 1, 16, false),
+        (1, 16, 112, 112, Some(96), 3, 2, 1, 1, 24, false),
+        (1, 24, 56, 56, Some(144), 3, 1, 1, 1, 24, true),
+        (1, 32, 28, 28, Some(192), 3, 1, 1, 1, 32, true),
+        (1, 64, 14, 14, Some(384), 3, 1, 1, 1, 64, true),
+        (1, 96, 14, 14, Some(576), 3, 1, 1, 1, 96, true),
+        (1, 160, 7, 7, Some(960), 3, 1, 1, 1, 160, true),
+    ];
+    let iters = 200;
+    for case in cases {
+        let (attrs, inputs, absent, _) = bottleneck_layer(case, 7);
+        let mut line = format!("{case:?}:");
+        for t in [super::inverted_bottleneck::BANDED, super::inverted_bottleneck::LAYERED] {
+            let us = time_tactic_without(OP, &attrs, &inputs, &absent, t, iters).unwrap_or(f64::NAN);
+            line += &format!(" {t} {us:.1}");
+        }
+        // The stages as separate layers, each through its fastest NHWC tactic.
+        let mut x = inputs[0].0.clone();
+        let mut total = 0.0;
+        for stage in Stage::ALL {
+            let wi = stage.weight_input();
+            if absent.contains(&wi) {
+                continue;
+            }
+            let sa = stage_attrs(&attrs, stage);
+            let mut conv_inputs = vec![(x.clone(), false), inputs[wi].clone(), inputs[wi + 1].clone()];
+            if stage == Stage::Project && !absent.contains(&7) {
+                conv_inputs.push(inputs[7].clone());
+            }
+            let best = [super::depthwise_nhwc::TACTIC, super::conv_nhwc::TACTIC]
+                .iter()
+                .filter_map(|t| time_tactic("Conv", &sa, &conv_inputs, t, iters))
+                .fold(f64::INFINITY, f64::min);
+            total += best;
+            x = run("Conv", &sa, &conv_inputs, super::reference::TACTIC).unwrap();
+        }
+        println!("{line} layers {total:.1} us");
     }
 }
