@@ -115,9 +115,9 @@ impl Stages {
 /// as the activation arena's is) and runs after the first allocate nothing.
 static LAYERED_BUFFERS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
-fn with_layered_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+fn with_layered_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> Result<R, String>) -> Result<R, String> {
     let mut buf = LAYERED_BUFFERS.lock().map(|mut p| p.pop()).unwrap_or_default().unwrap_or_default();
-    let r = f(aligned(&mut buf, len));
+    let r = aligned(&mut buf, len).and_then(f);
     if let Ok(mut p) = LAYERED_BUFFERS.lock() {
         p.push(buf);
     }
@@ -127,14 +127,26 @@ fn with_layered_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// `len` values of `buf` from a 64-byte boundary on (grown to fit): a 16-lane load of a
 /// channel run then never straddles two cache lines, as in the activation arena (malloc
 /// places a large buffer 16 bytes past a page boundary).
-fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+/// A buffer larger than `MAX_BUFFER_BYTES` is refused (a forged plan's shapes could ask for
+/// any size; the builder's default workspace is as large).
+fn aligned(buf: &mut Vec<f32>, len: usize) -> Result<&mut [f32], String> {
     const LANES: usize = 16;
+    if len.saturating_mul(4) > MAX_BUFFER_BYTES {
+        return Err(format!(
+            "the block needs a {} MiB buffer, more than {} MiB",
+            len / (1 << 18),
+            MAX_BUFFER_BYTES >> 20
+        ));
+    }
     if buf.len() < len + LANES {
         buf.resize(len + LANES, 0.0);
     }
     let skip = (64 - buf.as_ptr() as usize % 64) % 64 / 4;
-    &mut buf[skip..skip + len]
+    Ok(&mut buf[skip..skip + len])
 }
+
+/// The most scratch memory one block may take.
+const MAX_BUFFER_BYTES: usize = 1 << 30;
 
 /// `n` rounded up to whole 64-byte lines of f32 (so a buffer split there stays aligned).
 fn whole_lines(n: usize) -> usize {
@@ -326,7 +338,7 @@ impl Block<'_> {
             let e_len = whole_lines(e_len) * expands as usize;
             BAND_BUFFER.with(|cell| {
                 let mut buf = cell.try_borrow_mut().map_err(|_| "band buffer already in use on this thread")?;
-                let (e_buf, d_buf) = aligned(&mut buf, e_len + d_len).split_at_mut(e_len);
+                let (e_buf, d_buf) = aligned(&mut buf, e_len + d_len)?.split_at_mut(e_len);
                 let mut walk = RangeWalk { block: self, img, e_buf, d_buf, kept: (0, 0) };
                 for a in (o0..o1).step_by(band) {
                     let b = (a + band).min(o1);
