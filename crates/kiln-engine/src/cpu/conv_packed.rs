@@ -280,6 +280,7 @@ fn transposed_conv(
                     residual: std::ptr::null(),
                     residual_stride: 0,
                     clamp: None,
+                    stream: false,
                 };
                 for i0 in (r0..r1).step_by(MR) {
                     let rows = (r1 - i0).min(MR);

@@ -33,6 +33,9 @@ pub(crate) struct TileEpilogue {
     pub residual: *const f32,
     pub residual_stride: usize,
     pub clamp: Option<(f32, f32)>,
+    /// Store whole aligned vectors past the caches (an output too large to stay there until
+    /// its next reader): no read of each line before it is written.
+    pub stream: bool,
 }
 
 /// Whether this CPU runs the AVX-512 tile.
@@ -160,7 +163,9 @@ unsafe fn tile_nv<const NV: usize, const PANEL: bool, const PATCHES: bool>(
         // each line at the end; the depth loop hides the fetch.
         for r in 0..rows {
             for v in 0..NV {
-                _mm_prefetch::<_MM_HINT_ET0>(c.wrapping_add(r * ldc + v * LANES) as *const i8);
+                if !epi.stream {
+                    _mm_prefetch::<_MM_HINT_ET0>(c.wrapping_add(r * ldc + v * LANES) as *const i8);
+                }
                 if !epi.residual.is_null() {
                     _mm_prefetch::<_MM_HINT_T0>(
                         epi.residual.wrapping_add(r * epi.residual_stride + v * LANES) as *const i8
@@ -223,7 +228,12 @@ unsafe fn tile_nv<const NV: usize, const PANEL: bool, const PATCHES: bool>(
                     // second, NaN stays NaN, as in the scalar clip.
                     x = _mm512_min_ps(hi, _mm512_max_ps(lo, x));
                 }
-                _mm512_mask_storeu_ps(c.add(r * ldc + j), mask, x);
+                let at = c.add(r * ldc + j);
+                if epi.stream && mask == 0xffff && (at as usize).is_multiple_of(64) {
+                    _mm512_stream_ps(at, x);
+                } else {
+                    _mm512_mask_storeu_ps(at, mask, x);
+                }
             }
         }
     }
