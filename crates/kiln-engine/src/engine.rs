@@ -125,6 +125,11 @@ pub(crate) struct AlignedBytes {
 struct Block([u8; ARENA_ALIGN]);
 
 impl AlignedBytes {
+    /// No bytes (a buffer to grow later).
+    pub(crate) const fn empty() -> Self {
+        AlignedBytes { blocks: Vec::new(), len: 0 }
+    }
+
     pub(crate) fn zeroed(len: usize) -> Self {
         AlignedBytes { blocks: vec![Block([0; ARENA_ALIGN]); len.div_ceil(ARENA_ALIGN)], len }
     }

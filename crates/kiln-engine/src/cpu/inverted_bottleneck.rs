@@ -27,6 +27,7 @@ use super::microkernel;
 use super::packed_gemm::{gemm, Epilogue, Operand};
 use super::sgemm::Mat;
 use crate::backend::{LayerDesc, LayerIo, LayerKernel, Tactic};
+use crate::engine::AlignedBytes;
 use kiln_ir::inverted_bottleneck::{stage_attrs, Stage, OP, RESIDUAL, X};
 use kiln_ir::{Activation, Attributes, DType, ValueType};
 use rayon::prelude::*;
@@ -113,36 +114,30 @@ impl Stages {
 /// The layered tactic's whole-tensor buffers, shared by every block of every engine: taken
 /// for a run and given back, so the blocks of a network reuse the same memory (warm in cache,
 /// as the activation arena's is) and runs after the first allocate nothing.
-static LAYERED_BUFFERS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+static LAYERED_BUFFERS: Mutex<Vec<AlignedBytes>> = Mutex::new(Vec::new());
 
 fn with_layered_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> Result<R, String>) -> Result<R, String> {
-    let mut buf = LAYERED_BUFFERS.lock().map(|mut p| p.pop()).unwrap_or_default().unwrap_or_default();
-    let r = aligned(&mut buf, len).and_then(f);
+    let mut buf = LAYERED_BUFFERS.lock().ok().and_then(|mut p| p.pop()).unwrap_or(AlignedBytes::empty());
+    let r = f32s(&mut buf, len).and_then(f);
     if let Ok(mut p) = LAYERED_BUFFERS.lock() {
         p.push(buf);
     }
     r
 }
 
-/// `len` values of `buf` from a 64-byte boundary on (grown to fit): a 16-lane load of a
-/// channel run then never straddles two cache lines, as in the activation arena (malloc
-/// places a large buffer 16 bytes past a page boundary).
+/// `len` f32 values of `buf`, 64-byte aligned like the activation arena (a 16-lane load of a
+/// channel run never straddles two cache lines), the buffer remade larger when it is short.
 /// A buffer larger than `MAX_BUFFER_BYTES` is refused (a forged plan's shapes could ask for
 /// any size; the builder's default workspace is as large).
-fn aligned(buf: &mut Vec<f32>, len: usize) -> Result<&mut [f32], String> {
-    const LANES: usize = 16;
-    if len.saturating_mul(4) > MAX_BUFFER_BYTES {
-        return Err(format!(
-            "the block needs a {} MiB buffer, more than {} MiB",
-            len / (1 << 18),
-            MAX_BUFFER_BYTES >> 20
-        ));
+fn f32s(buf: &mut AlignedBytes, len: usize) -> Result<&mut [f32], String> {
+    let bytes = len.saturating_mul(4);
+    if bytes > MAX_BUFFER_BYTES {
+        return Err(format!("the block needs a {} MiB buffer, more than {} MiB", bytes >> 20, MAX_BUFFER_BYTES >> 20));
     }
-    if buf.len() < len + LANES {
-        buf.resize(len + LANES, 0.0);
+    if buf.as_slice().len() < bytes {
+        *buf = AlignedBytes::zeroed(bytes);
     }
-    let skip = (64 - buf.as_ptr() as usize % 64) % 64 / 4;
-    Ok(&mut buf[skip..skip + len])
+    bytemuck::try_cast_slice_mut(&mut buf.as_mut_slice()[..bytes]).map_err(|e| format!("block buffer: {e:?}"))
 }
 
 /// The most scratch memory one block may take.
@@ -157,7 +152,7 @@ thread_local! {
     /// Per thread: the band buffers of the task it runs (no task runs parallel work inside, so
     /// no other task can start on this thread while they are borrowed). One per thread, shared
     /// by every block, stays in the core's L2.
-    static BAND_BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static BAND_BUFFER: std::cell::RefCell<AlignedBytes> = const { std::cell::RefCell::new(AlignedBytes::empty()) };
 }
 
 pub(crate) struct InvertedBottleneckKernel {
@@ -338,7 +333,7 @@ impl Block<'_> {
             let e_len = whole_lines(e_len) * expands as usize;
             BAND_BUFFER.with(|cell| {
                 let mut buf = cell.try_borrow_mut().map_err(|_| "band buffer already in use on this thread")?;
-                let (e_buf, d_buf) = aligned(&mut buf, e_len + d_len)?.split_at_mut(e_len);
+                let (e_buf, d_buf) = f32s(&mut buf, e_len + d_len)?.split_at_mut(e_len);
                 let mut walk = RangeWalk { block: self, img, e_buf, d_buf, kept: (0, 0) };
                 for a in (o0..o1).step_by(band) {
                     let b = (a + band).min(o1);
