@@ -649,7 +649,7 @@ impl Geometry {
         }
     }
 
-    fn is_pointwise(&self) -> bool {
+    pub(super) fn is_pointwise(&self) -> bool {
         self.kh == 1
             && self.kw == 1
             && self.stride == [1, 1]

@@ -51,6 +51,14 @@ pub(super) fn packed_len(shape: &[usize]) -> Result<usize, String> {
     Ok(packed_columns_len(cin * kh * kw, cout))
 }
 
+/// A weight [`pack_weight`] made (or a plan claims it made): exactly its length for `shape`.
+pub(super) fn check_packed(packed: &[f32], shape: &[usize]) -> Result<(), String> {
+    if packed.len() != packed_len(shape)? {
+        return Err(format!("packed weight of {} values, expected {}", packed.len(), packed_len(shape)?));
+    }
+    Ok(())
+}
+
 pub(crate) struct NhwcConvKernel {
     attrs: Attributes,
     activation: Option<Activation>,
@@ -81,9 +89,7 @@ impl LayerKernel for NhwcConvKernel {
             return Err("conv-nhwc-packed runs one group".into());
         }
         let (out_shape, residual) = checked_nhwc_epilogue(&g, bias, residual)?;
-        if packed.len() != packed_len(w_shape)? {
-            return Err(format!("packed weight of {} values, expected {}", packed.len(), packed_len(w_shape)?));
-        }
+        check_packed(packed, w_shape)?;
         if x.len() < g.n * g.h * g.w * g.cin {
             return Err(format!("input of {} values for shape {x_shape:?}", x.len()));
         }
@@ -92,8 +98,7 @@ impl LayerKernel for NhwcConvKernel {
         }
         let (m, k) = (g.n * g.oh * g.ow, g.cin * g.kh * g.kw);
         let epilogue = Epilogue { col_bias: bias, residual, activation: self.activation, ..Default::default() };
-        let pointwise =
-            g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad_begin == [0, 0] && (g.oh, g.ow) == (g.h, g.w);
+        let pointwise = g.is_pointwise();
         // SAFETY: AVX-512 checked above.
         let fill = |r0: usize, r1: usize, rows: &mut [f32]| unsafe { unroll_rows(&g, x, r0, r1, rows) };
         let starts = |i0: usize, starts: &mut [usize]| patch_starts(&g, i0, starts);
@@ -125,8 +130,9 @@ impl LayerKernel for NhwcConvKernel {
 /// the NHWC input: each first filter row's run of kw·cin values, the others `dilation · w ·
 /// cin` after it. False when a tap of one of them falls in the padding.
 fn patch_starts(g: &Geometry, r0: usize, starts: &mut [usize]) -> bool {
-    let (mut img, mut oy, mut ox) = (r0 / (g.oh * g.ow), r0 % (g.oh * g.ow) / g.ow, r0 % g.ow);
+    let mut pixel = Pixel::of(g, r0);
     for start in starts.iter_mut() {
+        let Pixel { img, oy, ox } = pixel;
         let (Some(iy), Some(ix)) =
             ((oy * g.stride[0]).checked_sub(g.pad_begin[0]), (ox * g.stride[1]).checked_sub(g.pad_begin[1]))
         else {
@@ -136,15 +142,34 @@ fn patch_starts(g: &Geometry, r0: usize, starts: &mut [usize]) -> bool {
             return false;
         }
         *start = ((img * g.h + iy) * g.w + ix) * g.cin;
-        ox += 1;
-        if ox == g.ow {
-            (ox, oy) = (0, oy + 1);
-            if oy == g.oh {
-                (oy, img) = (0, img + 1);
+        pixel.advance(g);
+    }
+    true
+}
+
+/// Output pixel r of the whole batch as (image, row, column), walked in order.
+#[derive(Clone, Copy)]
+struct Pixel {
+    img: usize,
+    oy: usize,
+    ox: usize,
+}
+
+impl Pixel {
+    fn of(g: &Geometry, r: usize) -> Pixel {
+        Pixel { img: r / (g.oh * g.ow), oy: r % (g.oh * g.ow) / g.ow, ox: r % g.ow }
+    }
+
+    /// The next pixel (r + 1), without dividing.
+    fn advance(&mut self, g: &Geometry) {
+        self.ox += 1;
+        if self.ox == g.ow {
+            (self.ox, self.oy) = (0, self.oy + 1);
+            if self.oy == g.oh {
+                (self.oy, self.img) = (0, self.img + 1);
             }
         }
     }
-    true
 }
 
 /// Rows `[r0, r1)` of the patch matrix (output pixel r of the whole batch: its kh·kw input
@@ -159,8 +184,9 @@ fn patch_starts(g: &Geometry, r0: usize, starts: &mut [usize]) -> bool {
 #[target_feature(enable = "avx512f")]
 unsafe fn unroll_rows(g: &Geometry, x: &[f32], r0: usize, r1: usize, rows: &mut [f32]) {
     let (c, k) = (g.cin, g.cin * g.kh * g.kw);
-    let (mut img, mut oy, mut ox) = (r0 / (g.oh * g.ow), r0 % (g.oh * g.ow) / g.ow, r0 % g.ow);
+    let mut pixel = Pixel::of(g, r0);
     for row in rows.chunks_mut(k).take(r1 - r0) {
+        let Pixel { img, oy, ox } = pixel;
         let image = &x[img * g.h * g.w * c..][..g.h * g.w * c];
         let left = (ox * g.stride[1]) as isize - g.pad_begin[1] as isize;
         for ky in 0..g.kh {
@@ -192,13 +218,7 @@ unsafe fn unroll_rows(g: &Geometry, x: &[f32], r0: usize, r1: usize, rows: &mut 
                 unsafe { fill(tap, src) };
             }
         }
-        ox += 1;
-        if ox == g.ow {
-            (ox, oy) = (0, oy + 1);
-            if oy == g.oh {
-                (oy, img) = (0, img + 1);
-            }
-        }
+        pixel.advance(g);
     }
 }
 

@@ -20,7 +20,7 @@
 //! so in the plan, like `conv-nhwc-packed`'s).
 
 use super::conv::{checked_nhwc_epilogue, Geometry};
-use super::conv_nhwc::{pack_weight, packed_len};
+use super::conv_nhwc::{check_packed, pack_weight, packed_len};
 use super::depthwise_nhwc::{self, Filter};
 use super::io::{f32_input, opt_f32_input, own_packed_weight, weight_panels, write_f32_output, OutPtr};
 use super::microkernel;
@@ -79,7 +79,7 @@ pub(super) fn pack_weights(desc: &LayerDesc) -> Result<Vec<(usize, Vec<f32>)>, S
     Ok(out)
 }
 
-/// The three convolutions' geometries (NHWC inputs) and activations.
+/// The three convolutions' geometries (NHWC inputs).
 struct Stages {
     expand: Option<Geometry>,
     depthwise: Geometry,
@@ -98,9 +98,7 @@ impl Stages {
         };
         let depthwise = geo(Stage::Depthwise, &wide, wd)?;
         let project = geo(Stage::Project, &[depthwise.n, depthwise.oh, depthwise.ow, depthwise.cout], wp)?;
-        let pointwise = |g: &Geometry| {
-            g.group == 1 && g.kh == 1 && g.kw == 1 && (g.oh, g.ow) == (g.h, g.w) && g.pad_begin == [0, 0]
-        };
+        let pointwise = |g: &Geometry| g.group == 1 && g.is_pointwise();
         if expand.as_ref().is_some_and(|e| !pointwise(e)) || !pointwise(&project) {
             return Err("the expand and project stages must be 1×1 convolutions of one group".into());
         }
@@ -270,13 +268,6 @@ impl LayerKernel for InvertedBottleneckKernel {
     }
 }
 
-fn check_packed(w: &[f32], shape: &[usize]) -> Result<(), String> {
-    if w.len() != packed_len(shape)? {
-        return Err(format!("packed weight of {} values, expected {}", w.len(), packed_len(shape)?));
-    }
-    Ok(())
-}
-
 /// One invocation's stages and tensors.
 struct Block<'a> {
     expand: Option<Pointwise<'a>>,
@@ -324,13 +315,14 @@ impl Block<'_> {
         let band = (BAND_BYTES / row_bytes.max(1)).clamp(1, rows_per_range.max(1));
         let reach = (d.kh - 1) * d.dilation[0] + 1;
         let in_rows = ((band - 1) * d.stride[0] + reach).min(d.h);
-        let (e_len, d_len) = (in_rows * d.w * d.cin, band * d.ow * d.cout);
+        // The expanded rows' buffer (none without expand) ends on a line, so the other is aligned.
+        let e_len = if expands { whole_lines(in_rows * d.w * d.cin) } else { 0 };
+        let d_len = band * d.ow * d.cout;
         let out_ptr = OutPtr(out.as_mut_ptr());
         let out_len = out.len();
         (0..d.n * ranges).into_par_iter().try_for_each(|task| {
             let (img, r) = (task / ranges, task % ranges);
             let (o0, o1) = (r * rows_per_range, ((r + 1) * rows_per_range).min(d.oh));
-            let e_len = whole_lines(e_len) * expands as usize;
             BAND_BUFFER.with(|cell| {
                 let mut buf = cell.try_borrow_mut().map_err(|_| "band buffer already in use on this thread")?;
                 let (e_buf, d_buf) = f32s(&mut buf, e_len + d_len)?.split_at_mut(e_len);
